@@ -1,0 +1,65 @@
+// CUDA finite min/max per row. Grid = (chunks per row, rows): each block
+// reduces one chunk in registers, then one atomic per block and output folds
+// it in, so a single huge row still spreads over the whole GPU.
+// The outputs must be pre-filled with +inf (lo) and -inf (hi).
+#include <algorithm>
+#include <stdexcept>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/finite_minmax.h"
+
+namespace eitp {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kItemsPerThread = 16;
+
+template <typename T>
+__global__ void finite_minmax_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk,
+                                     typename cuda::DeviceAcc<T>::type* lo_out,
+                                     typename cuda::DeviceAcc<T>::type* hi_out) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  __shared__ A scratch[32];
+  const int64_t row = blockIdx.y;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
+  const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
+  const T* row_ptr = x + row * row_length;
+  const A inf = std::numeric_limits<A>::infinity();
+  A lo = inf, hi = -inf;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold_finite_minmax<A>(cuda::load_acc(row_ptr[i]), lo, hi);
+  lo = cuda::block_reduce(lo, inf, scratch, cuda::MinOp());
+  hi = cuda::block_reduce(hi, -inf, scratch, cuda::MaxOp());
+  if (threadIdx.x == 0) {
+    cuda::atomic_min(lo_out + row, lo);
+    cuda::atomic_max(hi_out + row, hi);
+  }
+}
+
+template <typename T>
+void launch(const FiniteMinMaxParams& p, cudaStream_t stream) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  const int64_t chunk = kThreads * kItemsPerThread;
+  const int64_t chunks = std::max<int64_t>(1, (p.row_length + chunk - 1) / chunk);
+  // gridDim.y is limited to 65535: larger row counts go in slices.
+  for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
+    const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
+    dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
+    finite_minmax_kernel<T><<<grid, kThreads, 0, stream>>>(
+        static_cast<const T*>(p.x) + row0 * p.row_length, p.row_length, chunk,
+        static_cast<A*>(p.lo) + row0, static_cast<A*>(p.hi) + row0);
+  }
+}
+
+}  // namespace
+
+void finite_minmax_cuda(const FiniteMinMaxParams& p, cudaStream_t stream) {
+  switch (p.dtype) {
+    case DType::kFloat16: return launch<__half>(p, stream);
+    case DType::kBFloat16: return launch<__nv_bfloat16>(p, stream);
+    case DType::kFloat32: return launch<float>(p, stream);
+    case DType::kFloat64: return launch<double>(p, stream);
+    default: throw std::invalid_argument("finite_minmax_cuda: unsupported dtype");
+  }
+}
+
+}  // namespace eitp

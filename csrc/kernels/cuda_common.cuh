@@ -1,0 +1,64 @@
+// CUDA-only helpers: 16-bit loads, warp/block reductions, float atomics.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/common.h"
+
+namespace eitp {
+namespace cuda {
+
+template <typename T> struct DeviceAcc { using type = float; };
+template <> struct DeviceAcc<double> { using type = double; };
+
+__device__ __forceinline__ float load_acc(const __half& v) { return __half2float(v); }
+__device__ __forceinline__ float load_acc(const __nv_bfloat16& v) { return __bfloat162float(v); }
+__device__ __forceinline__ float load_acc(const float& v) { return v; }
+__device__ __forceinline__ double load_acc(const double& v) { return v; }
+
+template <typename A, typename Op>
+__device__ __forceinline__ A warp_reduce(A v, Op op) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Block-wide reduction; the result is valid in thread 0. `scratch` holds 32 values.
+template <typename A, typename Op>
+__device__ __forceinline__ A block_reduce(A v, A identity, A* scratch, Op op) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_reduce(v, op);
+  __syncthreads();  // scratch may still be read by a previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = threadIdx.x < warps ? scratch[lane] : identity;
+  if (warp == 0) v = warp_reduce(v, op);
+  return v;
+}
+
+// Float atomics by the order-preserving integer view: non-negative floats
+// order like signed ints, negative floats reverse-order like unsigned ints.
+__device__ __forceinline__ void atomic_min(float* addr, float v) {
+  if (v >= 0.f) atomicMin(reinterpret_cast<int*>(addr), __float_as_int(v));
+  else atomicMax(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+}
+__device__ __forceinline__ void atomic_max(float* addr, float v) {
+  if (v >= 0.f) atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+  else atomicMin(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+}
+__device__ __forceinline__ void atomic_min(double* addr, double v) {
+  if (v >= 0.0) atomicMin(reinterpret_cast<long long*>(addr), __double_as_longlong(v));
+  else atomicMax(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(__double_as_longlong(v)));
+}
+__device__ __forceinline__ void atomic_max(double* addr, double v) {
+  if (v >= 0.0) atomicMax(reinterpret_cast<long long*>(addr), __double_as_longlong(v));
+  else atomicMin(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(__double_as_longlong(v)));
+}
+
+struct MinOp { template <typename A> __device__ A operator()(A a, A b) const { return b < a ? b : a; } };
+struct MaxOp { template <typename A> __device__ A operator()(A a, A b) const { return b > a ? b : a; } };
+
+}  // namespace cuda
+}  // namespace eitp

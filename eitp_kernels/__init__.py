@@ -1,0 +1,20 @@
+"""eitp_kernels: fused kernels for EIT-P training measurements.
+
+Public API:
+    backends(), use_backend(name), BackendUnavailableError
+    finite_minmax(x, dim=None)
+The reference implementations (the ground truth) live in
+``eitp_kernels.reference``.
+"""
+from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
+from eitp_kernels.ops.finite_range import finite_minmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendStatus",
+    "BackendUnavailableError",
+    "backends",
+    "finite_minmax",
+    "use_backend",
+]

@@ -1,0 +1,158 @@
+"""Backends and how a call picks one.
+
+Four backends: ``reference`` (eager PyTorch, any device), ``cpp`` (the
+compiled extension, CPU tensors), ``cuda`` (the compiled extension, CUDA
+tensors) and ``triton`` (Triton kernels: CUDA tensors, or CPU tensors under
+Triton's interpreter when TRITON_INTERPRET=1 was set before triton was
+imported).
+
+Choice, first match wins:
+1. ``with eitp_kernels.use_backend("triton"): ...`` (per call site, per
+   thread/async task: a context variable, never a module global);
+2. the environment variable ``EITP_BACKEND`` (read at call time);
+3. the op's own preference for the tensor's device among what is available.
+Asking for a backend that is unavailable, or that the op does not implement,
+or that cannot run the tensor's device, raises ``BackendUnavailableError``:
+there is no silent fallback.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from eitp_kernels import _extension
+
+BACKEND_NAMES = ("reference", "cpp", "cuda", "triton")
+ENV_VARIABLE = "EITP_BACKEND"
+
+_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("eitp_backend", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that cannot run this call."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    devices: tuple[str, ...]  # device types it runs on here
+    reason: str  # why it is unavailable, or a note on how it runs
+
+    def __str__(self) -> str:
+        state = "available" if self.available else "unavailable"
+        where = f" on {', '.join(self.devices)}" if self.devices else ""
+        return f"{self.name}: {state}{where}" + (f" ({self.reason})" if self.reason else "")
+
+
+def _triton_interpreter_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+_triton_status_cache: list[BackendStatus] = []  # filled once; see _extension.load on why not lru_cache
+
+
+def _triton_status() -> BackendStatus:
+    if not _triton_status_cache:
+        _triton_status_cache.append(_probe_triton())
+    return _triton_status_cache[0]
+
+
+def _probe_triton() -> BackendStatus:
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return BackendStatus("triton", False, (), f"triton is not installed ({error})")
+    if _triton_interpreter_requested():
+        return BackendStatus("triton", True, ("cpu",), "interpreter only (TRITON_INTERPRET=1): correct but slow")
+    if torch.cuda.is_available():
+        return BackendStatus("triton", True, ("cuda",), "")
+    return BackendStatus(
+        "triton", False, (), "no GPU; set TRITON_INTERPRET=1 before importing triton to run its kernels interpreted"
+    )
+
+
+def _status(name: str) -> BackendStatus:
+    if name == "reference":
+        return BackendStatus("reference", True, ("cpu", "cuda"), "eager PyTorch")
+    if name == "triton":
+        return _triton_status()
+    loaded, why = _extension.load()
+    if not loaded:
+        return BackendStatus(name, False, (), why)
+    if name == "cpp":
+        return BackendStatus("cpp", True, ("cpu",), "")
+    if not _extension.has_device_kernels("CUDA"):
+        return BackendStatus("cuda", False, (), "extension built without CUDA sources (torch without CUDA, or no nvcc)")
+    if not torch.cuda.is_available():
+        return BackendStatus("cuda", False, (), "built with CUDA kernels, but no CUDA device is present")
+    return BackendStatus("cuda", True, ("cuda",), "")
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Each backend's availability here, with the reason when unavailable."""
+    return {name: _status(name) for name in BACKEND_NAMES}
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Run the ops inside the block on backend ``name`` (None: automatic choice)."""
+    if name is not None and name not in BACKEND_NAMES:
+        raise ValueError(f"use_backend: unknown backend {name!r}; expected one of {BACKEND_NAMES} or None")
+    token = _requested.set(name)
+    try:
+        yield
+    finally:
+        _requested.reset(token)
+
+
+def requested_backend() -> str | None:
+    """The backend asked for by use_backend or EITP_BACKEND, or None for automatic."""
+    name = _requested.get()
+    if name is not None:
+        return name
+    env = os.environ.get(ENV_VARIABLE, "").strip().lower()
+    if env in ("", "auto"):
+        return None
+    if env not in BACKEND_NAMES:
+        raise ValueError(f"{ENV_VARIABLE}={env!r} is not a backend; expected one of {BACKEND_NAMES} or 'auto'")
+    return env
+
+
+def resolve(op_name: str, device: torch.device, implemented: Mapping[str, Sequence[str]]) -> str:
+    """Pick the backend for one call.
+
+    ``implemented`` maps device type -> the op's backends for it, best first
+    (for example ``{"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}``).
+    """
+    device_type = device.type
+    requested = requested_backend()
+    if requested is not None:
+        status = _status(requested)
+        if requested not in implemented.get(device_type, ()) and requested not in _any_device(implemented):
+            have = sorted(_any_device(implemented))
+            raise BackendUnavailableError(f"{op_name}: no {requested!r} implementation (implemented: {', '.join(have)})")
+        if not status.available:
+            raise BackendUnavailableError(f"{op_name}: backend {requested!r} is unavailable: {status.reason}")
+        if device_type not in status.devices or requested not in implemented.get(device_type, ()):
+            raise BackendUnavailableError(
+                f"{op_name}: backend {requested!r} cannot run tensors on {device_type!r} here ({status})"
+            )
+        return requested
+    for name in implemented.get(device_type, ()):
+        # Interpreted Triton is a test vehicle, never an automatic choice.
+        if name == "triton" and device_type == "cpu":
+            continue
+        status = _status(name)
+        if status.available and device_type in status.devices:
+            return name
+    raise BackendUnavailableError(f"{op_name}: no available backend for tensors on {device_type!r}; {backends()}")
+
+
+def _any_device(implemented: Mapping[str, Sequence[str]]) -> set[str]:
+    return {name for names in implemented.values() for name in names}

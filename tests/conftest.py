@@ -1,0 +1,50 @@
+"""Shared pytest fixtures and markers.
+
+Triton kernels run on this CPU-only machine through Triton's interpreter,
+which must be enabled before triton is first imported. Tests marked
+``triton_interpret`` therefore run in their own pytest process
+(``make test`` does: ``TRITON_INTERPRET=1 pytest -m triton_interpret``) and are
+skipped in a process that imported triton without the interpreter.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+INTERPRETER_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+HAS_CUDA = torch.cuda.is_available()
+
+# (dtype, rtol) for comparisons against fp64 references; see DESIGN.md §5.
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_interp = pytest.mark.skip(reason="needs TRITON_INTERPRET=1 before triton is imported (run with -m triton_interpret)")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "triton_interpret" in item.keywords and not (INTERPRETER_ON or HAS_CUDA):
+            item.add_marker(skip_interp)
+
+
+def cpu_backends():
+    """Backends to parametrize CPU tests over. The Triton entry is marked so it
+    runs only in the interpreter process (pytest -m triton_interpret)."""
+    return ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton_interpret)]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same seed: failures reproduce."""
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)
