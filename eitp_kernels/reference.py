@@ -285,7 +285,8 @@ def standardize_columns(x, eps=1e-5):
     """
     cd = compute_dtype(x.dtype)
     n = x.shape[0]
-    xc = x.to(cd).reshape(n, -1)
+    # contiguous: the result does not depend on the input's memory layout
+    xc = x.to(cd).reshape(n, -1).contiguous()
     d = xc - xc.mean(0, keepdim=True)
     var = (d * d).mean(0, keepdim=True)
     return (d * torch.rsqrt(var + eps)).reshape(x.shape)
