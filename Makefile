@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup test test-native test-triton bench bench-quick clean
+.PHONY: setup test test-native test-triton test-asan bench bench-quick clean
 
 $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,24 @@ test-triton: setup
 bench-quick: setup
 	$(PY) -m eitp_kernels.bench --quick $(BENCH_ARGS)
 
-test: test-native test-triton bench-quick
+# The CPU kernels rebuilt with AddressSanitizer + UBSan in a scratch copy,
+# then the op tests run against that build with the ASan runtime preloaded.
+# Any report aborts the process (-fno-sanitize-recover), failing the target.
+ASAN_DIR := build/asan
+ASAN_TESTS := $(wildcard tests/test_finite_minmax.py tests/test_entropy*.py tests/test_coherence*.py tests/test_quant*.py)
+test-asan: setup
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r setup.py pyproject.toml README.md csrc eitp_kernels tests $(ASAN_DIR)/
+	rm -f $(ASAN_DIR)/eitp_kernels/_C*.so
+	cd $(ASAN_DIR) && EITP_SANITIZE=1 $(abspath $(PY)) setup.py -q build_ext --inplace > build.log 2>&1 || (tail -50 build.log; exit 1)
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(abspath $(PY)) -c "import eitp_kernels._C as c, sys; assert c.__file__.startswith('$(abspath $(ASAN_DIR))'), c.__file__" && \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(abspath $(PY)) -m pytest -q -m "not triton_interpret and not slow and not gpu" $(ASAN_TESTS) || [ $$? -eq 5 ]
+
+test: test-native test-triton test-asan bench-quick
 
 bench: setup
 	$(PY) -m eitp_kernels.bench $(BENCH_ARGS)

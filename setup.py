@@ -9,6 +9,9 @@ Environment switches (all optional):
                         default /usr/local/cuda).
   TORCH_CUDA_ARCH_LIST  GPU architectures; default "8.6;9.0" (RTX 3090, H100).
   EITP_DEBUG=1          -O0 -g instead of -O3.
+  EITP_SANITIZE=1       AddressSanitizer + UndefinedBehaviorSanitizer build of the
+                        CPU code (implies EITP_WITH_CUDA=0, -O1 -g). Run it with
+                        the ASan runtime preloaded; see `make test-asan`.
 """
 import glob
 import os
@@ -51,7 +54,8 @@ def _extension_modules():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    want_cuda = _flag("EITP_WITH_CUDA", None)
+    sanitize = _flag("EITP_SANITIZE", False)
+    want_cuda = False if sanitize else _flag("EITP_WITH_CUDA", None)
     has_cuda_torch = torch.version.cuda is not None
     nvcc = nvcc if has_cuda_torch else None
     if want_cuda is None:
@@ -65,7 +69,10 @@ def _extension_modules():
 
     debug = _flag("EITP_DEBUG", False)
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp", "-fno-math-errno", "-DPy_LIMITED_API=0x03090000"]
+    sanitizer_flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+    if sanitize:
+        opt = ["-O1", "-g"] + sanitizer_flags
+    cxx_flags = opt + ["-fopenmp", "-fno-math-errno"]
     sources = _sources("bindings/*.cpp") + _sources("cpu/*.cpp")
     define_macros = []
     extra = {"cxx": cxx_flags}
@@ -83,7 +90,7 @@ def _extension_modules():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + (sanitizer_flags if sanitize else []),
         py_limited_api=True,
     )
     return [ext], {"build_ext": BuildExtension}
