@@ -3,11 +3,15 @@
 Public API:
     backends(), use_backend(name), BackendUnavailableError
     finite_minmax(x, dim=None)
+    quantize_int8(x, *, granularity, axis, group_size, symmetric, scale, zero_point)
+    dequantize_int8(q, scale, zero_point=None, *, granularity, axis, group_size, dtype)
+    fake_quant_int8(x, *, granularity, axis, group_size, symmetric, scale, zero_point)
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """
 from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
 from eitp_kernels.ops.finite_range import finite_minmax
+from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
 
 __version__ = "0.1.0"
 
@@ -15,6 +19,9 @@ __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
     "backends",
+    "dequantize_int8",
+    "fake_quant_int8",
     "finite_minmax",
+    "quantize_int8",
     "use_backend",
 ]

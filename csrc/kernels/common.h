@@ -83,4 +83,60 @@ template <typename A> EITP_HD bool is_finite_value(A v) {
   return v - v == A(0);  // inf - inf and nan - nan are nan, which compares unequal
 }
 
+// ---- float -> storage conversions (round to nearest even), for kernels that
+// write 16-bit outputs (quant). store_acc<T>(acc) is the inverse of load_acc.
+inline uint32_t float_to_bits(float f) {
+  uint32_t out;
+  std::memcpy(&out, &f, sizeof(out));
+  return out;
+}
+
+// Portable float -> IEEE binary16, round to nearest even, overflow to inf,
+// NaN stays NaN (quiet). After F. Giesen's float_to_half_fast3_rtne.
+inline uint16_t float_to_half_bits(float f) {
+  const uint32_t bits = float_to_bits(f);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  uint32_t ax = bits & 0x7fffffffu;
+  const uint32_t f32_inf = 255u << 23, f16_overflow = (127u + 16u) << 23;
+  const uint32_t denorm_magic = 126u << 23;  // 0.5f: its ulp is the smallest half subnormal
+  uint32_t out;
+  if (ax >= f16_overflow) {
+    out = ax > f32_inf ? 0x7e00u : 0x7c00u;
+  } else if (ax < (113u << 23)) {  // below the smallest normal half: one RNE float addition
+    out = float_to_bits(bits_to_float(ax) + bits_to_float(denorm_magic)) - denorm_magic;
+  } else {
+    const uint32_t mantissa_odd = (ax >> 13) & 1u;
+    ax += (uint32_t)((15 - 127) * (1 << 23)) + 0xfffu + mantissa_odd;  // rebias and round
+    out = ax >> 13;
+  }
+  return static_cast<uint16_t>(out | sign);
+}
+
+inline Half16 float_to_half(float v) {
+  Half16 out;
+#if defined(__FLT16_MAX__) && !defined(__CUDACC__)
+  const _Float16 h = static_cast<_Float16>(v);  // vcvtps2ph in the x86-64-v3 clones
+  std::memcpy(&out.bits, &h, sizeof(h));
+#else
+  out.bits = float_to_half_bits(v);
+#endif
+  return out;
+}
+
+// float -> bfloat16, round to nearest even; NaN -> quiet NaN of the same sign.
+inline BFloat16 float_to_bfloat16(float v) {
+  const uint32_t bits = float_to_bits(v);
+  BFloat16 out;
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  out.bits = static_cast<uint16_t>(nan ? ((bits >> 16) | 0x0040u) : rounded);
+  return out;
+}
+
+template <typename T> inline T store_acc(typename AccType<T>::type v);
+template <> inline float store_acc<float>(float v) { return v; }
+template <> inline double store_acc<double>(double v) { return v; }
+template <> inline Half16 store_acc<Half16>(float v) { return float_to_half(v); }
+template <> inline BFloat16 store_acc<BFloat16>(float v) { return float_to_bfloat16(v); }
+
 }  // namespace eitp

@@ -1,0 +1,122 @@
+// int8 quantize / dequantize / fake-quant over a (rows, row_length) view in
+// which each row shares one scale (DESIGN.md section 2.3). Per tensor is one
+// row; per channel is the channel axis moved to the front; per group is
+// rows of group_size. The maths below is shared by the CPU and CUDA kernels
+// and follows eitp_kernels.reference operation for operation:
+//
+//   symmetric: s = float(absmax) / 127 (fp32), q = clamp(rint(x / s), -127, 127)
+//   affine:    mn = float(min(finite min, 0)), mx = float(max(finite max, 0)),
+//              s = (mx - mn) / 255, zp = int(-128 - rint(mn / s)),
+//              q = clamp(rint(x / s) + zp, -128, 127)
+//   s == 0 after the division becomes 1. x / s is a true division in A (fp32,
+//   or fp64 for fp64 input); rint is round half to even. NaN gives the code of
+//   0, +-Inf the extreme codes. Dequantize: (q - zp) * s in A.
+#pragma once
+
+#include "kernels/common.h"
+
+#ifdef EITP_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace eitp {
+
+// quantize_int8_rows / fake_quant_int8_rows.
+struct QuantRowsParams {
+  const void* x;        // (rows, row_length), row-major, contiguous
+  DType dtype;          // storage dtype of x (and of `out`)
+  int64_t rows;
+  int64_t row_length;
+  bool symmetric;
+  bool static_scale;    // true: scale / zero_point are inputs; false: computed here and written
+  float* scale;         // (rows,)
+  int32_t* zero_point;  // (rows,); 0 for symmetric (written when dynamic)
+  int8_t* q;            // (rows, row_length) codes, or nullptr (fake-quant)
+  void* out;            // (rows, row_length) fake-quantized values in x's dtype, or nullptr (quantize)
+};
+
+// dequantize_int8_rows.
+struct DequantRowsParams {
+  const int8_t* q;            // (rows, row_length)
+  int64_t rows;
+  int64_t row_length;
+  const float* scale;         // (rows,)
+  const int32_t* zero_point;  // (rows,) or nullptr (symmetric)
+  DType out_dtype;            // float dtype of out; arithmetic in fp64 for fp64, else fp32
+  void* out;                  // (rows, row_length)
+};
+
+// fake_quant_int8_rows_backward: grad_x = grad where the straight-through
+// estimator passes (x finite and rint(x / s) + zp within [qmin, qmax]), else 0.
+struct FakeQuantBackwardParams {
+  const void* grad;           // (rows, row_length), dtype of x
+  const void* x;              // (rows, row_length)
+  DType dtype;
+  int64_t rows;
+  int64_t row_length;
+  bool symmetric;
+  const float* scale;         // (rows,)
+  const int32_t* zero_point;  // (rows,) or nullptr (symmetric)
+  void* grad_x;               // (rows, row_length), dtype of x
+};
+
+// Scale and zero point of a row from its reduction (A = fp32 or fp64):
+// symmetric from absmax (>= 0), affine from lo = min(finite min, 0) and
+// hi = max(finite max, 0).
+template <typename A>
+EITP_HD void symmetric_params(A absmax, float& scale, int32_t& zero_point) {
+  float s = static_cast<float>(absmax) / 127.0f;
+  scale = s == 0.0f ? 1.0f : s;
+  zero_point = 0;
+}
+
+template <typename A>
+EITP_HD void affine_params(A lo, A hi, float& scale, int32_t& zero_point) {
+  const float mn = static_cast<float>(lo), mx = static_cast<float>(hi);
+  float s = (mx - mn) / 255.0f;
+  s = s == 0.0f ? 1.0f : s;
+  scale = s;
+  zero_point = static_cast<int32_t>(-128.0f - rintf(mn / s));
+}
+
+// Folds one value into the row reduction. Symmetric keeps absmax in `hi`;
+// affine keeps (lo, hi), both starting at 0 (the range always holds 0).
+// Non-finite values contribute 0: neutral for both.
+template <typename A>
+EITP_HD void fold_absmax(A v, A& absmax) {
+  const A a = is_finite_value(v) ? (v < A(0) ? -v : v) : A(0);
+  absmax = a > absmax ? a : absmax;
+}
+template <typename A>
+EITP_HD void fold_range0(A v, A& lo, A& hi) {
+  const A f = is_finite_value(v) ? v : A(0);
+  lo = f < lo ? f : lo;
+  hi = f > hi ? f : hi;
+}
+
+EITP_HD float round_half_even(float v) { return rintf(v); }
+EITP_HD double round_half_even(double v) { return rint(v); }
+
+// The unclamped code rint(v / s) + zp (NaN -> zp), in A.
+template <typename A>
+EITP_HD A unclamped_code(A v, A s, A zp) {
+  const A r = round_half_even(v / s);
+  return (v != v ? A(0) : r) + zp;
+}
+
+template <typename A>
+EITP_HD A clamp_code(A r, A qmin, A qmax) {
+  r = r < qmin ? qmin : r;
+  return r > qmax ? qmax : r;
+}
+
+void quantize_int8_rows_cpu(const QuantRowsParams& p);
+void dequantize_int8_rows_cpu(const DequantRowsParams& p);
+void fake_quant_int8_rows_backward_cpu(const FakeQuantBackwardParams& p);
+#ifdef EITP_WITH_CUDA
+void quantize_int8_rows_cuda(const QuantRowsParams& p, cudaStream_t stream);
+void dequantize_int8_rows_cuda(const DequantRowsParams& p, cudaStream_t stream);
+void fake_quant_int8_rows_backward_cuda(const FakeQuantBackwardParams& p, cudaStream_t stream);
+#endif
+
+}  // namespace eitp
