@@ -32,7 +32,7 @@ void check_per_row(const at::Tensor& x, const at::Tensor& t, const char* op, con
 }
 
 struct QuantArgs {
-  at::Tensor x, scale, zero_point;
+  at::Tensor x, scale, zero_point, workspace;
   bool static_scale;
 };
 
@@ -73,6 +73,7 @@ QuantRowsParams make_params(QuantArgs& a, bool symmetric, int8_t* q, void* out, 
   p.zero_point = a.zero_point.data_ptr<int32_t>();
   p.q = q;
   p.out = out;
+  p.workspace = a.workspace.defined() ? a.workspace.data_ptr() : nullptr;
   return p;
 }
 
@@ -86,6 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_impl(const at::Tensor& x_in
 #endif
   QuantArgs a = prepare_quant(x_in, scale, zero_point, symmetric, op);
   at::Tensor result = kFake ? at::empty_like(a.x) : at::empty_like(a.x, a.x.options().dtype(at::kChar));
+  if (kCuda && !a.static_scale) a.workspace = at::zeros({2 * a.x.size(0)}, a.x.options().dtype(accumulation_dtype(a.x)));
   if (a.x.size(0) > 0) {
     QuantRowsParams p = make_params(a, symmetric, kFake ? nullptr : result.data_ptr<int8_t>(),
                                     kFake ? result.data_ptr() : nullptr, op);

@@ -33,6 +33,7 @@ struct QuantRowsParams {
   int32_t* zero_point;  // (rows,); 0 for symmetric (written when dynamic)
   int8_t* q;            // (rows, row_length) codes, or nullptr (fake-quant)
   void* out;            // (rows, row_length) fake-quantized values in x's dtype, or nullptr (quantize)
+  void* workspace;      // CUDA only: 2 * rows accumulation-dtype values, zero-filled (per-tensor reduction)
 };
 
 // dequantize_int8_rows.

@@ -182,6 +182,21 @@ def _to_acc(v, IS_FP64: tl.constexpr):
 
 
 @triton_jit
+def _cast_rne(v, DTYPE: tl.constexpr):
+    # Round-to-nearest-even downcast. bfloat16 by hand: the interpreter
+    # truncates float32 -> bfloat16 (GPUs round to nearest even, as here).
+    if DTYPE == tl.bfloat16:
+        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(nan, (bits >> 16) | 0x40, rounded)
+        out = rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        out = v.to(DTYPE)
+    return out
+
+
+@triton_jit
 def _quant_rows_kernel(
     x_ptr,  # (rows, row_length) contiguous, float
     q_ptr,  # (rows, row_length) int8 codes (written unless FAKE)
@@ -240,7 +255,7 @@ def _quant_rows_kernel(
         r = tl.where(v != v, 0.0, r) + za
         r = tl.minimum(tl.maximum(r, qmin), 127.0)
         if FAKE:
-            d = ((r - za) * sa).to(xv.dtype)
+            d = _cast_rne((r - za) * sa, xv.dtype)
             tl.store(out_ptr + row * row_length + offsets, tl.where(v != v, xv, d), mask=mask)
         else:
             tl.store(q_ptr + row * row_length + offsets, r.to(tl.int8), mask=mask)
@@ -266,7 +281,7 @@ def _dequant_rows_kernel(
         mask = offsets < row_length
         q = _to_acc(tl.load(q_ptr + row * row_length + offsets, mask=mask, other=0), IS_FP64)
         out = (q - za) * sa
-        tl.store(out_ptr + row * row_length + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + row * row_length + offsets, _cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton_jit
@@ -433,6 +448,10 @@ def _register_triton_ops() -> None:
                                          zero_point: torch.Tensor | None, symmetric: bool) -> torch.Tensor:
         return _triton_backward(grad, x, scale, zero_point, symmetric)
 
+    # triton_op traces its body for fake tensors; under the interpreter that
+    # would launch kernels on fake tensors, so the interpreter gets the plain fakes.
+    if _backends._triton_interpreter_requested():
+        _register_fakes("triton_")
     _register_autograd("eitp::triton_fake_quant_int8_rows", "triton_fake_quant_int8_rows_backward")
 
 
@@ -456,27 +475,32 @@ def _register_autograd(op_name: str, backward_op: str) -> None:
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
 
 
-def _register_compiled() -> None:
-    @torch.library.register_fake("eitp::quantize_int8_rows")
+def _register_fakes(prefix: str) -> None:
+    """Fake (meta) kernels of the four row ops ``eitp::<prefix>...``: shapes and dtypes only."""
+
+    @torch.library.register_fake(f"eitp::{prefix}quantize_int8_rows")
     def _(x, scale, zero_point, symmetric):
         rows = x.shape[0]
         return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((rows,), dtype=torch.float32),
                 x.new_empty((rows,), dtype=torch.int32))
 
-    @torch.library.register_fake("eitp::fake_quant_int8_rows")
+    @torch.library.register_fake(f"eitp::{prefix}fake_quant_int8_rows")
     def _(x, scale, zero_point, symmetric):
         rows = x.shape[0]
         return (torch.empty_like(x, memory_format=torch.contiguous_format),
                 x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.int32))
 
-    @torch.library.register_fake("eitp::dequantize_int8_rows")
+    @torch.library.register_fake(f"eitp::{prefix}dequantize_int8_rows")
     def _(q, scale, zero_point, dtype):
         return q.new_empty(q.shape, dtype=dtype)
 
-    @torch.library.register_fake("eitp::fake_quant_int8_rows_backward")
+    @torch.library.register_fake(f"eitp::{prefix}fake_quant_int8_rows_backward")
     def _(grad, x, scale, zero_point, symmetric):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
+
+def _register_compiled() -> None:
+    _register_fakes("")
     _register_autograd("eitp::fake_quant_int8_rows", "fake_quant_int8_rows_backward")
 
 

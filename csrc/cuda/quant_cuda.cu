@@ -1,0 +1,266 @@
+// CUDA int8 quantize / dequantize / fake-quant over (rows, row_length) views,
+// one scale per row (maths in kernels/quant.h, shared with the CPU code).
+//
+// Dynamic scales:
+//   rows of <= 1024 elements (per group, short channels): one warp per row;
+//     the row is reduced with warp shuffles, then re-read (from L1/L2) and
+//     quantized: one DRAM read, one write.
+//   longer rows, many of them (per channel): one block per row, block reduction.
+//   few long rows (per tensor): a chunked reduction with one atomic per block
+//     into the zero-filled workspace, a tiny kernel turning it into
+//     (scale, zero point), then the static kernel (two reads, one write).
+// Static scales, dequantize and the backward: a flat grid of
+//   rows * chunks blocks, each walking its chunk with a block stride.
+// All offsets are int64; launches go to the caller's (current) stream.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/quant.h"
+
+namespace eitp {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = kThreads * 16;  // elements per block in the flat kernels
+constexpr int64_t kWarpRowMax = 1024;
+
+__device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_out(double* p, double v) { *p = v; }
+
+// Quantize (or fake-quantize) elements [begin, end) of one row with stride `step`.
+template <typename T>
+__device__ __forceinline__ void apply_row(const T* __restrict__ x, int8_t* __restrict__ q, T* __restrict__ out,
+                                          int64_t begin, int64_t end, int64_t step, float scale, int32_t zero_point,
+                                          bool symmetric) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
+  for (int64_t i = begin; i < end; i += step) {
+    const T xv = x[i];
+    const A v = cuda::load_acc(xv);
+    const A r = clamp_code<A>(unclamped_code<A>(v, s, zp), qmin, qmax);
+    if (q != nullptr) {
+      q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
+    } else if (v != v) {
+      out[i] = xv;  // NaN stays NaN (same bits)
+    } else {
+      store_out(out + i, (r - zp) * s);
+    }
+  }
+}
+
+template <typename A>
+struct RangeFold {
+  bool symmetric;
+  A lo = A(0), hi = A(0);
+  __device__ void operator()(A v) {
+    if (symmetric) fold_absmax<A>(v, hi);
+    else fold_range0<A>(v, lo, hi);
+  }
+};
+
+template <typename A>
+__device__ __forceinline__ void params_from_range(bool symmetric, A lo, A hi, float& scale, int32_t& zero_point) {
+  if (symmetric) symmetric_params<A>(hi, scale, zero_point);
+  else affine_params<A>(lo, hi, scale, zero_point);
+}
+
+// Dynamic, one warp per row.
+template <typename T>
+__global__ void quant_warp_rows_kernel(QuantRowsParams p) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= p.rows) return;  // whole warps exit together
+  const int64_t base = row * p.row_length;
+  const T* x = static_cast<const T*>(p.x) + base;
+  RangeFold<A> fold{p.symmetric};
+  for (int64_t i = lane; i < p.row_length; i += 32) fold(cuda::load_acc(x[i]));
+  const A lo = cuda::warp_reduce(fold.lo, cuda::MinOp());
+  const A hi = cuda::warp_reduce(fold.hi, cuda::MaxOp());
+  float scale;
+  int32_t zero_point;
+  params_from_range<A>(p.symmetric, lo, hi, scale, zero_point);
+  if (lane == 0) p.scale[row] = scale, p.zero_point[row] = zero_point;
+  apply_row<T>(x, p.q != nullptr ? p.q + base : nullptr, p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr,
+               lane, p.row_length, 32, scale, zero_point, p.symmetric);
+}
+
+// Dynamic, one block per row.
+template <typename T>
+__global__ void quant_block_rows_kernel(QuantRowsParams p) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  __shared__ A scratch[32];
+  __shared__ float shared_scale;
+  __shared__ int32_t shared_zero_point;
+  const int64_t row = blockIdx.x;
+  const int64_t base = row * p.row_length;
+  const T* x = static_cast<const T*>(p.x) + base;
+  RangeFold<A> fold{p.symmetric};
+  for (int64_t i = threadIdx.x; i < p.row_length; i += blockDim.x) fold(cuda::load_acc(x[i]));
+  const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
+  const A hi = cuda::block_reduce(fold.hi, A(0), scratch, cuda::MaxOp());
+  if (threadIdx.x == 0) {
+    params_from_range<A>(p.symmetric, lo, hi, shared_scale, shared_zero_point);
+    p.scale[row] = shared_scale;
+    p.zero_point[row] = shared_zero_point;
+  }
+  __syncthreads();
+  apply_row<T>(x, p.q != nullptr ? p.q + base : nullptr, p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr,
+               threadIdx.x, p.row_length, blockDim.x, shared_scale, shared_zero_point, p.symmetric);
+}
+
+// Per-tensor first pass: block-reduce a chunk, one atomic per block into workspace[2*row], [2*row+1].
+template <typename T>
+__global__ void range_chunks_kernel(QuantRowsParams p, int64_t chunks) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  __shared__ A scratch[32];
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / chunks, chunk = block % chunks;
+  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
+  const T* x = static_cast<const T*>(p.x) + row * p.row_length;
+  RangeFold<A> fold{p.symmetric};
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold(cuda::load_acc(x[i]));
+  const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
+  const A hi = cuda::block_reduce(fold.hi, A(0), scratch, cuda::MaxOp());
+  if (threadIdx.x == 0) {
+    A* ws = static_cast<A*>(p.workspace);
+    cuda::atomic_min(ws + 2 * row, lo);  // workspace starts at 0: the range always holds 0
+    cuda::atomic_max(ws + 2 * row + 1, hi);
+  }
+}
+
+template <typename T>
+__global__ void params_from_workspace_kernel(QuantRowsParams p) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= p.rows) return;
+  const A* ws = static_cast<const A*>(p.workspace);
+  params_from_range<A>(p.symmetric, ws[2 * row], ws[2 * row + 1], p.scale[row], p.zero_point[row]);
+}
+
+// Static scale (given, or from the per-tensor pass): flat grid of rows * chunks blocks.
+template <typename T>
+__global__ void quant_static_kernel(QuantRowsParams p, int64_t chunks) {
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / chunks, chunk = block % chunks;
+  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
+  const int64_t base = row * p.row_length;
+  apply_row<T>(static_cast<const T*>(p.x) + base, p.q != nullptr ? p.q + base : nullptr,
+               p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr, begin + threadIdx.x, end, blockDim.x,
+               p.scale[row], p.zero_point[row], p.symmetric);
+}
+
+template <typename T>
+__global__ void dequant_kernel(DequantRowsParams p, int64_t chunks) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / chunks, chunk = block % chunks;
+  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
+  const int64_t base = row * p.row_length;
+  const A s = A(p.scale[row]), zp = A(p.zero_point != nullptr ? p.zero_point[row] : 0);
+  T* out = static_cast<T*>(p.out) + base;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) store_out(out + i, (A(p.q[base + i]) - zp) * s);
+}
+
+template <typename T>
+__global__ void backward_kernel(FakeQuantBackwardParams p, int64_t chunks) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / chunks, chunk = block % chunks;
+  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
+  const int64_t base = row * p.row_length;
+  const A s = A(p.scale[row]), zp = A(p.zero_point != nullptr ? p.zero_point[row] : 0);
+  const A qmin = p.symmetric ? A(-127) : A(-128), qmax = A(127);
+  const T* x = static_cast<const T*>(p.x) + base;
+  const T* grad = static_cast<const T*>(p.grad) + base;
+  T* grad_x = static_cast<T*>(p.grad_x) + base;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const A v = cuda::load_acc(x[i]);
+    const A r = unclamped_code<A>(v, s, zp);
+    const bool keep = is_finite_value(v) && r >= qmin && r <= qmax;
+    if (keep) grad_x[i] = grad[i];
+    else store_out(grad_x + i, A(0));
+  }
+}
+
+int64_t chunks_of(int64_t row_length) { return std::max<int64_t>(1, (row_length + kChunk - 1) / kChunk); }
+
+void check_launch(const char* what) {
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+}
+
+template <typename T>
+void launch_quant(const QuantRowsParams& p, cudaStream_t stream) {
+  const int64_t chunks = chunks_of(p.row_length);
+  if (!p.static_scale) {
+    if (p.row_length <= kWarpRowMax) {
+      const int64_t rows_per_block = kThreads / 32;
+      const int64_t blocks = (p.rows + rows_per_block - 1) / rows_per_block;
+      quant_warp_rows_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+      return check_launch("quantize_int8_rows_cuda (warp rows)");
+    }
+    if (p.rows >= 256 || chunks == 1) {
+      quant_block_rows_kernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+      return check_launch("quantize_int8_rows_cuda (block rows)");
+    }
+    range_chunks_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+    check_launch("quantize_int8_rows_cuda (range)");
+    params_from_workspace_kernel<T><<<static_cast<unsigned>((p.rows + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
+    check_launch("quantize_int8_rows_cuda (params)");
+  }
+  quant_static_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+  check_launch("quantize_int8_rows_cuda (apply)");
+}
+
+template <typename T>
+void launch_dequant(const DequantRowsParams& p, cudaStream_t stream) {
+  const int64_t chunks = chunks_of(p.row_length);
+  dequant_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+  check_launch("dequantize_int8_rows_cuda");
+}
+
+template <typename T>
+void launch_backward(const FakeQuantBackwardParams& p, cudaStream_t stream) {
+  const int64_t chunks = chunks_of(p.row_length);
+  backward_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+  check_launch("fake_quant_int8_rows_backward_cuda");
+}
+
+}  // namespace
+
+void quantize_int8_rows_cuda(const QuantRowsParams& p, cudaStream_t stream) {
+  switch (p.dtype) {
+    case DType::kFloat16: return launch_quant<__half>(p, stream);
+    case DType::kBFloat16: return launch_quant<__nv_bfloat16>(p, stream);
+    case DType::kFloat32: return launch_quant<float>(p, stream);
+    case DType::kFloat64: return launch_quant<double>(p, stream);
+    default: throw std::invalid_argument("quantize_int8_rows_cuda: unsupported dtype");
+  }
+}
+
+void dequantize_int8_rows_cuda(const DequantRowsParams& p, cudaStream_t stream) {
+  switch (p.out_dtype) {
+    case DType::kFloat16: return launch_dequant<__half>(p, stream);
+    case DType::kBFloat16: return launch_dequant<__nv_bfloat16>(p, stream);
+    case DType::kFloat32: return launch_dequant<float>(p, stream);
+    case DType::kFloat64: return launch_dequant<double>(p, stream);
+    default: throw std::invalid_argument("dequantize_int8_rows_cuda: unsupported dtype");
+  }
+}
+
+void fake_quant_int8_rows_backward_cuda(const FakeQuantBackwardParams& p, cudaStream_t stream) {
+  switch (p.dtype) {
+    case DType::kFloat16: return launch_backward<__half>(p, stream);
+    case DType::kBFloat16: return launch_backward<__nv_bfloat16>(p, stream);
+    case DType::kFloat32: return launch_backward<float>(p, stream);
+    case DType::kFloat64: return launch_backward<double>(p, stream);
+    default: throw std::invalid_argument("fake_quant_int8_rows_backward_cuda: unsupported dtype");
+  }
+}
+
+}  // namespace eitp

@@ -1,0 +1,174 @@
+"""Modules built on the ops.
+
+Quantization-aware training (int8, DESIGN.md section 2.3):
+
+    FakeQuantLinear   nn.Linear whose weight is fake-quantized per output
+                      channel (symmetric int8) in every forward; optionally the
+                      input activations per tensor. Straight-through gradients.
+    prepare_qat(model, quantize_activations=False, activation_symmetric=False, inplace=False)
+                      swaps every nn.Linear for a FakeQuantLinear.
+    export_int8(model) -> state dict: for each FakeQuantLinear ``name``,
+                      ``name.weight_int8`` (int8 codes, (out, in)),
+                      ``name.weight_scale`` (float32, (out,)) and
+                      ``name.activation_mode`` (int8 0-d: 0 none, 1 symmetric,
+                      2 affine) replace ``name.weight``; everything else as in
+                      model.state_dict().
+    load_int8(state, model_or_factory) -> the model with those layers replaced
+                      by Int8Linear, whose outputs equal the fake-quantized
+                      model's (the dequantized weight is the same bits).
+    Int8Linear        int8 codes + scales; dequantizes in forward.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
+
+_ACTIVATION_MODES = {None: 0, True: 1, False: 2}  # activation_symmetric -> stored code (None: not quantized)
+
+
+def _fake_quant_activation(x: torch.Tensor, symmetric: bool | None) -> torch.Tensor:
+    if symmetric is None:
+        return x
+    return fake_quant_int8(x, granularity="tensor", symmetric=symmetric)
+
+
+class FakeQuantLinear(nn.Linear):
+    """``nn.Linear`` trained through int8 fake quantization.
+
+    Forward: ``linear(a(x), fake_quant_int8(weight, granularity="channel",
+    axis=0), bias)`` where ``a`` is the identity, or a per-tensor fake-quant
+    of the input activations when ``quantize_activations`` (symmetric or
+    affine by ``activation_symmetric``). Gradients: straight-through.
+    The bias stays in floating point.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 quantize_activations: bool = False, activation_symmetric: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.quantize_activations = bool(quantize_activations)
+        self.activation_symmetric = bool(activation_symmetric)
+
+    @property
+    def _activation(self) -> bool | None:
+        return self.activation_symmetric if self.quantize_activations else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "FakeQuantLinear":
+        """A FakeQuantLinear sharing ``linear``'s weight and bias parameters."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     device="meta", **kwargs)
+        module.weight = linear.weight
+        module.bias = linear.bias
+        return module
+
+    def quantized_weight(self) -> torch.Tensor:
+        return fake_quant_int8(self.weight, granularity="channel", axis=0, symmetric=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        act = "none" if self._activation is None else ("symmetric" if self._activation else "affine")
+        return super().extra_repr() + f", weight=int8 per channel, activations={act}"
+
+
+class Int8Linear(nn.Module):
+    """A linear layer stored as int8 codes plus per-output-channel float32 scales.
+
+    Forward: ``linear(a(x), dequantize_int8(weight_int8, weight_scale,
+    granularity="channel", axis=0, dtype=dtype), bias)`` with the same
+    activation fake-quant as the FakeQuantLinear it was exported from.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 activation_symmetric: bool | None = None, device=None, dtype=torch.float32) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+        self.activation_symmetric = activation_symmetric
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("activation_mode",
+                             torch.tensor(_ACTIVATION_MODES[activation_symmetric], dtype=torch.int8, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+
+    def weight(self) -> torch.Tensor:
+        return dequantize_int8(self.weight_int8, self.weight_scale, granularity="channel", axis=0, dtype=self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_fake_quant_activation(x, self.activation_symmetric), self.weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def prepare_qat(model: nn.Module, *, quantize_activations: bool = False, activation_symmetric: bool = False,
+                inplace: bool = False) -> nn.Module:
+    """Swap every ``nn.Linear`` in ``model`` (itself included) for a FakeQuantLinear
+    sharing its parameters. Returns the prepared model (a deep copy unless
+    ``inplace``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    kwargs = {"quantize_activations": quantize_activations, "activation_symmetric": activation_symmetric}
+
+    def swap(module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Linear) and not isinstance(module, FakeQuantLinear):
+            return FakeQuantLinear.from_linear(module, **kwargs)
+        for name, child in module.named_children():
+            setattr(module, name, swap(child))
+        return module
+
+    return swap(model)
+
+
+def export_int8(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with each FakeQuantLinear's weight replaced by int8 codes and scales
+    (see the module docstring for the keys)."""
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if not isinstance(module, FakeQuantLinear):
+            continue
+        prefix = f"{name}." if name else ""
+        with torch.no_grad():
+            q, scale, _ = quantize_int8(module.weight, granularity="channel", axis=0, symmetric=True)
+        del state[prefix + "weight"]
+        state[prefix + "weight_int8"] = q.contiguous()
+        state[prefix + "weight_scale"] = scale
+        state[prefix + "activation_mode"] = torch.tensor(_ACTIVATION_MODES[module._activation], dtype=torch.int8)
+    return state
+
+
+def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """A model from ``export_int8`` output: ``model_or_factory`` (a module with
+    the original architecture, or a callable building one) gets every layer
+    named in ``state`` by ``*.weight_int8`` replaced by an Int8Linear; then the
+    state is loaded strictly."""
+    model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_int8: model_or_factory must be an nn.Module or build one, got {type(model).__name__}")
+    suffix = "weight_int8"
+    modes = {v: k for k, v in _ACTIVATION_MODES.items()}
+    for key in sorted(k for k in state if k.endswith(suffix)):
+        name = key[: -len(suffix)].rstrip(".")
+        old = model.get_submodule(name) if name else model
+        if not isinstance(old, nn.Linear):
+            raise ValueError(f"load_int8: {name or 'the model'} is {type(old).__name__}, expected an nn.Linear")
+        prefix = f"{name}." if name else ""
+        mode = int(state[prefix + "activation_mode"])
+        new = Int8Linear(old.in_features, old.out_features, bias=old.bias is not None,
+                         activation_symmetric=modes[mode], device=old.weight.device, dtype=old.weight.dtype)
+        if not name:
+            model = new
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    model.load_state_dict(state, strict=True)
+    return model
