@@ -5,6 +5,15 @@
 // reduction over spans of the row, then a parallel quantization pass (two
 // reads, one write). Loops are lane-wise / elementwise so they vectorize
 // without fast-math; codes are bit-identical to the reference.
+// The NaN / clamp selects in the quantization loops are only if-converted
+// (and so vectorized) when comparisons may be assumed not to trap. This
+// changes no result (no fast-math: IEEE values, rounding and division are
+// untouched); only floating-point exception flags may differ. Set before the
+// includes so the header's inline helpers share the option and inline.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <omp.h>
 
 #include <stdexcept>
@@ -46,6 +55,13 @@ void row_params(bool symmetric, A lo, A hi, float& scale, int32_t& zero_point) {
   else affine_params<A>(lo, hi, scale, zero_point);
 }
 
+// a if take else b; 16-bit storage types select on their bits (vectorizable).
+template <typename T> inline T select(bool take, T a, T b) { return take ? a : b; }
+template <> inline Half16 select<Half16>(bool take, Half16 a, Half16 b) { return Half16{take ? a.bits : b.bits}; }
+template <> inline BFloat16 select<BFloat16>(bool take, BFloat16 a, BFloat16 b) {
+  return BFloat16{take ? a.bits : b.bits};
+}
+
 // Codes of one span with a fixed (scale, zero point).
 template <typename T>
 EITP_CPU_HOT void span_quantize(const T* x, int64_t n, float scale, int32_t zero_point, bool symmetric, int8_t* q) {
@@ -63,10 +79,11 @@ EITP_CPU_HOT void span_fake_quant(const T* x, int64_t n, float scale, int32_t ze
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
   for (int64_t i = 0; i < n; ++i) {
-    const A v = load_acc(x[i]);
+    const T xi = x[i];
+    const A v = load_acc(xi);
     const A r = clamp_code<A>(unclamped_code<A>(v, s, zp), qmin, qmax);
     const T d = store_acc<T>((r - zp) * s);
-    out[i] = v != v ? x[i] : d;
+    out[i] = select(v != v, xi, d);
   }
 }
 
@@ -177,7 +194,7 @@ EITP_CPU_HOT void span_backward(const T* grad, const T* x, int64_t n, float scal
     const A v = load_acc(x[i]);
     const A r = unclamped_code<A>(v, s, zp);
     const bool keep = is_finite_value(v) && r >= qmin && r <= qmax;
-    grad_x[i] = keep ? grad[i] : zero;
+    grad_x[i] = select(keep, grad[i], zero);
   }
 }
 
