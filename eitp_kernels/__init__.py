@@ -6,6 +6,8 @@ Public API:
     quantize_int8(x, *, granularity, axis, group_size, symmetric, scale, zero_point)
     dequantize_int8(q, scale, zero_point=None, *, granularity, axis, group_size, dtype)
     fake_quant_int8(x, *, granularity, axis, group_size, symmetric, scale, zero_point)
+Modules (``eitp_kernels.nn``): FakeQuantLinear, Int8Linear, prepare_qat(model),
+export_int8(model), load_int8(state, model_or_factory).
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """
