@@ -3,11 +3,14 @@
 Public API:
     backends(), use_backend(name), BackendUnavailableError
     finite_minmax(x, dim=None)
+    histogram_entropy(x, bins=256, range=None, dim=None, base=None, differentiable=False, process_group=None)
+    histogram_entropy_many(tensors, bins=256, range=None, base=None)
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """
 from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
 from eitp_kernels.ops.finite_range import finite_minmax
+from eitp_kernels.ops.entropy import histogram_entropy, histogram_entropy_many
 
 __version__ = "0.1.0"
 
@@ -16,5 +19,7 @@ __all__ = [
     "BackendUnavailableError",
     "backends",
     "finite_minmax",
+    "histogram_entropy",
+    "histogram_entropy_many",
     "use_backend",
 ]
