@@ -55,7 +55,7 @@ int64_t total_length(const std::vector<HistSegment>& segs) {
 // ---------------------------------------------------------------- hard counts
 
 template <typename T>
-void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, typename AccType<T>::type hi,
+EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, typename AccType<T>::type hi,
                        bool explicit_range, int32_t bins, uint32_t* hist, int copies) {
   using A = typename AccType<T>::type;
   const A w = (hi - lo) / static_cast<A>(bins);
@@ -86,7 +86,7 @@ void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, type
 }
 
 template <typename T>
-void count_code_range(const T* x, int64_t n, uint32_t* hist, int copies) {
+EITP_CPU_HOT void count_code_range(const T* x, int64_t n, uint32_t* hist, int copies) {
   const int offset = std::is_signed<T>::value ? 128 : 0;
   const int64_t stride = 257;
   int64_t i = 0;

@@ -126,8 +126,9 @@ def _triton_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> tor
     is_code = rows.dtype in _validation.CODE_DTYPES
     acc = reference.compute_dtype(rows.dtype)
     local = bins <= _TRITON_HIST_MAX_BINS
-    block = 1024
-    chunk = 16384 if local else 4096
+    # short rows (many of them): one program per row, no idle loop steps
+    block = min(1024, max(16, triton.next_power_of_2(row_length)))
+    chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(row_length)))
     chunks = max(1, triton.cdiv(row_length, chunk))
     if is_code:
         lo = hi = counts  # unused
