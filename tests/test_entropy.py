@@ -13,7 +13,6 @@ from eitp_kernels.ops import entropy as ops
 from conftest import FLOAT_DTYPES, INTERPRETER_ON, cpu_backends
 
 CPU_BACKENDS = cpu_backends()
-COMPILED = ["cpp"]  # backends with a compiled differentiable path on CPU
 NAN, INF = float("nan"), float("inf")
 
 
@@ -137,7 +136,7 @@ def test_huge_bins_cpu_single_copy_path():
 # ---------------------------------------------------------------- differentiable
 
 
-@pytest.mark.parametrize("backend", ["reference"] + COMPILED)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("rng,dim", [(None, None), (None, 1), ((-1.0, 1.5), 1)])
 def test_differentiable_matches_reference_forward_and_gradient(backend, dtype, rng, dim):
@@ -158,7 +157,7 @@ def test_differentiable_matches_reference_forward_and_gradient(backend, dtype, r
     torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(scale) * (1e-12 if dtype == torch.float64 else 1e-5))
 
 
-@pytest.mark.parametrize("backend", ["reference"] + COMPILED)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_differentiable_gradcheck_fp64(backend):
     x = (torch.rand(3, 40, dtype=torch.float64) * 2.8 - 1.4).requires_grad_()
     with eitp_kernels.use_backend(backend):

@@ -28,6 +28,12 @@ dL/dx = (g[k+1] - g[k]) / w. The entropy of the soft counts is a few torch
 ops whose gradient is dH/dc_j = -(ln p_j + H) / N with ln p taken of p
 clamped at ``reference.ENTROPY_LOG_FLOOR``, which gives the DESIGN formula
 dH/dx = (ln p_k - ln p_{k+1}) / (N w). The range is held constant.
+
+Triton: the hard counts kernel keeps a block-local histogram (``tl.histogram``,
+bins <= 4096) and merges it with one atomic per bin per program (above 4096
+bins: one global atomic per element); the soft counts kernel uses two float64
+global atomics per element. They are custom ops (``eitp_triton::*``, via
+``torch.library.triton_op``) so torch.compile can trace them on a GPU.
 """
 from __future__ import annotations
 
@@ -46,8 +52,7 @@ MAX_BINS = 1 << 24
 
 # Backends per device type, best first.
 IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
-# Linear binning has no Triton kernel yet.
-IMPLEMENTED_DIFFERENTIABLE = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "reference")}
+IMPLEMENTED_DIFFERENTIABLE = IMPLEMENTED
 IMPLEMENTED_MANY = IMPLEMENTED
 
 _TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
@@ -132,13 +137,168 @@ def _triton_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> tor
     chunks = max(1, triton.cdiv(row_length, chunk))
     if is_code:
         lo = hi = counts  # unused
-    _histogram_counts_kernel[(n_rows, chunks)](
+    _wrap(_histogram_counts_kernel)[(n_rows, chunks)](
         rows, lo, hi, counts, row_length, bins,
         EXPLICIT=explicit, IS_CODE=is_code, CODE_OFFSET=128 if rows.dtype == torch.int8 else 0,
         ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
         NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
     )
     return counts
+
+
+@triton_jit
+def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.constexpr):
+    """Linear binning in the reference's arithmetic: (valid, live, k0, k1, f)."""
+    valid = in_row & (v - v == 0)
+    if EXPLICIT:
+        valid = valid & (v >= lo) & (v <= hi)
+    live = valid & ((tl.zeros_like(v) + w) != 0)  # broadcast first: the interpreter wants two blocks
+    if IS_F64:
+        u = (v - lo) / w - 0.5
+    else:
+        u = tl.math.div_rn(v - lo, w) - 0.5
+    k = tl.floor(u)
+    f = u - k
+    k = tl.where(live, k, 0.0)
+    f = tl.where(live, f, 0.0)
+    top = (bins - 1).to(k.dtype)
+    k0 = tl.minimum(tl.maximum(k, 0.0), top).to(tl.int32)
+    k1 = tl.minimum(tl.maximum(k + 1.0, 0.0), top).to(tl.int32)
+    return valid, live, k0, k1, f
+
+
+@triton_jit
+def _soft_histogram_kernel(
+    x_ptr,  # (rows, row_length), contiguous, float dtypes
+    lo_ptr,  # (rows,) accumulation dtype
+    hi_ptr,
+    counts_ptr,  # (rows, bins) float64, zero-filled
+    row_length,
+    bins,
+    EXPLICIT: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Weighted counts: tl.histogram has no weights, so two float64 global
+    # atomics per counted element.
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1).to(tl.int64)
+    row_ptr = x_ptr + row * row_length
+    out_ptr = counts_ptr + row * bins
+    lo = tl.load(lo_ptr + row)
+    hi = tl.load(hi_ptr + row)
+    if IS_F64:
+        w = (hi - lo) / bins.to(ACC)
+    else:
+        w = tl.math.div_rn(hi - lo, bins.to(ACC))
+    for start in tl.range(0, CHUNK, BLOCK):
+        offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
+        in_row = offsets < row_length
+        v = tl.load(row_ptr + offsets, mask=in_row, other=0.0).to(ACC)
+        valid, live, k0, k1, f = _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT, IS_F64)
+        tl.atomic_add(out_ptr + k0, (1.0 - f).to(tl.float64), mask=valid)
+        tl.atomic_add(out_ptr + k1, f.to(tl.float64), mask=live)
+
+
+@triton_jit
+def _soft_histogram_backward_kernel(
+    x_ptr,  # (rows, row_length)
+    lo_ptr,
+    hi_ptr,
+    table_ptr,  # (rows, bins) float64: dL/dcounts
+    grad_ptr,  # (rows, row_length) accumulation dtype
+    row_length,
+    bins,
+    EXPLICIT: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1).to(tl.int64)
+    lo = tl.load(lo_ptr + row)
+    hi = tl.load(hi_ptr + row)
+    if IS_F64:
+        w = (hi - lo) / bins.to(ACC)
+    else:
+        w = tl.math.div_rn(hi - lo, bins.to(ACC))
+    offsets = block * BLOCK + tl.arange(0, BLOCK)
+    in_row = offsets < row_length
+    v = tl.load(x_ptr + row * row_length + offsets, mask=in_row, other=0.0).to(ACC)
+    valid, live, k0, k1, f = _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT, IS_F64)
+    t0 = tl.load(table_ptr + row * bins + k0, mask=live, other=0.0)
+    t1 = tl.load(table_ptr + row * bins + k1, mask=live, other=0.0)
+    g = (t1 - t0) / w.to(tl.float64)  # float64 division is IEEE in Triton
+    tl.store(grad_ptr + row * row_length + offsets, tl.where(live, g, 0.0).to(ACC), mask=in_row)
+
+
+def _triton_soft_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    n_rows, row_length = rows.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=rows.device)
+    if rows.numel() == 0:
+        return counts
+    acc = reference.compute_dtype(rows.dtype)
+    block = min(1024, max(16, triton.next_power_of_2(row_length)))
+    chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
+    _wrap(_soft_histogram_kernel)[(n_rows, triton.cdiv(row_length, chunk))](
+        rows, lo, hi, counts, row_length, bins, EXPLICIT=explicit,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block,
+    )
+    return counts
+
+
+def _triton_soft_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    n_rows, row_length = rows.shape
+    acc = reference.compute_dtype(rows.dtype)
+    grad = torch.empty(rows.shape, dtype=acc, device=rows.device)
+    if rows.numel() == 0:
+        return grad
+    block = min(1024, max(16, triton.next_power_of_2(row_length)))
+    _wrap(_soft_histogram_backward_kernel)[(n_rows, triton.cdiv(row_length, block))](
+        rows, lo, hi, grad_counts.to(torch.float64).contiguous(), grad, row_length, bins, EXPLICIT=explicit,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64, BLOCK=block,
+    )
+    return grad
+
+
+def _wrap(kernel):
+    """torch.library.wrap_triton: the launch stays traceable inside a triton_op."""
+    return torch.library.wrap_triton(kernel)
+
+
+def _register_triton_ops() -> None:
+    """Triton kernels as custom ops (namespace eitp_triton) so torch.compile traces them."""
+    from torch.library import triton_op
+
+    @triton_op("eitp_triton::histogram_counts", mutates_args=())
+    def _counts_op(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
+                   explicit_range: bool) -> torch.Tensor:
+        return _triton_counts(x, lo, hi, bins, explicit_range)
+
+    @triton_op("eitp_triton::soft_histogram", mutates_args=())
+    def _soft_op(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
+                 explicit_range: bool) -> torch.Tensor:
+        return _triton_soft_counts(x, lo, hi, bins, explicit_range)
+
+    @triton_op("eitp_triton::soft_histogram_backward", mutates_args=())
+    def _soft_backward_op(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                          bins: int, explicit_range: bool) -> torch.Tensor:
+        return _triton_soft_backward(grad_counts, x, lo, hi, bins, explicit_range)
+
+    def setup_context(ctx, inputs, output):
+        x, lo, hi, bins, explicit_range = inputs
+        ctx.save_for_backward(x, lo, hi)
+        ctx.bins = bins
+        ctx.explicit_range = explicit_range
+
+    def backward(ctx, grad_counts):
+        x, lo, hi = ctx.saved_tensors
+        grad_x = torch.ops.eitp_triton.soft_histogram_backward(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
+        return grad_x.to(x.dtype), None, None, None, None
+
+    torch.library.register_autograd("eitp_triton::soft_histogram", backward, setup_context=setup_context)
 
 
 # --------------------------------------------------------------------------
@@ -185,7 +345,7 @@ def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: 
     if backend in ("cpp", "cuda"):
         return torch.ops.eitp.histogram_counts(rows, lo, hi, bins, explicit)
     if backend == "triton":
-        return _triton_counts(rows, lo, hi, bins, explicit)
+        return torch.ops.eitp_triton.histogram_counts(rows, lo, hi, bins, explicit)
     return _torch_counts(rows, lo, hi, bins, explicit)
 
 
@@ -349,6 +509,8 @@ def histogram_entropy(
         lo, hi = _range_rows(backend, rows.detach(), rng, process_group)
         if backend in ("cpp", "cuda"):
             counts = torch.ops.eitp.soft_histogram(rows, lo, hi, bins, rng is not None)
+        elif backend == "triton":
+            counts = torch.ops.eitp_triton.soft_histogram(rows, lo, hi, bins, rng is not None)
         else:
             counts = _soft_counts_torch(rows, lo, hi, bins, rng is not None)
         if process_group is not None:
@@ -460,3 +622,5 @@ def _register() -> None:
 
 if _extension.load()[0]:
     _register()
+if triton is not None:
+    _register_triton_ops()
