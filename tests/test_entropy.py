@@ -417,3 +417,21 @@ def test_gpu_differentiable_and_many(dtype):
     hr.sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
     torch.testing.assert_close(many[0], reference.histogram_entropy(x.detach()).double(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_torch_compile_fullgraph(backend):
+    w = torch.randn(64, 300, device="cuda", requires_grad=True)
+
+    def loss_fn(w):
+        return eitp_kernels.histogram_entropy(w, bins=64, dim=1, differentiable=True).sum()
+
+    with eitp_kernels.use_backend(backend):
+        loss = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(w)
+        loss.backward()
+    wr = w.detach().clone().requires_grad_()
+    ref = reference.histogram_entropy(wr, bins=64, dim=1, differentiable=True).sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=0, atol=float(wr.grad.abs().max()) * 1e-5)

@@ -68,7 +68,7 @@ EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::
     for (int i = 0; i < m; ++i) {
       const A v = load_acc(xs[i]);
       const bool finite = v - v == A(0);
-      const bool inside = !explicit_range | ((v >= lo) & (v <= hi));
+      const bool inside = (!explicit_range) | ((v >= lo) & (v <= hi));
       const int32_t b = hist_bin<A>(v, lo, w, bins);
       idx[i] = (finite & inside) ? b : bins;
     }
