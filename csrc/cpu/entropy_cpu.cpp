@@ -20,8 +20,9 @@
 namespace eitp {
 namespace {
 
-constexpr int64_t kMinChunk = int64_t(1) << 16;
-constexpr int64_t kParallelThreshold = 32768;  // fewer elements: one thread
+constexpr int64_t kMinChunk = int64_t(1) << 17;
+constexpr int64_t kParallelThreshold = int64_t(1) << 18;  // fewer elements: one thread (a parallel region costs
+                                                            // far more than counting them on a busy machine)
 
 struct WorkItem {
   int64_t seg;
@@ -123,7 +124,82 @@ void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range,
   }
 }
 
-void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool explicit_range, int64_t* counts) {
+// ---------------------------------------------------------------- auto range
+
+// Lane-wise so the loop vectorizes (as finite_minmax_cpu does).
+template <typename T>
+EITP_CPU_HOT void minmax_item(const HistSegment& seg, const WorkItem& it, double& lo_out, double& hi_out) {
+  using A = typename AccType<T>::type;
+  constexpr int64_t kLanes = 16;
+  const T* x = static_cast<const T*>(seg.x) + it.begin;
+  const int64_t n = it.end - it.begin;
+  const A inf = std::numeric_limits<A>::infinity();
+  A lo[kLanes], hi[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lo[j] = inf, hi[j] = -inf;
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) fold_finite_minmax<A>(load_acc(x[i + j]), lo[j], hi[j]);
+  for (int64_t i = full; i < n; ++i) fold_finite_minmax<A>(load_acc(x[i]), lo[0], hi[0]);
+  A l = inf, h = -inf;
+  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
+  lo_out = l;
+  hi_out = h;
+}
+
+void item_range(const HistSegment& seg, const WorkItem& it, double& lo, double& hi) {
+  switch (seg.dtype) {
+    case DType::kFloat16: return minmax_item<Half16>(seg, it, lo, hi);
+    case DType::kBFloat16: return minmax_item<BFloat16>(seg, it, lo, hi);
+    case DType::kFloat32: return minmax_item<float>(seg, it, lo, hi);
+    case DType::kFloat64: return minmax_item<double>(seg, it, lo, hi);
+    default: lo = 0.0; hi = 0.0;  // codes: no range
+  }
+}
+
+void auto_ranges_all(std::vector<HistSegment>& segs) {
+  const std::vector<WorkItem> items = make_items(segs, std::max<int64_t>(kMinChunk, 1 << 18));
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  std::vector<double> lo(items.size()), hi(items.size());
+#pragma omp parallel for schedule(dynamic, 1) if (total_length(segs) >= kParallelThreshold && n_items > 1)
+  for (int64_t i = 0; i < n_items; ++i) {
+    const WorkItem& it = items[i];
+    const HistSegment& seg = segs[it.seg];
+    item_range(seg, it, lo[i], hi[i]);
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  for (auto& s : segs) {
+    s.lo = inf;
+    s.hi = -inf;
+  }
+  for (int64_t i = 0; i < n_items; ++i) {
+    HistSegment& s = segs[items[i].seg];
+    s.lo = std::min(s.lo, lo[i]);
+    s.hi = std::max(s.hi, hi[i]);
+  }
+}
+
+
+// Finite min/max of the segments longer than `min_length` (the others get
+// theirs inside their counting task), in parallel over chunks.
+void auto_ranges(std::vector<HistSegment>& segs, int64_t min_length) {
+  std::vector<HistSegment> long_segs;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    if (segs[i].length > min_length) {
+      long_segs.push_back(segs[i]);
+      where.push_back(i);
+    }
+  }
+  if (long_segs.empty()) return;
+  auto_ranges_all(long_segs);
+  for (size_t j = 0; j < where.size(); ++j) segs[where[j]] = long_segs[j];
+}
+
+// range_in_item: a segment that is a single item gets its automatic range
+// computed inside the counting task (one pass over data that is then still in
+// cache); longer segments must already carry theirs.
+void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool explicit_range, int64_t* counts,
+                    bool range_in_item = false) {
   const int32_t bins = static_cast<int32_t>(bins64);
   const std::vector<WorkItem> items = make_items(segs, chunk_for(bins64));
   const int copies = bins <= 4096 ? 4 : 1;
@@ -136,7 +212,9 @@ void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool e
     for (int64_t i = 0; i < n_items; ++i) {
       const WorkItem& it = items[i];
       std::fill(hist.begin(), hist.end(), 0u);
-      count_item(segs[it.seg], it, explicit_range, bins, hist.data(), copies);
+      HistSegment seg = segs[it.seg];
+      if (range_in_item && it.whole) item_range(seg, it, seg.lo, seg.hi);
+      count_item(seg, it, explicit_range, bins, hist.data(), copies);
       int64_t* out = counts + it.seg * bins64;
       for (int32_t b = 0; b < bins; ++b) {
         uint64_t c = hist[b];
@@ -150,47 +228,6 @@ void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool e
         }
       }
     }
-  }
-}
-
-// ---------------------------------------------------------------- auto range
-
-template <typename T>
-void minmax_item(const HistSegment& seg, const WorkItem& it, double& lo_out, double& hi_out) {
-  using A = typename AccType<T>::type;
-  const T* x = static_cast<const T*>(seg.x);
-  const A inf = std::numeric_limits<A>::infinity();
-  A lo = inf, hi = -inf;
-  for (int64_t i = it.begin; i < it.end; ++i) fold_finite_minmax<A>(load_acc(x[i]), lo, hi);
-  lo_out = lo;
-  hi_out = hi;
-}
-
-void auto_ranges(std::vector<HistSegment>& segs) {
-  const std::vector<WorkItem> items = make_items(segs, std::max<int64_t>(kMinChunk, 1 << 18));
-  const int64_t n_items = static_cast<int64_t>(items.size());
-  std::vector<double> lo(items.size()), hi(items.size());
-#pragma omp parallel for schedule(dynamic, 1) if (total_length(segs) >= kParallelThreshold && n_items > 1)
-  for (int64_t i = 0; i < n_items; ++i) {
-    const WorkItem& it = items[i];
-    const HistSegment& seg = segs[it.seg];
-    switch (seg.dtype) {
-      case DType::kFloat16: minmax_item<Half16>(seg, it, lo[i], hi[i]); break;
-      case DType::kBFloat16: minmax_item<BFloat16>(seg, it, lo[i], hi[i]); break;
-      case DType::kFloat32: minmax_item<float>(seg, it, lo[i], hi[i]); break;
-      case DType::kFloat64: minmax_item<double>(seg, it, lo[i], hi[i]); break;
-      default: lo[i] = 0.0; hi[i] = 0.0;  // codes: no range
-    }
-  }
-  const double inf = std::numeric_limits<double>::infinity();
-  for (auto& s : segs) {
-    s.lo = inf;
-    s.hi = -inf;
-  }
-  for (int64_t i = 0; i < n_items; ++i) {
-    HistSegment& s = segs[items[i].seg];
-    s.lo = std::min(s.lo, lo[i]);
-    s.hi = std::max(s.hi, hi[i]);
   }
 }
 
@@ -258,8 +295,9 @@ void soft_backward_item(const HistSegment& seg, const WorkItem& it, bool explici
 
 void histogram_counts_segments_cpu(std::vector<HistSegment>& segments, int64_t bins, bool explicit_range,
                                    int64_t* counts) {
-  if (!explicit_range) auto_ranges(segments);
-  count_segments(segments, bins, explicit_range, counts);
+  const int64_t chunk = chunk_for(bins);
+  if (!explicit_range) auto_ranges(segments, chunk);
+  count_segments(segments, bins, explicit_range, counts, !explicit_range);
 }
 
 void histogram_counts_cpu(const HistogramParams& p) {
