@@ -435,3 +435,16 @@ def test_gpu_torch_compile_fullgraph(backend):
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
     torch.testing.assert_close(w.grad, wr.grad, rtol=0, atol=float(wr.grad.abs().max()) * 1e-5)
+
+
+def test_differentiable_long_row_parallel_chunks():
+    # > 2 chunks of 2^17 elements: the chunked soft-count merge and the parallel backward
+    base = torch.randn(300001) * 2
+    x, xr = base.clone().requires_grad_(), base.clone().requires_grad_()
+    with eitp_kernels.use_backend("cpp"):
+        h = eitp_kernels.histogram_entropy(x, bins=300, differentiable=True)
+    hr = reference.histogram_entropy(xr, bins=300, differentiable=True)
+    torch.testing.assert_close(h, hr, rtol=1e-6, atol=0)
+    h.backward()
+    hr.backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
