@@ -3,17 +3,22 @@
 Public API:
     backends(), use_backend(name), BackendUnavailableError
     finite_minmax(x, dim=None)
-    quantize_int8(x, *, granularity, axis, group_size, symmetric, scale, zero_point)
-    dequantize_int8(q, scale, zero_point=None, *, granularity, axis, group_size, dtype)
-    fake_quant_int8(x, *, granularity, axis, group_size, symmetric, scale, zero_point)
-Modules (``eitp_kernels.nn``): FakeQuantLinear, Int8Linear, prepare_qat(model),
-export_int8(model), load_int8(state, model_or_factory).
+    histogram_entropy(x, bins=256, range=None, dim=None, base=None, differentiable=False, process_group=None)
+    histogram_entropy_many(tensors, bins=256, range=None, base=None)
+    nn.EntropyMonitor(model, bins=256, range=None, base=2.0, trainable_only=False)
+    quantize_int8(x, *, granularity="tensor", axis=0, group_size=128, symmetric=True, scale=None, zero_point=None)
+    dequantize_int8(q, scale, zero_point=None, *, granularity="tensor", axis=0, group_size=128, dtype=torch.float32)
+    fake_quant_int8(x, *, granularity="tensor", axis=0, group_size=128, symmetric=True, scale=None, zero_point=None)
+    nn.FakeQuantLinear, nn.Int8Linear, nn.prepare_qat(model), nn.export_int8(model),
+    nn.load_int8(state, model_or_factory)
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """
 from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
 from eitp_kernels.ops.finite_range import finite_minmax
+from eitp_kernels.ops.entropy import histogram_entropy, histogram_entropy_many
 from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
+from eitp_kernels import nn  # noqa: E402  (EntropyMonitor, QAT modules)
 
 __version__ = "0.1.0"
 
@@ -24,6 +29,8 @@ __all__ = [
     "dequantize_int8",
     "fake_quant_int8",
     "finite_minmax",
+    "histogram_entropy",
+    "histogram_entropy_many",
     "quantize_int8",
     "use_backend",
 ]

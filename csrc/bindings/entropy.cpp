@@ -1,0 +1,350 @@
+// Histogram entropy operators (DESIGN §2.1). Rows are 1-D histograms; the
+// Python wrapper makes the (rows, row_length) view and the range.
+//
+// eitp::histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor
+//     x (rows, L) float or int8/uint8 codes; lo/hi (rows,) in the accumulation
+//     dtype (None for codes). Returns int64 counts (rows, bins).
+// eitp::histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor
+//     one histogram per tensor (all elements; automatic finite range per
+//     tensor unless range = [lo, hi]). Returns int64 counts (len(xs), bins).
+// eitp::soft_histogram(Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) -> Tensor
+//     linear-binning counts, float64 (rows, bins).
+// eitp::soft_histogram_backward(Tensor grad_counts, Tensor x, Tensor lo, Tensor hi, int bins,
+//                               bool explicit_range) -> Tensor
+//     dL/dx = (g[k+1] - g[k]) / w for live values, in the accumulation dtype.
+// eitp::entropy_from_counts(Tensor counts, float? log_base) -> Tensor
+//     H = -sum_{c>0} p ln p per row (float64; NaN for an empty row; / log_base).
+#include <optional>
+
+#include "bindings/tensor_args.h"
+#include "kernels/entropy.h"
+#ifdef EITP_WITH_CUDA
+#include "kernels/finite_minmax.h"
+#endif
+
+namespace eitp {
+namespace {
+
+bool is_code_dtype(const at::Tensor& t) { return t.scalar_type() == at::kChar || t.scalar_type() == at::kByte; }
+
+void check_bins(int64_t bins, const char* op) {
+  TORCH_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), op, ": bins must be in [1, 2^24], got ", bins);
+}
+
+void check_range_tensor(const at::Tensor& x, const at::Tensor& r, const char* name, const char* op) {
+  TORCH_CHECK_VALUE(r.dim() == 1 && r.size(0) == x.size(0), op, ": ", name, " must have shape (rows,) = (", x.size(0),
+                    ",), got ", r.sizes());
+  TORCH_CHECK_TYPE(r.scalar_type() == accumulation_dtype(x), op, ": ", name, " must have dtype ",
+                   accumulation_dtype(x), ", got ", r.scalar_type());
+  TORCH_CHECK_VALUE(r.device() == x.device(), op, ": ", name, " is on ", r.device(), " but x is on ", x.device());
+}
+
+// ---------------------------------------------------------------- histogram_counts
+
+struct CountsArgs {
+  at::Tensor x, lo, hi, counts;
+};
+
+CountsArgs prepare_counts(const at::Tensor& x_in, const std::optional<at::Tensor>& lo,
+                          const std::optional<at::Tensor>& hi, int64_t bins, bool explicit_range) {
+  const char* op = "histogram_counts";
+  TORCH_CHECK_VALUE(x_in.dim() == 2, op, ": x must be 2-D (rows, row_length), got ", x_in.dim(), "-D");
+  TORCH_CHECK_TYPE(is_float_dtype(x_in) || is_code_dtype(x_in), op, ": x must be a float or int8/uint8 tensor, got ",
+                   x_in.scalar_type());
+  check_bins(bins, op);
+  CountsArgs a;
+  a.x = x_in.contiguous();
+  if (is_code_dtype(x_in)) {
+    TORCH_CHECK_VALUE(bins == 256, op, ": int8/uint8 codes need bins == 256, got ", bins);
+  } else {
+    TORCH_CHECK_VALUE(lo.has_value() && hi.has_value(), op, ": a float x needs lo and hi");
+    check_range_tensor(x_in, *lo, "lo", op);
+    check_range_tensor(x_in, *hi, "hi", op);
+    a.lo = lo->contiguous();
+    a.hi = hi->contiguous();
+  }
+  a.counts = at::zeros({x_in.size(0), bins}, x_in.options().dtype(at::kLong));
+  return a;
+}
+
+HistogramParams counts_params(const CountsArgs& a, int64_t bins, bool explicit_range) {
+  HistogramParams p;
+  p.x = a.x.data_ptr();
+  p.dtype = kernel_dtype(a.x, "histogram_counts");
+  p.rows = a.x.size(0);
+  p.row_length = a.x.size(1);
+  p.lo = a.lo.defined() ? a.lo.data_ptr() : nullptr;
+  p.hi = a.hi.defined() ? a.hi.data_ptr() : nullptr;
+  p.bins = bins;
+  p.explicit_range = explicit_range;
+  p.counts = a.counts.data_ptr<int64_t>();
+  return p;
+}
+
+at::Tensor histogram_counts_cpu_impl(const at::Tensor& x, const std::optional<at::Tensor>& lo,
+                                     const std::optional<at::Tensor>& hi, int64_t bins, bool explicit_range) {
+  CountsArgs a = prepare_counts(x, lo, hi, bins, explicit_range);
+  if (a.x.numel() > 0) histogram_counts_cpu(counts_params(a, bins, explicit_range));
+  return a.counts;
+}
+
+// ---------------------------------------------------------------- histogram_counts_many
+
+void check_many(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
+  const char* op = "histogram_counts_many";
+  check_bins(bins, op);
+  TORCH_CHECK_VALUE(!range.has_value() || range->size() == 2, op, ": range must be [lo, hi]");
+  for (size_t i = 0; i < xs.size(); ++i) {
+    TORCH_CHECK_TYPE(is_float_dtype(xs[i]) || is_code_dtype(xs[i]), op, ": tensors[", i,
+                     "] must be a float or int8/uint8 tensor, got ", xs[i].scalar_type());
+    TORCH_CHECK_VALUE(xs[i].device() == xs[0].device(), op, ": tensors[", i, "] is on ", xs[i].device(),
+                      " but tensors[0] is on ", xs[0].device());
+    if (is_code_dtype(xs[i])) {
+      TORCH_CHECK_VALUE(bins == 256 && !range.has_value(), op, ": tensors[", i,
+                        "] holds int8/uint8 codes, which need bins == 256 and no range");
+    }
+  }
+}
+
+at::Tensor histogram_counts_many_cpu_impl(const at::TensorList xs, int64_t bins,
+                                          std::optional<at::ArrayRef<double>> range) {
+  check_many(xs, bins, range);
+  std::vector<at::Tensor> keep;
+  keep.reserve(xs.size());
+  std::vector<HistSegment> segs(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    keep.push_back(xs[i].contiguous());
+    segs[i].x = keep.back().data_ptr();
+    segs[i].dtype = kernel_dtype(keep.back(), "histogram_counts_many");
+    segs[i].length = keep.back().numel();
+    if (range.has_value()) {
+      // rounded to the accumulation dtype, as the reference does
+      const bool f64 = keep.back().scalar_type() == at::kDouble;
+      segs[i].lo = f64 ? (*range)[0] : static_cast<double>(static_cast<float>((*range)[0]));
+      segs[i].hi = f64 ? (*range)[1] : static_cast<double>(static_cast<float>((*range)[1]));
+    }
+  }
+  at::Tensor counts = at::zeros({static_cast<int64_t>(xs.size()), bins}, at::TensorOptions().dtype(at::kLong));
+  if (!xs.empty()) histogram_counts_segments_cpu(segs, bins, range.has_value(), counts.data_ptr<int64_t>());
+  return counts;
+}
+
+// ---------------------------------------------------------------- soft histogram
+
+struct SoftArgs {
+  at::Tensor x, lo, hi;
+};
+
+SoftArgs prepare_soft(const char* op, const at::Tensor& x_in, const at::Tensor& lo, const at::Tensor& hi,
+                      int64_t bins) {
+  TORCH_CHECK_VALUE(x_in.dim() == 2, op, ": x must be 2-D (rows, row_length), got ", x_in.dim(), "-D");
+  TORCH_CHECK_TYPE(is_float_dtype(x_in), op, ": x must be a float tensor, got ", x_in.scalar_type());
+  check_bins(bins, op);
+  check_range_tensor(x_in, lo, "lo", op);
+  check_range_tensor(x_in, hi, "hi", op);
+  return {x_in.contiguous(), lo.contiguous(), hi.contiguous()};
+}
+
+SoftHistogramParams soft_params(const SoftArgs& a, int64_t bins, bool explicit_range, at::Tensor& counts) {
+  SoftHistogramParams p;
+  p.x = a.x.data_ptr();
+  p.dtype = kernel_dtype(a.x, "soft_histogram");
+  p.rows = a.x.size(0);
+  p.row_length = a.x.size(1);
+  p.lo = a.lo.data_ptr();
+  p.hi = a.hi.data_ptr();
+  p.bins = bins;
+  p.explicit_range = explicit_range;
+  p.counts = counts.data_ptr<double>();
+  return p;
+}
+
+at::Tensor soft_histogram_cpu_impl(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi, int64_t bins,
+                                   bool explicit_range) {
+  SoftArgs a = prepare_soft("soft_histogram", x, lo, hi, bins);
+  at::Tensor counts = at::zeros({x.size(0), bins}, x.options().dtype(at::kDouble));
+  if (a.x.numel() > 0) soft_histogram_cpu(soft_params(a, bins, explicit_range, counts));
+  return counts;
+}
+
+struct SoftBackwardArgs {
+  SoftArgs a;
+  at::Tensor grad_counts, grad_x;
+};
+
+SoftBackwardArgs prepare_soft_backward(const at::Tensor& grad_counts, const at::Tensor& x, const at::Tensor& lo,
+                                       const at::Tensor& hi, int64_t bins) {
+  const char* op = "soft_histogram_backward";
+  SoftBackwardArgs b;
+  b.a = prepare_soft(op, x, lo, hi, bins);
+  TORCH_CHECK_VALUE(grad_counts.dim() == 2 && grad_counts.size(0) == x.size(0) && grad_counts.size(1) == bins, op,
+                    ": grad_counts must have shape (rows, bins) = (", x.size(0), ", ", bins, "), got ",
+                    grad_counts.sizes());
+  TORCH_CHECK_VALUE(grad_counts.device() == x.device(), op, ": grad_counts is on ", grad_counts.device(),
+                    " but x is on ", x.device());
+  b.grad_counts = grad_counts.to(at::kDouble).contiguous();
+  b.grad_x = at::empty(x.sizes(), x.options().dtype(accumulation_dtype(x)));
+  return b;
+}
+
+SoftHistogramBackwardParams soft_backward_params(SoftBackwardArgs& b, int64_t bins, bool explicit_range) {
+  SoftHistogramBackwardParams p;
+  p.x = b.a.x.data_ptr();
+  p.dtype = kernel_dtype(b.a.x, "soft_histogram_backward");
+  p.rows = b.a.x.size(0);
+  p.row_length = b.a.x.size(1);
+  p.lo = b.a.lo.data_ptr();
+  p.hi = b.a.hi.data_ptr();
+  p.bins = bins;
+  p.explicit_range = explicit_range;
+  p.grad_counts = b.grad_counts.data_ptr<double>();
+  p.grad_x = b.grad_x.data_ptr();
+  return p;
+}
+
+at::Tensor soft_histogram_backward_cpu_impl(const at::Tensor& grad_counts, const at::Tensor& x, const at::Tensor& lo,
+                                            const at::Tensor& hi, int64_t bins, bool explicit_range) {
+  SoftBackwardArgs b = prepare_soft_backward(grad_counts, x, lo, hi, bins);
+  if (x.numel() > 0) soft_histogram_backward_cpu(soft_backward_params(b, bins, explicit_range));
+  return b.grad_x;
+}
+
+// ---------------------------------------------------------------- entropy_from_counts
+
+EntropyFromCountsParams entropy_params(const at::Tensor& counts, std::optional<double> log_base, at::Tensor& out) {
+  EntropyFromCountsParams p;
+  p.counts = counts.data_ptr();
+  p.counts_are_int = counts.scalar_type() == at::kLong;
+  p.rows = counts.size(0);
+  p.bins = counts.size(1);
+  p.log_base = log_base.has_value() ? *log_base : 0.0;
+  p.out = out.data_ptr<double>();
+  return p;
+}
+
+at::Tensor check_counts(const at::Tensor& counts) {
+  const char* op = "entropy_from_counts";
+  TORCH_CHECK_VALUE(counts.dim() == 2, op, ": counts must be 2-D (rows, bins), got ", counts.dim(), "-D");
+  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong || counts.scalar_type() == at::kDouble, op,
+                   ": counts must be int64 or float64, got ", counts.scalar_type());
+  return counts.contiguous();
+}
+
+at::Tensor entropy_from_counts_cpu_impl(const at::Tensor& counts_in, std::optional<double> log_base) {
+  const at::Tensor counts = check_counts(counts_in);
+  at::Tensor out = at::empty({counts.size(0)}, counts.options().dtype(at::kDouble));
+  if (counts.size(0) > 0) entropy_from_counts_cpu(entropy_params(counts, log_base, out));
+  return out;
+}
+
+// ---------------------------------------------------------------- CUDA
+
+#ifdef EITP_WITH_CUDA
+at::Tensor histogram_counts_cuda_impl(const at::Tensor& x, const std::optional<at::Tensor>& lo,
+                                      const std::optional<at::Tensor>& hi, int64_t bins, bool explicit_range) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  CountsArgs a = prepare_counts(x, lo, hi, bins, explicit_range);
+  if (a.x.numel() > 0)
+    histogram_counts_cuda(counts_params(a, bins, explicit_range), c10::cuda::getCurrentCUDAStream().stream());
+  return a.counts;
+}
+
+// One range pass and one counting pass per tensor (2 launches each), all on
+// the current stream, no host sync.
+at::Tensor histogram_counts_many_cuda_impl(const at::TensorList xs, int64_t bins,
+                                           std::optional<at::ArrayRef<double>> range) {
+  check_many(xs, bins, range);
+  const c10::cuda::CUDAGuard guard(xs[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int64_t n = static_cast<int64_t>(xs.size());
+  const auto options = xs[0].options();
+  at::Tensor counts = at::zeros({n, bins}, options.dtype(at::kLong));
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor lo32 = at::full({n}, range.has_value() ? (*range)[0] : inf, options.dtype(at::kFloat));
+  at::Tensor hi32 = at::full({n}, range.has_value() ? (*range)[1] : -inf, options.dtype(at::kFloat));
+  at::Tensor lo64 = at::full({n}, range.has_value() ? (*range)[0] : inf, options.dtype(at::kDouble));
+  at::Tensor hi64 = at::full({n}, range.has_value() ? (*range)[1] : -inf, options.dtype(at::kDouble));
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor x = xs[i].contiguous();
+    if (x.numel() == 0) continue;
+    const bool f64 = x.scalar_type() == at::kDouble;
+    void* lo = f64 ? static_cast<void*>(lo64.data_ptr<double>() + i) : static_cast<void*>(lo32.data_ptr<float>() + i);
+    void* hi = f64 ? static_cast<void*>(hi64.data_ptr<double>() + i) : static_cast<void*>(hi32.data_ptr<float>() + i);
+    if (!range.has_value() && is_float_dtype(x)) {
+      FiniteMinMaxParams m{x.data_ptr(), kernel_dtype(x, "histogram_counts_many"), 1, x.numel(), lo, hi};
+      finite_minmax_cuda(m, stream);
+    }
+    HistogramParams p;
+    p.x = x.data_ptr();
+    p.dtype = kernel_dtype(x, "histogram_counts_many");
+    p.rows = 1;
+    p.row_length = x.numel();
+    p.lo = lo;
+    p.hi = hi;
+    p.bins = bins;
+    p.explicit_range = range.has_value();
+    p.counts = counts.data_ptr<int64_t>() + i * bins;
+    histogram_counts_cuda(p, stream);
+  }
+  return counts;
+}
+
+at::Tensor soft_histogram_cuda_impl(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi, int64_t bins,
+                                    bool explicit_range) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  SoftArgs a = prepare_soft("soft_histogram", x, lo, hi, bins);
+  at::Tensor counts = at::zeros({x.size(0), bins}, x.options().dtype(at::kDouble));
+  if (a.x.numel() > 0)
+    soft_histogram_cuda(soft_params(a, bins, explicit_range, counts), c10::cuda::getCurrentCUDAStream().stream());
+  return counts;
+}
+
+at::Tensor soft_histogram_backward_cuda_impl(const at::Tensor& grad_counts, const at::Tensor& x, const at::Tensor& lo,
+                                             const at::Tensor& hi, int64_t bins, bool explicit_range) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  SoftBackwardArgs b = prepare_soft_backward(grad_counts, x, lo, hi, bins);
+  if (x.numel() > 0)
+    soft_histogram_backward_cuda(soft_backward_params(b, bins, explicit_range),
+                                 c10::cuda::getCurrentCUDAStream().stream());
+  return b.grad_x;
+}
+
+at::Tensor entropy_from_counts_cuda_impl(const at::Tensor& counts_in, std::optional<double> log_base) {
+  const c10::cuda::CUDAGuard guard(counts_in.device());
+  const at::Tensor counts = check_counts(counts_in);
+  at::Tensor out = at::empty({counts.size(0)}, counts.options().dtype(at::kDouble));
+  if (counts.size(0) > 0)
+    entropy_from_counts_cuda(entropy_params(counts, log_base, out), c10::cuda::getCurrentCUDAStream().stream());
+  return out;
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(eitp, m) {
+  m.def("histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor");
+  m.def("histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor");
+  m.def("soft_histogram(Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) -> Tensor");
+  m.def(
+      "soft_histogram_backward(Tensor grad_counts, Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) "
+      "-> Tensor");
+  m.def("entropy_from_counts(Tensor counts, float? log_base) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) {
+  m.impl("histogram_counts", &histogram_counts_cpu_impl);
+  m.impl("histogram_counts_many", &histogram_counts_many_cpu_impl);
+  m.impl("soft_histogram", &soft_histogram_cpu_impl);
+  m.impl("soft_histogram_backward", &soft_histogram_backward_cpu_impl);
+  m.impl("entropy_from_counts", &entropy_from_counts_cpu_impl);
+}
+#ifdef EITP_WITH_CUDA
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
+  m.impl("histogram_counts", &histogram_counts_cuda_impl);
+  m.impl("histogram_counts_many", &histogram_counts_many_cuda_impl);
+  m.impl("soft_histogram", &soft_histogram_cuda_impl);
+  m.impl("soft_histogram_backward", &soft_histogram_backward_cuda_impl);
+  m.impl("entropy_from_counts", &entropy_from_counts_cuda_impl);
+}
+#endif
+
+}  // namespace eitp

@@ -1,0 +1,403 @@
+// CPU histogram entropy kernels (OpenMP).
+//
+// Work is cut into items: a whole histogram (row or tensor) when it is short,
+// else chunks of it. Each thread counts an item into a private histogram
+// (four interleaved copies for small bin counts, so repeated hits on one bin
+// do not serialize on a store-to-load dependency), then adds it to the output
+// row: a plain add when the item is the whole row, an atomic add otherwise
+// (bins atomics per chunk of >= 64K elements). The bin indices of a block of
+// 256 values are computed first in a branch-free loop the compiler vectorizes.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "kernels/entropy.h"
+#include "kernels/finite_minmax.h"
+
+namespace eitp {
+namespace {
+
+constexpr int64_t kMinChunk = int64_t(1) << 17;
+constexpr int64_t kParallelThreshold = int64_t(1) << 18;  // fewer elements: one thread (a parallel region costs
+                                                            // far more than counting them on a busy machine)
+
+struct WorkItem {
+  int64_t seg;
+  int64_t begin;
+  int64_t end;
+  bool whole;  // the item is its segment's only item: it owns the output row
+};
+
+int64_t chunk_for(int64_t bins) { return std::max<int64_t>(kMinChunk, 16 * bins); }
+
+std::vector<WorkItem> make_items(const std::vector<HistSegment>& segs, int64_t chunk) {
+  std::vector<WorkItem> items;
+  for (int64_t s = 0; s < static_cast<int64_t>(segs.size()); ++s) {
+    const int64_t n = segs[s].length;
+    if (n == 0) continue;
+    if (n <= chunk) {
+      items.push_back({s, 0, n, true});
+    } else {
+      for (int64_t b = 0; b < n; b += chunk) items.push_back({s, b, std::min(n, b + chunk), false});
+    }
+  }
+  return items;
+}
+
+int64_t total_length(const std::vector<HistSegment>& segs) {
+  int64_t n = 0;
+  for (const auto& s : segs) n += s.length;
+  return n;
+}
+
+// ---------------------------------------------------------------- hard counts
+
+template <typename T>
+EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, typename AccType<T>::type hi,
+                       bool explicit_range, int32_t bins, uint32_t* hist, int copies) {
+  using A = typename AccType<T>::type;
+  const A w = (hi - lo) / static_cast<A>(bins);
+  constexpr int kBlock = 256;
+  int32_t idx[kBlock];
+  const int64_t stride = static_cast<int64_t>(bins) + 1;  // last slot of each copy: uncounted values
+  for (int64_t s = 0; s < n; s += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
+    const T* xs = x + s;
+    for (int i = 0; i < m; ++i) {
+      const A v = load_acc(xs[i]);
+      const bool finite = v - v == A(0);
+      const bool inside = (!explicit_range) | ((v >= lo) & (v <= hi));
+      const int32_t b = hist_bin<A>(v, lo, w, bins);
+      idx[i] = (finite & inside) ? b : bins;
+    }
+    int i = 0;
+    if (copies == 4) {
+      for (; i + 4 <= m; i += 4) {
+        ++hist[idx[i]];
+        ++hist[stride + idx[i + 1]];
+        ++hist[2 * stride + idx[i + 2]];
+        ++hist[3 * stride + idx[i + 3]];
+      }
+    }
+    for (; i < m; ++i) ++hist[idx[i]];
+  }
+}
+
+template <typename T>
+EITP_CPU_HOT void count_code_range(const T* x, int64_t n, uint32_t* hist, int copies) {
+  const int offset = std::is_signed<T>::value ? 128 : 0;
+  const int64_t stride = 257;
+  int64_t i = 0;
+  if (copies == 4) {
+    for (; i + 4 <= n; i += 4) {
+      ++hist[static_cast<int>(x[i]) + offset];
+      ++hist[stride + static_cast<int>(x[i + 1]) + offset];
+      ++hist[2 * stride + static_cast<int>(x[i + 2]) + offset];
+      ++hist[3 * stride + static_cast<int>(x[i + 3]) + offset];
+    }
+  }
+  for (; i < n; ++i) ++hist[static_cast<int>(x[i]) + offset];
+}
+
+template <typename T>
+void count_float_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, uint32_t* hist,
+                      int copies) {
+  using A = typename AccType<T>::type;
+  count_float_range<T>(static_cast<const T*>(seg.x) + it.begin, it.end - it.begin, static_cast<A>(seg.lo),
+                       static_cast<A>(seg.hi), explicit_range, bins, hist, copies);
+}
+
+void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, uint32_t* hist,
+                int copies) {
+  switch (seg.dtype) {
+    case DType::kFloat16: return count_float_item<Half16>(seg, it, explicit_range, bins, hist, copies);
+    case DType::kBFloat16: return count_float_item<BFloat16>(seg, it, explicit_range, bins, hist, copies);
+    case DType::kFloat32: return count_float_item<float>(seg, it, explicit_range, bins, hist, copies);
+    case DType::kFloat64: return count_float_item<double>(seg, it, explicit_range, bins, hist, copies);
+    case DType::kInt8:
+      return count_code_range(static_cast<const int8_t*>(seg.x) + it.begin, it.end - it.begin, hist, copies);
+    case DType::kUInt8:
+      return count_code_range(static_cast<const uint8_t*>(seg.x) + it.begin, it.end - it.begin, hist, copies);
+  }
+}
+
+// ---------------------------------------------------------------- auto range
+
+// Lane-wise so the loop vectorizes (as finite_minmax_cpu does).
+template <typename T>
+EITP_CPU_HOT void minmax_item(const HistSegment& seg, const WorkItem& it, double& lo_out, double& hi_out) {
+  using A = typename AccType<T>::type;
+  constexpr int64_t kLanes = 16;
+  const T* x = static_cast<const T*>(seg.x) + it.begin;
+  const int64_t n = it.end - it.begin;
+  const A inf = std::numeric_limits<A>::infinity();
+  A lo[kLanes], hi[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lo[j] = inf, hi[j] = -inf;
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) fold_finite_minmax<A>(load_acc(x[i + j]), lo[j], hi[j]);
+  for (int64_t i = full; i < n; ++i) fold_finite_minmax<A>(load_acc(x[i]), lo[0], hi[0]);
+  A l = inf, h = -inf;
+  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
+  lo_out = l;
+  hi_out = h;
+}
+
+void item_range(const HistSegment& seg, const WorkItem& it, double& lo, double& hi) {
+  switch (seg.dtype) {
+    case DType::kFloat16: return minmax_item<Half16>(seg, it, lo, hi);
+    case DType::kBFloat16: return minmax_item<BFloat16>(seg, it, lo, hi);
+    case DType::kFloat32: return minmax_item<float>(seg, it, lo, hi);
+    case DType::kFloat64: return minmax_item<double>(seg, it, lo, hi);
+    default: lo = 0.0; hi = 0.0;  // codes: no range
+  }
+}
+
+void auto_ranges_all(std::vector<HistSegment>& segs) {
+  const std::vector<WorkItem> items = make_items(segs, std::max<int64_t>(kMinChunk, 1 << 18));
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  std::vector<double> lo(items.size()), hi(items.size());
+#pragma omp parallel for schedule(dynamic, 1) if (total_length(segs) >= kParallelThreshold && n_items > 1)
+  for (int64_t i = 0; i < n_items; ++i) {
+    const WorkItem& it = items[i];
+    const HistSegment& seg = segs[it.seg];
+    item_range(seg, it, lo[i], hi[i]);
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  for (auto& s : segs) {
+    s.lo = inf;
+    s.hi = -inf;
+  }
+  for (int64_t i = 0; i < n_items; ++i) {
+    HistSegment& s = segs[items[i].seg];
+    s.lo = std::min(s.lo, lo[i]);
+    s.hi = std::max(s.hi, hi[i]);
+  }
+}
+
+
+// Finite min/max of the segments longer than `min_length` (the others get
+// theirs inside their counting task), in parallel over chunks.
+void auto_ranges(std::vector<HistSegment>& segs, int64_t min_length) {
+  std::vector<HistSegment> long_segs;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    if (segs[i].length > min_length) {
+      long_segs.push_back(segs[i]);
+      where.push_back(i);
+    }
+  }
+  if (long_segs.empty()) return;
+  auto_ranges_all(long_segs);
+  for (size_t j = 0; j < where.size(); ++j) segs[where[j]] = long_segs[j];
+}
+
+// range_in_item: a segment that is a single item gets its automatic range
+// computed inside the counting task (one pass over data that is then still in
+// cache); longer segments must already carry theirs.
+void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool explicit_range, int64_t* counts,
+                    bool range_in_item = false) {
+  const int32_t bins = static_cast<int32_t>(bins64);
+  const std::vector<WorkItem> items = make_items(segs, chunk_for(bins64));
+  const int copies = bins <= 4096 ? 4 : 1;
+  const int64_t stride = static_cast<int64_t>(bins) + 1;
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel if (total_length(segs) >= kParallelThreshold && n_items > 1)
+  {
+    std::vector<uint32_t> hist(static_cast<size_t>(copies * stride));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_items; ++i) {
+      const WorkItem& it = items[i];
+      std::fill(hist.begin(), hist.end(), 0u);
+      HistSegment seg = segs[it.seg];
+      if (range_in_item && it.whole) item_range(seg, it, seg.lo, seg.hi);
+      count_item(seg, it, explicit_range, bins, hist.data(), copies);
+      int64_t* out = counts + it.seg * bins64;
+      for (int32_t b = 0; b < bins; ++b) {
+        uint64_t c = hist[b];
+        for (int k = 1; k < copies; ++k) c += hist[k * stride + b];
+        if (c == 0) continue;
+        if (it.whole) {
+          out[b] += static_cast<int64_t>(c);
+        } else {
+#pragma omp atomic
+          out[b] += static_cast<int64_t>(c);
+        }
+      }
+    }
+  }
+}
+
+template <typename A> void read_range(const void* lo, const void* hi, int64_t r, double& lo_out, double& hi_out) {
+  lo_out = static_cast<const A*>(lo)[r];
+  hi_out = static_cast<const A*>(hi)[r];
+}
+
+std::vector<HistSegment> row_segments(const void* x, DType dtype, int64_t rows, int64_t row_length, const void* lo,
+                                      const void* hi) {
+  const bool is_code = dtype == DType::kInt8 || dtype == DType::kUInt8;
+  size_t elem = 1;
+  switch (dtype) {
+    case DType::kFloat16: case DType::kBFloat16: elem = 2; break;
+    case DType::kFloat32: elem = 4; break;
+    case DType::kFloat64: elem = 8; break;
+    default: elem = 1;
+  }
+  std::vector<HistSegment> segs(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    HistSegment& s = segs[r];
+    s.x = static_cast<const char*>(x) + static_cast<size_t>(r) * static_cast<size_t>(row_length) * elem;
+    s.dtype = dtype;
+    s.length = row_length;
+    s.lo = 0.0;
+    s.hi = 0.0;
+    if (!is_code) {
+      if (dtype == DType::kFloat64) read_range<double>(lo, hi, r, s.lo, s.hi);
+      else read_range<float>(lo, hi, r, s.lo, s.hi);
+    }
+  }
+  return segs;
+}
+
+// ---------------------------------------------------------------- soft counts
+
+template <typename T>
+void soft_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int64_t bins, double* hist) {
+  using A = typename AccType<T>::type;
+  const T* x = static_cast<const T*>(seg.x);
+  const A lo = static_cast<A>(seg.lo), hi = static_cast<A>(seg.hi);
+  const A w = (hi - lo) / static_cast<A>(bins);
+  for (int64_t i = it.begin; i < it.end; ++i) {
+    const SoftBin<A> s = soft_bin<A>(load_acc(x[i]), lo, hi, w, bins, explicit_range);
+    hist[s.k0] += static_cast<double>(s.w0);
+    hist[s.k1] += static_cast<double>(s.w1);
+  }
+}
+
+template <typename T>
+void soft_backward_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int64_t bins,
+                        const double* table, typename AccType<T>::type* grad) {
+  using A = typename AccType<T>::type;
+  const T* x = static_cast<const T*>(seg.x);
+  const A lo = static_cast<A>(seg.lo), hi = static_cast<A>(seg.hi);
+  const A w = (hi - lo) / static_cast<A>(bins);
+  const double wd = static_cast<double>(w);
+  for (int64_t i = it.begin; i < it.end; ++i) {
+    const SoftBin<A> s = soft_bin<A>(load_acc(x[i]), lo, hi, w, bins, explicit_range);
+    grad[i] = s.live ? static_cast<A>((table[s.k1] - table[s.k0]) / wd) : A(0);
+  }
+}
+
+}  // namespace
+
+void histogram_counts_segments_cpu(std::vector<HistSegment>& segments, int64_t bins, bool explicit_range,
+                                   int64_t* counts) {
+  const int64_t chunk = chunk_for(bins);
+  if (!explicit_range) auto_ranges(segments, chunk);
+  count_segments(segments, bins, explicit_range, counts, !explicit_range);
+}
+
+void histogram_counts_cpu(const HistogramParams& p) {
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  count_segments(segs, p.bins, p.explicit_range, p.counts);
+}
+
+void soft_histogram_cpu(const SoftHistogramParams& p) {
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  const std::vector<WorkItem> items = make_items(segs, chunk_for(p.bins));
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
+  {
+    std::vector<double> hist(static_cast<size_t>(p.bins));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_items; ++i) {
+      const WorkItem& it = items[i];
+      std::fill(hist.begin(), hist.end(), 0.0);
+      const HistSegment& seg = segs[it.seg];
+      switch (seg.dtype) {
+        case DType::kFloat16: soft_item<Half16>(seg, it, p.explicit_range, p.bins, hist.data()); break;
+        case DType::kBFloat16: soft_item<BFloat16>(seg, it, p.explicit_range, p.bins, hist.data()); break;
+        case DType::kFloat32: soft_item<float>(seg, it, p.explicit_range, p.bins, hist.data()); break;
+        case DType::kFloat64: soft_item<double>(seg, it, p.explicit_range, p.bins, hist.data()); break;
+        default: break;
+      }
+      double* out = p.counts + it.seg * p.bins;
+      for (int64_t b = 0; b < p.bins; ++b) {
+        if (hist[b] == 0.0) continue;
+        if (it.whole) {
+          out[b] += hist[b];
+        } else {
+#pragma omp atomic
+          out[b] += hist[b];
+        }
+      }
+    }
+  }
+}
+
+void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  const std::vector<WorkItem> items = make_items(segs, kMinChunk);
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel for schedule(dynamic, 1) if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
+  for (int64_t i = 0; i < n_items; ++i) {
+    const WorkItem& it = items[i];
+    const HistSegment& seg = segs[it.seg];
+    const double* table = p.grad_counts + it.seg * p.bins;
+    const int64_t row_offset = it.seg * p.row_length;
+    switch (seg.dtype) {
+      case DType::kFloat16:
+        soft_backward_item<Half16>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
+        break;
+      case DType::kBFloat16:
+        soft_backward_item<BFloat16>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
+        break;
+      case DType::kFloat32:
+        soft_backward_item<float>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
+        break;
+      case DType::kFloat64:
+        soft_backward_item<double>(seg, it, p.explicit_range, p.bins, table, static_cast<double*>(p.grad_x) + row_offset);
+        break;
+      default: break;
+    }
+  }
+}
+
+void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
+#pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    double total = 0.0;
+    if (p.counts_are_int) {
+      const int64_t* c = static_cast<const int64_t*>(p.counts) + r * p.bins;
+      int64_t t = 0;
+      for (int64_t b = 0; b < p.bins; ++b) t += c[b];
+      total = static_cast<double>(t);
+      double s = 0.0;
+      for (int64_t b = 0; b < p.bins; ++b) {
+        if (c[b] > 0) {
+          const double q = static_cast<double>(c[b]) / total;
+          s += q * std::log(q);
+        }
+      }
+      p.out[r] = -s + 0.0;
+    } else {
+      const double* c = static_cast<const double*>(p.counts) + r * p.bins;
+      for (int64_t b = 0; b < p.bins; ++b) total += c[b];
+      double s = 0.0;
+      for (int64_t b = 0; b < p.bins; ++b) {
+        if (c[b] > 0) {
+          const double q = c[b] / total;
+          s += q * std::log(q);
+        }
+      }
+      p.out[r] = -s + 0.0;
+    }
+    if (!(total > 0)) p.out[r] = std::numeric_limits<double>::quiet_NaN();
+    if (p.log_base != 0.0) p.out[r] = p.out[r] / p.log_base;
+  }
+}
+
+}  // namespace eitp

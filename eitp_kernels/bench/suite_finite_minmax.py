@@ -1,0 +1,43 @@
+"""Benchmark cases of finite_minmax: the whole tensor and row-wise (dim=1).
+
+Bytes moved: the input read once plus the (lo, hi) pairs written.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import eitp_kernels
+from eitp_kernels import reference
+from eitp_kernels.bench.cases import Case, element_bytes, randn_inputs, register_suite, size_label
+from eitp_kernels.ops import finite_range
+
+OP = "finite_minmax"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def build(device: torch.device, quick: bool) -> list[Case]:
+    n, side = (1 << 20, 1024) if quick else (1 << 24, 4096)
+    cases = []
+    for dtype in DTYPES:
+        cases.append(_case(size_label(n), (n,), dtype, outputs=1))
+        cases.append(_case(f"{size_label(side, side)} dim=1", (side, side), dtype, outputs=side, dim=1))
+    return cases
+
+
+def _case(label: str, shape: tuple[int, ...], dtype: torch.dtype, outputs: int, **kwargs) -> Case:
+    out_dtype = reference.compute_dtype(dtype)
+    return Case(
+        op=OP,
+        shape=label,
+        dtype=dtype,
+        make_inputs=randn_inputs(shape, dtype),
+        fn=functools.partial(eitp_kernels.finite_minmax, **kwargs),
+        reference=functools.partial(reference.finite_minmax, **kwargs),
+        implemented=finite_range.IMPLEMENTED,
+        bytes=element_bytes(shape, dtype) + 2 * element_bytes((outputs,), out_dtype),
+    )
+
+
+register_suite(OP, build)

@@ -1,0 +1,450 @@
+"""histogram_entropy / histogram_entropy_many on every backend against the reference (DESIGN §2.1)."""
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+
+import eitp_kernels
+from eitp_kernels import reference
+from eitp_kernels.ops import entropy as ops
+
+from conftest import FLOAT_DTYPES, INTERPRETER_ON, cpu_backends
+
+CPU_BACKENDS = cpu_backends()
+NAN, INF = float("nan"), float("inf")
+
+
+def _rtol(dtype):
+    return 1e-12 if dtype == torch.float64 else 1e-6
+
+
+def _cases():
+    """(x, bins, range, dim) cases; every one compared exactly on counts."""
+    normal = torch.randn(7, 1001)
+    normal[0, 3], normal[2, 5], normal[2, 6] = NAN, INF, -INF
+    normal[4, :] = NAN  # nothing counted: NaN entropy
+    edges = torch.arange(0, 257, dtype=torch.float64).repeat(3, 1)  # lo=0, hi=256, w=1: every value on an edge
+    heavy = torch.distributions.StudentT(1.5).sample((5, 777))
+    return {
+        "normal_rows": (normal, 256, None, 1),
+        "uniform_whole": (torch.rand(3, 1234) * 5 - 2, 100, None, None),
+        "heavy_tailed": (heavy, 64, None, 1),
+        "constant": (torch.full((3, 11), 1.25), 16, None, 1),
+        "bin_edges_and_hi": (edges, 256, None, 1),
+        "edges_coarse": (edges, 7, None, 1),
+        "one_element": (torch.tensor([2.5]), 256, None, None),
+        "seven": (torch.randn(7), 5, None, None),
+        "explicit_range_drops_outside": (torch.randn(4, 999) * 2, 33, (-1.0, 1.5), 1),
+        "explicit_range_on_hi": (torch.tensor([[-1.0, 1.5, 1.5, 0.0, 2.0, -3.0]]), 10, (-1.0, 1.5), 1),
+        "dim0_3d": (torch.randn(13, 4, 3), 9, None, 0),
+        "many_bins": (torch.randn(2, 20011), 5000, None, 1),
+    }
+
+
+CASES = list(_cases())
+
+
+def _counts(backend, x, bins, rng, dim):
+    rows, _ = ops._as_rows(x, dim)
+    rows = rows.contiguous()
+    with eitp_kernels.use_backend(backend):
+        lo, hi = (None, None) if x.dtype in (torch.int8, torch.uint8) else ops._range_rows(backend, rows, rng, None)
+        return ops._counts_rows(backend, rows, lo, hi, bins, rng is not None)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_counts_and_entropy_match_reference(backend, dtype, case):
+    x, bins, rng, dim = _cases()[case]
+    x = x.to(dtype)
+    ref_counts = reference.histogram_counts(x, bins=bins, range=rng, dim=dim)
+    counts = _counts(backend, x, bins, rng, dim)
+    assert counts.dtype == torch.int64
+    torch.testing.assert_close(counts.reshape(ref_counts.shape).to(ref_counts.dtype), ref_counts, rtol=0, atol=0)
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, bins=bins, range=rng, dim=dim)
+    ref = reference.histogram_entropy(x, bins=bins, range=rng, dim=dim)
+    assert h.dtype == reference.compute_dtype(dtype) and h.shape == ref.shape
+    torch.testing.assert_close(h, ref, rtol=_rtol(dtype), atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_large_odd_tensor_base2(backend):
+    n = 1000003 if not INTERPRETER_ON else 200003
+    x = torch.randn(n) * 3 + 1
+    x[::9973] = NAN
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, base=2)
+    ref = reference.histogram_entropy(x, base=2)
+    torch.testing.assert_close(h, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(_counts(backend, x, 256, None, None).to(torch.float32),
+                               reference.histogram_counts(x).unsqueeze(0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_batched_odd_rows_noncontiguous(backend):
+    n = 1001 if not INTERPRETER_ON else 201  # the interpreter runs one program per dim-0 slice
+    x = torch.randn(n, 37).t()  # (37, n) non-contiguous, entropy per row along dim 1
+    x[5, :10] = INF
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, bins=100, dim=1)
+        h0 = eitp_kernels.histogram_entropy(x, bins=100, dim=0)
+        hm = eitp_kernels.histogram_entropy(x[:, ::3], bins=100, dim=-1)  # strided last dim
+    torch.testing.assert_close(h, reference.histogram_entropy(x, bins=100, dim=1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(h0, reference.histogram_entropy(x, bins=100, dim=0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(hm, reference.histogram_entropy(x[:, ::3], bins=100, dim=-1), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8])
+def test_int8_codes_exact(backend, dtype):
+    lo, hi = (-128, 128) if dtype == torch.int8 else (0, 256)
+    x = torch.randint(lo, hi, (5, 3001), dtype=dtype)
+    x[1] = x[1].clamp(lo + 10, lo + 25)  # 16 codes
+    x[2] = lo  # constant: 0 bits
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, dim=1, base=2)
+        hw = eitp_kernels.histogram_entropy(x, base=2)
+    torch.testing.assert_close(h, reference.histogram_entropy(x, dim=1, base=2), rtol=1e-6, atol=0)
+    torch.testing.assert_close(hw, reference.histogram_entropy(x, base=2), rtol=1e-6, atol=0)
+    assert h[2].item() == 0.0
+    assert _counts(backend, x, 256, None, 1).sum().item() == x.numel()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_inf_behaviour(backend):
+    x = torch.tensor([[NAN, INF, -INF], [1.0, 1.0, 1.0], [NAN, 2.0, 4.0]])
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, bins=4, dim=1)
+        outside = eitp_kernels.histogram_entropy(torch.tensor([5.0, 6.0]), bins=4, range=(0.0, 1.0))
+        empty = eitp_kernels.histogram_entropy(torch.empty(0, 3), bins=4, dim=0)
+    assert math.isnan(h[0].item()) and h[1].item() == 0.0 and abs(h[2].item() - math.log(2)) < 1e-6
+    assert math.isnan(outside.item())
+    assert empty.shape == (3,) and torch.isnan(empty).all()
+
+
+def test_huge_bins_cpu_single_copy_path():
+    x = torch.randn(300001)
+    with eitp_kernels.use_backend("cpp"):
+        h = eitp_kernels.histogram_entropy(x, bins=70000)
+    torch.testing.assert_close(h, reference.histogram_entropy(x, bins=70000), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- differentiable
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("rng,dim", [(None, None), (None, 1), ((-1.0, 1.5), 1)])
+def test_differentiable_matches_reference_forward_and_gradient(backend, dtype, rng, dim):
+    base = torch.randn(6, 2001)
+    base[1, 4] = NAN
+    base[3] = 0.5  # constant row (auto range): zero gradient
+    x = base.to(dtype).requires_grad_()
+    xr = base.to(dtype).requires_grad_()
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, bins=37, range=rng, dim=dim, differentiable=True, base=2)
+    hr = reference.histogram_entropy(xr, bins=37, range=rng, dim=dim, differentiable=True, base=2)
+    torch.testing.assert_close(h, hr, rtol=_rtol(dtype), atol=0)
+    weights = torch.rand(h.shape, dtype=h.dtype)
+    (h * weights).sum().backward()
+    (hr * weights).sum().backward()
+    assert x.grad.dtype == dtype
+    scale = xr.grad.abs().max()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(scale) * (1e-12 if dtype == torch.float64 else 1e-5))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_differentiable_gradcheck_fp64(backend):
+    x = (torch.rand(3, 40, dtype=torch.float64) * 2.8 - 1.4).requires_grad_()
+    with eitp_kernels.use_backend(backend):
+        fn = lambda t: eitp_kernels.histogram_entropy(t, bins=6, range=(-1.5, 1.5), dim=1, differentiable=True)
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-7, atol=1e-6, rtol=1e-5)
+
+
+def test_differentiable_gradient_is_finite_difference_of_reference():
+    x = torch.rand(500, dtype=torch.float64) * 3 - 1
+    xg = x.clone().requires_grad_()
+    with eitp_kernels.use_backend("cpp"):
+        eitp_kernels.histogram_entropy(xg, bins=12, range=(-1.0, 2.0), differentiable=True).backward()
+    eps = 1e-7
+    for i in (0, 17, 123, 499):
+        plus, minus = x.clone(), x.clone()
+        plus[i] += eps
+        minus[i] -= eps
+        fd = (reference.histogram_entropy(plus, 12, (-1.0, 2.0), differentiable=True)
+              - reference.histogram_entropy(minus, 12, (-1.0, 2.0), differentiable=True)) / (2 * eps)
+        assert abs(fd.item() - xg.grad[i].item()) <= 1e-5 * max(1.0, abs(fd.item())), i
+
+
+# ---------------------------------------------------------------- many tensors
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_many_matches_single_calls(backend):
+    tensors = [torch.randn(300, 301), torch.randn(7).half(), torch.randn(1), torch.full((5,), 2.0),
+               torch.randn(70001).bfloat16(), torch.randn(33, 3).t()]
+    tensors[0][0, 0] = NAN
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy_many(tensors, bins=128, base=2)
+        hr = eitp_kernels.histogram_entropy_many(tensors, bins=64, range=(-1.0, 1.0))
+    assert h.shape == (len(tensors),) and h.dtype == torch.float32
+    torch.testing.assert_close(h, torch.stack([reference.histogram_entropy(t, 128, base=2) for t in tensors]),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(hr, torch.stack([reference.histogram_entropy(t, 64, (-1.0, 1.0)) for t in tensors]),
+                               rtol=1e-6, atol=0, equal_nan=True)  # the constant 2.0 is outside: NaN
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_many_codes_fp64_and_empty(backend):
+    tensors = [torch.randint(-128, 128, (999,), dtype=torch.int8), torch.randn(77, dtype=torch.float64),
+               torch.empty(0), torch.randint(0, 256, (5, 5), dtype=torch.uint8)]
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy_many(tensors)
+    assert h.dtype == torch.float64
+    ref = torch.stack([reference.histogram_entropy(t).double() for t in tensors])
+    torch.testing.assert_close(h, ref, rtol=1e-6, atol=0, equal_nan=True)
+    assert math.isnan(h[2].item())
+
+
+def test_entropy_monitor_returns_every_parameter():
+    model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
+    monitor = eitp_kernels.nn.EntropyMonitor(model, bins=64)
+    out = monitor()
+    assert list(out) == [n for n, _ in model.named_parameters()]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(out[name], reference.histogram_entropy(p.detach(), 64, base=2), rtol=1e-6, atol=0)
+    assert list(monitor.parameters()) == []
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_name_the_argument():
+    f = eitp_kernels.histogram_entropy
+    with pytest.raises(TypeError, match="histogram_entropy: x must be a torch.Tensor"):
+        f([1.0])
+    with pytest.raises(TypeError, match="x must have dtype"):
+        f(torch.arange(4))
+    with pytest.raises(ValueError, match="bins must be >= 1"):
+        f(torch.randn(4), bins=0)
+    with pytest.raises(TypeError, match="bins must be an int"):
+        f(torch.randn(4), bins=2.5)
+    with pytest.raises(ValueError, match="range must have lo < hi"):
+        f(torch.randn(4), range=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"range\[1\] must be finite"):
+        f(torch.randn(4), range=(0.0, INF))
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
+        f(torch.randn(3, 4), dim=2)
+    with pytest.raises(ValueError, match="base must not be 1"):
+        f(torch.randn(4), base=1)
+    with pytest.raises(ValueError, match="base must be > 0"):
+        f(torch.randn(4), base=-2)
+    with pytest.raises(ValueError, match="bins must be 256"):
+        f(torch.zeros(4, dtype=torch.int8), bins=16)
+    with pytest.raises(ValueError, match="codes take no range"):
+        f(torch.zeros(4, dtype=torch.uint8), range=(0.0, 1.0))
+    with pytest.raises(TypeError, match="differentiable=True needs a floating-point x"):
+        f(torch.zeros(4, dtype=torch.int8), differentiable=True)
+    with pytest.raises(TypeError, match="differentiable must be a bool"):
+        f(torch.randn(4), differentiable=1)
+    with pytest.raises(TypeError, match="process_group must be None"):
+        f(torch.randn(4), process_group="world")
+    g = eitp_kernels.histogram_entropy_many
+    with pytest.raises(TypeError, match="tensors must be a list"):
+        g(torch.randn(4))
+    with pytest.raises(ValueError, match="tensors is empty"):
+        g([])
+    with pytest.raises(TypeError, match=r"tensors\[1\] must have dtype"):
+        g([torch.randn(3), torch.arange(3)])
+    with pytest.raises(ValueError, match="bins must be 256"):
+        g([torch.randn(3), torch.zeros(3, dtype=torch.int8)], bins=10)
+
+
+def test_compiled_ops_check_their_inputs():
+    with pytest.raises(ValueError, match="must be 2-D"):
+        torch.ops.eitp.histogram_counts(torch.randn(3), None, None, 4, False)
+    with pytest.raises(ValueError, match="needs lo and hi"):
+        torch.ops.eitp.histogram_counts(torch.randn(2, 3), None, None, 4, False)
+    with pytest.raises(ValueError, match="lo must have shape"):
+        torch.ops.eitp.histogram_counts(torch.randn(2, 3), torch.zeros(3), torch.ones(2), 4, False)
+    with pytest.raises(TypeError, match="hi must have dtype"):
+        torch.ops.eitp.soft_histogram(torch.randn(2, 3), torch.zeros(2), torch.ones(2, dtype=torch.float64), 4, False)
+    with pytest.raises(ValueError, match="bins must be in"):
+        torch.ops.eitp.histogram_counts_many([torch.randn(3)], 0, None)
+
+
+# ---------------------------------------------------------------- registration, compile
+
+
+def test_opcheck_every_compiled_op():
+    x = torch.randn(3, 41)
+    lo, hi = x.amin(1), x.amax(1)
+    torch.library.opcheck(torch.ops.eitp.histogram_counts.default, (x, lo, hi, 16, False))
+    torch.library.opcheck(torch.ops.eitp.histogram_counts.default,
+                          (torch.randint(0, 256, (2, 9), dtype=torch.uint8), None, None, 256, False))
+    torch.library.opcheck(torch.ops.eitp.histogram_counts_many.default, ([x, x[0].double()], 16, [-1.0, 1.0]))
+    xg = x.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.eitp.soft_histogram.default, (xg, lo, hi, 16, False))
+    g = torch.randn(3, 16, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.eitp.soft_histogram_backward.default, (g, x, lo, hi, 16, True))
+    torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.randint(0, 5, (4, 8)), 2.0))
+    torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))
+
+
+def test_torch_compile_fullgraph_training_step():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 16), torch.randn(32, 4)
+
+    def forward(x, y):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss = loss + 0.01 * eitp_kernels.histogram_entropy(model.weight, bins=16, differentiable=True)
+        monitor = eitp_kernels.histogram_entropy(model.weight.detach(), bins=16, dim=1, base=2)
+        return loss, monitor
+
+    with eitp_kernels.use_backend("cpp"):
+        compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
+        loss, monitor = compiled(x, y)
+        loss.backward()  # the compiled graph's backward: eitp::soft_histogram_backward
+    grad_compiled = model.weight.grad.clone()
+    model.zero_grad()
+    with eitp_kernels.use_backend("reference"):
+        loss_ref, monitor_ref = forward(x, y)
+        loss_ref.backward()
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(monitor, monitor_ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_compiled, model.weight.grad, rtol=1e-5, atol=1e-7)
+    opt.step()
+
+
+def test_torch_compile_inductor_hard_entropy():
+    fn = torch.compile(lambda t: eitp_kernels.histogram_entropy(t * 2, bins=32, dim=0), fullgraph=True)
+    x = torch.randn(100, 3)
+    torch.testing.assert_close(fn(x), reference.histogram_entropy(x * 2, bins=32, dim=0), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- distributed
+
+
+def _distributed_worker(rank, world, init_file, result_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(1234)
+        full = torch.randn(world, 5, 700, generator=gen) * torch.arange(1, world + 1).view(world, 1, 1)
+        full[1, 2, 3] = NAN
+        local = full[rank]
+        glob = full.permute(1, 0, 2).reshape(5, world * 700)  # row r of every rank together
+        out = {}
+        for backend in ("cpp", "reference"):
+            with eitp_kernels.use_backend(backend):
+                h = eitp_kernels.histogram_entropy(local, bins=50, dim=1, process_group=dist.group.WORLD)
+                hw = eitp_kernels.histogram_entropy(local, bins=50, base=2, process_group=dist.group.WORLD)
+                xg = local.clone().requires_grad_()
+                hd = eitp_kernels.histogram_entropy(xg, bins=20, range=(-3.0, 3.0), differentiable=True,
+                                                    process_group=dist.group.WORLD)
+                hd.backward()
+            gg = full.clone().requires_grad_()
+            hdr = reference.histogram_entropy(gg, bins=20, range=(-3.0, 3.0), differentiable=True)
+            hdr.backward()
+            out[backend] = [
+                (h - reference.histogram_entropy(glob, bins=50, dim=1)).abs().max().item(),
+                (hw - reference.histogram_entropy(full, bins=50, base=2)).abs().item(),
+                (hd - hdr).abs().item(),
+                (xg.grad - gg.grad[rank]).abs().max().item() / gg.grad.abs().max().item(),
+            ]
+        torch.save(out, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_process_group_gloo_two_ranks_get_the_global_entropy():
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result")
+        mp.spawn(_distributed_worker, args=(2, init_file, result_file), nprocs=2, join=True)
+        for rank in range(2):
+            out = torch.load(f"{result_file}.{rank}")
+            for backend, (err_dim, err_whole, err_soft, err_grad) in out.items():
+                assert err_dim < 1e-5 and err_whole < 1e-5 and err_soft < 1e-5, (rank, backend, out)
+                assert err_grad < 1e-5, (rank, backend, out)
+
+
+# ---------------------------------------------------------------- GPU (run where a GPU is lent)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bins", [256, 4096, 20000])
+def test_gpu_counts_and_entropy_match_reference(backend, dtype, bins):
+    x = (torch.randn(9, 100003, device="cuda") * 3).to(dtype)
+    x[1, 7], x[2, 8] = NAN, INF
+    ref_counts = reference.histogram_counts(x, bins=bins, dim=1)
+    counts = _counts(backend, x, bins, None, 1)
+    torch.testing.assert_close(counts.to(ref_counts.dtype), ref_counts, rtol=0, atol=0)
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy(x, bins=bins, dim=1)
+        hr = eitp_kernels.histogram_entropy(x, bins=bins, range=(-2.0, 2.5))
+        hc = eitp_kernels.histogram_entropy(torch.randint(-128, 128, (1000,), dtype=torch.int8, device="cuda"))
+    torch.testing.assert_close(h, reference.histogram_entropy(x, bins=bins, dim=1), rtol=_rtol(dtype), atol=0)
+    torch.testing.assert_close(hr, reference.histogram_entropy(x, bins=bins, range=(-2.0, 2.5)), rtol=_rtol(dtype),
+                               atol=0)
+    assert torch.isfinite(hc)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_gpu_differentiable_and_many(dtype):
+    x = torch.randn(4, 50001, device="cuda").to(dtype).requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    with eitp_kernels.use_backend("cuda"):
+        h = eitp_kernels.histogram_entropy(x, bins=300, dim=1, differentiable=True)
+        many = eitp_kernels.histogram_entropy_many([x.detach(), x.detach()[0], x.detach().double()])
+    hr = reference.histogram_entropy(xr, bins=300, dim=1, differentiable=True)
+    torch.testing.assert_close(h, hr, rtol=_rtol(dtype), atol=0)
+    h.sum().backward()
+    hr.sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
+    torch.testing.assert_close(many[0], reference.histogram_entropy(x.detach()).double(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_torch_compile_fullgraph(backend):
+    w = torch.randn(64, 300, device="cuda", requires_grad=True)
+
+    def loss_fn(w):
+        return eitp_kernels.histogram_entropy(w, bins=64, dim=1, differentiable=True).sum()
+
+    with eitp_kernels.use_backend(backend):
+        loss = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(w)
+        loss.backward()
+    wr = w.detach().clone().requires_grad_()
+    ref = reference.histogram_entropy(wr, bins=64, dim=1, differentiable=True).sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=0, atol=float(wr.grad.abs().max()) * 1e-5)
+
+
+def test_differentiable_long_row_parallel_chunks():
+    # > 2 chunks of 2^17 elements: the chunked soft-count merge and the parallel backward
+    base = torch.randn(300001) * 2
+    x, xr = base.clone().requires_grad_(), base.clone().requires_grad_()
+    with eitp_kernels.use_backend("cpp"):
+        h = eitp_kernels.histogram_entropy(x, bins=300, differentiable=True)
+    hr = reference.histogram_entropy(xr, bins=300, differentiable=True)
+    torch.testing.assert_close(h, hr, rtol=1e-6, atol=0)
+    h.backward()
+    hr.backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
