@@ -50,26 +50,25 @@ class CompressionReport:
 
 
 def _quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from eitp_kernels import reference
+    from eitp_kernels.ops.quant import quantize_int8
 
-    codes, scale, _ = reference.quantize_int8(weight.detach().float(), granularity="channel", axis=0, symmetric=True)
-    return codes, scale
+    codes, scale, _ = quantize_int8(weight.detach().float(), granularity="channel", axis=0, symmetric=True)
+    return codes.contiguous(), scale
 
 
 def _dequantize_per_channel(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    from eitp_kernels import reference
+    from eitp_kernels.ops.quant import dequantize_int8
 
-    return reference.dequantize_int8(codes, scale, granularity="channel", axis=0)
+    return dequantize_int8(codes, scale, granularity="channel", axis=0)
 
 
 def _code_entropy_bits(codes: list[torch.Tensor]) -> float:
+    """Entropy in bits of all int8 codes pooled: one 256-bin histogram (fused op)."""
+    from eitp_kernels.ops.entropy import histogram_entropy
+
     if not codes:
         return 0.0
-    counts = torch.zeros(256, dtype=torch.float64)
-    for c in codes:
-        counts += torch.bincount(c.flatten().to(torch.int64) + 128, minlength=256).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())
+    return float(histogram_entropy(torch.cat([c.flatten() for c in codes]), base=2))
 
 
 def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsity: float = 0.0,

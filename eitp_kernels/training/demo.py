@@ -110,7 +110,7 @@ def _file_bytes_fp32(model, path):
 def run(args) -> dict:
     from tqdm import tqdm
 
-    from eitp_kernels.nn import prepare_qat, strip_qat
+    from eitp_kernels.nn import prepare_qat
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads) if args.threads else None
@@ -136,9 +136,8 @@ def run(args) -> dict:
                                     seed=args.seed, regularizer=regularizer, prune_at=args.epochs - args.prune_epochs,
                                     sparsity=args.sparsity, progress=progress, label="eitp")
         regularizer.remove()
-        plain = strip_qat(model)
         path = os.path.join(args.out, "eitp.eitpz")
-        report = save_compressed(plain, path)
+        report = save_compressed(model, path)  # FakeQuantLinear keeps nn.Linear's state-dict keys
         restored = make_mlp(args.hidden)
         load_compressed(path, model=restored)
         results["eitp"] = {"history": history, **timing, "accuracy": accuracy(restored, *test_set),
