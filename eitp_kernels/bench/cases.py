@@ -62,8 +62,6 @@ SUITE_MODULES = (
     "suite_finite_minmax",
     "suite_histogram_entropy",
     "suite_coherence_loss",
-    "suite_quantize_int8",
-    "suite_dequantize_int8",
     "suite_fake_quant_int8",
 )
 
