@@ -11,10 +11,11 @@
 // empty (0,) tensors for self-correlation). dx/dy: gradients in x's / y's dtype
 // (dy empty for self-correlation).
 //
-// Forward: never allocates D x D'. R is produced in row panels of at most
-// kPanelRows x kPanelCols by one matrix product each (ATen: BLAS / cuBLAS) and
-// every panel is reduced to the two partial sums of the loss as it is made;
-// self-correlation computes only the panels on and right of the diagonal.
+// Forward: never allocates D x D'. R is produced in tiles of at most
+// kTileRows x kTileCols by one matrix product each (ATen: BLAS / cuBLAS) and
+// every tile is reduced to the two partial sums of the loss as it is made;
+// self-correlation computes only the tiles on and right of the diagonal.
+// Short, wide batches (N <= D/2) use N x N Gram matrices instead (far fewer flops).
 // Backward: W = Zp (Zp^T Z) by the cheaper association (one D x D' or up to
 // two N x N buffers), then one fused epilogue pass per side.
 #include "bindings/tensor_args.h"
@@ -23,8 +24,14 @@
 namespace eitp {
 namespace {
 
-constexpr int64_t kPanelRows = 128;
-constexpr int64_t kPanelCols = 8192;
+// Tiles of R: kTileRows x kTileCols per matrix product. Square-ish blocks of
+// a few hundred keep BLAS efficient; smaller ones approach the ideal half of
+// the multiply-adds for self-correlation but run slower per flop.
+constexpr int64_t kTileRows = 512;
+constexpr int64_t kTileCols = 1024;
+// Symmetric Gram matrices larger than this are built from row panels on and
+// right of the diagonal (about half the multiply-adds), smaller ones by one product.
+constexpr int64_t kGramPanel = 1024;
 
 struct Sides {
   at::Tensor x, y;  // contiguous 2-D; y undefined for self-correlation
@@ -85,14 +92,15 @@ at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::T
   return z;
 }
 
-// A^T A (k x k, k = A.size(1)) from the panels on and right of the diagonal,
-// then mirrored: about half the multiply-adds of one full product.
+// A^T A (k x k, k = A.size(1)). Large ones from the row panels on and right
+// of the diagonal, then mirrored: about half the multiply-adds.
 template <typename Backend>
 at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
   const int64_t k = a.size(1);
+  if (k <= kGramPanel) return at::mm(a.t(), a);
   at::Tensor out = at::empty({k, k}, a.options());
-  for (int64_t i0 = 0; i0 < k; i0 += kPanelRows) {
-    const int64_t rows = std::min(kPanelRows, k - i0);
+  for (int64_t i0 = 0; i0 < k; i0 += kGramPanel) {
+    const int64_t rows = std::min(kGramPanel, k - i0);
     at::Tensor dst = out.narrow(0, i0, rows).narrow(1, i0, k - i0);
     at::mm_out(dst, a.narrow(1, i0, rows).t(), a.narrow(1, i0, k - i0));
   }
@@ -119,30 +127,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_i
     zy = standardized(s.y, mean_y, rstd_y, be);
   }
   const int64_t dp = zy.size(1);
-  const int64_t panel_cols = std::min(kPanelCols, dp);
-  at::Tensor panel = at::empty({std::min(kPanelRows, d), panel_cols}, zx.options());
-  be.begin_reduction(zx.options());
-  for (int64_t i0 = 0; i0 < d; i0 += kPanelRows) {
-    const int64_t rows = std::min(kPanelRows, d - i0);
-    const int64_t first_col = self ? i0 : 0;
-    for (int64_t c0 = first_col; c0 < dp; c0 += panel_cols) {
-      const int64_t cols = std::min(panel_cols, dp - c0);
-      at::Tensor tile = panel.narrow(0, 0, rows).narrow(1, 0, cols);
-      at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
-      CoherenceTileParams p;
-      p.tile = tile.data_ptr();
-      p.is_double = zx.scalar_type() == at::kDouble;
-      p.rows = rows;
-      p.cols = cols;
-      p.ld = tile.stride(0);
-      p.row0 = i0;
-      p.col0 = c0;
-      p.n = n;
-      p.symmetric = self;
-      be.reduce_tile(p);
+  // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
+  at::Tensor sums;
+  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
+  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
+  if (2.0 * gram_cost < tile_cost) {
+    // Wide, short batches (N well below D): sum_ij R_ij^2 = ||Zx^T Zy||_F^2 / N^2
+    // = <Zx Zx^T, Zy Zy^T>_F / N^2 from N x N Gram matrices, and R_ii = mean_n
+    // zx_i zy_i; off = total - sum_i R_ii^2. With N <= D/2 the total is at
+    // least twice the diagonal part (rank(R) <= N), so the subtraction keeps
+    // fp32 accuracy unless most columns are constant.
+    const int64_t m = std::min(d, dp);
+    at::Tensor gx = symmetric_gram(zx.t(), be);
+    at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
+    const double nn = static_cast<double>(n) * static_cast<double>(n);
+    at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
+    at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
+    at::Tensor diag = (rdiag - 1.0).square().sum(at::kDouble);
+    at::Tensor off = total - rdiag.square().sum(at::kDouble);
+    sums = at::stack({diag, off});
+  } else {
+    const int64_t tile_cols = std::min(kTileCols, dp);
+    const int64_t tile_rows = std::min(kTileRows, d);
+    at::Tensor buffer = at::empty({tile_rows * tile_cols}, zx.options());
+    be.begin_reduction(zx.options());
+    for (int64_t i0 = 0; i0 < d; i0 += tile_rows) {
+      const int64_t rows = std::min(tile_rows, d - i0);
+      const int64_t first_col = self ? i0 : 0;
+      for (int64_t c0 = first_col; c0 < dp; c0 += tile_cols) {
+        const int64_t cols = std::min(tile_cols, dp - c0);
+        at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});  // contiguous output
+        at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
+        CoherenceTileParams p;
+        p.tile = tile.data_ptr();
+        p.is_double = zx.scalar_type() == at::kDouble;
+        p.rows = rows;
+        p.cols = cols;
+        p.ld = cols;
+        p.row0 = i0;
+        p.col0 = c0;
+        p.n = n;
+        p.symmetric = self;
+        be.reduce_tile(p);
+      }
     }
+    sums = be.end_reduction(zx.options());
   }
-  at::Tensor loss = be.finish_reduction(a, b, squared, zx.options());
+  at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
+  at::Tensor loss = (squared ? l2 : l2.sqrt()).to(zx.scalar_type());
   return {loss, mean_x, rstd_x, mean_y, rstd_y};
 }
 
@@ -225,9 +257,11 @@ struct CpuBackend {
     diag += dsum;
     off += osum;
   }
-  at::Tensor finish_reduction(double a, double b, bool squared, const at::TensorOptions& options) {
-    double l2 = a * diag + b * off;
-    return at::scalar_tensor(squared ? l2 : std::sqrt(l2), options);
+  at::Tensor end_reduction(const at::TensorOptions& options) {
+    at::Tensor out = at::empty({2}, options.dtype(at::kDouble));
+    out.data_ptr<double>()[0] = diag;
+    out.data_ptr<double>()[1] = off;
+    return out;
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
 };
@@ -259,10 +293,7 @@ struct CudaBackend {
   void reduce_tile(const CoherenceTileParams& p) {
     coherence_tile_reduce_cuda(p, acc.data_ptr<double>(), stream);
   }
-  at::Tensor finish_reduction(double a, double b, bool squared, const at::TensorOptions& options) {
-    at::Tensor l2 = acc.select(0, 0) * a + acc.select(0, 1) * b;  // device ops: no host sync
-    return (squared ? l2 : l2.sqrt()).to(options.dtype());
-  }
+  at::Tensor end_reduction(const at::TensorOptions&) { return acc; }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
 };
 
