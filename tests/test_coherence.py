@@ -284,6 +284,20 @@ def test_opcheck_compiled_ops(with_y):
     torch.library.opcheck(torch.ops.eitp.coherence_backward.default, args)
 
 
+@pytest.mark.triton_interpret
+@pytest.mark.parametrize("with_y", [False, True])
+def test_opcheck_triton_ops(with_y):
+    from eitp_kernels.ops import coherence  # noqa: F401  (registers the Triton ops)
+
+    x = torch.randn(9, 5, requires_grad=True)
+    y = torch.randn(9, 4, requires_grad=True) if with_y else None
+    torch.library.opcheck(torch.ops.eitp.coherence_forward_triton.default, (x, y, 0.5, 2.0, True, 1e-5))
+    loss, mx, rx, my, ry = torch.ops.eitp.coherence_forward_triton(x.detach(), None if y is None else y.detach(),
+                                                                   0.5, 2.0, True, 1e-5)
+    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, True)
+    torch.library.opcheck(torch.ops.eitp.coherence_backward_triton.default, args)
+
+
 def _train_step_matches(backend_name, compile_backend):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
@@ -309,6 +323,11 @@ def _train_step_matches(backend_name, compile_backend):
 
 def test_torch_compile_fullgraph_training_step():
     _train_step_matches("cpp", "aot_eager")
+
+
+@pytest.mark.triton_interpret
+def test_torch_compile_fullgraph_training_step_triton():
+    _train_step_matches("triton", "aot_eager")
 
 
 @pytest.mark.slow
