@@ -131,6 +131,16 @@ def test_correlated_and_zero_variance_columns(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_finite_input_gives_nan_like_the_reference(backend):
+    for shape in [(20, 6), (8, 40)]:  # tile and Gram paths of the compiled forward
+        x = torch.randn(*shape)
+        x[3, 2] = float("nan")
+        assert torch.isnan(_ours(backend, x)) and torch.isnan(reference.coherence_loss(x))
+        x[3, 2] = float("inf")
+        assert torch.isnan(_ours(backend, x, squared=True))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_trailing_dims_and_non_contiguous(backend):
     x = torch.randn(6, 4, 5)  # (N, *) -> D = 20
     out = _ours(backend, x)

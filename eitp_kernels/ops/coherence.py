@@ -24,12 +24,16 @@ for the sqrt); dZx = Zy S^T / N, dZy = Zx S / N; dx = rstd * (dz - mean_n dz
 (Zy Zy^T) Zx / N: the backward evaluates that product by whichever
 association is cheaper for the shape (a D x D' or N x N intermediate).
 
-Backends and the bytes they move (fp32, self-correlation, B = 128-column panels):
+Backends and the bytes they move (fp32, self-correlation):
   cpp / cuda  forward: read x twice (stats) + once (standardize), write and
-              read Z (4ND each) and the panels of R on and right of the
-              diagonal (about D^2/2 + DB values, never D x D at once); about
-              N D^2 multiply-adds (half of Zx^T Zx). Extra memory: Z (N x D)
-              and one B x min(D', 8192) panel.
+              read Z (4ND bytes each), then R in tiles of at most 512 x 1024
+              on and right of the diagonal, each reduced to the loss sums as
+              it is made (about D^2/2 values written and read, never D x D at
+              once; 512-row tiles give 1/2 + 256/D of the multiply-adds of
+              Zx^T Zx). Extra memory: Z (N x D) and one tile (2 MiB). Short,
+              wide batches (2N < D for self, N (D + D') < D D' for cross) use
+              the N x N Gram matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F
+              / N^2, about N^2 D multiply-adds and N^2 extra values.
               backward: x read once, Z written, one Gram (min(N, D)^2 values,
               symmetric: half its multiply-adds), W = Z (Z^T Z) (N x D), the
               fused epilogue reads Z and W twice and writes dx.
@@ -302,6 +306,7 @@ def _corr_tile_kernel(
     mx_ptr, rx_ptr, my_ptr, ry_ptr,  # column statistics, ACC
     partial_ptr,  # (tiles_i * tiles_j, 2) ACC: per tile sum (R_ii - 1)^2 and weighted sum R_ij^2, i != j
     N, D, DP, sx, sy, tiles_j,
+    skip_lower,  # 1 for self-correlation (tiles below the diagonal do nothing), else 0
     SYMMETRIC: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -316,7 +321,7 @@ def _corr_tile_kernel(
     tj = pid % tiles_j
     d_diag = tl.zeros([], ACC)
     d_off = tl.zeros([], ACC)
-    if (not SYMMETRIC) or (tj >= ti):
+    if tj >= ti * skip_lower:
         ci = ti.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         cj = tj.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         ok_i = ci < D
@@ -528,7 +533,7 @@ def _coherence_forward_triton(x: torch.Tensor, y: torch.Tensor | None, diag_weig
     partials = torch.empty((tiles_i * tiles_j, 2), dtype=mean_x.dtype, device=x.device)
     _corr_tile_kernel[(tiles_i * tiles_j,)](
         x, yy, mean_x, rstd_x, mean_y, rstd_y, partials, n, d, dp, x.stride(0), yy.stride(0), tiles_j,
-        SYMMETRIC=y is None, ACC=_acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N, BLOCK_D=_TILE_BLOCK_D)
+        int(y is None), SYMMETRIC=y is None, ACC=_acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N, BLOCK_D=_TILE_BLOCK_D)
     sums = partials.to(torch.float64).sum(0)
     l2 = diag_weight * sums[0] + offdiag_weight * sums[1]
     loss = (l2 if squared else torch.sqrt(l2)).to(mean_x.dtype)
