@@ -101,6 +101,27 @@ def test_many_tiles_native():
         assert _close(out, x, yy, diag_weight=0.5, offdiag_weight=3.0)
 
 
+@pytest.mark.parametrize("shape", [(700, 1000, None), (100, 1000, None), (500, 800, 900), (60, 800, 900)],
+                         ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_forward_never_allocates_r_native(shape):
+    # Largest single allocation of the compiled forward (tile and Gram paths)
+    # stays below one D x D' matrix; the reference allocates several.
+    from torch.profiler import ProfilerActivity, profile
+
+    n, d, dp = shape
+    x = torch.randn(n, d)
+    y = None if dp is None else torch.randn(n, dp)
+    r_bytes = d * (dp or d) * 4
+
+    def biggest(f):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            f()
+        return max([e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0] or [0])
+
+    assert biggest(lambda: _ours("cpp", x, y)) < r_bytes
+    assert biggest(lambda: reference.coherence_loss(x, y)) >= r_bytes
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_matches_numpy_corrcoef(backend, rng):
     # eps = 0, a = b = 1, squared: ||corrcoef - I||_F^2 (biased variances cancel)
