@@ -305,8 +305,9 @@ def test_compiled_ops_check_their_inputs():
 
 
 @pytest.mark.parametrize("with_y", [False, True])
-def test_opcheck_compiled_ops(with_y):
-    x = torch.randn(9, 5, requires_grad=True)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_opcheck_compiled_ops(with_y, transposed):
+    x = torch.randn(5, 9).t().requires_grad_() if transposed else torch.randn(9, 5, requires_grad=True)
     y = torch.randn(9, 4, requires_grad=True) if with_y else None
     torch.library.opcheck(torch.ops.eitp.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5))
     loss, mx, rx, my, ry = torch.ops.eitp.coherence_forward(x.detach(), None if y is None else y.detach(),

@@ -155,7 +155,8 @@ def _register_compiled() -> None:
 
     @torch.library.register_fake("eitp::coherence_backward")
     def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared):
-        return torch.empty_like(x), (x.new_empty((0,)) if y is None else torch.empty_like(y))
+        # contiguous, like the real kernels (whatever the inputs' strides)
+        return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
     def setup_context(ctx, inputs, output):
         x, y, a, b, squared, _eps = inputs
@@ -588,7 +589,7 @@ def _(x, y, diag_weight, offdiag_weight, squared, eps):
 
 @_coherence_backward_triton.register_fake
 def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared):
-    return torch.empty_like(x), (x.new_empty((0,)) if y is None else torch.empty_like(y))
+    return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
 
 def _triton_setup_context(ctx, inputs, output):
