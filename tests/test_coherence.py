@@ -7,7 +7,7 @@ import eitp_kernels
 from eitp_kernels import nn as eitp_nn
 from eitp_kernels import reference
 
-from conftest import FLOAT_DTYPES, INTERPRETER_ON, cpu_backends
+from conftest import FLOAT_DTYPES, cpu_backends
 
 CPU_BACKENDS = cpu_backends()
 COMPILED = ["cpp", pytest.param("triton", marks=pytest.mark.triton_interpret)]
