@@ -27,11 +27,11 @@ namespace {
 // Tiles of R: kTileRows x kTileCols per matrix product. Square-ish blocks of
 // a few hundred keep BLAS efficient; smaller ones approach the ideal half of
 // the multiply-adds for self-correlation but run slower per flop.
-constexpr int64_t kTileRows = 512;
+constexpr int64_t kTileRows = 256;
 constexpr int64_t kTileCols = 1024;
 // Symmetric Gram matrices larger than this are built from row panels on and
 // right of the diagonal (about half the multiply-adds), smaller ones by one product.
-constexpr int64_t kGramPanel = 1024;
+constexpr int64_t kGramPanel = 256;
 
 struct Sides {
   at::Tensor x, y;  // contiguous 2-D; y undefined for self-correlation
