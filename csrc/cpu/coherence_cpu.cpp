@@ -96,7 +96,10 @@ void tile_reduce(const CoherenceTileParams& p, double* diag_out, double* off_out
   const A* t = static_cast<const A*>(p.tile);
   const A n = static_cast<A>(p.n);
   double diag = 0.0, off = 0.0;
-#pragma omp parallel for schedule(dynamic, 8) reduction(+ : diag, off) if (p.rows * p.cols >= 16384)
+// A tile is at most 256 x 1024 values, a fraction of a millisecond of vector
+// work: threads only for unusually large tiles (a parallel region costs more
+// than that on a loaded machine, where both threads must be scheduled).
+#pragma omp parallel for schedule(dynamic, 8) reduction(+ : diag, off) if (p.rows * p.cols >= (int64_t(1) << 22))
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t gi = p.row0 + r;
     const A* row = t + r * p.ld;
@@ -186,7 +189,7 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
 
 template <typename A>
 void mirror_upper(A* m, int64_t d) {
-#pragma omp parallel for schedule(dynamic, 16) if (d >= 128)
+#pragma omp parallel for schedule(dynamic, 16) if (d >= 2048)
   for (int64_t i = 1; i < d; ++i)
     for (int64_t j = 0; j < i; ++j) m[i * d + j] = m[j * d + i];
 }
