@@ -93,7 +93,7 @@ def test_large_odd_shape_native():
 
 
 def test_many_tiles_native():
-    # more than one R tile in both directions (tiles are 512 x 1024), self and cross
+    # more than one R tile in both directions (tiles are 256 x 1024), self and cross
     x = torch.randn(1200, 1100)
     y = torch.randn(1200, 1500)
     for yy in (None, y):

@@ -26,11 +26,11 @@ association is cheaper for the shape (a D x D' or N x N intermediate).
 
 Backends and the bytes they move (fp32, self-correlation):
   cpp / cuda  forward: read x twice (stats) + once (standardize), write and
-              read Z (4ND bytes each), then R in tiles of at most 512 x 1024
+              read Z (4ND bytes each), then R in tiles of at most 256 x 1024
               on and right of the diagonal, each reduced to the loss sums as
               it is made (about D^2/2 values written and read, never D x D at
-              once; 512-row tiles give 1/2 + 256/D of the multiply-adds of
-              Zx^T Zx). Extra memory: Z (N x D) and one tile (2 MiB). Short,
+              once; 256-row tiles give 1/2 + 128/D of the multiply-adds of
+              Zx^T Zx). Extra memory: Z (N x D) and one tile (1 MiB). Short,
               wide batches (2N < D for self, N (D + D') < D D' for cross) use
               the N x N Gram matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F
               / N^2, about N^2 D multiply-adds and N^2 extra values.
