@@ -11,10 +11,14 @@ Public API:
     fake_quant_int8(x, *, granularity="tensor", axis=0, group_size=128, symmetric=True, scale=None, zero_point=None)
     nn.FakeQuantLinear, nn.Int8Linear, nn.prepare_qat(model), nn.export_int8(model),
     nn.load_int8(state, model_or_factory)
+    coherence_loss(x, y=None, *, diag_weight=1.0, offdiag_weight=1.0, squared=False, eps=1e-5,
+                   process_group=None)
+    nn.CoherenceLoss, nn.BarlowTwinsLoss (modules, in eitp_kernels.nn)
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """
 from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
+from eitp_kernels.ops.coherence import coherence_loss
 from eitp_kernels.ops.finite_range import finite_minmax
 from eitp_kernels.ops.entropy import histogram_entropy, histogram_entropy_many
 from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
@@ -26,6 +30,7 @@ __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
     "backends",
+    "coherence_loss",
     "dequantize_int8",
     "fake_quant_int8",
     "finite_minmax",

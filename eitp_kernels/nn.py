@@ -1,9 +1,16 @@
-"""Modules built on the eitp_kernels ops."""
+"""Modules (losses, QAT layers, monitors) built on the fused ops."""
 from __future__ import annotations
 
-import torch
+import copy
+from typing import Callable
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eitp_kernels.ops.coherence import coherence_loss
 from eitp_kernels.ops.entropy import histogram_entropy_many
+from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
 
 
 class EntropyMonitor(torch.nn.Module):
@@ -66,14 +73,6 @@ class EntropyMonitor(torch.nn.Module):
 #                       model's (the dequantized weight is the same bits).
 #     Int8Linear        int8 codes + scales; dequantizes in forward.
 # --------------------------------------------------------------------------
-import copy  # noqa: E402
-from typing import Callable  # noqa: E402
-
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8  # noqa: E402
-
 _ACTIVATION_MODES = {None: 0, True: 1, False: 2}  # activation_symmetric -> stored code (None: not quantized)
 
 
@@ -217,3 +216,44 @@ def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Call
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     model.load_state_dict(state, strict=True)
     return model
+
+
+class CoherenceLoss(nn.Module):
+    """``coherence_loss`` as a module: ``forward(x, y=None)``; options as the function.
+
+    ``L2 = diag_weight * sum_i (R_ii - 1)^2 + offdiag_weight * sum_{i!=j} R_ij^2``
+    with R the column correlations (biased variance, ``eps``) of x (and y);
+    returns ``sqrt(L2)`` unless ``squared``. Defaults give the EIT-P coherence
+    term ``||R - I||_F``.
+    """
+
+    def __init__(self, *, diag_weight: float = 1.0, offdiag_weight: float = 1.0, squared: bool = False,
+                 eps: float = 1e-5, process_group=None):
+        super().__init__()
+        self.diag_weight, self.offdiag_weight = diag_weight, offdiag_weight
+        self.squared, self.eps, self.process_group = squared, eps, process_group
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return coherence_loss(x, y, diag_weight=self.diag_weight, offdiag_weight=self.offdiag_weight,
+                              squared=self.squared, eps=self.eps, process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        return (f"diag_weight={self.diag_weight}, offdiag_weight={self.offdiag_weight}, "
+                f"squared={self.squared}, eps={self.eps}")
+
+
+class BarlowTwinsLoss(CoherenceLoss):
+    """Barlow Twins redundancy reduction: ``forward(z1, z2)``.
+
+    ``sum_i (1 - C_ii)^2 + lambda_offdiag * sum_{i!=j} C_ij^2`` with ``C`` the
+    cross-correlation of the two embeddings batch-normalized without affine
+    (biased variance, eps 1e-5), as in Zbontar et al. 2021 (lambda = 0.0051).
+    """
+
+    def __init__(self, lambda_offdiag: float = 0.0051, *, eps: float = 1e-5, process_group=None):
+        super().__init__(diag_weight=1.0, offdiag_weight=lambda_offdiag, squared=True, eps=eps,
+                         process_group=process_group)
+        self.lambda_offdiag = lambda_offdiag
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(z1, z2)

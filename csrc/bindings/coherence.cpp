@@ -1,0 +1,339 @@
+// eitp::coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight,
+//                         bool squared, float eps)
+//     -> (Tensor loss, Tensor mean_x, Tensor rstd_x, Tensor mean_y, Tensor rstd_y)
+// eitp::coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x,
+//                          Tensor rstd_x, Tensor mean_y, Tensor rstd_y, float diag_weight,
+//                          float offdiag_weight, bool squared) -> (Tensor dx, Tensor dy)
+//
+// x: (N, D), y: (N, D') or None (self-correlation), float dtypes with the same
+// accumulation dtype (fp64, or fp32 for fp16/bf16/fp32). loss: () in the
+// accumulation dtype; mean/rstd: (D,) column statistics (mean_y/rstd_y are
+// empty (0,) tensors for self-correlation). dx/dy: gradients in x's / y's dtype
+// (dy empty for self-correlation).
+//
+// Forward: never allocates D x D'. R is produced in tiles of at most
+// kTileRows x kTileCols by one matrix product each (ATen: BLAS / cuBLAS) and
+// every tile is reduced to the two partial sums of the loss as it is made;
+// self-correlation computes only the tiles on and right of the diagonal.
+// Short, wide batches (N <= D/2) use N x N Gram matrices instead (far fewer flops).
+// Backward: W = Zp (Zp^T Z) by the cheaper association (one D x D' or up to
+// two N x N buffers), then one fused epilogue pass per side.
+#include "bindings/tensor_args.h"
+#include "kernels/coherence.h"
+
+namespace eitp {
+namespace {
+
+// Tiles of R: kTileRows x kTileCols per matrix product. Self-correlation then
+// costs 1/2 + kTileRows / (2D) of the multiply-adds of Zx^T Zx; 256 rows ran
+// as fast as 128 and faster than 512 or one full product on this project's
+// 2-core CPU (MKL), 2048 x 1024 fp32.
+constexpr int64_t kTileRows = 256;
+constexpr int64_t kTileCols = 1024;
+// Symmetric Gram matrices larger than this are built from row panels on and
+// right of the diagonal (about half the multiply-adds), smaller ones by one product.
+constexpr int64_t kGramPanel = 256;
+
+struct Sides {
+  at::Tensor x, y;  // contiguous 2-D; y undefined for self-correlation
+};
+
+Sides check_inputs(const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, const char* op) {
+  TORCH_CHECK_VALUE(x_in.dim() == 2, op, ": x must be 2-D (N, D), got ", x_in.dim(), "-D");
+  TORCH_CHECK_TYPE(is_float_dtype(x_in), op, ": x must be a float tensor, got ", x_in.scalar_type());
+  TORCH_CHECK_VALUE(x_in.size(0) >= 2, op, ": x needs at least 2 rows (the batch), got ", x_in.size(0));
+  TORCH_CHECK_VALUE(x_in.size(1) >= 1, op, ": x needs at least 1 column, got ", x_in.size(1));
+  Sides s;
+  s.x = x_in.contiguous();
+  if (y_in.has_value() && y_in->defined()) {
+    const at::Tensor& y = *y_in;
+    TORCH_CHECK_VALUE(y.dim() == 2, op, ": y must be 2-D (N, D'), got ", y.dim(), "-D");
+    TORCH_CHECK_TYPE(is_float_dtype(y), op, ": y must be a float tensor, got ", y.scalar_type());
+    TORCH_CHECK_VALUE(y.size(0) == x_in.size(0), op, ": y must have as many rows as x (", x_in.size(0), "), got ",
+                      y.size(0));
+    TORCH_CHECK_VALUE(y.size(1) >= 1, op, ": y needs at least 1 column");
+    TORCH_CHECK_VALUE(y.device() == x_in.device(), op, ": x and y must be on the same device");
+    TORCH_CHECK_TYPE(accumulation_dtype(y) == accumulation_dtype(x_in), op,
+                     ": x and y must both be float64 or both narrower (cast first), got ", x_in.scalar_type(),
+                     " and ", y.scalar_type());
+    s.y = y.contiguous();
+  }
+  return s;
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> column_stats(const at::Tensor& x, double eps, Backend& be) {
+  const auto options = x.options().dtype(accumulation_dtype(x));
+  at::Tensor mean = at::empty({x.size(1)}, options), rstd = at::empty({x.size(1)}, options);
+  CoherenceStatsParams p;
+  p.x = x.data_ptr();
+  p.dtype = kernel_dtype(x, "coherence");
+  p.n = x.size(0);
+  p.d = x.size(1);
+  p.eps = eps;
+  p.mean = mean.data_ptr();
+  p.rstd = rstd.data_ptr();
+  be.stats(p);
+  return {mean, rstd};
+}
+
+template <typename Backend>
+at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, Backend& be) {
+  at::Tensor z = at::empty(x.sizes(), x.options().dtype(accumulation_dtype(x)));
+  CoherenceStandardizeParams p;
+  p.x = x.data_ptr();
+  p.dtype = kernel_dtype(x, "coherence");
+  p.n = x.size(0);
+  p.d = x.size(1);
+  p.mean = mean.data_ptr();
+  p.rstd = rstd.data_ptr();
+  p.z = z.data_ptr();
+  p.ld_z = x.size(1);
+  be.standardize(p);
+  return z;
+}
+
+// A^T A (k x k, k = A.size(1)). Large ones from the row panels on and right
+// of the diagonal, then mirrored: about half the multiply-adds.
+template <typename Backend>
+at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
+  const int64_t k = a.size(1);
+  if (k <= kGramPanel) return at::mm(a.t(), a);
+  at::Tensor out = at::empty({k, k}, a.options());
+  for (int64_t i0 = 0; i0 < k; i0 += kGramPanel) {
+    const int64_t rows = std::min(kGramPanel, k - i0);
+    at::Tensor dst = out.narrow(0, i0, rows).narrow(1, i0, k - i0);
+    at::mm_out(dst, a.narrow(1, i0, rows).t(), a.narrow(1, i0, k - i0));
+  }
+  be.mirror(out);
+  return out;
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b, bool squared, double eps,
+    Backend& be) {
+  Sides s = check_inputs(x_in, y_in, "coherence_forward");
+  const bool self = !s.y.defined();
+  const int64_t n = s.x.size(0), d = s.x.size(1);
+  auto [mean_x, rstd_x] = column_stats(s.x, eps, be);
+  at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
+  at::Tensor mean_y, rstd_y, zy;
+  if (self) {
+    mean_y = at::empty({0}, mean_x.options());
+    rstd_y = at::empty({0}, mean_x.options());
+    zy = zx;
+  } else {
+    std::tie(mean_y, rstd_y) = column_stats(s.y, eps, be);
+    zy = standardized(s.y, mean_y, rstd_y, be);
+  }
+  const int64_t dp = zy.size(1);
+  // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
+  at::Tensor sums;
+  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
+  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
+  if (2.0 * gram_cost < tile_cost) {
+    // Wide, short batches (N well below D): sum_ij R_ij^2 = ||Zx^T Zy||_F^2 / N^2
+    // = <Zx Zx^T, Zy Zy^T>_F / N^2 from N x N Gram matrices, and R_ii = mean_n
+    // zx_i zy_i; off = total - sum_i R_ii^2. With N <= D/2 the total is at
+    // least twice the diagonal part (rank(R) <= N), so the subtraction keeps
+    // fp32 accuracy unless most columns are constant.
+    const int64_t m = std::min(d, dp);
+    at::Tensor gx = symmetric_gram(zx.t(), be);
+    at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
+    const double nn = static_cast<double>(n) * static_cast<double>(n);
+    at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
+    at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
+    at::Tensor diag = (rdiag - 1.0).square().sum(at::kDouble);
+    at::Tensor off = total - rdiag.square().sum(at::kDouble);
+    sums = at::stack({diag, off});
+  } else {
+    const int64_t tile_cols = std::min(kTileCols, dp);
+    const int64_t tile_rows = std::min(kTileRows, d);
+    at::Tensor buffer = at::empty({tile_rows * tile_cols}, zx.options());
+    be.begin_reduction(zx.options());
+    for (int64_t i0 = 0; i0 < d; i0 += tile_rows) {
+      const int64_t rows = std::min(tile_rows, d - i0);
+      const int64_t first_col = self ? i0 : 0;
+      for (int64_t c0 = first_col; c0 < dp; c0 += tile_cols) {
+        const int64_t cols = std::min(tile_cols, dp - c0);
+        at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});  // contiguous output
+        at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
+        CoherenceTileParams p;
+        p.tile = tile.data_ptr();
+        p.is_double = zx.scalar_type() == at::kDouble;
+        p.rows = rows;
+        p.cols = cols;
+        p.ld = cols;
+        p.row0 = i0;
+        p.col0 = c0;
+        p.n = n;
+        p.symmetric = self;
+        be.reduce_tile(p);
+      }
+    }
+    sums = be.end_reduction(zx.options());
+  }
+  at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
+  at::Tensor loss = (squared ? l2 : l2.sqrt()).to(zx.scalar_type());
+  return {loss, mean_x, rstd_x, mean_y, rstd_y};
+}
+
+template <typename Backend>
+void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at::Tensor& rstd,
+              const at::Tensor& grad, const at::Tensor& loss, int64_t m, double a, double b, bool squared,
+              bool symmetric, Backend& be) {
+  CoherenceBackwardParams p;
+  p.z = z.data_ptr();
+  p.zp = zp.data_ptr();
+  p.ld_z = z.stride(0);
+  p.ld_zp = zp.stride(0);
+  p.w = w.data_ptr();
+  p.rstd = rstd.data_ptr();
+  p.grad = grad.data_ptr();
+  p.loss = loss.data_ptr();
+  p.is_double = z.scalar_type() == at::kDouble;
+  p.n = z.size(0);
+  p.d = z.size(1);
+  p.m = m;
+  p.a = a;
+  p.b = b;
+  p.squared = squared;
+  p.symmetric = symmetric;
+  be.epilogue(p);
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, const at::Tensor& loss_in,
+                                                 const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
+                                                 const at::Tensor& mean_x, const at::Tensor& rstd_x,
+                                                 const at::Tensor& mean_y, const at::Tensor& rstd_y, double a,
+                                                 double b, bool squared, Backend& be) {
+  Sides s = check_inputs(x_in, y_in, "coherence_backward");
+  const bool self = !s.y.defined();
+  const int64_t n = s.x.size(0), d = s.x.size(1);
+  const auto acc = accumulation_dtype(s.x);
+  TORCH_CHECK_VALUE(mean_x.numel() == d && rstd_x.numel() == d, "coherence_backward: mean_x/rstd_x must have D entries");
+  const at::Tensor mx = mean_x.to(acc).contiguous(), rx = rstd_x.to(acc).contiguous();
+  const at::Tensor grad = grad_in.to(acc).contiguous(), loss = loss_in.to(acc).contiguous();
+  TORCH_CHECK_VALUE(grad.numel() == 1 && loss.numel() == 1, "coherence_backward: grad and loss must be scalars");
+  at::Tensor zx = standardized(s.x, mx, rx, be);
+  if (self) {
+    // dZ = 2 Z S / N with S = k (2b R + diag(c)): W = Z (Z^T Z) = (Z Z^T) Z.
+    at::Tensor w = n < d ? at::mm(symmetric_gram(zx.t(), be), zx) : at::mm(zx, symmetric_gram(zx, be));
+    epilogue(zx, zx, w, rx, grad, loss, d, a, b, squared, true, be);
+    return {w.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
+  }
+  const int64_t dp = s.y.size(1);
+  TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp, "coherence_backward: mean_y/rstd_y must have D' entries");
+  const at::Tensor my = mean_y.to(acc).contiguous(), ry = rstd_y.to(acc).contiguous();
+  at::Tensor zy = standardized(s.y, my, ry, be);
+  at::Tensor wx, wy;
+  // Wx = Zy (Zy^T Zx) and Wy = Zx (Zx^T Zy): via one D x D' product (6 N D D'
+  // flops) or two N x N Gram matrices (4 N^2 (D + D')), whichever is cheaper.
+  const double cost_dd = 6.0 * n * d * dp, cost_nn = 4.0 * n * n * (d + dp);
+  if (cost_dd <= cost_nn) {
+    at::Tensor m = at::mm(zx.t(), zy);
+    wx = at::mm(zy, m.t());
+    wy = at::mm(zx, m);
+  } else {
+    wx = at::mm(symmetric_gram(zy.t(), be), zx);
+    wy = at::mm(symmetric_gram(zx.t(), be), zy);
+  }
+  const int64_t m = std::min(d, dp);
+  epilogue(zx, zy, wx, rx, grad, loss, m, a, b, squared, false, be);
+  epilogue(zy, zx, wy, ry, grad, loss, m, a, b, squared, false, be);
+  return {wx.to(s.x.scalar_type()), wy.to(s.y.scalar_type())};
+}
+
+struct CpuBackend {
+  double diag = 0.0, off = 0.0;
+  void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
+  void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
+  void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
+  void begin_reduction(const at::TensorOptions&) { diag = off = 0.0; }
+  void reduce_tile(const CoherenceTileParams& p) {
+    double dsum = 0.0, osum = 0.0;
+    coherence_tile_reduce_cpu(p, &dsum, &osum);
+    diag += dsum;
+    off += osum;
+  }
+  at::Tensor end_reduction(const at::TensorOptions& options) {
+    at::Tensor out = at::empty({2}, options.dtype(at::kDouble));
+    out.data_ptr<double>()[0] = diag;
+    out.data_ptr<double>()[1] = off;
+    return out;
+  }
+  void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps) {
+  CpuBackend be;
+  return forward_impl(x, y, a, b, squared, eps, be);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
+                                                const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
+                                                const at::Tensor& rstd_x, const at::Tensor& mean_y,
+                                                const at::Tensor& rstd_y, double a, double b, bool squared) {
+  CpuBackend be;
+  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, be);
+}
+
+#ifdef EITP_WITH_CUDA
+struct CudaBackend {
+  cudaStream_t stream;
+  at::Tensor acc;  // (2,) double: diag, off
+  void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
+  void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
+  void mirror(at::Tensor& m) {
+    coherence_mirror_upper_cuda(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0), stream);
+  }
+  void begin_reduction(const at::TensorOptions& options) { acc = at::zeros({2}, options.dtype(at::kDouble)); }
+  void reduce_tile(const CoherenceTileParams& p) {
+    coherence_tile_reduce_cuda(p, acc.data_ptr<double>(), stream);
+  }
+  at::Tensor end_reduction(const at::TensorOptions&) { return acc; }
+  void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
+    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
+  return forward_impl(x, y, a, b, squared, eps, be);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
+                                                 const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
+                                                 const at::Tensor& rstd_x, const at::Tensor& mean_y,
+                                                 const at::Tensor& rstd_y, double a, double b, bool squared) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
+  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, be);
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(eitp, m) {
+  m.def(
+      "coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight, bool squared, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x, Tensor rstd_x, "
+      "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared) -> (Tensor, Tensor)");
+}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) {
+  m.impl("coherence_forward", &forward_cpu);
+  m.impl("coherence_backward", &backward_cpu);
+}
+#ifdef EITP_WITH_CUDA
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
+  m.impl("coherence_forward", &forward_cuda);
+  m.impl("coherence_backward", &backward_cuda);
+}
+#endif
+
+}  // namespace eitp

@@ -1,0 +1,407 @@
+"""coherence_loss on every backend against the reference (DESIGN §2.2, issue 4)."""
+import numpy as np
+import pytest
+import torch
+
+import eitp_kernels
+from eitp_kernels import nn as eitp_nn
+from eitp_kernels import reference
+
+from conftest import FLOAT_DTYPES, cpu_backends
+
+CPU_BACKENDS = cpu_backends()
+COMPILED = ["cpp", pytest.param("triton", marks=pytest.mark.triton_interpret)]
+
+
+def _ours(backend, *args, **kwargs):
+    with eitp_kernels.use_backend(backend):
+        return eitp_kernels.coherence_loss(*args, **kwargs)
+
+
+def _ref64(x, y=None, **kwargs):
+    return reference.coherence_loss(x.double(), None if y is None else y.double(), **kwargs)
+
+
+def _rel(a, b):
+    return (a.double() - b.double()).norm().item() / max(b.double().norm().item(), 1e-300)
+
+
+def _close(out, x, y=None, **kwargs):
+    """|out - ref64| / |ref64| within RTOL, or within 2x eager's own error
+    (DESIGN §5): fp32 cancellation in R_ii - 1 is inherent when var >> eps is
+    not the case (tiny losses)."""
+    ref = _ref64(x, y, **kwargs)
+    err = _rel(out, ref)
+    bound = RTOL[x.dtype if y is None else torch.promote_types(x.dtype, y.dtype)]
+    if err < bound:
+        return True
+    eager = reference.coherence_loss(x, y, **kwargs)
+    assert err <= 2 * _rel(eager, ref), (out.item(), ref.item(), eager.item())
+    return True
+
+
+# forward rtol against the fp64 reference by input dtype (fp16/bf16 inputs are
+# up-cast exactly and accumulate in fp32, so they get the fp32 bound).
+RTOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.float16: 2e-5, torch.bfloat16: 2e-5}
+
+
+# --------------------------------------------------------------------------
+# forward against the reference
+# --------------------------------------------------------------------------
+
+SHAPES = [  # (N, D, D' or None)
+    (2, 1, None), (2, 3, None), (7, 3, None), (33, 40, None), (100, 7, None),
+    (40, 300, None),   # N < D/2: the N x N Gram path of the compiled forward
+    (9, 5, 3), (33, 40, 23), (70, 6, 90), (12, 50, 60),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+@pytest.mark.parametrize("squared", [False, True])
+def test_forward_matches_reference(backend, shape, squared):
+    n, d, dp = shape
+    x = torch.randn(n, d) * 3 + 1
+    y = None if dp is None else torch.randn(n, dp) - 2
+    if y is not None:
+        y[:, : min(d, dp)] += 0.7 * x[:, : min(d, dp)]  # a real diagonal
+    for a, b in [(1.0, 1.0), (0.3, 2.5)]:
+        out = _ours(backend, x, y, diag_weight=a, offdiag_weight=b, squared=squared)
+        assert out.dtype == torch.float32 and out.shape == ()
+        assert _close(out, x, y, diag_weight=a, offdiag_weight=b, squared=squared)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_every_dtype(backend, dtype):
+    x = torch.randn(37, 20).to(dtype)
+    y = torch.randn(37, 11).to(dtype)
+    for yy in (None, y):
+        out = _ours(backend, x, yy, offdiag_weight=0.5)
+        assert out.dtype == reference.compute_dtype(dtype)
+        assert _close(out, x, yy, offdiag_weight=0.5)
+
+
+def test_large_odd_shape_native():
+    # N=17 x D=1000 (issue 4): short and wide, self and cross
+    x = torch.randn(17, 1000)
+    y = torch.randn(17, 999)
+    for yy in (None, y):
+        for squared in (False, True):
+            out = _ours("cpp", x, yy, squared=squared)
+            assert _close(out, x, yy, squared=squared)
+
+
+def test_many_tiles_native():
+    # more than one R tile in both directions (tiles are 256 x 1024), self and cross
+    x = torch.randn(1200, 1100)
+    y = torch.randn(1200, 1500)
+    for yy in (None, y):
+        out = _ours("cpp", x, yy, diag_weight=0.5, offdiag_weight=3.0)
+        assert _close(out, x, yy, diag_weight=0.5, offdiag_weight=3.0)
+
+
+@pytest.mark.parametrize("shape", [(700, 1000, None), (100, 1000, None), (500, 800, 900), (60, 800, 900)],
+                         ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_forward_never_allocates_r_native(shape):
+    # Largest single allocation of the compiled forward (tile and Gram paths)
+    # stays below one D x D' matrix; the reference allocates several.
+    from torch.profiler import ProfilerActivity, profile
+
+    n, d, dp = shape
+    x = torch.randn(n, d)
+    y = None if dp is None else torch.randn(n, dp)
+    r_bytes = d * (dp or d) * 4
+
+    def biggest(f):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            f()
+        return max([e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0] or [0])
+
+    assert biggest(lambda: _ours("cpp", x, y)) < r_bytes
+    assert biggest(lambda: reference.coherence_loss(x, y)) >= r_bytes
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_matches_numpy_corrcoef(backend, rng):
+    # eps = 0, a = b = 1, squared: ||corrcoef - I||_F^2 (biased variances cancel)
+    xn = rng.standard_normal((50, 9))
+    xn[:, 3] = 0.8 * xn[:, 1] + 0.2 * xn[:, 3]
+    x = torch.from_numpy(xn)
+    expected = ((np.corrcoef(xn, rowvar=False) - np.eye(9)) ** 2).sum()
+    out = _ours(backend, x, eps=0.0, squared=True)
+    assert out.dtype == torch.float64
+    assert abs(out.item() - expected) < 1e-11 * expected
+    out32 = _ours(backend, x.float(), eps=0.0)
+    assert abs(out32.item() - np.sqrt(expected)) < 2e-5 * np.sqrt(expected)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_correlated_and_zero_variance_columns(backend):
+    x = torch.randn(64, 8)
+    x[:, 1] = 2 * x[:, 0] + 1e-3 * x[:, 1]  # almost perfectly correlated
+    x[:, 2] = -x[:, 0]
+    x[:, 5] = 4.25  # zero variance: z = 0, finite for eps > 0
+    xg = x.clone().requires_grad_()
+    out = _ours(backend, xg, offdiag_weight=0.7)
+    assert torch.isfinite(out)
+    assert _close(out, x, offdiag_weight=0.7)
+    (g,) = torch.autograd.grad(out, xg)
+    assert torch.isfinite(g).all()
+    assert g[:, 5].abs().max().item() == 0.0 or g[:, 5].abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_finite_input_gives_nan_like_the_reference(backend):
+    for shape in [(20, 6), (8, 40)]:  # tile and Gram paths of the compiled forward
+        x = torch.randn(*shape)
+        x[3, 2] = float("nan")
+        assert torch.isnan(_ours(backend, x)) and torch.isnan(reference.coherence_loss(x))
+        x[3, 2] = float("inf")
+        assert torch.isnan(_ours(backend, x, squared=True))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_trailing_dims_and_non_contiguous(backend):
+    x = torch.randn(6, 4, 5)  # (N, *) -> D = 20
+    out = _ours(backend, x)
+    assert _close(out, x.reshape(6, 20))
+    xt = torch.randn(30, 25).t()  # (25, 30) non-contiguous
+    y = torch.randn(25, 40)[:, ::2]  # strided columns
+    assert not xt.is_contiguous() and not y.is_contiguous()
+    out = _ours(backend, xt, y, squared=True)
+    assert _close(out, xt, y, squared=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_mixed_dtypes_promote_like_the_reference(backend):
+    x = torch.randn(20, 6)
+    y = torch.randn(20, 4, dtype=torch.float64)
+    out = _ours(backend, x, y)
+    assert out.dtype == torch.float64
+    assert _close(out, x, y)
+    out = _ours(backend, x.half(), y.float())
+    assert out.dtype == torch.float32
+    assert _close(out, x.half(), y.float())
+
+
+# --------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("with_y", [False, True])
+@pytest.mark.parametrize("squared", [False, True])
+def test_gradcheck_fp64(backend, with_y, squared):
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    inputs = (x, torch.randn(6, 3, dtype=torch.float64, requires_grad=True)) if with_y else (x,)
+
+    def f(*t):
+        return _ours(backend, *t, diag_weight=0.6, offdiag_weight=1.7, squared=squared, eps=1e-3)
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def _grads_vs_reference(backend, x, y, **kwargs):
+    xs = [x.clone().requires_grad_(), None if y is None else y.clone().requires_grad_()]
+    xr = [x.clone().requires_grad_(), None if y is None else y.clone().requires_grad_()]
+    out = _ours(backend, xs[0], xs[1], **kwargs)
+    ref = reference.coherence_loss(xr[0], xr[1], **kwargs)
+    assert _rel(out, ref.detach()) < 1e-5
+    wrt = [t for t in xs if t is not None]
+    got = torch.autograd.grad(out * 1.5, wrt)
+    exp = torch.autograd.grad(ref * 1.5, [t for t in xr if t is not None])
+    for g, e in zip(got, exp):
+        assert g.dtype == x.dtype
+        assert _rel(g, e) < 1e-4, _rel(g, e)
+
+
+LARGE = [  # both associations of the backward: N >= D (D x D product) and N < D (N x N Gram)
+    (600, 300, None), (96, 700, None), (500, 200, 150), (64, 400, 350),
+]
+
+
+@pytest.mark.parametrize("shape", LARGE, ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+@pytest.mark.parametrize("squared", [False, True])
+def test_fp32_gradients_match_reference_autograd_native(shape, squared):
+    n, d, dp = shape
+    x = torch.randn(n, d) + torch.linspace(-2, 2, d)
+    y = None if dp is None else torch.randn(n, dp) + 0.5 * x[:, :dp]
+    _grads_vs_reference("cpp", x, y, diag_weight=0.8, offdiag_weight=1.3, squared=squared)
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.parametrize("shape", [(40, 24, None), (12, 40, None), (30, 20, 9)],
+                         ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_fp32_gradients_match_reference_autograd_triton(shape):
+    n, d, dp = shape
+    x = torch.randn(n, d)
+    y = None if dp is None else torch.randn(n, dp) + 0.5 * x[:, :dp]
+    _grads_vs_reference("triton", x, y, diag_weight=0.8, offdiag_weight=1.3)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_gradient_dtype(backend, dtype):
+    x = torch.randn(16, 8).to(dtype).requires_grad_()
+    out = _ours(backend, x)
+    (g,) = torch.autograd.grad(out, x)
+    x64 = x.detach().double().requires_grad_()
+    (e,) = torch.autograd.grad(reference.coherence_loss(x64), x64)
+    assert g.dtype == dtype
+    assert _rel(g, e) < 1e-2  # the gradient is rounded to 16 bits
+
+
+# --------------------------------------------------------------------------
+# bad inputs
+# --------------------------------------------------------------------------
+
+
+def test_bad_inputs_name_the_argument():
+    f = eitp_kernels.coherence_loss
+    with pytest.raises(ValueError, match="x must have at least 2 rows"):
+        f(torch.randn(1, 5))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        f([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(TypeError, match="x must have dtype"):
+        f(torch.arange(10).reshape(5, 2))
+    with pytest.raises(ValueError, match="x must have at least 1 dimensions"):
+        f(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="x is empty"):
+        f(torch.randn(4, 0))
+    with pytest.raises(ValueError, match="y must have the same batch size"):
+        f(torch.randn(5, 3), torch.randn(6, 3))
+    with pytest.raises(TypeError, match="y must have dtype"):
+        f(torch.randn(5, 3), torch.ones(5, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="diag_weight must be >= 0"):
+        f(torch.randn(5, 3), diag_weight=-1.0)
+    with pytest.raises(TypeError, match="offdiag_weight must be a real number"):
+        f(torch.randn(5, 3), offdiag_weight="1")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        f(torch.randn(5, 3), eps=-1e-5)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        f(torch.randn(5, 3), eps=float("nan"))
+    with pytest.raises(TypeError, match="squared must be a bool"):
+        f(torch.randn(5, 3), squared=1)
+    with pytest.raises(TypeError, match="process_group must be None or"):
+        f(torch.randn(5, 3), process_group="world")
+
+
+def test_compiled_ops_check_their_inputs():
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        torch.ops.eitp.coherence_forward(torch.randn(1, 3), None, 1.0, 1.0, False, 1e-5)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        torch.ops.eitp.coherence_forward(torch.randn(4), None, 1.0, 1.0, False, 1e-5)
+    with pytest.raises(ValueError, match="as many rows as x"):
+        torch.ops.eitp.coherence_forward(torch.randn(4, 2), torch.randn(3, 2), 1.0, 1.0, False, 1e-5)
+    with pytest.raises(TypeError, match="both be float64"):
+        torch.ops.eitp.coherence_forward(torch.randn(4, 2), torch.randn(4, 2).double(), 1.0, 1.0, False, 1e-5)
+
+
+# --------------------------------------------------------------------------
+# custom-op machinery, torch.compile, modules
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_y", [False, True])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_opcheck_compiled_ops(with_y, transposed):
+    x = torch.randn(5, 9).t().requires_grad_() if transposed else torch.randn(9, 5, requires_grad=True)
+    y = torch.randn(9, 4, requires_grad=True) if with_y else None
+    torch.library.opcheck(torch.ops.eitp.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5))
+    loss, mx, rx, my, ry = torch.ops.eitp.coherence_forward(x.detach(), None if y is None else y.detach(),
+                                                            0.5, 2.0, False, 1e-5)
+    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, False)
+    torch.library.opcheck(torch.ops.eitp.coherence_backward.default, args)
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.parametrize("with_y", [False, True])
+def test_opcheck_triton_ops(with_y):
+    from eitp_kernels.ops import coherence  # noqa: F401  (registers the Triton ops)
+
+    x = torch.randn(9, 5, requires_grad=True)
+    y = torch.randn(9, 4, requires_grad=True) if with_y else None
+    torch.library.opcheck(torch.ops.eitp.coherence_forward_triton.default, (x, y, 0.5, 2.0, True, 1e-5))
+    loss, mx, rx, my, ry = torch.ops.eitp.coherence_forward_triton(x.detach(), None if y is None else y.detach(),
+                                                                   0.5, 2.0, True, 1e-5)
+    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, True)
+    torch.library.opcheck(torch.ops.eitp.coherence_backward_triton.default, args)
+
+
+def _train_step_matches(backend_name, compile_backend):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
+    x = torch.randn(32, 12)
+
+    def loss_fn(inp):
+        h = model(inp)
+        return eitp_kernels.coherence_loss(h, offdiag_weight=0.5) + eitp_kernels.coherence_loss(h[:, :4], inp)
+
+    # The forward (model + losses) is one graph; AOTAutograd traces its
+    # backward through the op's registered autograd.
+    with eitp_kernels.use_backend(backend_name):
+        eager = loss_fn(x)
+        eager.backward()
+        eager_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        compiled = torch.compile(loss_fn, fullgraph=True, backend=compile_backend)(x)
+        compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_torch_compile_fullgraph_training_step():
+    _train_step_matches("cpp", "aot_eager")
+
+
+@pytest.mark.triton_interpret
+def test_torch_compile_fullgraph_training_step_triton():
+    _train_step_matches("triton", "aot_eager")
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_training_step():
+    _train_step_matches("cpp", "inductor")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_modules(backend):
+    z1, z2 = torch.randn(40, 16), torch.randn(40, 16)
+    with eitp_kernels.use_backend(backend):
+        loss = eitp_nn.CoherenceLoss(offdiag_weight=0.25, squared=True)(z1)
+        bt = eitp_nn.BarlowTwinsLoss()(z1, z2)
+    assert _close(loss, z1, offdiag_weight=0.25, squared=True)
+    # Barlow Twins as written in its paper: batch norm without affine, c = bn(z1)^T bn(z2) / N
+    bn = torch.nn.BatchNorm1d(16, affine=False).double().train()
+    c = bn(z1.double()).t() @ bn(z2.double()) / 40
+    on = ((torch.diagonal(c) - 1) ** 2).sum()
+    off = (c ** 2).sum() - (torch.diagonal(c) ** 2).sum()
+    assert _rel(bt, on + 0.0051 * off) < RTOL[torch.float32]
+
+
+# --------------------------------------------------------------------------
+# GPU (run where one is lent)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 1, None), (17, 1000, None), (300, 70, None), (33, 40, 23), (64, 500, 700)])
+def test_gpu_backends_match_reference(backend, dtype, shape):
+    n, d, dp = shape
+    x = torch.randn(n, d, device="cuda").to(dtype).requires_grad_()
+    y = None if dp is None else torch.randn(n, dp, device="cuda").to(dtype).requires_grad_()
+    out = _ours(backend, x, y, offdiag_weight=0.5)
+    ref = _ref64(x.detach(), None if y is None else y.detach(), offdiag_weight=0.5)
+    assert _rel(out, ref) < 1e-4
+    got = torch.autograd.grad(out, [t for t in (x, y) if t is not None])
+    x64 = x.detach().double().requires_grad_()
+    y64 = None if y is None else y.detach().double().requires_grad_()
+    r64 = reference.coherence_loss(x64, y64, offdiag_weight=0.5)
+    exp = torch.autograd.grad(r64, [t for t in (x64, y64) if t is not None])
+    for g, e in zip(got, exp):
+        assert _rel(g, e) < (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2)
