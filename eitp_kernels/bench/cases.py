@@ -63,6 +63,7 @@ SUITE_MODULES = (
     "suite_histogram_entropy",
     "suite_coherence_loss",
     "suite_fake_quant_int8",
+    "suite_eitp_regularizer",
 )
 
 Builder = Callable[[torch.device, bool], "list[Case]"]
