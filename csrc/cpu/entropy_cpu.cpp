@@ -126,24 +126,13 @@ void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range,
 
 // ---------------------------------------------------------------- auto range
 
-// Lane-wise so the loop vectorizes (as finite_minmax_cpu does).
 template <typename T>
-EITP_CPU_HOT void minmax_item(const HistSegment& seg, const WorkItem& it, double& lo_out, double& hi_out) {
+void minmax_item(const HistSegment& seg, const WorkItem& it, double& lo_out, double& hi_out) {
   using A = typename AccType<T>::type;
-  constexpr int64_t kLanes = 16;
-  const T* x = static_cast<const T*>(seg.x) + it.begin;
-  const int64_t n = it.end - it.begin;
-  const A inf = std::numeric_limits<A>::infinity();
-  A lo[kLanes], hi[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lo[j] = inf, hi[j] = -inf;
-  const int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) fold_finite_minmax<A>(load_acc(x[i + j]), lo[j], hi[j]);
-  for (int64_t i = full; i < n; ++i) fold_finite_minmax<A>(load_acc(x[i]), lo[0], hi[0]);
-  A l = inf, h = -inf;
-  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
-  lo_out = l;
-  hi_out = h;
+  A lo = std::numeric_limits<A>::infinity(), hi = -std::numeric_limits<A>::infinity();
+  span_finite_minmax(static_cast<const T*>(seg.x) + it.begin, it.end - it.begin, lo, hi);
+  lo_out = lo;
+  hi_out = hi;
 }
 
 void item_range(const HistSegment& seg, const WorkItem& it, double& lo, double& hi) {

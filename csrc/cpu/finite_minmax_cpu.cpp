@@ -10,27 +10,6 @@
 namespace eitp {
 namespace {
 
-// Lane-wise min/max over kLanes independent accumulators: elementwise, so
-// the compiler vectorizes it without reassociating a reduction (no fast-math).
-constexpr int64_t kLanes = 16;
-
-template <typename T>
-EITP_CPU_HOT void span_minmax(const T* x, int64_t n, typename AccType<T>::type& lo_out,
-                              typename AccType<T>::type& hi_out) {
-  using A = typename AccType<T>::type;
-  const A inf = std::numeric_limits<A>::infinity();
-  A lo[kLanes], hi[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lo[j] = inf, hi[j] = -inf;
-  const int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) fold_finite_minmax<A>(load_acc(x[i + j]), lo[j], hi[j]);
-  for (int64_t i = full; i < n; ++i) fold_finite_minmax<A>(load_acc(x[i]), lo[0], hi[0]);
-  A l = lo_out, h = hi_out;
-  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
-  lo_out = l;
-  hi_out = h;
-}
-
 template <typename T>
 void row_minmax(const T* row, int64_t n, typename AccType<T>::type& lo_out, typename AccType<T>::type& hi_out,
                 bool parallel) {
@@ -44,7 +23,7 @@ void row_minmax(const T* row, int64_t n, typename AccType<T>::type& lo_out, type
       const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t begin = n * t / threads, end = n * (t + 1) / threads;
       A l = inf, h = -inf;
-      span_minmax(row + begin, end - begin, l, h);
+      span_finite_minmax(row + begin, end - begin, l, h);
 #pragma omp critical
       {
         lo = l < lo ? l : lo;
@@ -52,7 +31,7 @@ void row_minmax(const T* row, int64_t n, typename AccType<T>::type& lo_out, type
       }
     }
   } else {
-    span_minmax(row, n, lo, hi);
+    span_finite_minmax(row, n, lo, hi);
   }
   lo_out = lo;
   hi_out = hi;

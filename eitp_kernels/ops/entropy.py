@@ -263,6 +263,25 @@ def _triton_soft_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) 
     return grad
 
 
+def _register_soft_histogram_autograd(namespace: str) -> None:
+    """Autograd of ``<namespace>::soft_histogram`` through its ``soft_histogram_backward``
+    op (the compiled and the Triton backends register the same pair)."""
+    backward_op = getattr(torch.ops, namespace).soft_histogram_backward
+
+    def setup_context(ctx, inputs, output):
+        x, lo, hi, bins, explicit_range = inputs
+        ctx.save_for_backward(x, lo, hi)
+        ctx.bins = bins
+        ctx.explicit_range = explicit_range
+
+    def backward(ctx, grad_counts):
+        x, lo, hi = ctx.saved_tensors
+        grad_x = backward_op(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
+        return grad_x.to(x.dtype), None, None, None, None
+
+    torch.library.register_autograd(f"{namespace}::soft_histogram", backward, setup_context=setup_context)
+
+
 def _wrap(kernel):
     """torch.library.wrap_triton: the launch stays traceable inside a triton_op."""
     return torch.library.wrap_triton(kernel)
@@ -287,18 +306,7 @@ def _register_triton_ops() -> None:
                           bins: int, explicit_range: bool) -> torch.Tensor:
         return _triton_soft_backward(grad_counts, x, lo, hi, bins, explicit_range)
 
-    def setup_context(ctx, inputs, output):
-        x, lo, hi, bins, explicit_range = inputs
-        ctx.save_for_backward(x, lo, hi)
-        ctx.bins = bins
-        ctx.explicit_range = explicit_range
-
-    def backward(ctx, grad_counts):
-        x, lo, hi = ctx.saved_tensors
-        grad_x = torch.ops.eitp_triton.soft_histogram_backward(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
-        return grad_x.to(x.dtype), None, None, None, None
-
-    torch.library.register_autograd("eitp_triton::soft_histogram", backward, setup_context=setup_context)
+    _register_soft_histogram_autograd("eitp_triton")
 
 
 # --------------------------------------------------------------------------
@@ -606,18 +614,7 @@ def _register() -> None:
     def _(counts, log_base):
         return counts.new_empty((counts.shape[0],), dtype=torch.float64)
 
-    def setup_context(ctx, inputs, output):
-        x, lo, hi, bins, explicit_range = inputs
-        ctx.save_for_backward(x, lo, hi)
-        ctx.bins = bins
-        ctx.explicit_range = explicit_range
-
-    def backward(ctx, grad_counts):
-        x, lo, hi = ctx.saved_tensors
-        grad_x = torch.ops.eitp.soft_histogram_backward(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
-        return grad_x.to(x.dtype), None, None, None, None
-
-    torch.library.register_autograd("eitp::soft_histogram", backward, setup_context=setup_context)
+    _register_soft_histogram_autograd("eitp")
 
 
 if _extension.load()[0]:
