@@ -144,6 +144,28 @@ def coherence_loss(x: torch.Tensor, y: torch.Tensor | None = None, *, diag_weigh
 # --------------------------------------------------------------------------
 
 
+def _register_coherence_autograd(forward_op: str, backward_op) -> None:
+    """Autograd of a coherence forward op (compiled or Triton) through its
+    backward op (``backward_op()`` returns it; looked up at backward time)."""
+
+    def setup_context(ctx, inputs, output):
+        x, y, a, b, squared, _eps = inputs
+        loss, mean_x, rstd_x, mean_y, rstd_y = output
+        # Only what the backward needs: the inputs (alive anyway), the (D,)
+        # statistics and the scalar loss; Z is recomputed (O(ND)).
+        ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y)
+        ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y)
+        ctx.weights = (a, b, squared)
+
+    def backward(ctx, grad_loss, *unused):
+        x, y, loss, mean_x, rstd_x, mean_y, rstd_y = ctx.saved_tensors
+        a, b, squared = ctx.weights
+        dx, dy = backward_op()(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared)
+        return dx, (None if y is None else dy), None, None, None, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
 def _register_compiled() -> None:
     @torch.library.register_fake("eitp::coherence_forward")
     def _(x, y, diag_weight, offdiag_weight, squared, eps):
@@ -158,23 +180,7 @@ def _register_compiled() -> None:
         # contiguous, like the real kernels (whatever the inputs' strides)
         return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
-    def setup_context(ctx, inputs, output):
-        x, y, a, b, squared, _eps = inputs
-        loss, mean_x, rstd_x, mean_y, rstd_y = output
-        # Only what the backward needs: the inputs (alive anyway), the (D,)
-        # statistics and the scalar loss; Z is recomputed (O(ND)).
-        ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y)
-        ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y)
-        ctx.weights = (a, b, squared)
-
-    def backward(ctx, grad_loss, *unused):
-        x, y, loss, mean_x, rstd_x, mean_y, rstd_y = ctx.saved_tensors
-        a, b, squared = ctx.weights
-        dx, dy = torch.ops.eitp.coherence_backward(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y,
-                                                   a, b, squared)
-        return dx, (None if y is None else dy), None, None, None, None
-
-    torch.library.register_autograd("eitp::coherence_forward", backward, setup_context=setup_context)
+    _register_coherence_autograd("eitp::coherence_forward", lambda: torch.ops.eitp.coherence_backward)
 
 
 if _extension.load()[0]:
@@ -592,24 +598,7 @@ def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_wei
     return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
 
-def _triton_setup_context(ctx, inputs, output):
-    x, y, a, b, squared, _eps = inputs
-    loss, mean_x, rstd_x, mean_y, rstd_y = output
-    ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y)
-    ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y)
-    ctx.weights = (a, b, squared)
-
-
-def _triton_backward(ctx, grad_loss, *unused):
-    x, y, loss, mean_x, rstd_x, mean_y, rstd_y = ctx.saved_tensors
-    a, b, squared = ctx.weights
-    dx, dy = torch.ops.eitp.coherence_backward_triton(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y,
-                                                      a, b, squared)
-    return dx, (None if y is None else dy), None, None, None, None
-
-
-torch.library.register_autograd("eitp::coherence_forward_triton", _triton_backward,
-                                setup_context=_triton_setup_context)
+_register_coherence_autograd("eitp::coherence_forward_triton", lambda: torch.ops.eitp.coherence_backward_triton)
 
 
 def _triton_coherence(x2, y2, a, b, squared, eps):
