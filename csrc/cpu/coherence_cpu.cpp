@@ -197,23 +197,11 @@ void mirror_upper(A* m, int64_t d) {
 }  // namespace
 
 void coherence_stats_cpu(const CoherenceStatsParams& p) {
-  switch (p.dtype) {
-    case DType::kFloat16: return stats<Half16>(p);
-    case DType::kBFloat16: return stats<BFloat16>(p);
-    case DType::kFloat32: return stats<float>(p);
-    case DType::kFloat64: return stats<double>(p);
-    default: throw std::invalid_argument("coherence_stats_cpu: unsupported dtype");
-  }
+  dispatch_float(p.dtype, "coherence_stats_cpu", [&](auto tag) { stats<decltype(tag)>(p); });
 }
 
 void coherence_standardize_cpu(const CoherenceStandardizeParams& p) {
-  switch (p.dtype) {
-    case DType::kFloat16: return standardize<Half16>(p);
-    case DType::kBFloat16: return standardize<BFloat16>(p);
-    case DType::kFloat32: return standardize<float>(p);
-    case DType::kFloat64: return standardize<double>(p);
-    default: throw std::invalid_argument("coherence_standardize_cpu: unsupported dtype");
-  }
+  dispatch_float(p.dtype, "coherence_standardize_cpu", [&](auto tag) { standardize<decltype(tag)>(p); });
 }
 
 void coherence_tile_reduce_cpu(const CoherenceTileParams& p, double* diag_sum, double* off_sum) {

@@ -55,13 +55,7 @@ void minmax_rows(const FiniteMinMaxParams& p) {
 }  // namespace
 
 void finite_minmax_cpu(const FiniteMinMaxParams& p) {
-  switch (p.dtype) {
-    case DType::kFloat16: return minmax_rows<Half16>(p);
-    case DType::kBFloat16: return minmax_rows<BFloat16>(p);
-    case DType::kFloat32: return minmax_rows<float>(p);
-    case DType::kFloat64: return minmax_rows<double>(p);
-    default: throw std::invalid_argument("finite_minmax_cpu: unsupported dtype");
-  }
+  dispatch_float(p.dtype, "finite_minmax_cpu", [&](auto tag) { minmax_rows<decltype(tag)>(p); });
 }
 
 }  // namespace eitp

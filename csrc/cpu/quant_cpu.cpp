@@ -227,33 +227,15 @@ void backward_rows(const FakeQuantBackwardParams& p) {
 }  // namespace
 
 void quantize_int8_rows_cpu(const QuantRowsParams& p) {
-  switch (p.dtype) {
-    case DType::kFloat16: return quantize_rows<Half16>(p);
-    case DType::kBFloat16: return quantize_rows<BFloat16>(p);
-    case DType::kFloat32: return quantize_rows<float>(p);
-    case DType::kFloat64: return quantize_rows<double>(p);
-    default: throw std::invalid_argument("quantize_int8_rows_cpu: unsupported dtype");
-  }
+  dispatch_float(p.dtype, "quantize_int8_rows_cpu", [&](auto tag) { quantize_rows<decltype(tag)>(p); });
 }
 
 void dequantize_int8_rows_cpu(const DequantRowsParams& p) {
-  switch (p.out_dtype) {
-    case DType::kFloat16: return dequantize_rows<Half16>(p);
-    case DType::kBFloat16: return dequantize_rows<BFloat16>(p);
-    case DType::kFloat32: return dequantize_rows<float>(p);
-    case DType::kFloat64: return dequantize_rows<double>(p);
-    default: throw std::invalid_argument("dequantize_int8_rows_cpu: unsupported dtype");
-  }
+  dispatch_float(p.out_dtype, "dequantize_int8_rows_cpu", [&](auto tag) { dequantize_rows<decltype(tag)>(p); });
 }
 
 void fake_quant_int8_rows_backward_cpu(const FakeQuantBackwardParams& p) {
-  switch (p.dtype) {
-    case DType::kFloat16: return backward_rows<Half16>(p);
-    case DType::kBFloat16: return backward_rows<BFloat16>(p);
-    case DType::kFloat32: return backward_rows<float>(p);
-    case DType::kFloat64: return backward_rows<double>(p);
-    default: throw std::invalid_argument("fake_quant_int8_rows_backward_cpu: unsupported dtype");
-  }
+  dispatch_float(p.dtype, "fake_quant_int8_rows_backward_cpu", [&](auto tag) { backward_rows<decltype(tag)>(p); });
 }
 
 }  // namespace eitp

@@ -191,23 +191,11 @@ void launch_standardize(const CoherenceStandardizeParams& p, cudaStream_t stream
 }  // namespace
 
 void coherence_stats_cuda(const CoherenceStatsParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch_stats<__half>(p, stream);
-    case DType::kBFloat16: return launch_stats<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_stats<float>(p, stream);
-    case DType::kFloat64: return launch_stats<double>(p, stream);
-    default: throw std::invalid_argument("coherence_stats_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "coherence_stats_cuda", [&](auto tag) { launch_stats<decltype(tag)>(p, stream); });
 }
 
 void coherence_standardize_cuda(const CoherenceStandardizeParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch_standardize<__half>(p, stream);
-    case DType::kBFloat16: return launch_standardize<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_standardize<float>(p, stream);
-    case DType::kFloat64: return launch_standardize<double>(p, stream);
-    default: throw std::invalid_argument("coherence_standardize_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "coherence_standardize_cuda", [&](auto tag) { launch_standardize<decltype(tag)>(p, stream); });
 }
 
 void coherence_tile_reduce_cuda(const CoherenceTileParams& p, double* acc, cudaStream_t stream) {

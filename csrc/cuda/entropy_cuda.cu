@@ -243,23 +243,11 @@ void histogram_counts_cuda(const HistogramParams& p, cudaStream_t stream) {
 }
 
 void soft_histogram_cuda(const SoftHistogramParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch_soft<__half>(p, stream);
-    case DType::kBFloat16: return launch_soft<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_soft<float>(p, stream);
-    case DType::kFloat64: return launch_soft<double>(p, stream);
-    default: throw std::invalid_argument("soft_histogram_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "soft_histogram_cuda", [&](auto tag) { launch_soft<decltype(tag)>(p, stream); });
 }
 
 void soft_histogram_backward_cuda(const SoftHistogramBackwardParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch_soft_backward<__half>(p, stream);
-    case DType::kBFloat16: return launch_soft_backward<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_soft_backward<float>(p, stream);
-    case DType::kFloat64: return launch_soft_backward<double>(p, stream);
-    default: throw std::invalid_argument("soft_histogram_backward_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "soft_histogram_backward_cuda", [&](auto tag) { launch_soft_backward<decltype(tag)>(p, stream); });
 }
 
 void entropy_from_counts_cuda(const EntropyFromCountsParams& p, cudaStream_t stream) {

@@ -53,13 +53,7 @@ void launch(const FiniteMinMaxParams& p, cudaStream_t stream) {
 }  // namespace
 
 void finite_minmax_cuda(const FiniteMinMaxParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch<__half>(p, stream);
-    case DType::kBFloat16: return launch<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch<float>(p, stream);
-    case DType::kFloat64: return launch<double>(p, stream);
-    default: throw std::invalid_argument("finite_minmax_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "finite_minmax_cuda", [&](auto tag) { launch<decltype(tag)>(p, stream); });
 }
 
 }  // namespace eitp

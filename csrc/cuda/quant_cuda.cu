@@ -234,33 +234,15 @@ void launch_backward(const FakeQuantBackwardParams& p, cudaStream_t stream) {
 }  // namespace
 
 void quantize_int8_rows_cuda(const QuantRowsParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch_quant<__half>(p, stream);
-    case DType::kBFloat16: return launch_quant<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_quant<float>(p, stream);
-    case DType::kFloat64: return launch_quant<double>(p, stream);
-    default: throw std::invalid_argument("quantize_int8_rows_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "quantize_int8_rows_cuda", [&](auto tag) { launch_quant<decltype(tag)>(p, stream); });
 }
 
 void dequantize_int8_rows_cuda(const DequantRowsParams& p, cudaStream_t stream) {
-  switch (p.out_dtype) {
-    case DType::kFloat16: return launch_dequant<__half>(p, stream);
-    case DType::kBFloat16: return launch_dequant<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_dequant<float>(p, stream);
-    case DType::kFloat64: return launch_dequant<double>(p, stream);
-    default: throw std::invalid_argument("dequantize_int8_rows_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.out_dtype, "dequantize_int8_rows_cuda", [&](auto tag) { launch_dequant<decltype(tag)>(p, stream); });
 }
 
 void fake_quant_int8_rows_backward_cuda(const FakeQuantBackwardParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat16: return launch_backward<__half>(p, stream);
-    case DType::kBFloat16: return launch_backward<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_backward<float>(p, stream);
-    case DType::kFloat64: return launch_backward<double>(p, stream);
-    default: throw std::invalid_argument("fake_quant_int8_rows_backward_cuda: unsupported dtype");
-  }
+  cuda::dispatch_float(p.dtype, "fake_quant_int8_rows_backward_cuda", [&](auto tag) { launch_backward<decltype(tag)>(p, stream); });
 }
 
 }  // namespace eitp

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
+#include <string>
 
 #if defined(__CUDACC__)
 #define EITP_HD __host__ __device__ __forceinline__
@@ -138,5 +140,24 @@ template <> inline float store_acc<float>(float v) { return v; }
 template <> inline double store_acc<double>(double v) { return v; }
 template <> inline Half16 store_acc<Half16>(float v) { return float_to_half(v); }
 template <> inline BFloat16 store_acc<BFloat16>(float v) { return float_to_bfloat16(v); }
+
+// The one map from a float DType to its storage type: calls fn(T{}) with T
+// HalfT / BFloat16T / float / double, so a kernel is instantiated with
+// `dispatch_float<Half16, BFloat16>(dtype, "op", [&](auto tag) { run<decltype(tag)>(p); })`.
+// CUDA code uses cuda::dispatch_float (its __half and __nv_bfloat16).
+template <typename HalfT, typename BFloat16T, typename Fn>
+void dispatch_float_as(DType dtype, const char* who, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat16: return fn(HalfT{});
+    case DType::kBFloat16: return fn(BFloat16T{});
+    case DType::kFloat32: return fn(float{});
+    case DType::kFloat64: return fn(double{});
+    default: throw std::invalid_argument(std::string(who) + ": unsupported dtype (expected a float dtype)");
+  }
+}
+
+template <typename Fn> void dispatch_float(DType dtype, const char* who, Fn&& fn) {
+  dispatch_float_as<Half16, BFloat16>(dtype, who, static_cast<Fn&&>(fn));
+}
 
 }  // namespace eitp

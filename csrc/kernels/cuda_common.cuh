@@ -57,6 +57,11 @@ __device__ __forceinline__ void atomic_max(double* addr, double v) {
   else atomicMin(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(__double_as_longlong(v)));
 }
 
+// dispatch_float (common.h) with the CUDA 16-bit types.
+template <typename Fn> void dispatch_float(DType dtype, const char* who, Fn&& fn) {
+  dispatch_float_as<__half, __nv_bfloat16>(dtype, who, static_cast<Fn&&>(fn));
+}
+
 struct MinOp { template <typename A> __device__ A operator()(A a, A b) const { return b < a ? b : a; } };
 struct MaxOp { template <typename A> __device__ A operator()(A a, A b) const { return b > a ? b : a; } };
 
