@@ -130,14 +130,8 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
   const A* zp = static_cast<const A*>(p.zp);
   A* w = static_cast<A*>(p.w);
   const A* rstd = static_cast<const A*>(p.rstd);
-  const A g = *static_cast<const A*>(p.grad);
-  const A loss = *static_cast<const A*>(p.loss);
+  const BackwardFactors<A> f(p, *static_cast<const A*>(p.grad), *static_cast<const A*>(p.loss));
   const int64_t n = p.n, d = p.d;
-  const A nn = static_cast<A>(n);
-  const A k = p.squared ? g : g / (A(2) * loss);
-  const A scale = (p.symmetric ? A(2) : A(1)) * k / nn;
-  const A a = static_cast<A>(p.a), b = static_cast<A>(p.b);
-  const A wcoef = A(2) * b / nn;
 #pragma omp parallel for schedule(static) if (worth_threads(n, d))
   for (int64_t blk = 0; blk < col_blocks(d); ++blk) {
     const int64_t j0 = blk * kColBlock, j1 = std::min(d, j0 + kColBlock), cw = j1 - j0;
@@ -154,7 +148,7 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
     for (int64_t j = 0; j < cw; ++j) {
       if (j0 + j < diag_end) {
         const A r = static_cast<A>(acc[j] / static_cast<double>(n));
-        c[j] = A(2) * a * (r - A(1)) - A(2) * b * r;
+        c[j] = f.diag_coefficient(r);
       } else {
         c[j] = A(0);
       }
@@ -168,7 +162,7 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
       const A* pr = zp + i * p.ld_zp + j0;
       for (int64_t j = 0; j < cw; ++j) {
         const A partner = j0 + j < diag_end ? pr[j] : A(0);
-        const A dz = scale * (wcoef * wr[j] + c[j] * partner);
+        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * partner);
         wr[j] = dz;
         sum_dz[j] += static_cast<double>(dz);
         sum_dzz[j] += static_cast<double>(dz * zr[j]);

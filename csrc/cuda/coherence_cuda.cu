@@ -110,14 +110,9 @@ __global__ void backward_epilogue_kernel(CoherenceBackwardParams p) {
   const A* zp = static_cast<const A*>(p.zp);
   A* w = static_cast<A*>(p.w);
   const A* rstd = static_cast<const A*>(p.rstd);
-  const A g = *static_cast<const A*>(p.grad);
-  const A loss = *static_cast<const A*>(p.loss);
+  const BackwardFactors<A> f(p, *static_cast<const A*>(p.grad), *static_cast<const A*>(p.loss));
   const int64_t n = p.n, d = p.d;
-  const A nn = static_cast<A>(n);
-  const A k = p.squared ? g : g / (A(2) * loss);
-  const A scale = (p.symmetric ? A(2) : A(1)) * k / nn;
-  const A a = static_cast<A>(p.a), b = static_cast<A>(p.b);
-  const A wcoef = A(2) * b / nn;
+  const A nn = f.n;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
   const bool ok = j < d, has_diag = j < p.m;
   A s = A(0);
@@ -126,7 +121,7 @@ __global__ void backward_epilogue_kernel(CoherenceBackwardParams p) {
   s = column_sum(s, scratch);
   if (threadIdx.y == 0) {
     const A r = s / nn;
-    coef[0][threadIdx.x] = has_diag ? A(2) * a * (r - A(1)) - A(2) * b * r : A(0);
+    coef[0][threadIdx.x] = has_diag ? f.diag_coefficient(r) : A(0);
   }
   __syncthreads();
   const A c = coef[0][threadIdx.x];
@@ -134,7 +129,7 @@ __global__ void backward_epilogue_kernel(CoherenceBackwardParams p) {
   if (ok)
     for (int64_t i = threadIdx.y; i < n; i += kRowThreads) {
       const A partner = has_diag ? zp[i * p.ld_zp + j] : A(0);
-      const A dz = scale * (wcoef * w[i * d + j] + c * partner);
+      const A dz = f.scale * (f.wcoef * w[i * d + j] + c * partner);
       w[i * d + j] = dz;
       sdz += dz;
       sdzz += dz * z[i * p.ld_z + j];

@@ -85,6 +85,22 @@ struct CoherenceBackwardParams {
   bool symmetric;
 };
 
+// Scalar factors of the backward epilogue, shared by the CPU and CUDA kernels.
+// With W = the partner-side product (see CoherenceBackwardParams::w) and
+// k = dL/dL2 (g, or g / (2L) for the sqrt form):
+//   dz_ij = scale * (wcoef * W_ij + c_j * Zp_ij),  scale = (2 if symmetric else 1) * k / n,
+//   wcoef = 2b / n,  c_j = 2a (R_jj - 1) - 2b R_jj  on diagonal columns (0 elsewhere).
+template <typename A> struct BackwardFactors {
+  A n, scale, wcoef, a, b;
+  EITP_HD BackwardFactors(const CoherenceBackwardParams& p, A grad, A loss)
+      : n(static_cast<A>(p.n)),
+        scale((p.symmetric ? A(2) : A(1)) * (p.squared ? grad : grad / (A(2) * loss)) / static_cast<A>(p.n)),
+        wcoef(A(2) * static_cast<A>(p.b) / static_cast<A>(p.n)),
+        a(static_cast<A>(p.a)),
+        b(static_cast<A>(p.b)) {}
+  EITP_HD A diag_coefficient(A r_jj) const { return A(2) * a * (r_jj - A(1)) - A(2) * b * r_jj; }
+};
+
 void coherence_stats_cpu(const CoherenceStatsParams& p);
 void coherence_standardize_cpu(const CoherenceStandardizeParams& p);
 // Returns {diag_sum, off_sum} for the tile.
