@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup test test-native test-triton test-asan bench bench-quick clean
+.PHONY: setup test test-native test-triton test-asan bench bench-quick bench-smoke clean
 
 $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test-triton: setup
 bench-quick: setup
 	$(PY) -m eitp_kernels.bench --quick $(BENCH_ARGS)
 
+# The benchmark smoke run of `make test`: every op on every available backend,
+# outputs checked against the reference (non-zero exit on a mismatch); the
+# torch.compile baseline is left to `make bench` and tests/test_bench.py.
+bench-smoke: setup
+	$(PY) -m eitp_kernels.bench --quick --no-compile
+
 # The CPU kernels rebuilt with AddressSanitizer + UBSan in a scratch copy,
 # then the op tests run against that build with the ASan runtime preloaded.
 # Any report aborts the process (-fno-sanitize-recover), failing the target.
@@ -48,7 +54,7 @@ test-asan: setup
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(abspath $(PY)) -m pytest -q -m "not triton_interpret and not slow and not gpu" $(ASAN_TESTS) || [ $$? -eq 5 ]
 
-test: test-native test-triton test-asan bench-quick
+test: bench-smoke test-native test-triton test-asan
 
 bench: setup
 	$(PY) -m eitp_kernels.bench $(BENCH_ARGS)
