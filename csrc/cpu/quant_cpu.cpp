@@ -154,6 +154,26 @@ void quantize_rows(const QuantRowsParams& p) {
   }
 }
 
+// Runs row(r, begin, end) over every row: rows in parallel when there are
+// enough of them, otherwise each long row split into one 64-element-aligned
+// span per thread. For elementwise passes whose row parameters are known.
+template <typename RowFn>
+void for_each_row_span(int64_t rows, int64_t n, const RowFn& row) {
+  if (rows >= omp_get_max_threads() || n < kParallelMin) {
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r) row(r, 0, n);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp parallel
+    {
+      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t begin = (n * t / nt) & ~int64_t(63), end = t + 1 == nt ? n : (n * (t + 1) / nt) & ~int64_t(63);
+      row(r, begin, end);
+    }
+  }
+}
+
 template <typename T>
 EITP_CPU_HOT void span_dequantize(const int8_t* q, int64_t n, float scale, int32_t zero_point, T* out) {
   using A = typename AccType<T>::type;
@@ -169,19 +189,7 @@ void dequantize_rows(const DequantRowsParams& p) {
     const int32_t zp = p.zero_point != nullptr ? p.zero_point[r] : 0;
     span_dequantize<T>(p.q + r * n + begin, end - begin, p.scale[r], zp, out + r * n + begin);
   };
-  if (p.rows >= omp_get_max_threads() || n < kParallelMin) {
-#pragma omp parallel for schedule(static) if (p.rows * n >= kParallelMin)
-    for (int64_t r = 0; r < p.rows; ++r) row(r, 0, n);
-    return;
-  }
-  for (int64_t r = 0; r < p.rows; ++r) {
-#pragma omp parallel
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t begin = (n * t / nt) & ~int64_t(63), end = t + 1 == nt ? n : (n * (t + 1) / nt) & ~int64_t(63);
-      row(r, begin, end);
-    }
-  }
+  for_each_row_span(p.rows, n, row);
 }
 
 template <typename T>
@@ -209,19 +217,7 @@ void backward_rows(const FakeQuantBackwardParams& p) {
     const int64_t o = r * n + begin;
     span_backward<T>(grad + o, x + o, end - begin, p.scale[r], zp, p.symmetric, gx + o);
   };
-  if (p.rows >= omp_get_max_threads() || n < kParallelMin) {
-#pragma omp parallel for schedule(static) if (p.rows * n >= kParallelMin)
-    for (int64_t r = 0; r < p.rows; ++r) row(r, 0, n);
-    return;
-  }
-  for (int64_t r = 0; r < p.rows; ++r) {
-#pragma omp parallel
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t begin = (n * t / nt) & ~int64_t(63), end = t + 1 == nt ? n : (n * (t + 1) / nt) & ~int64_t(63);
-      row(r, begin, end);
-    }
-  }
+  for_each_row_span(p.rows, n, row);
 }
 
 }  // namespace
