@@ -84,6 +84,10 @@ def _fp16_near_max():
     return x
 
 
+def _huge_span():  # finite values whose span (hi - lo) overflows float32
+    return torch.tensor([[-1.9e38, 1.7e38, 0.0, 1e37], [3e38, -3e38, 1.0, 2.0]])
+
+
 def _expanded():  # overlapping view: every row aliases the same memory
     return _r(1, 8).expand(6, 8)
 
@@ -177,6 +181,11 @@ add("entropy", "codes-expand", SAME, lambda: he(_codes(1, 10).expand(4, 10), dim
 add("entropy", "differentiable-nan", SAME, lambda: he(_special(), bins=5, dim=1, differentiable=True))
 add("entropy", "differentiable-expand", SAME, lambda: he(_expanded(), bins=5, differentiable=True))
 add("entropy", "bins-1", SAME, lambda: he(_r(4, 6), bins=1, dim=1))
+# hi - lo overflows float32 (w = inf): documented degenerate, every counted value in bin 0 (found by fuzzing)
+add("entropy", "width-overflow", SAME, lambda: he(_huge_span(), bins=4, dim=1))
+add("entropy", "width-overflow-range", SAME, lambda: he(_huge_span(), bins=4, range=(-3e38, 3e38)))
+add("entropy", "width-overflow-diff", SAME, lambda: he(_huge_span(), bins=4, dim=1, differentiable=True))
+add("entropy", "width-overflow-bf16", SAME, lambda: he(_huge_span().to(torch.bfloat16), bins=3))
 
 # --------------------------------------------------------------------------
 # histogram_entropy_many
@@ -197,6 +206,7 @@ add("entropy_many", "mixed-dtypes", SAME,
 add("entropy_many", "with-empty", SAME, lambda: hm([_r(5), torch.empty(0), _r(2, 2)]))
 add("entropy_many", "nan-inf", SAME, lambda: hm([_special(), _all_nan(), _denormals()], bins=11))
 add("entropy_many", "fp16-near-max", SAME, lambda: hm([_fp16_near_max(), _r(3)], bins=20))
+add("entropy_many", "width-overflow", SAME, lambda: hm([_huge_span(), _huge_span().to(torch.bfloat16)], bins=5))
 add("entropy_many", "views", SAME, lambda: hm([_expanded(), _noncontig(), torch.tensor(1.0)], bins=6))
 
 # --------------------------------------------------------------------------
