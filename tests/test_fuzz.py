@@ -6,7 +6,7 @@ the dtype's max, with NaN/Inf sprinkled in), granularities, axes, group sizes,
 bin counts, explicit ranges, bases and weights.
 
 Budget: ``EITP_FUZZ_EXAMPLES`` examples per property (default 30, the CI
-budget), derandomized so CI is reproducible. The long mode runs
+budget; 15 under the Triton interpreter), derandomized so CI is reproducible. The long mode runs
 ``EITP_FUZZ_LONG_EXAMPLES`` (default 500) per property with fresh randomness:
 
     EITP_FUZZ_EXAMPLES=30 pytest tests/test_fuzz.py                       # CI
@@ -28,9 +28,10 @@ from hypothesis import strategies as st
 import eitp_kernels as ek
 from conftest import INTERPRETER_ON, cpu_backends
 
-CI_EXAMPLES = int(os.environ.get("EITP_FUZZ_EXAMPLES", "30"))
+# The interpreter runs each Triton program in Python: fewer, smaller examples there.
+CI_EXAMPLES = int(os.environ.get("EITP_FUZZ_EXAMPLES", "15" if INTERPRETER_ON else "30"))
 LONG_EXAMPLES = int(os.environ.get("EITP_FUZZ_LONG_EXAMPLES", "500"))
-MAX_SIDE = 7 if INTERPRETER_ON else 13
+MAX_SIDE = 6 if INTERPRETER_ON else 13
 
 CI = settings(max_examples=CI_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -48,7 +49,7 @@ PROPERTIES: dict[str, object] = {}
 
 
 @st.composite
-def float_tensor(draw, min_rank=0, max_rank=3, min_side=0, dtypes=FLOATS, specials=True):
+def float_tensor(draw, min_rank=0, max_rank=3, min_side=0, dtypes=FLOATS, specials=True, max_magnitude=3e38):
     """A float tensor, possibly a non-contiguous or overlapping view, with
     NaN/+-Inf sprinkled into its storage when ``specials``."""
     dtype = draw(st.sampled_from(dtypes))
@@ -56,7 +57,8 @@ def float_tensor(draw, min_rank=0, max_rank=3, min_side=0, dtypes=FLOATS, specia
     shape = [draw(st.integers(min_side, MAX_SIDE)) for _ in range(rank)]
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     finfo = torch.finfo(dtype)
-    magnitude = min(draw(st.sampled_from([1e-30, 1e-6, 1e-2, 1.0, 1e3, 1e30, 3e38])), float(finfo.max) / 4)
+    magnitude = min(draw(st.sampled_from([1e-30, 1e-6, 1e-2, 1.0, 1e3, 1e30, 3e38])), float(finfo.max) / 4,
+                    max_magnitude)
     offset = draw(st.sampled_from([0.0, 0.0, 1.0, -3.5]))
     layout = draw(st.sampled_from(["contig", "contig", "transpose", "step", "expand"])) if rank else "contig"
     if layout == "step":
@@ -159,7 +161,9 @@ def prop_entropy_many(backend, data):
 
 
 def prop_coherence(backend, data):
-    x = data.draw(float_tensor(min_rank=1, max_rank=3, min_side=1, specials=False,
+    # Magnitudes up to 1e18: squares stay finite in float32. Beyond that the
+    # backends disagree (known issue, see test_bad_inputs.py::test_known_coherence_square_overflow).
+    x = data.draw(float_tensor(min_rank=1, max_rank=3, min_side=1, specials=False, max_magnitude=1e18,
                                dtypes=[torch.float32, torch.float64, torch.float16, torch.bfloat16]))
     if x.shape[0] < 2:
         x = torch.cat([x, x * 0.5 + 1.0], 0)
@@ -209,6 +213,10 @@ def prop_quant(backend, data):
         factor = data.draw(st.sampled_from([0.25, 1.0, 3.0]))
         scale = s * factor
         zp = None if symmetric else z
+        # An affine range wider than float32 gives an infinite dynamic scale
+        # (known issue, test_bad_inputs.py::test_known_affine_range_overflow): not a valid static scale.
+        if not bool(torch.isfinite(scale).all()):
+            scale = zp = None
     kw = dict(granularity=gran, axis=axis, group_size=group, symmetric=symmetric, scale=scale, zero_point=zp)
     what = f"quant {x.dtype} {tuple(x.shape)} {x.stride()} {kw}"
     got, want = _both(backend, lambda: ek.quantize_int8(x, **kw))
