@@ -406,13 +406,18 @@ def test_bad_input(c: Case, backend):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="affine quantization of a range wider than float32 (max - min > 3.4e38) "
-                   "gives an infinite scale: every code is -128 and dequantizes to NaN (all backends, reference too)")
+@pytest.mark.xfail(strict=True, reason="a quantization range beyond float32 (affine max - min > 3.4e38, or fp64 "
+                   "values beyond 3.4e38) gives an infinite float32 scale: finite values get code 0 / the zero point "
+                   "and fake-quant returns 0 or NaN (all backends, reference too)")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_known_affine_range_overflow(backend):
-    x = torch.tensor([-2e38, 2e38, 1.0, -1.0])
+@pytest.mark.parametrize("which", ["affine-fp32", "symmetric-fp64"])
+def test_known_affine_range_overflow(backend, which):
+    if which == "affine-fp32":
+        x, sym = torch.tensor([-2e38, 2e38, 1.0, -1.0]), False
+    else:
+        x, sym = torch.tensor([1e39, -5.0, 1.0], dtype=torch.float64), True
     with ek.use_backend(backend):
-        q, s, z = ek.quantize_int8(x, symmetric=False)
+        q, s, z = ek.quantize_int8(x, symmetric=sym)
     assert torch.isfinite(s).all()
 
 

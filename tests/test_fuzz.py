@@ -22,7 +22,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import eitp_kernels as ek
@@ -34,9 +34,9 @@ LONG_EXAMPLES = int(os.environ.get("EITP_FUZZ_LONG_EXAMPLES", "500"))
 MAX_SIDE = 6 if INTERPRETER_ON else 13
 
 CI = settings(max_examples=CI_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 LONG = settings(max_examples=LONG_EXAMPLES, deadline=None, derandomize=False, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 BACKENDS = [b for b in cpu_backends() if (getattr(b, "values", (b,))[0] != "reference")]
@@ -177,6 +177,13 @@ def prop_coherence(backend, data):
     b = data.draw(st.sampled_from([0.0, 0.0051, 1.0]))
     squared = data.draw(st.booleans())
     eps = data.draw(st.sampled_from([1e-5, 0.0, 1e-2]))
+    if eps == 0.0:
+        # eps = 0 with a (near-)constant column is documented as NaN; whether a
+        # constant column's computed variance is exactly 0 depends on how the
+        # mean is rounded (the reference and the kernels may differ).
+        cols = x.reshape(x.shape[0], -1).double()
+        spread = (cols.max(0).values - cols.min(0).values) / cols.abs().max(0).values.clamp_min(1e-300)
+        assume(bool((spread > 1e-2).all()))
     what = f"coherence x={x.dtype}{tuple(x.shape)}{x.stride()} y={None if y is None else (y.dtype, tuple(y.shape))} a={a} b={b} sq={squared} eps={eps}"
     got, want = _both(backend, lambda: ek.coherence_loss(x, y, diag_weight=a, offdiag_weight=b, squared=squared, eps=eps))
     fp64 = want.dtype == torch.float64
@@ -222,6 +229,10 @@ def prop_quant(backend, data):
     got, want = _both(backend, lambda: ek.quantize_int8(x, **kw))
     _close(got, want, what, exact=True)
     q, s, z = want
+    # A range beyond float32 (affine max - min > 3.4e38, or fp64 values beyond
+    # it) gives an infinite float32 scale; what follows is a known issue
+    # (strict xfails in test_bad_inputs.py), not compared further here.
+    assume(bool(torch.isfinite(s).all()))
     dtype = data.draw(st.sampled_from(FLOATS))
     got, want = _both(backend, lambda: ek.dequantize_int8(q, s, z, granularity=gran, axis=axis, group_size=group,
                                                           dtype=dtype))
