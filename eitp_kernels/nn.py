@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -190,25 +190,81 @@ def export_int8(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _check_int8_entry(state, prefix: str, linear: nn.Linear) -> bool | None:
+    """Validate one exported layer's entries (dtypes, shapes, devices, scale and
+    mode values) before anything is built or copied; return its activation mode.
+    Only shapes and dtypes are read before the small scale/mode tensors' values,
+    so a tensor claiming a huge shape is rejected without being materialized."""
+    def get(key, what):
+        if prefix + key not in state:
+            raise ValueError(f"load_int8: state has {prefix}weight_int8 but no {prefix}{key} ({what})")
+        value = state[prefix + key]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"load_int8: {prefix}{key} must be a tensor, got {type(value).__name__}")
+        if value.device.type == "meta":
+            raise ValueError(f"load_int8: {prefix}{key} is on the meta device (it holds no data)")
+        return value
+
+    codes = get("weight_int8", "int8 codes")
+    scale = get("weight_scale", "per-output-channel float scales")
+    mode = get("activation_mode", "0-d int8 activation mode")
+    out_f, in_f = linear.out_features, linear.in_features
+    if codes.dtype != torch.int8:
+        raise TypeError(f"load_int8: {prefix}weight_int8 must have dtype int8, got {codes.dtype}")
+    if tuple(codes.shape) != (out_f, in_f):
+        raise ValueError(f"load_int8: {prefix}weight_int8 has shape {tuple(codes.shape)}, but the model's layer "
+                         f"{prefix.rstrip('.') or '(root)'} needs ({out_f}, {in_f})")
+    if not scale.dtype.is_floating_point:
+        raise TypeError(f"load_int8: {prefix}weight_scale must have a float dtype, got {scale.dtype}")
+    if tuple(scale.shape) != (out_f,):
+        raise ValueError(f"load_int8: {prefix}weight_scale has shape {tuple(scale.shape)}, expected ({out_f},)")
+    if mode.dtype.is_floating_point or mode.dtype.is_complex or mode.dtype == torch.bool:
+        raise TypeError(f"load_int8: {prefix}activation_mode must have an integer dtype, got {mode.dtype}")
+    if mode.dim() != 0:
+        raise ValueError(f"load_int8: {prefix}activation_mode must be 0-d, got shape {tuple(mode.shape)}")
+    modes = {v: k for k, v in _ACTIVATION_MODES.items()}
+    m = int(mode)
+    if m not in modes:
+        raise ValueError(f"load_int8: {prefix}activation_mode must be one of {sorted(modes)}, got {m}")
+    if scale.numel() and not bool(((scale > 0) & torch.isfinite(scale)).all()):
+        raise ValueError(f"load_int8: {prefix}weight_scale must be finite and > 0 everywhere")
+    return modes[m]
+
+
 def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     """A model from ``export_int8`` output: ``model_or_factory`` (a module with
     the original architecture, or a callable building one) gets every layer
     named in ``state`` by ``*.weight_int8`` replaced by an Int8Linear; then the
-    state is loaded strictly."""
+    state is loaded strictly.
+
+    Each exported layer's entries are checked first (``weight_int8`` int8 of the
+    layer's (out, in) shape, ``weight_scale`` float (out,) finite and > 0,
+    ``activation_mode`` 0-d integer in {0, 1, 2}): a hostile or damaged state
+    raises TypeError/ValueError naming the key. Shapes come from the model,
+    never from the state, so nothing the state claims is allocated."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_int8: state must be a dict of tensors (export_int8 output), got {type(state).__name__}")
+    for key in state:
+        if not isinstance(key, str):
+            raise TypeError(f"load_int8: state keys must be strings, got {key!r}")
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_int8: model_or_factory must be an nn.Module or build one, got {type(model).__name__}")
     suffix = "weight_int8"
-    modes = {v: k for k, v in _ACTIVATION_MODES.items()}
     for key in sorted(k for k in state if k.endswith(suffix)):
         name = key[: -len(suffix)].rstrip(".")
-        old = model.get_submodule(name) if name else model
+        if key != (f"{name}.{suffix}" if name else suffix):
+            raise ValueError(f"load_int8: unexpected key {key!r} (expected '<layer>.weight_int8')")
+        try:
+            old = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise ValueError(f"load_int8: state has {key!r}, but the model has no submodule {name!r}") from None
         if not isinstance(old, nn.Linear):
             raise ValueError(f"load_int8: {name or 'the model'} is {type(old).__name__}, expected an nn.Linear")
         prefix = f"{name}." if name else ""
-        mode = int(state[prefix + "activation_mode"])
+        activation_symmetric = _check_int8_entry(state, prefix, old)
         new = Int8Linear(old.in_features, old.out_features, bias=old.bias is not None,
-                         activation_symmetric=modes[mode], device=old.weight.device, dtype=old.weight.dtype)
+                         activation_symmetric=activation_symmetric, device=old.weight.device, dtype=old.weight.dtype)
         if not name:
             model = new
             continue

@@ -165,7 +165,7 @@ def histogram_counts(x, bins=256, range=None, dim=None):
     valid = _counted(xc, lo, hi, range is not None)
     w = (hi - lo) / bins
     t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
-    t = torch.where(w == 0, 0.0, t)
+    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
     t = torch.where(valid, t, 0.0)
     counts = _bincount_rows(t.to(torch.int64), valid, bins)
     return counts.to(cd).reshape(batch + (bins,))
@@ -193,8 +193,9 @@ class _LinearBinningEntropy(torch.autograd.Function):
     def forward(ctx, xs, lo, hi, bins, explicit, log_base):
         w = (hi - lo) / bins
         valid = _counted(xs, lo, hi, explicit)
-        live = valid & (w != 0)  # w == 0: whole weight to bin 0, zero gradient
         u = (xs - lo) / w - 0.5
+        # w == 0, or NaN u (inf/inf when hi - lo overflows): whole weight to bin 0, zero gradient
+        live = valid & (w != 0) & ~torch.isnan(u)
         k = torch.floor(u)
         f = u - k
         k = torch.where(live, k, 0.0)

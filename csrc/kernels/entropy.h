@@ -112,8 +112,12 @@ template <typename A> EITP_HD SoftBin<A> soft_bin(A v, A lo, A hi, A w, int64_t 
   A k = A(0), f = A(0);
   if (s.live) {
     const A u = (v - lo) / w - A(0.5);
-    k = floor_acc(u);
-    f = u - k;
+    if (u == u) {
+      k = floor_acc(u);
+      f = u - k;
+    } else {
+      s.live = false;  // NaN u (inf/inf: hi - lo overflowed): weight to bin 0, as w == 0;
+    }                  // casting NaN k to int64 below would be UB and index out of bounds
   }
   const A top = static_cast<A>(bins - 1);
   const A k1 = k + A(1);

@@ -157,6 +157,7 @@ def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.con
         u = (v - lo) / w - 0.5
     else:
         u = tl.math.div_rn(v - lo, w) - 0.5
+    live = live & (u == u)  # NaN u (inf/inf: hi - lo overflowed) is not live, as in the reference
     k = tl.floor(u)
     f = u - k
     k = tl.where(live, k, 0.0)
@@ -344,7 +345,7 @@ def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torc
     valid = reference._counted(xc, lo, hi, explicit)
     w = (hi - lo) / bins
     t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
-    t = torch.where(w == 0, 0.0, t)
+    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
     t = torch.where(valid, t, 0.0)
     return reference._bincount_rows(t.to(torch.int64), valid, bins)
 
@@ -379,8 +380,8 @@ def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> t
     lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
     w = (hi - lo) / bins
     valid = reference._counted(xs, lo, hi, explicit)
-    live = valid & (w != 0)
     u = (xs - lo) / w - 0.5
+    live = valid & (w != 0) & ~torch.isnan(u.detach())
     k = torch.floor(u.detach())
     f = u - k
     k = torch.where(live, k, 0.0)
@@ -491,6 +492,10 @@ def histogram_entropy(
         float64 for fp64 input, float32 otherwise. NaN/Inf: non-finite values
         are never counted; a slice where nothing was counted (all non-finite,
         all outside ``range``, or empty) gives NaN; a constant slice gives 0.
+        A range wider than the compute dtype can hold (hi - lo overflows float32
+        for non-fp64 x, e.g. values near +-3e38) makes the bin width infinite:
+        every counted value falls in bin 0, so the entropy is 0 (compute in
+        float64 to avoid it).
 
     Bytes moved (hard binning): automatic range 2 reads of x (range pass, count
     pass); explicit range or codes 1 read; plus rows x bins x 8 written and
