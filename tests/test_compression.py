@@ -32,6 +32,22 @@ def test_round_trip_matches_per_channel_int8(tmp_path):
     assert 0 < report.code_entropy_bits <= 8
 
 
+@pytest.mark.parametrize("granularity, kwargs", [("tensor", {}), ("channel", {"axis": 0}), ("group", {"group_size": 16})])
+def test_round_trip_every_granularity(tmp_path, granularity, kwargs):
+    model = _model()
+    path = tmp_path / "m.eitpz"
+    compression.save_compressed(model, path, granularity=granularity, group_size=16)
+    state = compression.load_compressed(path)
+    weight = model.state_dict()["0.weight"]
+    expected = reference.fake_quant_int8(weight, granularity=granularity, **kwargs)
+    torch.testing.assert_close(state["0.weight"], expected, rtol=0, atol=0)
+
+
+def test_group_size_must_divide(tmp_path):
+    with pytest.raises(ValueError, match="does not divide"):
+        compression.save_compressed(_model(), tmp_path / "x", granularity="group", group_size=7)
+
+
 def test_pruning_lowers_entropy_and_size_and_loads_into_model(tmp_path):
     dense = compression.save_compressed(_model(), tmp_path / "dense.eitpz")
     model = _model()
@@ -133,4 +149,4 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="nn.Module or a state dict"):
         compression.save_compressed([1, 2], tmp_path / "x")
     with pytest.raises(ValueError, match="granularity"):
-        compression.save_compressed(_model(), tmp_path / "x", granularity="group")
+        compression.save_compressed(_model(), tmp_path / "x", granularity="row")

@@ -6,8 +6,10 @@ File layout (all integers little-endian):
     length   8 bytes  u64, size of the JSON header in bytes (<= 16 MiB)
     header   JSON     {"format": 1, "payload_bytes": n, "payload_sha256": ..., "report": {...}, "tensors": {...}}
     payload  zstd frame of a safetensors file holding, per weight tensor
-             NAME: int8 codes NAME.q and float32 scales NAME.scale (per channel
-             along dim 0); every other tensor (biases, buffers) as is.
+             NAME: int8 codes NAME.q and float32 scales NAME.scale (per
+             tensor, per channel along dim 0, or per group along the last dim,
+             as the header's granularity says); every other tensor (biases,
+             buffers) as is.
 
 Loading checks the magic, the header size, the JSON, the payload's sha256 and
 decompressed size, and every tensor's dtype and shape against the header,
@@ -49,17 +51,36 @@ class CompressionReport:
         return self.original_bytes / self.compressed_bytes
 
 
-def _quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+GRANULARITIES = ("tensor", "channel", "group")
+
+
+def _quant_kwargs(granularity: str, group_size: int) -> dict:
+    """Symmetric int8: per tensor, per output channel (dim 0), or per group of
+    ``group_size`` along the last dim."""
+    if granularity == "group":
+        return {"granularity": "group", "group_size": group_size}
+    return {"granularity": granularity, "axis": 0}
+
+
+def _scale_shape(shape: list[int], granularity: str, group_size: int) -> list[int]:
+    if granularity == "tensor":
+        return []
+    if granularity == "channel":
+        return shape[:1]
+    return shape[:-1] + [shape[-1] // group_size]
+
+
+def _quantize(weight: torch.Tensor, granularity: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from eitp_kernels.ops.quant import quantize_int8
 
-    codes, scale, _ = quantize_int8(weight.detach().float(), granularity="channel", axis=0, symmetric=True)
-    return codes.contiguous(), scale
+    codes, scale, _ = quantize_int8(weight.detach().float(), symmetric=True, **_quant_kwargs(granularity, group_size))
+    return codes.contiguous(), scale.contiguous()
 
 
-def _dequantize_per_channel(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _dequantize(codes: torch.Tensor, scale: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
     from eitp_kernels.ops.quant import dequantize_int8
 
-    return dequantize_int8(codes, scale, granularity="channel", axis=0)
+    return dequantize_int8(codes, scale, **_quant_kwargs(granularity, group_size))
 
 
 def _code_entropy_bits(codes: list[torch.Tensor]) -> float:
@@ -72,9 +93,11 @@ def _code_entropy_bits(codes: list[torch.Tensor]) -> float:
 
 
 def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsity: float = 0.0,
-                    granularity: str = "channel", level: int = 19) -> CompressionReport:
-    """Prune (to ``sparsity`` per weight tensor), quantize weights to int8 per
-    output channel, and write the zstd-compressed safetensors file at ``path``.
+                    granularity: str = "channel", group_size: int = 128, level: int = 19) -> CompressionReport:
+    """Prune (to ``sparsity`` per weight tensor), quantize weights to symmetric
+    int8 (``granularity`` "channel": per output channel, the default; "tensor";
+    or "group": groups of ``group_size`` along the last dim), and write the
+    zstd-compressed safetensors file at ``path``.
 
     ``model``: a module (pruned in place when sparsity > 0, so it matches what
     is saved) or a state dict. Tensors with >= 2 dims are quantized; others
@@ -83,8 +106,10 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
     import safetensors.torch
     import zstandard
 
-    if granularity != "channel":
-        raise ValueError(f"save_compressed: granularity must be 'channel' (per output channel), got {granularity!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"save_compressed: granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"save_compressed: group_size must be a positive int, got {group_size!r}")
     if isinstance(model, nn.Module):
         if sparsity > 0:
             magnitude_prune(model, sparsity)
@@ -105,9 +130,13 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
         original_bytes += tensor.numel() * tensor.element_size()
         parameters += tensor.numel()
         if tensor.dim() >= 2 and tensor.is_floating_point():
-            codes, scale = _quantize_per_channel(tensor)
+            if granularity == "group" and tensor.shape[-1] % group_size:
+                raise ValueError(f"save_compressed: group_size={group_size} does not divide the last dim of "
+                                 f"{name!r} {tuple(tensor.shape)}")
+            codes, scale = _quantize(tensor, granularity, group_size)
             stored[name + ".q"], stored[name + ".scale"] = codes.contiguous(), scale.contiguous()
-            described[name] = {"kind": "int8", "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", "")}
+            described[name] = {"kind": "int8", "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", ""),
+                               "granularity": granularity, "group_size": group_size}
             all_codes.append(codes)
             quantized += codes.numel()
             zeros += int((codes == 0).sum())
@@ -209,8 +238,14 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> 
             if codes is None or scale is None:
                 raise ValueError(f"load_compressed: {path}: tensor {name!r} is missing from the payload")
             _check_tensor(name + ".q", codes, torch.int8, shape, path)
-            _check_tensor(name + ".scale", scale, torch.float32, shape[:1], path)
-            state[name] = _dequantize_per_channel(codes, scale).to(dtype)
+            granularity = info.get("granularity", "channel")
+            group_size = info.get("group_size", 128)
+            if granularity not in GRANULARITIES or not isinstance(group_size, int) or group_size < 1 or (
+                    granularity == "group" and (not shape or shape[-1] % group_size)):
+                raise ValueError(f"load_compressed: {path}: bad granularity {granularity!r} / group_size "
+                                 f"{group_size!r} for {name!r}")
+            _check_tensor(name + ".scale", scale, torch.float32, _scale_shape(list(shape), granularity, group_size), path)
+            state[name] = _dequantize(codes, scale, granularity, group_size).to(dtype)
         elif kind == "raw":
             tensor = stored.get(name)
             if tensor is None:
