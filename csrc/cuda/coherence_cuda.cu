@@ -161,17 +161,12 @@ unsigned elementwise_blocks(int64_t total) {
 
 unsigned column_blocks(int64_t d) { return static_cast<unsigned>((d + kCols - 1) / kCols); }
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
 template <typename T>
 void launch_stats(const CoherenceStatsParams& p, cudaStream_t stream) {
   using A = typename cuda::DeviceAcc<T>::type;
   stats_kernel<T><<<column_blocks(p.d), dim3(kCols, kRowThreads), 0, stream>>>(
       static_cast<const T*>(p.x), p.n, p.d, p.eps, static_cast<A*>(p.mean), static_cast<A*>(p.rstd));
-  check_launch("coherence_stats_cuda");
+  cuda::check_launch("coherence_stats_cuda");
 }
 
 template <typename T>
@@ -180,7 +175,7 @@ void launch_standardize(const CoherenceStandardizeParams& p, cudaStream_t stream
   standardize_kernel<T><<<elementwise_blocks(p.n * p.d), kThreads, 0, stream>>>(
       static_cast<const T*>(p.x), p.n, p.d, static_cast<const A*>(p.mean), static_cast<const A*>(p.rstd),
       static_cast<A*>(p.z), p.ld_z);
-  check_launch("coherence_standardize_cuda");
+  cuda::check_launch("coherence_standardize_cuda");
 }
 
 }  // namespace
@@ -197,21 +192,21 @@ void coherence_tile_reduce_cuda(const CoherenceTileParams& p, double* acc, cudaS
   const unsigned blocks = elementwise_blocks(p.rows * p.cols);
   if (p.is_double) tile_reduce_kernel<double><<<blocks, kThreads, 0, stream>>>(static_cast<const double*>(p.tile), p, acc);
   else tile_reduce_kernel<float><<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(p.tile), p, acc);
-  check_launch("coherence_tile_reduce_cuda");
+  cuda::check_launch("coherence_tile_reduce_cuda");
 }
 
 void coherence_backward_epilogue_cuda(const CoherenceBackwardParams& p, cudaStream_t stream) {
   const dim3 block(kCols, kRowThreads);
   if (p.is_double) backward_epilogue_kernel<double><<<column_blocks(p.d), block, 0, stream>>>(p);
   else backward_epilogue_kernel<float><<<column_blocks(p.d), block, 0, stream>>>(p);
-  check_launch("coherence_backward_epilogue_cuda");
+  cuda::check_launch("coherence_backward_epilogue_cuda");
 }
 
 void coherence_mirror_upper_cuda(void* m, bool is_double, int64_t d, cudaStream_t stream) {
   const unsigned blocks = elementwise_blocks(d * d);
   if (is_double) mirror_kernel<double><<<blocks, kThreads, 0, stream>>>(static_cast<double*>(m), d);
   else mirror_kernel<float><<<blocks, kThreads, 0, stream>>>(static_cast<float*>(m), d);
-  check_launch("coherence_mirror_upper_cuda");
+  cuda::check_launch("coherence_mirror_upper_cuda");
 }
 
 }  // namespace eitp

@@ -232,22 +232,23 @@ __global__ void entropy_kernel(const C* __restrict__ counts, int64_t bins, doubl
 
 void histogram_counts_cuda(const HistogramParams& p, cudaStream_t stream) {
   switch (p.dtype) {
-    case DType::kFloat16: return launch_counts<__half>(p, stream);
-    case DType::kBFloat16: return launch_counts<__nv_bfloat16>(p, stream);
-    case DType::kFloat32: return launch_counts<float>(p, stream);
-    case DType::kFloat64: return launch_counts<double>(p, stream);
-    case DType::kInt8: return launch_counts<int8_t>(p, stream);
-    case DType::kUInt8: return launch_counts<uint8_t>(p, stream);
+    case DType::kInt8: launch_counts<int8_t>(p, stream); break;
+    case DType::kUInt8: launch_counts<uint8_t>(p, stream); break;
+    default:
+      cuda::dispatch_float(p.dtype, "histogram_counts_cuda", [&](auto tag) { launch_counts<decltype(tag)>(p, stream); });
   }
-  throw std::invalid_argument("histogram_counts_cuda: unsupported dtype");
+  cuda::check_launch("histogram_counts_cuda");
 }
 
 void soft_histogram_cuda(const SoftHistogramParams& p, cudaStream_t stream) {
   cuda::dispatch_float(p.dtype, "soft_histogram_cuda", [&](auto tag) { launch_soft<decltype(tag)>(p, stream); });
+  cuda::check_launch("soft_histogram_cuda");
 }
 
 void soft_histogram_backward_cuda(const SoftHistogramBackwardParams& p, cudaStream_t stream) {
-  cuda::dispatch_float(p.dtype, "soft_histogram_backward_cuda", [&](auto tag) { launch_soft_backward<decltype(tag)>(p, stream); });
+  cuda::dispatch_float(p.dtype, "soft_histogram_backward_cuda",
+                       [&](auto tag) { launch_soft_backward<decltype(tag)>(p, stream); });
+  cuda::check_launch("soft_histogram_backward_cuda");
 }
 
 void entropy_from_counts_cuda(const EntropyFromCountsParams& p, cudaStream_t stream) {
@@ -259,6 +260,7 @@ void entropy_from_counts_cuda(const EntropyFromCountsParams& p, cudaStream_t str
     entropy_kernel<double><<<grid, kThreads, 0, stream>>>(static_cast<const double*>(p.counts), p.bins, p.log_base,
                                                           p.out);
   }
+  cuda::check_launch("entropy_from_counts_cuda");
 }
 
 }  // namespace eitp

@@ -54,6 +54,7 @@ void launch(const FiniteMinMaxParams& p, cudaStream_t stream) {
 
 void finite_minmax_cuda(const FiniteMinMaxParams& p, cudaStream_t stream) {
   cuda::dispatch_float(p.dtype, "finite_minmax_cuda", [&](auto tag) { launch<decltype(tag)>(p, stream); });
+  cuda::check_launch("finite_minmax_cuda");
 }
 
 }  // namespace eitp

@@ -189,11 +189,6 @@ __global__ void backward_kernel(FakeQuantBackwardParams p, int64_t chunks) {
 
 int64_t chunks_of(int64_t row_length) { return std::max<int64_t>(1, (row_length + kChunk - 1) / kChunk); }
 
-void check_launch(const char* what) {
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
-}
-
 template <typename T>
 void launch_quant(const QuantRowsParams& p, cudaStream_t stream) {
   const int64_t chunks = chunks_of(p.row_length);
@@ -202,33 +197,33 @@ void launch_quant(const QuantRowsParams& p, cudaStream_t stream) {
       const int64_t rows_per_block = kThreads / 32;
       const int64_t blocks = (p.rows + rows_per_block - 1) / rows_per_block;
       quant_warp_rows_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
-      return check_launch("quantize_int8_rows_cuda (warp rows)");
+      return cuda::check_launch("quantize_int8_rows_cuda (warp rows)");
     }
     if (p.rows >= 256 || chunks == 1) {
       quant_block_rows_kernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
-      return check_launch("quantize_int8_rows_cuda (block rows)");
+      return cuda::check_launch("quantize_int8_rows_cuda (block rows)");
     }
     range_chunks_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
-    check_launch("quantize_int8_rows_cuda (range)");
+    cuda::check_launch("quantize_int8_rows_cuda (range)");
     params_from_workspace_kernel<T><<<static_cast<unsigned>((p.rows + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
-    check_launch("quantize_int8_rows_cuda (params)");
+    cuda::check_launch("quantize_int8_rows_cuda (params)");
   }
   quant_static_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
-  check_launch("quantize_int8_rows_cuda (apply)");
+  cuda::check_launch("quantize_int8_rows_cuda (apply)");
 }
 
 template <typename T>
 void launch_dequant(const DequantRowsParams& p, cudaStream_t stream) {
   const int64_t chunks = chunks_of(p.row_length);
   dequant_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
-  check_launch("dequantize_int8_rows_cuda");
+  cuda::check_launch("dequantize_int8_rows_cuda");
 }
 
 template <typename T>
 void launch_backward(const FakeQuantBackwardParams& p, cudaStream_t stream) {
   const int64_t chunks = chunks_of(p.row_length);
   backward_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
-  check_launch("fake_quant_int8_rows_backward_cuda");
+  cuda::check_launch("fake_quant_int8_rows_backward_cuda");
 }
 
 }  // namespace

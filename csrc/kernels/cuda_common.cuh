@@ -57,6 +57,15 @@ __device__ __forceinline__ void atomic_max(double* addr, double v) {
   else atomicMin(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(__double_as_longlong(v)));
 }
 
+// After an op's launches: a failed launch (bad configuration, no kernel image
+// for this GPU) becomes an exception naming the launcher, instead of surfacing
+// at a later, unrelated synchronization. The binding turns it into a Python
+// RuntimeError.
+inline void check_launch(const char* what) {
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+}
+
 // dispatch_float (common.h) with the CUDA 16-bit types.
 template <typename Fn> void dispatch_float(DType dtype, const char* who, Fn&& fn) {
   dispatch_float_as<__half, __nv_bfloat16>(dtype, who, static_cast<Fn&&>(fn));
