@@ -25,9 +25,12 @@ namespace eitp {
 namespace {
 
 // Tiles of R: kTileRows x kTileCols per matrix product. Self-correlation then
-// costs 1/2 + kTileRows / (2D) of the multiply-adds of Zx^T Zx; 256 rows ran
-// as fast as 128 and faster than 512 or one full product on this project's
-// 2-core CPU (MKL), 2048 x 1024 fp32.
+// costs 1/2 + kTileRows / (2D) of the multiply-adds of Zx^T Zx. 256 rows was
+// picked from ad-hoc timings of 128/256/512-row tiles and one full product at
+// 2048 x 1024 fp32 on the 2-core development CPU while it was shared (numbers
+// not kept, so none quoted); on an idle run `eitp-bench --ops coherence_loss`
+// gave 16.9 ms for that forward (README results). Re-measure with it when
+// changing these.
 constexpr int64_t kTileRows = 256;
 constexpr int64_t kTileCols = 1024;
 // Symmetric Gram matrices larger than this are built from row panels on and
