@@ -23,30 +23,18 @@
 namespace eitp {
 namespace {
 
-constexpr int64_t kLanes = 16;
 constexpr int64_t kParallelMin = 32768;  // elements below which one thread does it all
 
 // Row reduction: symmetric -> absmax in hi; affine -> (min(.,0), max(.,0)).
 template <typename T>
-EITP_CPU_HOT void span_reduce(const T* x, int64_t n, bool symmetric, typename AccType<T>::type& lo_out,
-                              typename AccType<T>::type& hi_out) {
+void span_reduce(const T* x, int64_t n, bool symmetric, typename AccType<T>::type& lo_out,
+                 typename AccType<T>::type& hi_out) {
   using A = typename AccType<T>::type;
-  A lo[kLanes], hi[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lo[j] = A(0), hi[j] = A(0);
-  const int64_t full = n - n % kLanes;
   if (symmetric) {
-    for (int64_t i = 0; i < full; i += kLanes)
-      for (int64_t j = 0; j < kLanes; ++j) fold_absmax<A>(load_acc(x[i + j]), hi[j]);
-    for (int64_t i = full; i < n; ++i) fold_absmax<A>(load_acc(x[i]), hi[0]);
+    span_fold_lanes(x, n, A(0), A(0), [](A v, A&, A& hi) { fold_absmax<A>(v, hi); }, lo_out, hi_out);
   } else {
-    for (int64_t i = 0; i < full; i += kLanes)
-      for (int64_t j = 0; j < kLanes; ++j) fold_range0<A>(load_acc(x[i + j]), lo[j], hi[j]);
-    for (int64_t i = full; i < n; ++i) fold_range0<A>(load_acc(x[i]), lo[0], hi[0]);
+    span_fold_lanes(x, n, A(0), A(0), [](A v, A& lo, A& hi) { fold_range0<A>(v, lo, hi); }, lo_out, hi_out);
   }
-  A l = lo_out, h = hi_out;
-  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
-  lo_out = l;
-  hi_out = h;
 }
 
 template <typename A>

@@ -141,6 +141,31 @@ template <> inline double store_acc<double>(double v) { return v; }
 template <> inline Half16 store_acc<Half16>(float v) { return float_to_half(v); }
 template <> inline BFloat16 store_acc<BFloat16>(float v) { return float_to_bfloat16(v); }
 
+#ifndef __CUDACC__
+// Lane-wise (lo, hi) reduction of a contiguous span on the CPU, folded into
+// (lo_out, hi_out): fold(v, lo, hi) updates one of kLanes independent
+// accumulator pairs, starting from (init_lo, init_hi). Elementwise across the
+// lanes, so the compiler vectorizes it without reassociating a reduction (no
+// fast-math). Used for finite min/max and the int8 ranges.
+template <typename T, typename Fold>
+EITP_CPU_HOT void span_fold_lanes(const T* x, int64_t n, typename AccType<T>::type init_lo,
+                                  typename AccType<T>::type init_hi, Fold fold, typename AccType<T>::type& lo_out,
+                                  typename AccType<T>::type& hi_out) {
+  using A = typename AccType<T>::type;
+  constexpr int64_t kLanes = 16;
+  A lo[kLanes], hi[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lo[j] = init_lo, hi[j] = init_hi;
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) fold(load_acc(x[i + j]), lo[j], hi[j]);
+  for (int64_t i = full; i < n; ++i) fold(load_acc(x[i]), lo[0], hi[0]);
+  A l = lo_out, h = hi_out;
+  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
+  lo_out = l;
+  hi_out = h;
+}
+#endif
+
 // The one map from a float DType to its storage type: calls fn(T{}) with T
 // HalfT / BFloat16T / float / double, so a kernel is instantiated with
 // `dispatch_float<Half16, BFloat16>(dtype, "op", [&](auto tag) { run<decltype(tag)>(p); })`.

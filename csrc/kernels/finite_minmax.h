@@ -33,24 +33,11 @@ template <typename A> EITP_HD void fold_finite_minmax(A v, A& lo, A& hi) {
 
 #ifndef __CUDACC__
 // Finite min/max of a contiguous span on the CPU, folded into (lo_out, hi_out).
-// Lane-wise over kLanes independent accumulators: elementwise, so the compiler
-// vectorizes it without reassociating a reduction (no fast-math needed).
 template <typename T>
-EITP_CPU_HOT void span_finite_minmax(const T* x, int64_t n, typename AccType<T>::type& lo_out,
-                                     typename AccType<T>::type& hi_out) {
+void span_finite_minmax(const T* x, int64_t n, typename AccType<T>::type& lo_out, typename AccType<T>::type& hi_out) {
   using A = typename AccType<T>::type;
-  constexpr int64_t kLanes = 16;
   const A inf = std::numeric_limits<A>::infinity();
-  A lo[kLanes], hi[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lo[j] = inf, hi[j] = -inf;
-  const int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) fold_finite_minmax<A>(load_acc(x[i + j]), lo[j], hi[j]);
-  for (int64_t i = full; i < n; ++i) fold_finite_minmax<A>(load_acc(x[i]), lo[0], hi[0]);
-  A l = lo_out, h = hi_out;
-  for (int64_t j = 0; j < kLanes; ++j) l = lo[j] < l ? lo[j] : l, h = hi[j] > h ? hi[j] : h;
-  lo_out = l;
-  hi_out = h;
+  span_fold_lanes(x, n, inf, -inf, [](A v, A& lo, A& hi) { fold_finite_minmax<A>(v, lo, hi); }, lo_out, hi_out);
 }
 #endif
 
