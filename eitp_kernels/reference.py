@@ -280,17 +280,32 @@ def standardize_columns(x, eps=1e-5):
     """Column standardization with biased variance (batch norm, no affine).
 
     ``x`` is (N, D) or (N, *) (trailing dims are features); in
-    ``compute_dtype(x.dtype)``: ``mu = mean_n x``, ``var = mean_n (x - mu)^2``,
-    ``z = (x - mu) * rsqrt(var + eps)``.  Returns z (dimensionless) with the
-    shape of ``x``.  A zero-variance column gives z = 0 for ``eps > 0``.
+    ``compute_dtype(x.dtype)``: ``mu = mean_n x``, ``var = mean_n (x - mu)^2``
+    (``torch.var_mean``, which does not overflow where the result fits),
+    ``z = (x - mu) * rstd`` with ``rstd = column_rstd(var, eps)``.  Returns z
+    (dimensionless) with the shape of ``x``.  A zero-variance column gives
+    z = 0 for ``eps > 0``; a variance beyond the compute dtype's range gives
+    NaN (see :func:`column_rstd`).
     """
     cd = compute_dtype(x.dtype)
     n = x.shape[0]
     # contiguous: the result does not depend on the input's memory layout
     xc = x.to(cd).reshape(n, -1).contiguous()
-    d = xc - xc.mean(0, keepdim=True)
-    var = (d * d).mean(0, keepdim=True)
-    return (d * torch.rsqrt(var + eps)).reshape(x.shape)
+    var, mu = torch.var_mean(xc, 0, correction=0, keepdim=True)
+    return ((xc - mu) * column_rstd(var, eps, cd)).reshape(x.shape)
+
+
+def column_rstd(var, eps, dtype):
+    """``rstd = 1 / sqrt(var + eps)`` in ``dtype`` (1 / units of x).
+
+    ``var`` may be held in a wider dtype (float64 sums). A variance beyond
+    ``dtype``'s range (float32 columns spread beyond about 1.8e19) has no
+    standardization in ``dtype``: rstd is NaN, so the loss is NaN instead of
+    the column silently counting as constant (rstd = 0). Every backend does
+    the same.
+    """
+    beyond = ~(var <= torch.finfo(dtype).max)  # NaN variances too
+    return torch.where(beyond, math.nan, torch.rsqrt(var.to(dtype) + eps))
 
 
 def correlation_matrix(x, y=None, eps=1e-5):
@@ -380,6 +395,41 @@ def _qrange(symmetric):
     return (-127, 127) if symmetric else (-128, 127)
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def int8_params_from_range(lo, hi, symmetric):
+    """Per-row int8 ``(scale, zero_point)`` from a row reduction.
+
+    ``hi`` is the row's absmax (symmetric) or ``max(finite max, 0)`` and
+    ``lo`` is ``min(finite min, 0)`` (affine; ignored when symmetric), both in
+    the compute dtype. float32 arithmetic, as DESIGN §2.3 states it:
+    symmetric ``s = float32(hi) / 127``, ``zero_point = None``; affine
+    ``s = (float32(hi) - float32(lo)) / 255``,
+    ``zero_point = int32(-128 - round(float32(lo) / s))``; ``s == 0`` becomes 1.
+    A range too wide for that (affine ``hi - lo`` beyond 3.4e38, or float64
+    values beyond float32) is computed in float64 instead, with the scale
+    saturated at the largest float32: ``s = float32(min((hi - lo) / steps,
+    3.4028235e38))`` and ``zero_point = clamp(-128 - round(lo / s), -128, 127)``,
+    so no scale is ever infinite. Every backend computes exactly this.
+    """
+    hi64 = hi.to(torch.float64)
+    lo64 = torch.zeros_like(hi64) if symmetric else lo.to(torch.float64)
+    fits = (lo64 >= -_FLOAT32_MAX) & (hi64 <= _FLOAT32_MAX)
+    mn = torch.where(fits, lo64, 0.0).to(torch.float32)
+    mx = torch.where(fits, hi64, 0.0).to(torch.float32)
+    steps = 127.0 if symmetric else 255.0
+    s = mx / steps if symmetric else (mx - mn) / steps
+    wide = ~fits | ~torch.isfinite(s)
+    wide_s = ((hi64 - lo64) / steps).clamp(max=_FLOAT32_MAX).to(torch.float32)
+    s = torch.where(wide, wide_s, torch.where(s == 0, 1.0, s))
+    if symmetric:
+        return s, None
+    zp = -128.0 - torch.round(mn / s)
+    wide_zp = (-128.0 - torch.round(lo64 / s.to(torch.float64))).clamp(-128.0, 127.0)
+    return s, torch.where(wide, wide_zp.to(torch.float32), zp).to(torch.int32)
+
+
 def _quantize_rows(x, granularity, axis, group_size, symmetric, scale, zero_point):
     """Codes as rows plus scale, zero point, and the unclamped codes r (+ zp)."""
     cd = compute_dtype(x.dtype)
@@ -394,16 +444,9 @@ def _quantize_rows(x, granularity, axis, group_size, symmetric, scale, zero_poin
         # and make empty / all-non-finite rows well defined.
         vals = torch.cat([torch.where(finite, rows, 0.0), zero_col], 1)
         if symmetric:
-            absmax = vals.abs().amax(1).to(torch.float32)
-            s = absmax / 127.0
-            zp = None
+            s, zp = int8_params_from_range(None, vals.abs().amax(1), True)
         else:
-            mn = vals.amin(1).to(torch.float32)
-            mx = vals.amax(1).to(torch.float32)
-            s = (mx - mn) / 255.0
-        s = torch.where(s == 0, 1.0, s)
-        if not symmetric:
-            zp = (-128.0 - torch.round(mn / s)).to(torch.int32)
+            s, zp = int8_params_from_range(vals.amin(1), vals.amax(1), False)
         s = s.reshape(sshape)
         zp = None if zp is None else zp.reshape(sshape)
     else:
@@ -445,7 +488,10 @@ def quantize_int8(x, granularity="tensor", axis=0, group_size=128,
       ``zero_point = int32(-128 - round(mn / scale))`` (float32 arithmetic);
     * ``scale == 0`` after that division (absmax == 0 / mx == mn, no finite
       value, or a range so tiny that the float32 division underflows) is
-      replaced by ``scale = 1.0``.
+      replaced by ``scale = 1.0``;
+    * a range too wide for float32 (affine ``mx - mn`` beyond 3.4e38, or
+      float64 values beyond float32) is computed in float64 and the scale
+      saturates at the largest float32 (:func:`int8_params_from_range`).
 
     A given ``scale`` (and ``zero_point`` for affine) is used as-is (static
     quantization; values beyond the range are clipped).

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -401,32 +402,61 @@ def test_bad_input(c: Case, backend):
 
 
 # --------------------------------------------------------------------------
-# Known issues found by tests/test_fuzz.py and not fixed here (strict xfail:
-# they start failing, i.e. passing, when fixed, so the marker gets removed).
+# Extreme ranges found by tests/test_fuzz.py (formerly wrong results, now
+# defined behaviour on every backend).
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a quantization range beyond float32 (affine max - min > 3.4e38, or fp64 "
-                   "values beyond 3.4e38) gives an infinite float32 scale: finite values get code 0 / the zero point "
-                   "and fake-quant returns 0 or NaN (all backends, reference too)")
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("which", ["affine-fp32", "symmetric-fp64"])
-def test_known_affine_range_overflow(backend, which):
+@pytest.mark.parametrize("which", ["affine-fp32", "symmetric-fp64", "affine-fp64-beyond-fp32"])
+def test_range_wider_than_float32_gets_a_finite_scale(backend, which):
+    """A range too wide for float32 arithmetic (affine max - min > 3.4e38, or
+    fp64 values beyond float32) is computed in float64 with a saturated scale:
+    finite scale, the same bits on every backend, and the values within
+    float32's reach come back within half a step."""
     if which == "affine-fp32":
-        x, sym = torch.tensor([-2e38, 2e38, 1.0, -1.0]), False
+        x, sym = torch.tensor([-2e38, 1.5e38, 1e37, -3e37, 1.0]), False
+    elif which == "symmetric-fp64":
+        x, sym = torch.tensor([1e39, -5e38, 1e36, 1.0], dtype=torch.float64), True
     else:
-        x, sym = torch.tensor([1e39, -5.0, 1.0], dtype=torch.float64), True
-    with ek.use_backend(backend):
-        q, s, z = ek.quantize_int8(x, symmetric=sym)
-    assert torch.isfinite(s).all()
-
-
-@pytest.mark.xfail(strict=True, reason="coherence of finite fp32 columns whose squares overflow (|x| ~ 1e38): "
-                   "the reference returns NaN, the cpp backend 0.0")
-def test_known_coherence_square_overflow():
-    x = torch.tensor([-1.5946e38, -8.4532e37, 6.1120e37, -5.9418e37, -1.2519e38])
+        x, sym = torch.tensor([-1e300, 3e38, 1e38, 0.0], dtype=torch.float64), False
     with ek.use_backend("reference"):
-        want = ek.coherence_loss(x)
-    with ek.use_backend("cpp"):
-        got = ek.coherence_loss(x)
-    torch.testing.assert_close(got, want, equal_nan=True)
+        want = ek.quantize_int8(x, symmetric=sym)
+    with ek.use_backend(backend):
+        got = ek.quantize_int8(x, symmetric=sym)
+        fake = ek.fake_quant_int8(x, symmetric=sym)
+    _assert_same(got, want, f"quantize {which}")
+    q, s, z = got
+    assert torch.isfinite(s).all() and s.item() > 0
+    if which != "affine-fp64-beyond-fp32":
+        # every value is within range: fake-quant is within half a step
+        err = (fake.double() - x.double()).abs().max().item()
+        assert err <= 0.5 * s.item() * (1 + 1e-5), (err, s.item())
+    else:
+        # the scale saturates at float32's max; values beyond 255 steps clip
+        assert s.item() == torch.finfo(torch.float32).max
+        assert q[0].item() == -128 and q[3].item() == z.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coherence_huge_fp32_columns(backend):
+    """Column statistics are summed in float64 everywhere: huge finite fp32
+    columns standardize correctly while their variance fits float32, and a
+    variance beyond float32 gives NaN (not a column silently counted as
+    constant), on every backend as in the reference."""
+    g = torch.Generator().manual_seed(7)
+    fits = torch.randn(1000, 3, generator=g)
+    fits[:, 0] = 3e38                     # constant, at the edge of float32 (a float32 sum overflows)
+    fits[5, 1] = 2e19                     # one outlier whose square overflows float32; var = 4e35 fits
+    fits[:, 2] = fits[:, 1] * 1e-3 + fits[:, 2]
+    beyond = torch.tensor([[-1.5946e38, 1.0], [-8.4532e37, 2.0], [6.1120e37, 0.5], [-5.9418e37, 3.0], [-1.2519e38, 1.0]])
+    with ek.use_backend("reference"):
+        want_fits, want_beyond = ek.coherence_loss(fits, squared=True), ek.coherence_loss(beyond)
+    exact = np.corrcoef(fits[:, 1:].double().numpy(), rowvar=False)
+    # the constant column: R_00 = 0 (eps > 0), so it adds (0 - 1)^2 = 1
+    assert want_fits.item() == pytest.approx(1 + 2 * exact[0, 1] ** 2, rel=1e-4, abs=1e-5)
+    assert torch.isnan(want_beyond)
+    with ek.use_backend(backend):
+        got_fits, got_beyond = ek.coherence_loss(fits, squared=True), ek.coherence_loss(beyond)
+    torch.testing.assert_close(got_fits, want_fits, rtol=1e-4, atol=1e-5)
+    assert torch.isnan(got_beyond)

@@ -42,14 +42,13 @@ EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
     for (int64_t i = 0; i < n; ++i) {
       const T* row = x + i * d + j0;
       for (int64_t j = 0; j < w; ++j) {
-        const A c = load_acc(row[j]) - mu[j];
-        acc[j] += static_cast<double>(c * c);
+        const double c = static_cast<double>(load_acc(row[j]) - mu[j]);
+        acc[j] += c * c;  // squared in double: c * c in fp32 overflows for |c| > 1.8e19
       }
     }
     for (int64_t j = 0; j < w; ++j) {
-      const A var = static_cast<A>(acc[j] / static_cast<double>(n));
       mean[j0 + j] = mu[j];
-      rstd[j0 + j] = A(1) / std::sqrt(var + static_cast<A>(p.eps));
+      rstd[j0 + j] = column_rstd<A>(acc[j] / static_cast<double>(n), p.eps);
     }
   }
 }

@@ -37,12 +37,6 @@ void span_reduce(const T* x, int64_t n, bool symmetric, typename AccType<T>::typ
   }
 }
 
-template <typename A>
-void row_params(bool symmetric, A lo, A hi, float& scale, int32_t& zero_point) {
-  if (symmetric) symmetric_params<A>(hi, scale, zero_point);
-  else affine_params<A>(lo, hi, scale, zero_point);
-}
-
 // a if take else b; 16-bit storage types select on their bits (vectorizable).
 template <typename T> inline T select(bool take, T a, T b) { return take ? a : b; }
 template <> inline Half16 select<Half16>(bool take, Half16 a, Half16 b) { return Half16{take ? a.bits : b.bits}; }
@@ -92,7 +86,7 @@ struct RowJob {
     using A = typename AccType<T>::type;
     A lo = A(0), hi = A(0);
     span_reduce<T>(x(r), p.row_length, p.symmetric, lo, hi);
-    row_params<A>(p.symmetric, lo, hi, p.scale[r], p.zero_point[r]);
+    row_scale_params<A>(p.symmetric, lo, hi, p.scale[r], p.zero_point[r]);
   }
   void params_parallel(int64_t r) const {
     using A = typename AccType<T>::type;
@@ -110,7 +104,7 @@ struct RowJob {
         hi = h > hi ? h : hi;
       }
     }
-    row_params<A>(p.symmetric, lo, hi, p.scale[r], p.zero_point[r]);
+    row_scale_params<A>(p.symmetric, lo, hi, p.scale[r], p.zero_point[r]);
   }
 };
 

@@ -36,28 +36,28 @@ __global__ void stats_kernel(const T* __restrict__ x, int64_t n, int64_t d, doub
                              typename cuda::DeviceAcc<T>::type* __restrict__ mean,
                              typename cuda::DeviceAcc<T>::type* __restrict__ rstd) {
   using A = typename cuda::DeviceAcc<T>::type;
-  __shared__ A scratch[kRowThreads][kCols];
+  // Sums in double (coherence.h, column_rstd): finite inputs never overflow them.
+  __shared__ double scratch[kRowThreads][kCols];
   __shared__ A mu_shared[kCols];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
   const bool ok = j < d;
-  A s = A(0);
+  double s = 0.0;
   if (ok)
-    for (int64_t i = threadIdx.y; i < n; i += kRowThreads) s += cuda::load_acc(x[i * d + j]);
+    for (int64_t i = threadIdx.y; i < n; i += kRowThreads) s += static_cast<double>(cuda::load_acc(x[i * d + j]));
   s = column_sum(s, scratch);
-  if (threadIdx.y == 0) mu_shared[threadIdx.x] = s / static_cast<A>(n);
+  if (threadIdx.y == 0) mu_shared[threadIdx.x] = static_cast<A>(s / static_cast<double>(n));
   __syncthreads();
   const A mu = mu_shared[threadIdx.x];
-  A q = A(0);
+  double q = 0.0;
   if (ok)
     for (int64_t i = threadIdx.y; i < n; i += kRowThreads) {
-      const A c = cuda::load_acc(x[i * d + j]) - mu;
+      const double c = static_cast<double>(cuda::load_acc(x[i * d + j]) - mu);
       q += c * c;
     }
   q = column_sum(q, scratch);
   if (threadIdx.y == 0 && ok) {
-    const A var = q / static_cast<A>(n);
     mean[j] = mu;
-    rstd[j] = A(1) / sqrt(var + static_cast<A>(eps));  // IEEE sqrt and division (no fast-math)
+    rstd[j] = column_rstd<A>(q / static_cast<double>(n), eps);  // IEEE sqrt and division (no fast-math)
   }
 }
 

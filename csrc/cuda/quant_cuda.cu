@@ -62,12 +62,6 @@ struct RangeFold {
   }
 };
 
-template <typename A>
-__device__ __forceinline__ void params_from_range(bool symmetric, A lo, A hi, float& scale, int32_t& zero_point) {
-  if (symmetric) symmetric_params<A>(hi, scale, zero_point);
-  else affine_params<A>(lo, hi, scale, zero_point);
-}
-
 // Dynamic, one warp per row.
 template <typename T>
 __global__ void quant_warp_rows_kernel(QuantRowsParams p) {
@@ -83,7 +77,7 @@ __global__ void quant_warp_rows_kernel(QuantRowsParams p) {
   const A hi = cuda::warp_reduce(fold.hi, cuda::MaxOp());
   float scale;
   int32_t zero_point;
-  params_from_range<A>(p.symmetric, lo, hi, scale, zero_point);
+  row_scale_params<A>(p.symmetric, lo, hi, scale, zero_point);
   if (lane == 0) p.scale[row] = scale, p.zero_point[row] = zero_point;
   apply_row<T>(x, p.q != nullptr ? p.q + base : nullptr, p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr,
                lane, p.row_length, 32, scale, zero_point, p.symmetric);
@@ -104,7 +98,7 @@ __global__ void quant_block_rows_kernel(QuantRowsParams p) {
   const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
   const A hi = cuda::block_reduce(fold.hi, A(0), scratch, cuda::MaxOp());
   if (threadIdx.x == 0) {
-    params_from_range<A>(p.symmetric, lo, hi, shared_scale, shared_zero_point);
+    row_scale_params<A>(p.symmetric, lo, hi, shared_scale, shared_zero_point);
     p.scale[row] = shared_scale;
     p.zero_point[row] = shared_zero_point;
   }
@@ -139,7 +133,7 @@ __global__ void params_from_workspace_kernel(QuantRowsParams p) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= p.rows) return;
   const A* ws = static_cast<const A*>(p.workspace);
-  params_from_range<A>(p.symmetric, ws[2 * row], ws[2 * row + 1], p.scale[row], p.zero_point[row]);
+  row_scale_params<A>(p.symmetric, ws[2 * row], ws[2 * row + 1], p.scale[row], p.zero_point[row]);
 }
 
 // Static scale (given, or from the per-tensor pass): flat grid of rows * chunks blocks.

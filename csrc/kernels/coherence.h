@@ -28,6 +28,22 @@ struct CoherenceStatsParams {
   void* rstd;  // (d,)
 };
 
+// The column statistics are accumulated in double on every backend (sums of
+// x, then of (x - mu)^2), so finite inputs never overflow them. rstd =
+// 1 / sqrt(var + eps) in A; a variance beyond A's range (fp32 values spread
+// beyond about 1.8e19) has no A-valued standardization, so rstd is NaN and
+// the loss is NaN rather than the column being silently treated as
+// constant (rstd = 0). The reference does the same.
+EITP_HD float sqrt_acc(float v) { return sqrtf(v); }  // IEEE-rounded on host and device (no fast-math)
+EITP_HD double sqrt_acc(double v) { return sqrt(v); }
+
+template <typename A>
+EITP_HD A column_rstd(double var, double eps) {
+  const double a_max = sizeof(A) == sizeof(float) ? 3.4028234663852886e38 : 1.7976931348623157e308;
+  if (!(var <= a_max)) return static_cast<A>(nan(""));  // also for a NaN variance
+  return A(1) / sqrt_acc(static_cast<A>(var) + static_cast<A>(eps));
+}
+
 // z = (x - mean) * rstd, written in the accumulation dtype (n, d) with row
 // stride ld_z (>= d) so several matrices can share one buffer.
 struct CoherenceStandardizeParams {

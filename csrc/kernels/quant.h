@@ -8,9 +8,11 @@
 //   affine:    mn = float(min(finite min, 0)), mx = float(max(finite max, 0)),
 //              s = (mx - mn) / 255, zp = int(-128 - rint(mn / s)),
 //              q = clamp(rint(x / s) + zp, -128, 127)
-//   s == 0 after the division becomes 1. x / s is a true division in A (fp32,
-//   or fp64 for fp64 input); rint is round half to even. NaN gives the code of
-//   0, +-Inf the extreme codes. Dequantize: (q - zp) * s in A.
+//   s == 0 after the division becomes 1. A range too wide for float32 is
+//   handled in float64 with a saturated scale (wide_range_scale below).
+//   x / s is a true division in A (fp32, or fp64 for fp64 input); rint is
+//   round half to even. NaN gives the code of 0, +-Inf the extreme codes.
+//   Dequantize: (q - zp) * s in A.
 #pragma once
 
 #include "kernels/common.h"
@@ -63,9 +65,34 @@ struct FakeQuantBackwardParams {
 
 // Scale and zero point of a row from its reduction (A = fp32 or fp64):
 // symmetric from absmax (>= 0), affine from lo = min(finite min, 0) and
-// hi = max(finite max, 0).
+// hi = max(finite max, 0). The float32 arithmetic of the header comment is
+// used whenever it stays finite; a range too wide for it (affine hi - lo
+// beyond 3.4e38, or fp64 values beyond float32) is computed in float64
+// instead and the scale saturates at the largest float32
+// (wide_range_scale), so no row ever gets an infinite scale.
+constexpr double kFloat32Max = 3.4028234663852886e38;
+
+EITP_HD float saturate_to_float32(double v) {
+  return v >= kFloat32Max ? static_cast<float>(kFloat32Max) : static_cast<float>(v);
+}
+
+// The float64 fallback: s = sat32(range / qsteps) and, for affine,
+// zp = clamp(-128 - rint(lo / s), -128, 127).
+EITP_HD float wide_range_scale(double range, double qsteps) { return saturate_to_float32(range / qsteps); }
+
+EITP_HD int32_t wide_range_zero_point(double lo, float scale) {
+  double zp = -128.0 - rint(lo / static_cast<double>(scale));
+  zp = zp < -128.0 ? -128.0 : (zp > 127.0 ? 127.0 : zp);
+  return static_cast<int32_t>(zp);
+}
+
 template <typename A>
 EITP_HD void symmetric_params(A absmax, float& scale, int32_t& zero_point) {
+  if (static_cast<double>(absmax) > kFloat32Max) {  // fp64 only: float(absmax) would overflow
+    scale = wide_range_scale(static_cast<double>(absmax), 127.0);
+    zero_point = 0;
+    return;
+  }
   float s = static_cast<float>(absmax) / 127.0f;
   scale = s == 0.0f ? 1.0f : s;
   zero_point = 0;
@@ -73,11 +100,25 @@ EITP_HD void symmetric_params(A absmax, float& scale, int32_t& zero_point) {
 
 template <typename A>
 EITP_HD void affine_params(A lo, A hi, float& scale, int32_t& zero_point) {
-  const float mn = static_cast<float>(lo), mx = static_cast<float>(hi);
+  const bool fits = static_cast<double>(lo) >= -kFloat32Max && static_cast<double>(hi) <= kFloat32Max;
+  const float mn = fits ? static_cast<float>(lo) : 0.0f, mx = fits ? static_cast<float>(hi) : 0.0f;
   float s = (mx - mn) / 255.0f;
+  if (!fits || !is_finite_value(s)) {
+    scale = wide_range_scale(static_cast<double>(hi) - static_cast<double>(lo), 255.0);
+    zero_point = wide_range_zero_point(static_cast<double>(lo), scale);
+    return;
+  }
   s = s == 0.0f ? 1.0f : s;
   scale = s;
   zero_point = static_cast<int32_t>(-128.0f - rintf(mn / s));
+}
+
+// The row's scale and zero point from its reduction (see fold_absmax /
+// fold_range0 below for what lo and hi hold).
+template <typename A>
+EITP_HD void row_scale_params(bool symmetric, A lo, A hi, float& scale, int32_t& zero_point) {
+  if (symmetric) symmetric_params<A>(hi, scale, zero_point);
+  else affine_params<A>(lo, hi, scale, zero_point);
 }
 
 // Folds one value into the row reduction. Symmetric keeps absmax in `hi`;

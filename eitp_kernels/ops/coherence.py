@@ -13,7 +13,9 @@ this standardization, eps = 1e-5). The result is dimensionless, float64 for
 float64 inputs and float32 otherwise (fp16/bf16 accumulate in fp32).
 
 NaN/Inf: a non-finite value in a column makes that column's statistics, and
-so the loss, NaN (as the reference). A zero-variance column has z = 0 for
+so the loss, NaN (as the reference). The column sums are taken in float64 on
+every backend; a variance beyond the compute dtype's range (fp32 columns
+spread beyond about 1.8e19) gives NaN too (reference.column_rstd). A zero-variance column has z = 0 for
 eps > 0 (R_ii = 0: it contributes a to the loss, and nothing off the
 diagonal); with eps = 0 it gives NaN. The gradient of the non-squared loss is
 infinite/NaN where L = 0; use squared=True where that can happen.
@@ -203,13 +205,14 @@ class _DistributedCoherence(torch.autograd.Function):
         dist.all_reduce(n, group=group)
 
         def standardize(v):
+            # Sums in float64, as every backend (reference.column_rstd).
             vc = v.to(cd)
-            s = vc.sum(0)
+            s = vc.sum(0, dtype=torch.float64)
             dist.all_reduce(s, group=group)
-            dev = vc - s / n
-            q = (dev * dev).sum(0)
+            dev = vc - (s / n.double()).to(cd)
+            q = dev.double().square().sum(0)
             dist.all_reduce(q, group=group)
-            rstd = 1.0 / torch.sqrt(q / n + eps)
+            rstd = reference.column_rstd(q / n.double(), eps, cd)
             return dev * rstd, rstd
 
         zx, rx = standardize(x2)
@@ -284,25 +287,30 @@ def _col_stats_kernel(
     # deviations (two passes over x, as the reference), rstd = 1 / sqrt(var + eps).
     cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    total = tl.zeros([BLOCK_D], ACC)
+    # Sums in float64 on every backend (reference.column_rstd): finite inputs
+    # never overflow them.
+    total = tl.zeros([BLOCK_D], tl.float64)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         mask = (rows[:, None] < N) & col_ok[None, :]
         v = tl.load(x_ptr + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0).to(ACC)
-        total += tl.sum(v, axis=0)
-    mean = total / N
-    sq = tl.zeros([BLOCK_D], ACC)
+        total += tl.sum(v.to(tl.float64), axis=0)
+    mean = (total / N).to(ACC)
+    sq = tl.zeros([BLOCK_D], tl.float64)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         mask = (rows[:, None] < N) & col_ok[None, :]
         v = tl.load(x_ptr + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0).to(ACC)
-        dev = tl.where(mask, v - mean[None, :], 0.0)
+        dev = tl.where(mask, v - mean[None, :], 0.0).to(tl.float64)
         sq += tl.sum(dev * dev, axis=0)
     var = tl.where(col_ok, sq / N, 1.0)  # padding columns: no 1/0 when eps == 0
     if ACC == tl.float64:
+        beyond = (var <= 1.7976931348623157e308) == 0
         rstd = 1.0 / tl.sqrt(var + eps)  # fp64 sqrt is correctly rounded
     else:
-        rstd = 1.0 / tl.sqrt_rn(var + eps)  # not the approximate fp32 sqrt
+        beyond = (var <= 3.4028234663852886e38) == 0
+        rstd = 1.0 / tl.sqrt_rn(var.to(tl.float32) + eps)  # not the approximate fp32 sqrt
+    rstd = tl.where(beyond, float("nan"), rstd)  # no standardization in ACC: NaN loss, as the reference
     tl.store(mean_ptr + cols, mean, mask=col_ok)
     tl.store(rstd_ptr + cols, rstd, mask=col_ok)
 

@@ -13,7 +13,9 @@ row; per channel: the channel axis moved to the front, a copy unless axis is
     dequantize: x = (q - zero_point) * scale
 
 absmax / min / max are over finite values only; a scale of 0 (all-zero row)
-becomes 1.0. ``x / scale`` is a true division in float32 (float64 for float64
+becomes 1.0; a range too wide for float32 arithmetic (affine mx - mn beyond
+3.4e38, or fp64 values beyond float32) is computed in float64 with the scale
+saturated at the largest float32 (reference.int8_params_from_range). ``x / scale`` is a true division in float32 (float64 for float64
 input), rint rounds half to even: codes are bit-identical to
 ``eitp_kernels.reference``. Units: scale is in units of x per code step;
 codes and zero points are dimensionless.
@@ -196,6 +198,39 @@ def _cast_rne(v, DTYPE: tl.constexpr):
     return out
 
 
+_FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@triton_jit
+def _row_scale_params(lo, hi, SYMMETRIC: tl.constexpr):
+    # The row's float32 scale and zero point (as float32) from its reduction
+    # in the accumulation dtype (lo stays 0 for symmetric rows):
+    # reference.int8_params_from_range step for step. float32 arithmetic
+    # unless the range is too wide for it, then float64 with the scale
+    # saturated at the largest float32.
+    lo64 = lo.to(tl.float64)
+    hi64 = hi.to(tl.float64)
+    fits = (lo64 >= -_FLOAT32_MAX) & (hi64 <= _FLOAT32_MAX)
+    mn = tl.where(fits, lo64, 0.0).to(tl.float32)
+    mx = tl.where(fits, hi64, 0.0).to(tl.float32)
+    if SYMMETRIC:
+        steps = 127.0
+    else:
+        steps = 255.0
+    s = tl.math.div_rn(mx - mn, tl.full([], steps, tl.float32))
+    fast = fits & (s - s == 0)
+    wide_s = tl.minimum(_div(hi64 - lo64, tl.full([], steps, tl.float64), True), _FLOAT32_MAX).to(tl.float32)
+    s = tl.where(fast, tl.where(s == 0.0, 1.0, s), wide_s)
+    if SYMMETRIC:
+        zpf = tl.full([], 0.0, tl.float32)
+    else:
+        fast_zp = -128.0 - _round_half_even(tl.math.div_rn(mn, s))
+        wide_zp = -128.0 - _round_half_even(_div(lo64, s.to(tl.float64), True))
+        wide_zp = tl.minimum(tl.maximum(wide_zp, -128.0), 127.0).to(tl.float32)
+        zpf = tl.where(fast, fast_zp, wide_zp)
+    return s, zpf
+
+
 @triton_jit
 def _quant_rows_kernel(
     x_ptr,  # (rows, row_length) contiguous, float
@@ -230,16 +265,7 @@ def _quant_rows_kernel(
             else:
                 lo = tl.minimum(lo, f)
                 hi = tl.maximum(hi, f)
-        hi_row = tl.max(hi, axis=0).to(tl.float32)
-        if SYMMETRIC:
-            s = tl.math.div_rn(hi_row, tl.full([], 127.0, tl.float32))
-            s = tl.where(s == 0.0, 1.0, s)
-            zpf = tl.full([], 0.0, tl.float32)
-        else:
-            mn = tl.min(lo, axis=0).to(tl.float32)
-            s = tl.math.div_rn(hi_row - mn, tl.full([], 255.0, tl.float32))
-            s = tl.where(s == 0.0, 1.0, s)
-            zpf = -128.0 - _round_half_even(tl.math.div_rn(mn, s))
+        s, zpf = _row_scale_params(tl.min(lo, axis=0), tl.max(hi, axis=0), SYMMETRIC)
         tl.store(scale_ptr + row, s)
         tl.store(zp_ptr + row, zpf.to(tl.int32))
     sa = _to_acc(s, IS_FP64)
@@ -350,15 +376,9 @@ def _triton_blocks(row_length: int) -> tuple[int, int, int]:
 
 
 def _params_from_range(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale and zero point from reduced (lo, hi): the reference's float32 arithmetic."""
-    if symmetric:
-        s = hi.to(torch.float32) / 127.0
-        s = torch.where(s == 0, 1.0, s)
-        return s, torch.zeros_like(s, dtype=torch.int32)
-    mn, mx = lo.to(torch.float32), hi.to(torch.float32)
-    s = (mx - mn) / 255.0
-    s = torch.where(s == 0, 1.0, s)
-    return s, (-128.0 - torch.round(mn / s)).to(torch.int32)
+    """Per-row scale and zero point (zeros when symmetric) from reduced (lo, hi), on the device."""
+    s, zp = reference.int8_params_from_range(lo, hi, symmetric)
+    return s, torch.zeros_like(s, dtype=torch.int32) if zp is None else zp
 
 
 def _triton_quant(x, scale, zero_point, symmetric, fake):
