@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_impl(const at::Tensor& x_in
   if (kCuda) guard.emplace(x_in.device());
 #endif
   QuantArgs a = prepare_quant(x_in, scale, zero_point, symmetric, op);
-  at::Tensor result = kFake ? at::empty_like(a.x) : at::empty_like(a.x, a.x.options().dtype(at::kChar));
+  at::Tensor result = empty_output(a.x.sizes(), kFake ? a.x.options() : a.x.options().dtype(at::kChar));
   if (kCuda && !a.static_scale) a.workspace = at::zeros({2 * a.x.size(0)}, a.x.options().dtype(accumulation_dtype(a.x)));
   if (a.x.size(0) > 0) {
     QuantRowsParams p = make_params(a, symmetric, kFake ? nullptr : result.data_ptr<int8_t>(),
@@ -118,7 +118,7 @@ at::Tensor dequant_impl(const at::Tensor& q_in, const at::Tensor& scale, const s
   if (zero_point.has_value()) check_per_row(q_in, *zero_point, op, "zero_point", at::kInt);
   const at::Tensor q = q_in.contiguous(), s = scale.contiguous();
   const at::Tensor zp = zero_point.has_value() ? zero_point->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(dtype));
+  at::Tensor out = empty_output(q.sizes(), q.options().dtype(dtype));
   if (q.numel() > 0) {
     DequantRowsParams p;
     p.q = q.data_ptr<int8_t>();
@@ -157,7 +157,7 @@ at::Tensor backward_impl(const at::Tensor& grad_in, const at::Tensor& x_in, cons
   const at::Tensor x = x_in.contiguous(), s = scale.contiguous();
   const at::Tensor grad = grad_in.to(x.scalar_type()).contiguous();
   const at::Tensor zp = zero_point.has_value() ? zero_point->contiguous() : at::Tensor();
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = empty_output(x.sizes(), x.options());
   if (x.numel() > 0) {
     FakeQuantBackwardParams p;
     p.grad = grad.data_ptr();
