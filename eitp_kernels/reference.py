@@ -280,26 +280,29 @@ def standardize_columns(x, eps=1e-5):
     """Column standardization with biased variance (batch norm, no affine).
 
     ``x`` is (N, D) or (N, *) (trailing dims are features); in
-    ``compute_dtype(x.dtype)``: ``mu = mean_n x``, ``var = mean_n (x - mu)^2``
-    (``torch.var_mean``, which does not overflow where the result fits),
-    ``z = (x - mu) * rstd`` with ``rstd = column_rstd(var, eps)``.  Returns z
-    (dimensionless) with the shape of ``x``.  A zero-variance column gives
-    z = 0 for ``eps > 0``; a variance beyond the compute dtype's range gives
-    NaN (see :func:`column_rstd`).
+    ``cd = compute_dtype(x.dtype)`` with sums in float64 (so a sum of finite
+    values never overflows): ``mu = cd(sum_n x / N)``, ``d = x - mu`` and
+    ``d * d`` in cd, ``var = sum_n d^2 / N``, ``z = d * rstd`` with
+    ``rstd = column_rstd(var, eps, cd)``.  Returns z (dimensionless) with the
+    shape of ``x``.  A zero-variance column gives z = 0 for ``eps > 0``; a
+    variance beyond cd's range, or a squared deviation that overflows cd
+    (fp32: |x - mu| beyond about 1.8e19), gives NaN.
     """
     cd = compute_dtype(x.dtype)
     n = x.shape[0]
     # contiguous: the result does not depend on the input's memory layout
     xc = x.to(cd).reshape(n, -1).contiguous()
-    var, mu = torch.var_mean(xc, 0, correction=0, keepdim=True)
-    return ((xc - mu) * column_rstd(var, eps, cd)).reshape(x.shape)
+    mu = (xc.sum(0, keepdim=True, dtype=torch.float64) / n).to(cd)
+    d = xc - mu
+    var = (d * d).sum(0, keepdim=True, dtype=torch.float64) / n
+    return (d * column_rstd(var, eps, cd)).reshape(x.shape)
 
 
 def column_rstd(var, eps, dtype):
     """``rstd = 1 / sqrt(var + eps)`` in ``dtype`` (1 / units of x).
 
     ``var`` may be held in a wider dtype (float64 sums). A variance beyond
-    ``dtype``'s range (float32 columns spread beyond about 1.8e19) has no
+    ``dtype``'s range (an overflowed square makes it infinite) has no
     standardization in ``dtype``: rstd is NaN, so the loss is NaN instead of
     the column silently counting as constant (rstd = 0). Every backend does
     the same.

@@ -441,22 +441,26 @@ def test_range_wider_than_float32_gets_a_finite_scale(backend, which):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coherence_huge_fp32_columns(backend):
     """Column statistics are summed in float64 everywhere: huge finite fp32
-    columns standardize correctly while their variance fits float32, and a
-    variance beyond float32 gives NaN (not a column silently counted as
+    columns standardize correctly while their squared deviations fit float32,
+    and beyond that the loss is NaN (not a column silently counted as
     constant), on every backend as in the reference."""
     g = torch.Generator().manual_seed(7)
     fits = torch.randn(1000, 3, generator=g)
     fits[:, 0] = 3e38                     # constant, at the edge of float32 (a float32 sum overflows)
-    fits[5, 1] = 2e19                     # one outlier whose square overflows float32; var = 4e35 fits
+    fits[5, 1] = 1e19                     # one outlier: its square (1e38) fits, a float32 sum of squares would not
     fits[:, 2] = fits[:, 1] * 1e-3 + fits[:, 2]
     beyond = torch.tensor([[-1.5946e38, 1.0], [-8.4532e37, 2.0], [6.1120e37, 0.5], [-5.9418e37, 3.0], [-1.2519e38, 1.0]])
+    beyond_by_one = fits.clone()
+    beyond_by_one[7, 2] = 3e19            # (3e19 - mean)^2 overflows float32
     with ek.use_backend("reference"):
         want_fits, want_beyond = ek.coherence_loss(fits, squared=True), ek.coherence_loss(beyond)
+        assert torch.isnan(ek.coherence_loss(beyond_by_one))
     exact = np.corrcoef(fits[:, 1:].double().numpy(), rowvar=False)
     # the constant column: R_00 = 0 (eps > 0), so it adds (0 - 1)^2 = 1
     assert want_fits.item() == pytest.approx(1 + 2 * exact[0, 1] ** 2, rel=1e-4, abs=1e-5)
     assert torch.isnan(want_beyond)
     with ek.use_backend(backend):
         got_fits, got_beyond = ek.coherence_loss(fits, squared=True), ek.coherence_loss(beyond)
+        assert torch.isnan(ek.coherence_loss(beyond_by_one))
     torch.testing.assert_close(got_fits, want_fits, rtol=1e-4, atol=1e-5)
     assert torch.isnan(got_beyond)

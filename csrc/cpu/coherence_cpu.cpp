@@ -42,8 +42,8 @@ EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
     for (int64_t i = 0; i < n; ++i) {
       const T* row = x + i * d + j0;
       for (int64_t j = 0; j < w; ++j) {
-        const double c = static_cast<double>(load_acc(row[j]) - mu[j]);
-        acc[j] += c * c;  // squared in double: c * c in fp32 overflows for |c| > 1.8e19
+        const A c = load_acc(row[j]) - mu[j];
+        acc[j] += static_cast<double>(c * c);  // squared in A, summed in double, as the reference
       }
     }
     for (int64_t j = 0; j < w; ++j) {

@@ -51,8 +51,8 @@ __global__ void stats_kernel(const T* __restrict__ x, int64_t n, int64_t d, doub
   double q = 0.0;
   if (ok)
     for (int64_t i = threadIdx.y; i < n; i += kRowThreads) {
-      const double c = static_cast<double>(cuda::load_acc(x[i * d + j]) - mu);
-      q += c * c;
+      const A c = cuda::load_acc(x[i * d + j]) - mu;
+      q += static_cast<double>(c * c);  // squared in A, summed in double, as the reference
     }
   q = column_sum(q, scratch);
   if (threadIdx.y == 0 && ok) {

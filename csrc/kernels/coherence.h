@@ -28,12 +28,13 @@ struct CoherenceStatsParams {
   void* rstd;  // (d,)
 };
 
-// The column statistics are accumulated in double on every backend (sums of
-// x, then of (x - mu)^2), so finite inputs never overflow them. rstd =
-// 1 / sqrt(var + eps) in A; a variance beyond A's range (fp32 values spread
-// beyond about 1.8e19) has no A-valued standardization, so rstd is NaN and
-// the loss is NaN rather than the column being silently treated as
-// constant (rstd = 0). The reference does the same.
+// The column statistics are summed in double on every backend (x, then
+// (x - mu)^2 squared in A), so no sum of finite values overflows. rstd =
+// 1 / sqrt(var + eps) in A; a variance beyond A's range (an overflowed
+// square, fp32 |x - mu| beyond about 1.8e19, makes it infinite) has no
+// A-valued standardization, so rstd is NaN and the loss is NaN rather than
+// the column being silently treated as constant (rstd = 0). The reference
+// (standardize_columns) does the same.
 EITP_HD float sqrt_acc(float v) { return sqrtf(v); }  // IEEE-rounded on host and device (no fast-math)
 EITP_HD double sqrt_acc(double v) { return sqrt(v); }
 

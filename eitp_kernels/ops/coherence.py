@@ -14,8 +14,9 @@ float64 inputs and float32 otherwise (fp16/bf16 accumulate in fp32).
 
 NaN/Inf: a non-finite value in a column makes that column's statistics, and
 so the loss, NaN (as the reference). The column sums are taken in float64 on
-every backend; a variance beyond the compute dtype's range (fp32 columns
-spread beyond about 1.8e19) gives NaN too (reference.column_rstd). A zero-variance column has z = 0 for
+every backend; a squared deviation or a variance beyond the compute dtype's
+range (fp32: |x - mean| beyond about 1.8e19) gives NaN too
+(reference.standardize_columns). A zero-variance column has z = 0 for
 eps > 0 (R_ii = 0: it contributes a to the loss, and nothing off the
 diagonal); with eps = 0 it gives NaN. The gradient of the non-squared loss is
 infinite/NaN where L = 0; use squared=True where that can happen.
@@ -210,7 +211,7 @@ class _DistributedCoherence(torch.autograd.Function):
             s = vc.sum(0, dtype=torch.float64)
             dist.all_reduce(s, group=group)
             dev = vc - (s / n.double()).to(cd)
-            q = dev.double().square().sum(0)
+            q = (dev * dev).sum(0, dtype=torch.float64)
             dist.all_reduce(q, group=group)
             rstd = reference.column_rstd(q / n.double(), eps, cd)
             return dev * rstd, rstd
@@ -301,8 +302,8 @@ def _col_stats_kernel(
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         mask = (rows[:, None] < N) & col_ok[None, :]
         v = tl.load(x_ptr + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0).to(ACC)
-        dev = tl.where(mask, v - mean[None, :], 0.0).to(tl.float64)
-        sq += tl.sum(dev * dev, axis=0)
+        dev = tl.where(mask, v - mean[None, :], 0.0)
+        sq += tl.sum((dev * dev).to(tl.float64), axis=0)  # squared in ACC, summed in float64, as the reference
     var = tl.where(col_ok, sq / N, 1.0)  # padding columns: no 1/0 when eps == 0
     if ACC == tl.float64:
         beyond = (var <= 1.7976931348623157e308) == 0
