@@ -402,6 +402,16 @@ def test_opcheck_every_compiled_op():
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))
 
 
+@pytest.mark.triton_interpret
+def test_opcheck_triton_many_op():
+    x = torch.randn(3, 41)
+    # test_aot_dispatch_dynamic needs a GPU under the interpreter (see test_quant.py)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    for args in (([x, x[0].double(), torch.empty(0)], 16, [-1.0, 1.0]),
+                 ([x.half(), torch.randint(0, 256, (7,), dtype=torch.uint8)], 256, None)):
+        torch.library.opcheck(torch.ops.eitp_triton.histogram_counts_many.default, args, test_utils=utils)
+
+
 def test_torch_compile_fullgraph_training_step():
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 4)
