@@ -410,11 +410,12 @@ def _triton_soft_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) 
     return grad
 
 
-def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device) -> list[torch.Tensor]:
+def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
     """Per dtype group, the int64 (first_item, offset, row) arrays of its segments (each
     (segments + 1,), row padded), all views of one tensor built on the host and copied
-    to the device once (pinned, asynchronous: no sync)."""
+    to the device once (pinned, asynchronous: no sync); and the work items per group."""
     values: list[int] = []
+    items = []
     for idx, chunk in zip(groups, chunks):
         first, offset = [0], [0]
         for i in idx:
@@ -422,6 +423,7 @@ def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device) 
             first.append(first[-1] + -(-n // chunk))
             offset.append(offset[-1] + n)
         values += first + offset + idx + [0]
+        items.append(first[-1])
     table = torch.tensor(values, dtype=torch.int64)
     if device.type == "cuda":
         table = table.pin_memory().to(device, non_blocking=True)
@@ -430,7 +432,7 @@ def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device) 
         width = len(idx) + 1
         views.append(table[at:at + 3 * width].view(3, width))
         at += 3 * width
-    return views
+    return views, items
 
 
 def _group_ranges(tensors, groups, rng, device) -> dict:
@@ -462,11 +464,10 @@ def _triton_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Te
     groups = list(by_dtype.values())
     metas = [_count_meta(tensors[idx[0]].dtype, bins, rng is not None, max(tensors[i].numel() for i in idx))
              for idx in groups]
-    tables = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
+    tables, group_items = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
     ranges = _group_ranges(tensors, groups, rng, device)
     counts = torch.zeros((len(tensors), bins), dtype=torch.int64, device=device)
-    for idx, meta, (first, offset, row) in zip(groups, metas, tables):
-        items = sum(-(-tensors[i].numel() // meta["CHUNK"]) for i in idx)
+    for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
         if items == 0:
             continue  # only empty tensors: zero counts
         flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else tensors[idx[0]].reshape(-1)
@@ -814,9 +815,10 @@ def histogram_entropy_many(
         zero fill of the counts and the final dtype cast.
       * Triton: per dtype group (at most six: fp16, bf16, fp32, fp64, int8,
         uint8), one ``torch.cat`` of the group's flattened tensors (a copy of
-        their bytes; skipped for a lone contiguous tensor), two range kernels
-        (per-chunk partials and their per-tensor fold; automatic range only)
-        and one counting kernel; plus one copy of a small offset table and a
+        their bytes; skipped for a lone contiguous tensor; on CUDA torch's
+        cat copies up to 128 inputs per launch), two range kernels (per-chunk
+        partials and their per-tensor fold; automatic range only) and one
+        counting kernel; plus one copy of a small offset table and a
         few elementwise ops for the entropies.
     A non-contiguous tensor is first copied to a contiguous one (one copy each).
     """
