@@ -262,9 +262,12 @@ def test_many_codes_with_floats_exact_counts(backend):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.int8])
 def test_many_one_tensor(backend, dtype):
     x = torch.randn(20011) * 3 if dtype != torch.int8 else torch.randint(-128, 128, (20011,))
-    _assert_many_matches_reference(backend, [x.to(dtype)], 256, None)
-    if dtype != torch.int8:
-        _assert_many_matches_reference(backend, [x.to(dtype)], 100, (-2.0, 2.0))
+    x = x.to(dtype)
+    # alone in its dtype group: contiguous, strided 1-D, expanded (stride 0), transposed
+    for t in (x, x[::3], x[5:6].expand(40), x[:20000].view(100, 200).t()):
+        _assert_many_matches_reference(backend, [t], 256, None)
+        if dtype != torch.int8:
+            _assert_many_matches_reference(backend, [t], 100, (-2.0, 2.0))
 
 
 @pytest.mark.parametrize("backend", MANY_BACKENDS)

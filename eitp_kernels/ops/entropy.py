@@ -470,7 +470,9 @@ def _triton_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Te
     for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
         if items == 0:
             continue  # only empty tensors: zero counts
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else tensors[idx[0]].reshape(-1)
+        # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
+            tensors[idx[0]].reshape(-1).contiguous()
         segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
         lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
         if rng is None and not meta["IS_CODE"]:
