@@ -563,6 +563,9 @@ def test_gpu_many_tiny_and_huge_lists(backend):
     ts[17] = torch.randn(3_000_001, device="cuda")  # many work items between tiny segments
     _assert_many_matches_reference(backend, ts, 64, None)
     _assert_many_matches_reference(backend, ts, 64, (-0.5, 0.5))
+    big = torch.randn(1_000_003, device="cuda")
+    for view in (big[::3], big[7:8].expand(5000), big[:1_000_000].view(1000, 1000).t()):  # alone in its group
+        _assert_many_matches_reference(backend, [view], 100, None)
 
 
 @pytest.mark.gpu
