@@ -415,6 +415,13 @@ def test_opcheck_triton_many_op():
         torch.library.opcheck(torch.ops.eitp_triton.histogram_counts_many.default, args, test_utils=utils)
 
 
+def test_many_ops_are_cudagraph_unsafe():
+    # both copy a host-built table of data addresses per call: CUDA graphs must leave them out
+    assert torch.Tag.cudagraph_unsafe in torch.ops.eitp.histogram_counts_many.default.tags
+    if ops.triton is not None:
+        assert torch.Tag.cudagraph_unsafe in torch.ops.eitp_triton.histogram_counts_many.default.tags
+
+
 def test_torch_compile_fullgraph_training_step():
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 4)

@@ -343,7 +343,10 @@ at::Tensor entropy_from_counts_cuda_impl(const at::Tensor& counts_in, std::optio
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def("histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor");
-  m.def("histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor");
+  // cudagraph_unsafe: the CUDA impl copies a host-built table (data addresses)
+  // from pinned memory that is reused after the call, so a captured graph
+  // would replay a stale copy; torch.compile's CUDA graphs leave it outside.
+  m.def("histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor", {at::Tag::cudagraph_unsafe});
   m.def("soft_histogram(Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) -> Tensor");
   m.def(
       "soft_histogram_backward(Tensor grad_counts, Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) "

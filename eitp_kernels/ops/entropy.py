@@ -533,8 +533,10 @@ def _register_triton_ops() -> None:
     _register_soft_histogram_autograd("eitp_triton")
 
     # A plain custom op (opaque to torch.compile, with a fake): its launcher
-    # builds the segment table on the host from the list's shapes.
-    @torch.library.custom_op("eitp_triton::histogram_counts_many", mutates_args=())
+    # builds the segment table on the host from the list's shapes, and copies
+    # it from pinned memory reused after the call, hence not CUDA-graph safe.
+    @torch.library.custom_op("eitp_triton::histogram_counts_many", mutates_args=(),
+                             tags=(torch.Tag.cudagraph_unsafe,))
     def _counts_many_op(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:
         return _triton_counts_many(xs, bins, range)
 
@@ -823,6 +825,9 @@ def histogram_entropy_many(
         counting kernel; plus one copy of a small offset table and a
         few elementwise ops for the entropies.
     A non-contiguous tensor is first copied to a contiguous one (one copy each).
+    The CUDA and Triton ops copy a per-call table from host memory, so they
+    cannot be captured in a CUDA graph: they are tagged ``cudagraph_unsafe``
+    and torch.compile's CUDA graphs run them outside the graph.
     """
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{MANY_OP}: tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
