@@ -210,6 +210,116 @@ def test_many_codes_fp64_and_empty(backend):
     assert math.isnan(h[2].item())
 
 
+def _many_list(big):
+    """Mixed dtypes, odd sizes, empty tensors, views and non-finite values; `big`
+    elements in the largest tensors (several work items on every backend)."""
+    ts = [torch.randn(3), torch.empty(0), torch.randn(big) * 4, torch.randn(17).half(), torch.empty(0, 5),
+          torch.randn(big // 3 + 1).bfloat16(), torch.randn(41, 9, dtype=torch.float64).t(), torch.randn(1),
+          torch.randn(2 * big + 7)[::2], torch.full((13,), -0.5), torch.randn(big // 2, dtype=torch.float64)]
+    ts[2][5], ts[2][6], ts[3][0] = NAN, INF, -INF
+    ts[8][::100] = NAN  # a strided view: the NaN are in it
+    return ts
+
+
+def _many_counts(backend, tensors, bins, rng):
+    with eitp_kernels.use_backend(backend):
+        return ops._counts_many(backend, list(tensors), bins, rng)
+
+
+def _assert_many_matches_reference(backend, tensors, bins, rng, base=None):
+    """Exact counts of every tensor, and the entropies, against the reference."""
+    counts = _many_counts(backend, tensors, bins, rng)
+    ref_counts = torch.stack([reference.histogram_counts(t, bins=bins, range=rng).double() for t in tensors])
+    assert counts.dtype == torch.int64 and counts.shape == (len(tensors), bins)
+    torch.testing.assert_close(counts.double(), ref_counts, rtol=0, atol=0)
+    with eitp_kernels.use_backend(backend):
+        h = eitp_kernels.histogram_entropy_many(tensors, bins=bins, range=rng, base=base)
+    out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    # the entropy of the exact counts in float64, then rounded once to the result dtype
+    ref = reference._entropy_from_counts(ref_counts, None if base is None else math.log(base)).to(out_dtype)
+    assert h.dtype == out_dtype
+    torch.testing.assert_close(h, ref, rtol=_rtol(out_dtype), atol=0, equal_nan=True)
+
+
+MANY_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]
+
+
+@pytest.mark.parametrize("backend", MANY_BACKENDS)
+@pytest.mark.parametrize("bins,rng", [(256, None), (7, None), (1, None), (33, (-1.0, 1.5)), (5000, None),
+                                      (5000, (-0.25, 3.0))])
+def test_many_mixed_dtypes_exact_counts(backend, bins, rng):
+    _assert_many_matches_reference(backend, _many_list(40001 if not INTERPRETER_ON else 20001), bins, rng, base=2)
+
+
+@pytest.mark.parametrize("backend", MANY_BACKENDS)
+def test_many_codes_with_floats_exact_counts(backend):
+    ts = _many_list(9001) + [torch.randint(-128, 128, (5001,), dtype=torch.int8), torch.empty(0, dtype=torch.uint8),
+                             torch.randint(0, 256, (37, 3), dtype=torch.uint8).t(), torch.full((4,), 7, dtype=torch.int8)]
+    _assert_many_matches_reference(backend, ts, 256, None)
+
+
+@pytest.mark.parametrize("backend", MANY_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.int8])
+def test_many_one_tensor(backend, dtype):
+    x = torch.randn(20011) * 3 if dtype != torch.int8 else torch.randint(-128, 128, (20011,))
+    x = x.to(dtype)
+    # alone in its dtype group: contiguous, strided 1-D, expanded (stride 0), transposed
+    for t in (x, x[::3], x[5:6].expand(40), x[:20000].view(100, 200).t()):
+        _assert_many_matches_reference(backend, [t], 256, None)
+        if dtype != torch.int8:
+            _assert_many_matches_reference(backend, [t], 100, (-2.0, 2.0))
+
+
+@pytest.mark.parametrize("backend", MANY_BACKENDS)
+def test_many_tiny_tensors(backend):
+    gen = torch.Generator().manual_seed(3)
+    dtypes = [torch.float32, torch.float16, torch.float64, torch.bfloat16]
+    ts = [(torch.randn(int(n), generator=gen) * 2).to(dtypes[i % 4])
+          for i, n in enumerate(torch.randint(0, 9, (150,), generator=gen))]
+    _assert_many_matches_reference(backend, ts, 16, None)
+    _assert_many_matches_reference(backend, ts, 16, (-1.0, 1.0))
+
+
+@pytest.mark.parametrize("backend", MANY_BACKENDS)
+def test_many_all_empty_or_not_finite(backend):
+    ts = [torch.empty(0), torch.full((3,), NAN), torch.tensor([INF, -INF]), torch.empty(2, 0, dtype=torch.float64)]
+    _assert_many_matches_reference(backend, ts, 8, None)
+    _assert_many_matches_reference(backend, ts[:1], 8, (0.0, 1.0))
+
+
+class _CountingKernel:
+    """Stands in for a Triton kernel: records each launch, then launches it."""
+
+    def __init__(self, kernel, name, launches):
+        self.kernel, self.name, self.launches = kernel, name, launches
+
+    def __getitem__(self, grid):
+        self.launches.append(self.name)
+        return self.kernel[grid]
+
+
+@pytest.mark.triton_interpret
+def test_many_triton_launches_do_not_grow_with_the_list(monkeypatch):
+    launches = []
+    for name in ("_segments_range_partials_kernel", "_segments_range_reduce_kernel", "_segments_counts_kernel",
+                 "_histogram_counts_kernel"):
+        monkeypatch.setattr(ops, name, _CountingKernel(getattr(ops, name), name, launches))
+    monkeypatch.setattr(ops.finite_range, "_finite_minmax_partials_kernel",
+                        _CountingKernel(ops.finite_range._finite_minmax_partials_kernel, "minmax", launches))
+
+    def launched(n, rng):
+        launches.clear()
+        ts = [torch.randn(5 + 3 * i) for i in range(n)] + [torch.randn(2 + i).half() for i in range(n)]
+        with eitp_kernels.use_backend("triton"):
+            eitp_kernels.histogram_entropy_many(ts, bins=32, range=rng)
+        return sorted(launches)
+
+    two_groups_auto = sorted(["_segments_range_partials_kernel", "_segments_range_reduce_kernel",
+                              "_segments_counts_kernel"] * 2)
+    assert launched(2, None) == launched(40, None) == two_groups_auto
+    assert launched(2, (-1.0, 1.0)) == launched(40, (-1.0, 1.0)) == ["_segments_counts_kernel"] * 2
+
+
 def test_entropy_monitor_returns_every_parameter():
     model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
     monitor = eitp_kernels.nn.EntropyMonitor(model, bins=64)
@@ -293,6 +403,23 @@ def test_opcheck_every_compiled_op():
     torch.library.opcheck(torch.ops.eitp.soft_histogram_backward.default, (g, x, lo, hi, 16, True))
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.randint(0, 5, (4, 8)), 2.0))
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))
+
+
+@pytest.mark.triton_interpret
+def test_opcheck_triton_many_op():
+    x = torch.randn(3, 41)
+    # test_aot_dispatch_dynamic needs a GPU under the interpreter (see test_quant.py)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    for args in (([x, x[0].double(), torch.empty(0)], 16, [-1.0, 1.0]),
+                 ([x.half(), torch.randint(0, 256, (7,), dtype=torch.uint8)], 256, None)):
+        torch.library.opcheck(torch.ops.eitp_triton.histogram_counts_many.default, args, test_utils=utils)
+
+
+def test_many_ops_are_cudagraph_unsafe():
+    # both copy a host-built table of data addresses per call: CUDA graphs must leave them out
+    assert torch.Tag.cudagraph_unsafe in torch.ops.eitp.histogram_counts_many.default.tags
+    if ops.triton is not None:
+        assert torch.Tag.cudagraph_unsafe in torch.ops.eitp_triton.histogram_counts_many.default.tags
 
 
 def test_torch_compile_fullgraph_training_step():
@@ -417,6 +544,55 @@ def test_gpu_differentiable_and_many(dtype):
     hr.sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
     torch.testing.assert_close(many[0], reference.histogram_entropy(x.detach()).double(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("bins,rng", [(256, None), (4096, None), (12224, None), (12225, None), (20000, None),
+                                      (300, (-1.0, 2.5)), (20000, (-1.0, 2.5))])
+def test_gpu_many_exact_counts(backend, bins, rng):
+    ts = [t.cuda() for t in _many_list(300007)]
+    ts.append(torch.randn(5, 200003, device="cuda")[:, ::2])  # non-contiguous, 5 x 100002
+    _assert_many_matches_reference(backend, ts, bins, rng)
+    if rng is None and bins == 256:
+        codes = [torch.randint(-128, 128, (100001,), dtype=torch.int8, device="cuda"),
+                 torch.randint(0, 256, (77,), dtype=torch.uint8, device="cuda"), torch.empty(0, device="cuda")]
+        _assert_many_matches_reference(backend, ts + codes, 256, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_many_tiny_and_huge_lists(backend):
+    gen = torch.Generator().manual_seed(5)
+    dtypes = [torch.float32, torch.float16, torch.float64, torch.bfloat16]
+    sizes = torch.randint(0, 50, (3000,), generator=gen).tolist()
+    ts = [(torch.randn(n, generator=gen) * 2).to(dtypes[i % 4]).cuda() for i, n in enumerate(sizes)]
+    ts[17] = torch.randn(3_000_001, device="cuda")  # many work items between tiny segments
+    _assert_many_matches_reference(backend, ts, 64, None)
+    _assert_many_matches_reference(backend, ts, 64, (-0.5, 0.5))
+    big = torch.randn(1_000_003, device="cuda")
+    for view in (big[::3], big[7:8].expand(5000), big[:1_000_000].view(1000, 1000).t()):  # alone in its group
+        _assert_many_matches_reference(backend, [view], 100, None)
+
+
+@pytest.mark.gpu
+def test_gpu_many_cuda_kernel_launches_do_not_grow_with_the_list():
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(n):
+        ts = [torch.randn(1000 + 37 * i, device="cuda").to(torch.float16 if i % 2 else torch.float32)
+              for i in range(n)]
+        ts.append(torch.randint(-128, 128, (999,), dtype=torch.int8, device="cuda"))
+        torch.cuda.synchronize()
+        with eitp_kernels.use_backend("cuda"), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            eitp_kernels.histogram_entropy_many(ts, bins=128)
+            torch.cuda.synchronize()
+        return sorted(e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                      and "Memcpy" not in e.name)
+
+    few, many = kernels(2), kernels(200)
+    assert few == many, (few, many)
+    assert sum("segments_" in name for name in few) == 2  # range and counts
 
 
 @pytest.mark.gpu

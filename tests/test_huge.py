@@ -185,7 +185,8 @@ def test_triton_moderately_large_row():
                lambda: ek.histogram_entropy(codes, dim=1),
                lambda: ek.quantize_int8(x),
                lambda: ek.quantize_int8(x.view(4, -1), granularity="channel", symmetric=False),
-               lambda: ek.finite_minmax(x)):
+               lambda: ek.finite_minmax(x),
+               lambda: ek.histogram_entropy_many([x[:7], codes[1], x], base=2)):
         with ek.use_backend("reference"):
             want = fn()
         with ek.use_backend("triton"):

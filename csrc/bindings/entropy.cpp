@@ -19,7 +19,7 @@
 #include "bindings/tensor_args.h"
 #include "kernels/entropy.h"
 #ifdef EITP_WITH_CUDA
-#include "kernels/finite_minmax.h"
+#include "kernels/entropy_many.h"
 #endif
 
 namespace eitp {
@@ -106,6 +106,11 @@ void check_many(const at::TensorList xs, int64_t bins, const std::optional<at::A
   }
 }
 
+// An explicit range bound rounded to t's accumulation dtype, as the reference does.
+double range_in_acc(double v, const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? v : static_cast<double>(static_cast<float>(v));
+}
+
 at::Tensor histogram_counts_many_cpu_impl(const at::TensorList xs, int64_t bins,
                                           std::optional<at::ArrayRef<double>> range) {
   check_many(xs, bins, range);
@@ -118,10 +123,8 @@ at::Tensor histogram_counts_many_cpu_impl(const at::TensorList xs, int64_t bins,
     segs[i].dtype = kernel_dtype(keep.back(), "histogram_counts_many");
     segs[i].length = keep.back().numel();
     if (range.has_value()) {
-      // rounded to the accumulation dtype, as the reference does
-      const bool f64 = keep.back().scalar_type() == at::kDouble;
-      segs[i].lo = f64 ? (*range)[0] : static_cast<double>(static_cast<float>((*range)[0]));
-      segs[i].hi = f64 ? (*range)[1] : static_cast<double>(static_cast<float>((*range)[1]));
+      segs[i].lo = range_in_acc((*range)[0], keep.back());
+      segs[i].hi = range_in_acc((*range)[1], keep.back());
     }
   }
   at::Tensor counts = at::zeros({static_cast<int64_t>(xs.size()), bins}, at::TensorOptions().dtype(at::kLong));
@@ -249,43 +252,60 @@ at::Tensor histogram_counts_cuda_impl(const at::Tensor& x, const std::optional<a
   return a.counts;
 }
 
-// One range pass and one counting pass per tensor (2 launches each), all on
-// the current stream, no host sync.
-at::Tensor histogram_counts_many_cuda_impl(const at::TensorList xs, int64_t bins,
-                                           std::optional<at::ArrayRef<double>> range) {
-  check_many(xs, bins, range);
-  const c10::cuda::CUDAGuard guard(xs[0].device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+// The segment table of the tensors (kernels/entropy_many.h) in pinned host
+// memory: data addresses, lengths, dtypes, ranges (+inf/-inf for the
+// automatic range) and the prefix sum of work items.
+at::Tensor host_segment_table(const std::vector<at::Tensor>& xs, int64_t chunk,
+                              const std::optional<at::ArrayRef<double>>& range, int64_t& items) {
   const int64_t n = static_cast<int64_t>(xs.size());
-  const auto options = xs[0].options();
-  at::Tensor counts = at::zeros({n, bins}, options.dtype(at::kLong));
+  at::Tensor host = at::empty({segment_table_slots(n)}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  const SegmentTable t = segment_table_view(host.data_ptr<int64_t>(), n, chunk);
   const double inf = std::numeric_limits<double>::infinity();
-  at::Tensor lo32 = at::full({n}, range.has_value() ? (*range)[0] : inf, options.dtype(at::kFloat));
-  at::Tensor hi32 = at::full({n}, range.has_value() ? (*range)[1] : -inf, options.dtype(at::kFloat));
-  at::Tensor lo64 = at::full({n}, range.has_value() ? (*range)[0] : inf, options.dtype(at::kDouble));
-  at::Tensor hi64 = at::full({n}, range.has_value() ? (*range)[1] : -inf, options.dtype(at::kDouble));
+  items = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor x = xs[i].contiguous();
-    if (x.numel() == 0) continue;
-    const bool f64 = x.scalar_type() == at::kDouble;
-    void* lo = f64 ? static_cast<void*>(lo64.data_ptr<double>() + i) : static_cast<void*>(lo32.data_ptr<float>() + i);
-    void* hi = f64 ? static_cast<void*>(hi64.data_ptr<double>() + i) : static_cast<void*>(hi32.data_ptr<float>() + i);
-    if (!range.has_value() && is_float_dtype(x)) {
-      FiniteMinMaxParams m{x.data_ptr(), kernel_dtype(x, "histogram_counts_many"), 1, x.numel(), lo, hi};
-      finite_minmax_cuda(m, stream);
-    }
-    HistogramParams p;
-    p.x = x.data_ptr();
-    p.dtype = kernel_dtype(x, "histogram_counts_many");
-    p.rows = 1;
-    p.row_length = x.numel();
-    p.lo = lo;
-    p.hi = hi;
-    p.bins = bins;
-    p.explicit_range = range.has_value();
-    p.counts = counts.data_ptr<int64_t>() + i * bins;
-    histogram_counts_cuda(p, stream);
+    const at::Tensor& x = xs[i];
+    t.block_start[i] = items;
+    items += (x.numel() + chunk - 1) / chunk;
+    t.x[i] = reinterpret_cast<int64_t>(x.data_ptr());
+    t.length[i] = x.numel();
+    t.dtype[i] = static_cast<int64_t>(kernel_dtype(x, "histogram_counts_many"));
+    t.lo[i] = range.has_value() ? range_in_acc((*range)[0], x) : inf;  // codes ignore it
+    t.hi[i] = range.has_value() ? range_in_acc((*range)[1], x) : -inf;
   }
+  t.block_start[n] = items;
+  return host;
+}
+
+// Every tensor in 2 kernel launches (range pass unless the range is given or
+// there are only codes; counting pass) after one host-to-device copy of the
+// segment table, all on the current stream, no host sync. A non-contiguous
+// tensor is first copied to a contiguous one.
+at::Tensor histogram_counts_many_cuda_impl(const at::TensorList xs_in, int64_t bins,
+                                           std::optional<at::ArrayRef<double>> range) {
+  check_many(xs_in, bins, range);
+  const c10::cuda::CUDAGuard guard(xs_in[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int64_t n = static_cast<int64_t>(xs_in.size());
+  std::vector<at::Tensor> xs;  // keeps contiguous copies alive until the launches are queued
+  xs.reserve(xs_in.size());
+  bool any_float = false;
+  for (const at::Tensor& x : xs_in) {
+    xs.push_back(x.contiguous());
+    any_float = any_float || is_float_dtype(x);
+  }
+  HistogramManyParams p;
+  p.bins = bins;
+  p.explicit_range = range.has_value();
+  p.auto_range_pass = !range.has_value() && any_float;
+  const int64_t chunk = histogram_chunk(bins);
+  const at::Tensor host = host_segment_table(xs, chunk, range, p.items);
+  // pinned + non_blocking: an async copy; the caching host allocator keeps the
+  // pinned block until the copy has run
+  at::Tensor table = host.to(xs_in[0].device(), at::kLong, /*non_blocking=*/true);
+  p.table = segment_table_view(table.data_ptr<int64_t>(), n, chunk);
+  at::Tensor counts = at::zeros({n, bins}, xs_in[0].options().dtype(at::kLong));
+  p.counts = counts.data_ptr<int64_t>();
+  histogram_counts_many_cuda(p, stream);
   return counts;
 }
 
@@ -323,7 +343,10 @@ at::Tensor entropy_from_counts_cuda_impl(const at::Tensor& counts_in, std::optio
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def("histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor");
-  m.def("histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor");
+  // cudagraph_unsafe: the CUDA impl copies a host-built table (data addresses)
+  // from pinned memory that is reused after the call, so a captured graph
+  // would replay a stale copy; torch.compile's CUDA graphs leave it outside.
+  m.def("histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor", {at::Tag::cudagraph_unsafe});
   m.def("soft_histogram(Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) -> Tensor");
   m.def(
       "soft_histogram_backward(Tensor grad_counts, Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) "

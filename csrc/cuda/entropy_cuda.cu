@@ -3,11 +3,16 @@
 // then merges it into the row's global counts with one atomic per non-empty
 // bin. Histograms too large for shared memory count with global atomics
 // directly. The range (lo, hi) is read on the device: no host sync.
+// histogram_counts_many: the same counting, one block per (tensor, chunk)
+// work item of a segment table (kernels/entropy_many.h), so a whole list of
+// tensors of any dtypes takes one range launch and one counting launch.
 #include <algorithm>
 #include <stdexcept>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/entropy.h"
+#include "kernels/entropy_many.h"
+#include "kernels/finite_minmax.h"
 
 namespace eitp {
 namespace {
@@ -16,15 +21,14 @@ constexpr int kThreads = 256;
 constexpr int64_t kItemsPerThread = 32;
 constexpr size_t kSharedBytes = 48 * 1024;  // default dynamic shared memory limit
 
-// Bin of element v of a row; false when it is not counted.
+// Bin of element v of a histogram with range (lo, hi); false when it is not counted.
 template <typename T> struct Binner {
   using A = typename cuda::DeviceAcc<T>::type;
+  static constexpr bool kIsCode = false;
   A lo, hi, w;
   int32_t bins;
   bool explicit_range;
-  __device__ Binner(const void* lo_p, const void* hi_p, int64_t row, int64_t nbins, bool expl) {
-    lo = static_cast<const A*>(lo_p)[row];
-    hi = static_cast<const A*>(hi_p)[row];
+  __device__ Binner(A lo_, A hi_, int64_t nbins, bool expl) : lo(lo_), hi(hi_) {
     bins = static_cast<int32_t>(nbins);
     w = (hi - lo) / static_cast<A>(bins);
     explicit_range = expl;
@@ -36,80 +40,201 @@ template <typename T> struct Binner {
   }
 };
 
+// int8/uint8 codes: one bin per code, no range.
 template <> struct Binner<int8_t> {
-  __device__ Binner(const void*, const void*, int64_t, int64_t, bool) {}
+  using A = float;
+  static constexpr bool kIsCode = true;
+  __device__ Binner(A, A, int64_t, bool) {}
   __device__ __forceinline__ bool operator()(const int8_t& raw, int32_t& b) const {
     b = static_cast<int32_t>(raw) + 128;
     return true;
   }
 };
 template <> struct Binner<uint8_t> {
-  __device__ Binner(const void*, const void*, int64_t, int64_t, bool) {}
+  using A = float;
+  static constexpr bool kIsCode = true;
+  __device__ Binner(A, A, int64_t, bool) {}
   __device__ __forceinline__ bool operator()(const uint8_t& raw, int32_t& b) const {
     b = static_cast<int32_t>(raw);
     return true;
   }
 };
 
+// Binner of row `row` of a (rows,) range in the accumulation dtype.
 template <typename T>
-__global__ void hist_shared_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                   const void* hi, int64_t row0, int64_t bins, bool explicit_range,
-                                   unsigned long long* counts) {
-  extern __shared__ unsigned int sh_hist[];
-  const int64_t row = row0 + blockIdx.y;
-  for (int64_t b = threadIdx.x; b < bins; b += blockDim.x) sh_hist[b] = 0u;
-  __syncthreads();
-  const Binner<T> binner(lo, hi, row, bins, explicit_range);
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
-  const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
-  const T* row_ptr = x + row * row_length;
+__device__ Binner<T> row_binner(const void* lo, const void* hi, int64_t row, int64_t bins, bool explicit_range) {
+  using A = typename Binner<T>::A;
+  if constexpr (Binner<T>::kIsCode) {
+    return Binner<T>(A(0), A(0), bins, explicit_range);  // no range (lo, hi are null)
+  } else {
+    return Binner<T>(static_cast<const A*>(lo)[row], static_cast<const A*>(hi)[row], bins, explicit_range);
+  }
+}
+
+// Counts x[begin, end) into hist (shared unsigned int or global unsigned long
+// long counters), the block's threads striding over the span.
+template <typename T, typename C>
+__device__ __forceinline__ void count_span(const T* __restrict__ x, int64_t begin, int64_t end,
+                                           const Binner<T>& binner, C* hist) {
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     int32_t b;
-    if (binner(row_ptr[i], b)) atomicAdd(sh_hist + b, 1u);
+    if (binner(x[i], b)) atomicAdd(hist + b, C(1));
   }
+}
+
+__device__ __forceinline__ void zero_shared_hist(unsigned int* sh_hist, int64_t bins) {
+  for (int64_t b = threadIdx.x; b < bins; b += blockDim.x) sh_hist[b] = 0u;
   __syncthreads();
-  unsigned long long* out = counts + row * bins;
+}
+
+// Adds a block's shared histogram into global counts: one atomic per non-empty bin.
+__device__ __forceinline__ void merge_shared_hist(const unsigned int* sh_hist, int64_t bins,
+                                                  unsigned long long* out) {
+  __syncthreads();
   for (int64_t b = threadIdx.x; b < bins; b += blockDim.x) {
     const unsigned int c = sh_hist[b];
     if (c) atomicAdd(out + b, static_cast<unsigned long long>(c));
   }
 }
 
+// Grid = (chunks per row, rows): block (c, r) counts chunk c of row row0 + r.
 template <typename T>
-__global__ void hist_global_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                   const void* hi, int64_t row0, int64_t bins, bool explicit_range,
-                                   unsigned long long* counts) {
+__global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
+                                 const void* hi, int64_t row0, int64_t bins, bool explicit_range, bool use_shared,
+                                 unsigned long long* counts) {
+  extern __shared__ unsigned int sh_hist[];
   const int64_t row = row0 + blockIdx.y;
-  const Binner<T> binner(lo, hi, row, bins, explicit_range);
+  const Binner<T> binner = row_binner<T>(lo, hi, row, bins, explicit_range);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
   const T* row_ptr = x + row * row_length;
   unsigned long long* out = counts + row * bins;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    int32_t b;
-    if (binner(row_ptr[i], b)) atomicAdd(out + b, 1ull);
+  if (use_shared) {
+    zero_shared_hist(sh_hist, bins);
+    count_span(row_ptr, begin, end, binner, sh_hist);
+    merge_shared_hist(sh_hist, bins, out);
+  } else {
+    count_span(row_ptr, begin, end, binner, out);
   }
 }
 
 template <typename T>
 void launch_counts(const HistogramParams& p, cudaStream_t stream) {
-  const size_t shared = static_cast<size_t>(p.bins) * sizeof(unsigned int);
-  const bool use_shared = shared <= kSharedBytes;
-  const int64_t chunk = std::max<int64_t>(kThreads * kItemsPerThread, use_shared ? 8 * p.bins : 0);
+  const bool use_shared = p.bins <= kSharedHistogramMaxBins;
+  const int64_t chunk = histogram_chunk(p.bins);
   const int64_t chunks = std::max<int64_t>(1, (p.row_length + chunk - 1) / chunk);
+  const size_t shared = use_shared ? static_cast<size_t>(p.bins) * sizeof(unsigned int) : 0;
   auto* counts = reinterpret_cast<unsigned long long*>(p.counts);  // int64 counts stay < 2^63
   for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
-    const T* x = static_cast<const T*>(p.x);
-    if (use_shared) {
-      hist_shared_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
-                                                                p.explicit_range, counts);
-    } else {
-      hist_global_kernel<T><<<grid, kThreads, 0, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
-                                                           p.explicit_range, counts);
-    }
+    hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(static_cast<const T*>(p.x), p.row_length, chunk, p.lo,
+                                                            p.hi, row0, p.bins, p.explicit_range, use_shared, counts);
   }
+}
+
+// ---------------------------------------------------------------- many tensors (segment table)
+
+// Calls fn(T{}) with the device storage type of a float DType (dtype is
+// uniform across a block: one work item belongs to one segment).
+template <typename Fn> __device__ __forceinline__ void dispatch_float_device(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat16: fn(__half{}); break;
+    case DType::kBFloat16: fn(__nv_bfloat16{}); break;
+    case DType::kFloat32: fn(float{}); break;
+    case DType::kFloat64: fn(double{}); break;
+    default: break;
+  }
+}
+
+__device__ __forceinline__ bool is_code(DType dtype) { return dtype == DType::kInt8 || dtype == DType::kUInt8; }
+
+// This block's work item: its segment and the element span [begin, end).
+struct WorkItem {
+  int64_t seg, begin, end;
+};
+
+// The last segment s with block_start[s] <= item (empty segments own no item,
+// so ties resolve to the non-empty one after them).
+__device__ int64_t find_segment(const int64_t* block_start, int64_t segments, int64_t item) {
+  int64_t lo = 0, hi = segments - 1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (block_start[mid] <= item) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+__device__ WorkItem block_work_item(const SegmentTable& t) {
+  __shared__ int64_t seg_shared;
+  const int64_t item = blockIdx.x;
+  if (threadIdx.x == 0) seg_shared = find_segment(t.block_start, t.segments, item);
+  __syncthreads();
+  WorkItem w;
+  w.seg = seg_shared;
+  w.begin = (item - t.block_start[w.seg]) * t.chunk;
+  const int64_t length = t.length[w.seg];
+  w.end = w.begin + t.chunk < length ? w.begin + t.chunk : length;
+  return w;
+}
+
+// Finite min/max of x[begin, end), folded into the segment's (lo, hi) slots.
+template <typename T>
+__device__ void range_span(const T* __restrict__ x, int64_t begin, int64_t end, double* lo_out, double* hi_out) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  __shared__ A scratch[32];
+  const A inf = std::numeric_limits<A>::infinity();
+  A lo = inf, hi = -inf;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold_finite_minmax<A>(cuda::load_acc(x[i]), lo, hi);
+  lo = cuda::block_reduce(lo, inf, scratch, cuda::MinOp());
+  hi = cuda::block_reduce(hi, -inf, scratch, cuda::MaxOp());
+  if (threadIdx.x == 0) {  // a float widens to double exactly, so the double min/max is the float one
+    cuda::atomic_min(lo_out, static_cast<double>(lo));
+    cuda::atomic_max(hi_out, static_cast<double>(hi));
+  }
+}
+
+// One block per work item; code segments have no range and return at once.
+__global__ void segments_range_kernel(SegmentTable t) {
+  const WorkItem w = block_work_item(t);
+  const DType dtype = static_cast<DType>(t.dtype[w.seg]);
+  if (is_code(dtype)) return;  // uniform across the block
+  const void* x = reinterpret_cast<const void*>(t.x[w.seg]);
+  dispatch_float_device(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    range_span<T>(static_cast<const T*>(x), w.begin, w.end, t.lo + w.seg, t.hi + w.seg);
+  });
+}
+
+template <typename T>
+__device__ void count_item(const SegmentTable& t, const WorkItem& w, int64_t bins, bool explicit_range,
+                           bool use_shared, unsigned int* sh_hist, unsigned long long* out) {
+  using A = typename Binner<T>::A;
+  const Binner<T> binner(static_cast<A>(t.lo[w.seg]), static_cast<A>(t.hi[w.seg]), bins, explicit_range);
+  const T* x = reinterpret_cast<const T*>(t.x[w.seg]);
+  if (use_shared) count_span(x, w.begin, w.end, binner, sh_hist);
+  else count_span(x, w.begin, w.end, binner, out);
+}
+
+// One block per work item, into the counts row of its segment.
+__global__ void segments_count_kernel(SegmentTable t, int64_t bins, bool explicit_range, bool use_shared,
+                                      unsigned long long* counts) {
+  extern __shared__ unsigned int sh_hist[];
+  const WorkItem w = block_work_item(t);
+  const DType dtype = static_cast<DType>(t.dtype[w.seg]);
+  unsigned long long* out = counts + w.seg * bins;
+  if (use_shared) zero_shared_hist(sh_hist, bins);
+  if (dtype == DType::kInt8) {
+    count_item<int8_t>(t, w, bins, explicit_range, use_shared, sh_hist, out);
+  } else if (dtype == DType::kUInt8) {
+    count_item<uint8_t>(t, w, bins, explicit_range, use_shared, sh_hist, out);
+  } else {
+    dispatch_float_device(dtype, [&](auto tag) {
+      count_item<decltype(tag)>(t, w, bins, explicit_range, use_shared, sh_hist, out);
+    });
+  }
+  if (use_shared) merge_shared_hist(sh_hist, bins, out);
 }
 
 // ---------------------------------------------------------------- soft counts
@@ -238,6 +363,19 @@ void histogram_counts_cuda(const HistogramParams& p, cudaStream_t stream) {
       cuda::dispatch_float(p.dtype, "histogram_counts_cuda", [&](auto tag) { launch_counts<decltype(tag)>(p, stream); });
   }
   cuda::check_launch("histogram_counts_cuda");
+}
+
+void histogram_counts_many_cuda(const HistogramManyParams& p, cudaStream_t stream) {
+  if (p.items == 0) return;  // every tensor empty: zero counts
+  if (p.items > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("histogram_counts_many_cuda: too many work items for one grid");
+  const dim3 grid(static_cast<unsigned>(p.items));
+  if (p.auto_range_pass) segments_range_kernel<<<grid, kThreads, 0, stream>>>(p.table);
+  const bool use_shared = p.bins <= kSharedHistogramMaxBins;
+  const size_t shared = use_shared ? static_cast<size_t>(p.bins) * sizeof(unsigned int) : 0;
+  segments_count_kernel<<<grid, kThreads, shared, stream>>>(p.table, p.bins, p.explicit_range, use_shared,
+                                                            reinterpret_cast<unsigned long long*>(p.counts));
+  cuda::check_launch("histogram_counts_many_cuda");
 }
 
 void soft_histogram_cuda(const SoftHistogramParams& p, cudaStream_t stream) {

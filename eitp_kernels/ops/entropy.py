@@ -33,7 +33,15 @@ Triton: the hard counts kernel keeps a block-local histogram (``tl.histogram``,
 bins <= 4096) and merges it with one atomic per bin per program (above 4096
 bins: one global atomic per element); the soft counts kernel uses two float64
 global atomics per element. They are custom ops (``eitp_triton::*``, via
-``torch.library.triton_op``) so torch.compile can trace them on a GPU.
+``torch.library.triton_op``) so torch.compile can trace them on a GPU;
+``eitp_triton::histogram_counts_many`` is a plain custom op (opaque to
+torch.compile, with a fake kernel) because it builds its segment table on the
+host from the shapes of the list.
+
+Many tensors (``histogram_entropy_many``): each tensor is a segment of a flat
+buffer; a work item is one chunk of one segment, and a program finds its
+segment by binary search in the prefix sum of work items per segment, so one
+launch covers every tensor (CUDA: of all dtypes; Triton: of one dtype).
 """
 from __future__ import annotations
 
@@ -64,12 +72,13 @@ _TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
 
 
 @triton_jit
-def _histogram_counts_kernel(
-    x_ptr,  # (rows, row_length), contiguous: float dtypes or int8/uint8 codes
-    lo_ptr,  # (rows,) range, accumulation dtype (unused for codes)
-    hi_ptr,  # (rows,)
-    counts_ptr,  # (rows, bins) int64, zero-filled
-    row_length,
+def _count_span(
+    x_ptr,
+    begin,  # counts x[begin, end)
+    end,
+    lo,  # range, ACC scalars (unused for codes)
+    hi,
+    out_ptr,  # (bins,) int64 counts to add to
     bins,
     EXPLICIT: tl.constexpr,  # drop x < lo and x > hi
     IS_CODE: tl.constexpr,  # int8/uint8 input: bin = code + CODE_OFFSET
@@ -78,31 +87,24 @@ def _histogram_counts_kernel(
     IS_F64: tl.constexpr,
     NB: tl.constexpr,  # power of two >= bins (block-local histogram length)
     LOCAL_HIST: tl.constexpr,  # block-local histogram, else one atomic per element
-    CHUNK: tl.constexpr,  # elements per program, a multiple of BLOCK
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    chunk = tl.program_id(1).to(tl.int64)
-    row_ptr = x_ptr + row * row_length
-    out_ptr = counts_ptr + row * bins
     if not IS_CODE:
-        lo = tl.load(lo_ptr + row)
-        hi = tl.load(hi_ptr + row)
         nb = bins.to(ACC)
         if IS_F64:
             w = (hi - lo) / nb
         else:
             w = tl.math.div_rn(hi - lo, nb)  # IEEE division: the reference's w
     hist = tl.zeros([NB], tl.int32)
-    for start in tl.range(0, CHUNK, BLOCK):
-        offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
-        in_row = offsets < row_length
+    for start in tl.range(begin, end, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        in_span = offsets < end
         if IS_CODE:
-            b = tl.load(row_ptr + offsets, mask=in_row, other=0).to(tl.int32) + CODE_OFFSET
-            ok = in_row
+            b = tl.load(x_ptr + offsets, mask=in_span, other=0).to(tl.int32) + CODE_OFFSET
+            ok = in_span
         else:
-            v = tl.load(row_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-            ok = in_row & (v - v == 0)  # finite
+            v = tl.load(x_ptr + offsets, mask=in_span, other=0.0).to(ACC)
+            ok = in_span & (v - v == 0)  # finite
             if EXPLICIT:
                 ok = ok & (v >= lo) & (v <= hi)
             if IS_F64:
@@ -123,27 +125,171 @@ def _histogram_counts_kernel(
         tl.atomic_add(out_ptr + idx, hist.to(tl.int64), mask=(idx < bins) & (hist > 0))
 
 
+@triton_jit
+def _histogram_counts_kernel(
+    x_ptr,  # (rows, row_length), contiguous: float dtypes or int8/uint8 codes
+    lo_ptr,  # (rows,) range, accumulation dtype (unused for codes)
+    hi_ptr,  # (rows,)
+    counts_ptr,  # (rows, bins) int64, zero-filled
+    row_length,
+    bins,
+    EXPLICIT: tl.constexpr,
+    IS_CODE: tl.constexpr,
+    CODE_OFFSET: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    NB: tl.constexpr,
+    LOCAL_HIST: tl.constexpr,
+    CHUNK: tl.constexpr,  # elements per program
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    begin = tl.program_id(1).to(tl.int64) * CHUNK
+    end = tl.minimum(begin + CHUNK, row_length)
+    if IS_CODE:
+        lo = 0.0
+        hi = 0.0
+    else:
+        lo = tl.load(lo_ptr + row)
+        hi = tl.load(hi_ptr + row)
+    _count_span(x_ptr + row * row_length, begin, end, lo, hi, counts_ptr + row * bins, bins,
+                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
+
+
+def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
+    """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
+    local = bins <= _TRITON_HIST_MAX_BINS
+    acc = reference.compute_dtype(dtype)
+    # short spans (many of them): one program each, no idle loop steps
+    block = min(1024, max(16, triton.next_power_of_2(max_span)))
+    chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(max_span)))
+    return dict(
+        EXPLICIT=explicit, IS_CODE=dtype in _validation.CODE_DTYPES, CODE_OFFSET=128 if dtype == torch.int8 else 0,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+        NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
+    )
+
+
 def _triton_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
     n_rows, row_length = rows.shape
     counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=rows.device)
     if rows.numel() == 0:
         return counts
-    is_code = rows.dtype in _validation.CODE_DTYPES
-    acc = reference.compute_dtype(rows.dtype)
-    local = bins <= _TRITON_HIST_MAX_BINS
-    # short rows (many of them): one program per row, no idle loop steps
-    block = min(1024, max(16, triton.next_power_of_2(row_length)))
-    chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(row_length)))
-    chunks = max(1, triton.cdiv(row_length, chunk))
-    if is_code:
+    meta = _count_meta(rows.dtype, bins, explicit, row_length)
+    if meta["IS_CODE"]:
         lo = hi = counts  # unused
-    _wrap(_histogram_counts_kernel)[(n_rows, chunks)](
-        rows, lo, hi, counts, row_length, bins,
-        EXPLICIT=explicit, IS_CODE=is_code, CODE_OFFSET=128 if rows.dtype == torch.int8 else 0,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
-        NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
-    )
+    _wrap(_histogram_counts_kernel)[(n_rows, triton.cdiv(row_length, meta["CHUNK"]))](
+        rows, lo, hi, counts, row_length, bins, **meta)
     return counts
+
+
+# ---- many tensors: one flat buffer per dtype, segments found by binary search
+
+
+@triton_jit
+def _segment_work_item(
+    first_item_ptr,  # (segments + 1,) exclusive prefix sum of the work items of each segment
+    offset_ptr,  # (segments + 1,) element offset of each segment in the flat buffer
+    segments,
+    search_steps,  # >= ceil(log2(segments))
+    CHUNK: tl.constexpr,  # elements per work item
+):
+    """(segment, begin, end) of this program's work item: chunk
+    ``item - first_item[s]`` of the last segment ``s`` with ``first_item[s] <= item``
+    (an empty segment owns no item, so a tie resolves to the non-empty one after it)."""
+    item = tl.program_id(0).to(tl.int64)
+    lo = item * 0
+    hi = lo + segments - 1
+    for _ in range(search_steps):
+        mid = (lo + hi + 1) >> 1
+        go = tl.load(first_item_ptr + mid) <= item
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    begin = tl.load(offset_ptr + lo) + (item - tl.load(first_item_ptr + lo)) * CHUNK
+    end = tl.minimum(begin + CHUNK, tl.load(offset_ptr + lo + 1))
+    return lo, begin, end
+
+
+@triton_jit
+def _segments_range_partials_kernel(
+    x_ptr,  # flat buffer: the segments one after another, one float dtype
+    first_item_ptr,
+    offset_ptr,
+    part_lo_ptr,  # (items,) finite min of each work item, accumulation dtype
+    part_hi_ptr,  # (items,) finite max
+    segments,
+    search_steps,
+    ACC: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    _, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
+    lo, hi = finite_range._finite_minmax_span(x_ptr, begin, end, ACC, BLOCK)
+    item = tl.program_id(0).to(tl.int64)
+    tl.store(part_lo_ptr + item, lo)
+    tl.store(part_hi_ptr + item, hi)
+
+
+@triton_jit
+def _segments_range_reduce_kernel(
+    part_lo_ptr,  # (items,) from _segments_range_partials_kernel
+    part_hi_ptr,
+    first_item_ptr,  # (segments + 1,)
+    row_ptr,  # (segments,) output row of each segment
+    lo_ptr,  # (rows,) range per output row, accumulation dtype
+    hi_ptr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per segment folds the partials of its work items (none for
+    # an empty segment: (+inf, -inf), and nothing is counted).
+    seg = tl.program_id(0).to(tl.int64)
+    first = tl.load(first_item_ptr + seg)
+    last = tl.load(first_item_ptr + seg + 1)
+    lo = tl.full([BLOCK], float("inf"), ACC)
+    hi = tl.full([BLOCK], float("-inf"), ACC)
+    for start in tl.range(first, last, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < last
+        lo = tl.minimum(lo, tl.load(part_lo_ptr + offsets, mask=mask, other=float("inf")))
+        hi = tl.maximum(hi, tl.load(part_hi_ptr + offsets, mask=mask, other=float("-inf")))
+    row = tl.load(row_ptr + seg)
+    tl.store(lo_ptr + row, tl.min(lo, axis=0))
+    tl.store(hi_ptr + row, tl.max(hi, axis=0))
+
+
+@triton_jit
+def _segments_counts_kernel(
+    x_ptr,  # flat buffer: the segments one after another, one dtype
+    first_item_ptr,
+    offset_ptr,
+    row_ptr,  # (segments,) output row of each segment
+    lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
+    hi_ptr,
+    counts_ptr,  # (rows, bins) int64, zero-filled
+    segments,
+    search_steps,
+    bins,
+    EXPLICIT: tl.constexpr,
+    IS_CODE: tl.constexpr,
+    CODE_OFFSET: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    NB: tl.constexpr,
+    LOCAL_HIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
+    row = tl.load(row_ptr + seg)
+    if IS_CODE:
+        lo = 0.0
+        hi = 0.0
+    else:
+        lo = tl.load(lo_ptr + row)
+        hi = tl.load(hi_ptr + row)
+    _count_span(x_ptr, begin, end, lo, hi, counts_ptr + row * bins, bins,
+                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
 
 
 @triton_jit
@@ -264,6 +410,83 @@ def _triton_soft_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) 
     return grad
 
 
+def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
+    """Per dtype group, the int64 (first_item, offset, row) arrays of its segments (each
+    (segments + 1,), row padded), all views of one tensor built on the host and copied
+    to the device once (pinned, asynchronous: no sync); and the work items per group."""
+    values: list[int] = []
+    items = []
+    for idx, chunk in zip(groups, chunks):
+        first, offset = [0], [0]
+        for i in idx:
+            n = tensors[i].numel()
+            first.append(first[-1] + -(-n // chunk))
+            offset.append(offset[-1] + n)
+        values += first + offset + idx + [0]
+        items.append(first[-1])
+    table = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        table = table.pin_memory().to(device, non_blocking=True)
+    views, at = [], 0
+    for idx in groups:
+        width = len(idx) + 1
+        views.append(table[at:at + 3 * width].view(3, width))
+        at += 3 * width
+    return views, items
+
+
+def _group_ranges(tensors, groups, rng, device) -> dict:
+    """accumulation dtype -> (lo, hi) arrays (one slot per tensor): the explicit range, or
+    empty arrays the range kernels fill for the tensors of the float groups."""
+    ranges = {}
+    for idx in groups:
+        dtype = tensors[idx[0]].dtype
+        acc = reference.compute_dtype(dtype)
+        if dtype in _validation.CODE_DTYPES or acc in ranges:
+            continue
+        n = len(tensors)
+        if rng is None:
+            ranges[acc] = (torch.empty(n, dtype=acc, device=device), torch.empty(n, dtype=acc, device=device))
+        else:
+            ranges[acc] = (torch.full((n,), rng[0], dtype=acc, device=device),
+                           torch.full((n,), rng[1], dtype=acc, device=device))
+    return ranges
+
+
+def _triton_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
+    """int64 counts (len(tensors), bins) of every tensor in a fixed number of launches
+    per dtype group: one torch.cat of the group's tensors (skipped for a lone
+    contiguous tensor), range partials + range fold (automatic range only), counts."""
+    device = tensors[0].device
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    groups = list(by_dtype.values())
+    metas = [_count_meta(tensors[idx[0]].dtype, bins, rng is not None, max(tensors[i].numel() for i in idx))
+             for idx in groups]
+    tables, group_items = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
+    ranges = _group_ranges(tensors, groups, rng, device)
+    counts = torch.zeros((len(tensors), bins), dtype=torch.int64, device=device)
+    for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
+        if items == 0:
+            continue  # only empty tensors: zero counts
+        # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
+            tensors[idx[0]].reshape(-1).contiguous()
+        segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
+        lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
+        if rng is None and not meta["IS_CODE"]:
+            part_lo = torch.empty(items, dtype=lo.dtype, device=device)
+            part_hi = torch.empty_like(part_lo)
+            _segments_range_partials_kernel[(items,)](
+                flat, first, offset, part_lo, part_hi, segments, steps,
+                ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
+            _segments_range_reduce_kernel[(segments,)](part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
+                                                       BLOCK=128)
+        _segments_counts_kernel[(items,)](flat, first, offset, row, lo, hi, counts, segments, steps, bins, **meta)
+    return counts
+
+
 def _register_soft_histogram_autograd(namespace: str) -> None:
     """Autograd of ``<namespace>::soft_histogram`` through its ``soft_histogram_backward``
     op (the compiled and the Triton backends register the same pair)."""
@@ -308,6 +531,18 @@ def _register_triton_ops() -> None:
         return _triton_soft_backward(grad_counts, x, lo, hi, bins, explicit_range)
 
     _register_soft_histogram_autograd("eitp_triton")
+
+    # A plain custom op (opaque to torch.compile, with a fake): its launcher
+    # builds the segment table on the host from the list's shapes, and copies
+    # it from pinned memory reused after the call, hence not CUDA-graph safe.
+    @torch.library.custom_op("eitp_triton::histogram_counts_many", mutates_args=(),
+                             tags=(torch.Tag.cudagraph_unsafe,))
+    def _counts_many_op(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:
+        return _triton_counts_many(xs, bins, range)
+
+    @_counts_many_op.register_fake
+    def _(xs, bins, range):
+        return xs[0].new_empty((len(xs), bins), dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------
@@ -356,6 +591,14 @@ def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: 
     if backend == "triton":
         return torch.ops.eitp_triton.histogram_counts(rows, lo, hi, bins, explicit)
     return _torch_counts(rows, lo, hi, bins, explicit)
+
+
+def _counts_many(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
+    """int64 counts (len(tensors), bins): one histogram of all elements of each tensor."""
+    rng_list = None if rng is None else list(rng)
+    if backend in ("cpp", "cuda"):
+        return torch.ops.eitp.histogram_counts_many(tensors, bins, rng_list)
+    return torch.ops.eitp_triton.histogram_counts_many(tensors, bins, rng_list)
 
 
 def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
@@ -564,11 +807,27 @@ def histogram_entropy_many(
     ``range`` is given. The tensors may differ in shape and dtype (int8/uint8
     codes need bins == 256 and no range) and must share a device.
 
-    Launches: on CPU one ``eitp::histogram_counts_many`` over the whole list
-    (parallel across tensors and within large ones: ranges in one parallel
-    pass, counts in a second) plus one ``entropy_from_counts``. On CUDA the
-    compiled op makes two launches per tensor (range, counts), all on the
-    current stream without host sync; the Triton backend three per tensor.
+    Launches do not grow with the number of tensors; nothing syncs with the host:
+      * CPU (``cpp``): one ``eitp::histogram_counts_many`` over the whole list
+        (parallel across tensors and within large ones: ranges in one parallel
+        pass, counts in a second) plus one ``entropy_from_counts``.
+      * CUDA: one asynchronous host-to-device copy of a segment table (data
+        address, length, dtype and range of every tensor, from pinned memory),
+        one range kernel (automatic range only) and one counting kernel for
+        all tensors of all dtypes (one block per (tensor, chunk) work item,
+        found by binary search), then one ``entropy_from_counts``; plus the
+        zero fill of the counts and the final dtype cast.
+      * Triton: per dtype group (at most six: fp16, bf16, fp32, fp64, int8,
+        uint8), one ``torch.cat`` of the group's flattened tensors (a copy of
+        their bytes; skipped for a lone contiguous tensor; on CUDA torch's
+        cat copies up to 128 inputs per launch), two range kernels (per-chunk
+        partials and their per-tensor fold; automatic range only) and one
+        counting kernel; plus one copy of a small offset table and a
+        few elementwise ops for the entropies.
+    A non-contiguous tensor is first copied to a contiguous one (one copy each).
+    The CUDA and Triton ops copy a per-call table from host memory, so they
+    cannot be captured in a CUDA graph: they are tagged ``cudagraph_unsafe``
+    and torch.compile's CUDA graphs run them outside the graph.
     """
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{MANY_OP}: tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
@@ -584,11 +843,9 @@ def histogram_entropy_many(
     bins, rng, log_base = _check_common(MANY_OP, bins, range, base, codes=any_code)
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     backend = _backends.resolve(MANY_OP, tensors[0].device, IMPLEMENTED_MANY)
-    if backend in ("cpp", "cuda"):
-        counts = torch.ops.eitp.histogram_counts_many(list(tensors), bins, None if rng is None else list(rng))
-        return torch.ops.eitp.entropy_from_counts(counts, log_base).to(out_dtype)
-    if backend == "triton":
-        return torch.stack([histogram_entropy(t, bins=bins, range=rng, base=base).to(out_dtype) for t in tensors])
+    if backend in ("cpp", "cuda", "triton"):
+        counts = _counts_many(backend, list(tensors), bins, rng)
+        return _entropy_rows(backend, counts, log_base).to(out_dtype)
     return torch.stack([reference.histogram_entropy(t, bins=bins, range=rng, base=base).to(out_dtype)
                         for t in tensors])
 

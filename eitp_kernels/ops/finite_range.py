@@ -27,6 +27,21 @@ IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton",
 
 
 @triton_jit
+def _finite_minmax_span(x_ptr, begin, end, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Finite (min, max) of x[begin, end) as two ACC scalars; (+inf, -inf) when none is finite."""
+    lo = tl.full([BLOCK], float("inf"), ACC)
+    hi = tl.full([BLOCK], float("-inf"), ACC)
+    for start in tl.range(begin, end, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        in_span = offsets < end
+        v = tl.load(x_ptr + offsets, mask=in_span, other=0.0).to(ACC)
+        keep = in_span & (v - v == 0)  # finite: inf - inf and nan - nan are nan
+        lo = tl.minimum(lo, tl.where(keep, v, float("inf")))
+        hi = tl.maximum(hi, tl.where(keep, v, float("-inf")))
+    return tl.min(lo, axis=0), tl.max(hi, axis=0)
+
+
+@triton_jit
 def _finite_minmax_partials_kernel(
     x_ptr,  # (rows, row_length), contiguous, any float dtype
     lo_ptr,  # (rows, chunks) partial minima, accumulation dtype
@@ -34,23 +49,16 @@ def _finite_minmax_partials_kernel(
     row_length,
     chunks,
     ACC: tl.constexpr,  # accumulation dtype: tl.float32 or tl.float64
-    CHUNK: tl.constexpr,  # elements per program, a multiple of BLOCK
+    CHUNK: tl.constexpr,  # elements per program
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
     chunk = tl.program_id(1).to(tl.int64)
-    row_ptr = x_ptr + row * row_length
-    lo = tl.full([BLOCK], float("inf"), ACC)
-    hi = tl.full([BLOCK], float("-inf"), ACC)
-    for start in tl.range(0, CHUNK, BLOCK):
-        offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
-        in_row = offsets < row_length
-        v = tl.load(row_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-        keep = in_row & (v - v == 0)  # finite: inf - inf and nan - nan are nan
-        lo = tl.minimum(lo, tl.where(keep, v, float("inf")))
-        hi = tl.maximum(hi, tl.where(keep, v, float("-inf")))
-    tl.store(lo_ptr + row * chunks + chunk, tl.min(lo, axis=0))
-    tl.store(hi_ptr + row * chunks + chunk, tl.max(hi, axis=0))
+    begin = chunk * CHUNK
+    end = tl.minimum(begin + CHUNK, row_length)
+    lo, hi = _finite_minmax_span(x_ptr + row * row_length, begin, end, ACC, BLOCK)
+    tl.store(lo_ptr + row * chunks + chunk, lo)
+    tl.store(hi_ptr + row * chunks + chunk, hi)
 
 
 def _triton_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
