@@ -55,72 +55,148 @@ int64_t total_length(const std::vector<HistSegment>& segs) {
 
 // ---------------------------------------------------------------- hard counts
 
+// A private histogram: `copies` interleaved copies of `stride` = bins + 2
+// slots; slot bins + 1 of each copy takes the uncounted values (so the
+// increment loop has no branch), slot bins stays empty.
+struct PrivateHist {
+  uint32_t* slots;
+  int64_t stride;
+  int copies;
+};
+
+int64_t hist_stride(int64_t bins) { return bins + 2; }
+
+// Adds the bin indices idx[0..m) to h. With four copies, consecutive values
+// go to different copies: a run of equal bins does not chain each increment
+// on the store of the previous one.
+inline void add_indices(const int32_t* idx, int m, PrivateHist h) {
+  int i = 0;
+  if (h.copies == 4) {
+    uint32_t* c0 = h.slots;
+    uint32_t* c1 = c0 + h.stride;
+    uint32_t* c2 = c1 + h.stride;
+    uint32_t* c3 = c2 + h.stride;
+    for (; i + 4 <= m; i += 4) {
+      ++c0[idx[i]];
+      ++c1[idx[i + 1]];
+      ++c2[idx[i + 2]];
+      ++c3[idx[i + 3]];
+    }
+  }
+  for (; i < m; ++i) ++h.slots[idx[i]];
+}
+
+// Counts n values in blocks: fill(begin, m, idx) writes the slots of values
+// [begin, begin + m), vectorized. Software-pipelined: the increments of one
+// block are issued next to the index arithmetic of the following one (which
+// the core overlaps), and each index buffer is read back a block after it was
+// written (a vector store read back at once by scalar loads stalls on
+// store-to-load forwarding). Single thread, 256K fp32 values in L1/L2:
+// 0.34 ns/value pipelined with 64-value blocks against 0.41 for one 256-value
+// block at a time (2-core AMD EPYC dev box, standalone timing loop).
+constexpr int kCountBlock = 64;
+
+template <typename Fill>
+inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
+  constexpr int kBlock = kCountBlock;
+  alignas(64) int32_t idx[2][kBlock];
+  const int64_t full = n / kBlock;
+  if (full > 0) fill(int64_t(0), kBlock, idx[0]);
+  for (int64_t k = 1; k < full; ++k) {
+    fill(k * kBlock, kBlock, idx[k & 1]);
+    add_indices(idx[(k - 1) & 1], kBlock, h);
+  }
+  if (full > 0) add_indices(idx[(full - 1) & 1], kBlock, h);
+  const int rest = static_cast<int>(n - full * kBlock);
+  if (rest > 0) {
+    fill(full * kBlock, rest, idx[0]);
+    add_indices(idx[0], rest, h);
+  }
+}
+
+// Slots of a block for a finite, nonzero bin width: the reference's
+// arithmetic (hist_bin) without its w == 0 and NaN guards, which cannot
+// trigger here; uncounted values go to slot bins + 1. Branch-free: the
+// compiler vectorizes it (about 12 vector instructions per 8 fp32 values
+// under x86-64-v3).
+template <bool kExplicitRange, typename T, typename A>
+inline void block_bins(const T* x, int m, A lo, A hi, A w, int32_t bins, int32_t* idx) {
+  const A top = static_cast<A>(bins);
+  for (int i = 0; i < m; ++i) {
+    const A v = load_acc(x[i]);
+    const bool counted = kExplicitRange ? (v >= lo) & (v <= hi) : v - v == A(0);
+    A q = (v - lo) / w;       // NaN only for an uncounted v
+    q = q > A(0) ? q : A(0);  // maxps: NaN -> 0, so the conversion is defined
+    q = q < top ? q : top;
+    int32_t b = static_cast<int32_t>(q);
+    b = b < bins - 1 ? b : bins - 1;  // q == bins (x == hi): the last bin
+    idx[i] = counted ? b : bins + 1;
+  }
+}
+
+// The general case (w == 0 or infinite): hist_bin per value.
+template <typename T, typename A>
+inline void block_bins_guarded(const T* x, int m, A lo, A hi, A w, bool explicit_range, int32_t bins, int32_t* idx) {
+  for (int i = 0; i < m; ++i) {
+    const A v = load_acc(x[i]);
+    idx[i] = hist_counted<A>(v, lo, hi, explicit_range) ? hist_bin<A>(v, lo, w, bins) : bins + 1;
+  }
+}
+
+// The values of a block as the block kernels read them: x itself, or for
+// fp16 the block converted into `buf` (F16C: one instruction per 8 values).
+template <typename T> const T* block_values(const T* x, int, float*) { return x; }
+inline const float* block_values(const Half16* x, int m, float* buf) {
+  halves_to_floats(x, m, buf);
+  return buf;
+}
+
 template <typename T>
 EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, typename AccType<T>::type hi,
-                       bool explicit_range, int32_t bins, uint32_t* hist, int copies) {
+                                    bool explicit_range, int32_t bins, PrivateHist hist) {
   using A = typename AccType<T>::type;
   const A w = (hi - lo) / static_cast<A>(bins);
-  constexpr int kBlock = 256;
-  int32_t idx[kBlock];
-  const int64_t stride = static_cast<int64_t>(bins) + 1;  // last slot of each copy: uncounted values
-  for (int64_t s = 0; s < n; s += kBlock) {
-    const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
-    const T* xs = x + s;
-    for (int i = 0; i < m; ++i) {
-      const A v = load_acc(xs[i]);
-      const bool finite = v - v == A(0);
-      const bool inside = (!explicit_range) | ((v >= lo) & (v <= hi));
-      const int32_t b = hist_bin<A>(v, lo, w, bins);
-      idx[i] = (finite & inside) ? b : bins;
-    }
-    int i = 0;
-    if (copies == 4) {
-      for (; i + 4 <= m; i += 4) {
-        ++hist[idx[i]];
-        ++hist[stride + idx[i + 1]];
-        ++hist[2 * stride + idx[i + 2]];
-        ++hist[3 * stride + idx[i + 3]];
-      }
-    }
-    for (; i < m; ++i) ++hist[idx[i]];
+  alignas(64) float buf[kCountBlock];
+  if (w == A(0) || !is_finite_value(w)) {
+    count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
+      block_bins_guarded(block_values(x + s, m, buf), m, lo, hi, w, explicit_range, bins, idx);
+    }, hist);
+  } else if (explicit_range) {
+    count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
+      block_bins<true>(block_values(x + s, m, buf), m, lo, hi, w, bins, idx);
+    }, hist);
+  } else {
+    count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
+      block_bins<false>(block_values(x + s, m, buf), m, lo, hi, w, bins, idx);
+    }, hist);
   }
 }
 
 template <typename T>
-EITP_CPU_HOT void count_code_range(const T* x, int64_t n, uint32_t* hist, int copies) {
-  const int offset = std::is_signed<T>::value ? 128 : 0;
-  const int64_t stride = 257;
-  int64_t i = 0;
-  if (copies == 4) {
-    for (; i + 4 <= n; i += 4) {
-      ++hist[static_cast<int>(x[i]) + offset];
-      ++hist[stride + static_cast<int>(x[i + 1]) + offset];
-      ++hist[2 * stride + static_cast<int>(x[i + 2]) + offset];
-      ++hist[3 * stride + static_cast<int>(x[i + 3]) + offset];
-    }
-  }
-  for (; i < n; ++i) ++hist[static_cast<int>(x[i]) + offset];
+EITP_CPU_HOT void count_code_range(const T* x, int64_t n, PrivateHist hist) {
+  const int32_t offset = std::is_signed<T>::value ? 128 : 0;
+  count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
+    for (int i = 0; i < m; ++i) idx[i] = static_cast<int32_t>(x[s + i]) + offset;
+  }, hist);
 }
 
 template <typename T>
-void count_float_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, uint32_t* hist,
-                      int copies) {
+void count_float_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, PrivateHist hist) {
   using A = typename AccType<T>::type;
   count_float_range<T>(static_cast<const T*>(seg.x) + it.begin, it.end - it.begin, static_cast<A>(seg.lo),
-                       static_cast<A>(seg.hi), explicit_range, bins, hist, copies);
+                       static_cast<A>(seg.hi), explicit_range, bins, hist);
 }
 
-void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, uint32_t* hist,
-                int copies) {
+void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, PrivateHist hist) {
   switch (seg.dtype) {
-    case DType::kFloat16: return count_float_item<Half16>(seg, it, explicit_range, bins, hist, copies);
-    case DType::kBFloat16: return count_float_item<BFloat16>(seg, it, explicit_range, bins, hist, copies);
-    case DType::kFloat32: return count_float_item<float>(seg, it, explicit_range, bins, hist, copies);
-    case DType::kFloat64: return count_float_item<double>(seg, it, explicit_range, bins, hist, copies);
+    case DType::kFloat16: return count_float_item<Half16>(seg, it, explicit_range, bins, hist);
+    case DType::kBFloat16: return count_float_item<BFloat16>(seg, it, explicit_range, bins, hist);
+    case DType::kFloat32: return count_float_item<float>(seg, it, explicit_range, bins, hist);
+    case DType::kFloat64: return count_float_item<double>(seg, it, explicit_range, bins, hist);
     case DType::kInt8:
-      return count_code_range(static_cast<const int8_t*>(seg.x) + it.begin, it.end - it.begin, hist, copies);
+      return count_code_range(static_cast<const int8_t*>(seg.x) + it.begin, it.end - it.begin, hist);
     case DType::kUInt8:
-      return count_code_range(static_cast<const uint8_t*>(seg.x) + it.begin, it.end - it.begin, hist, copies);
+      return count_code_range(static_cast<const uint8_t*>(seg.x) + it.begin, it.end - it.begin, hist);
   }
 }
 
@@ -192,7 +268,7 @@ void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool e
   const int32_t bins = static_cast<int32_t>(bins64);
   const std::vector<WorkItem> items = make_items(segs, chunk_for(bins64));
   const int copies = bins <= 4096 ? 4 : 1;
-  const int64_t stride = static_cast<int64_t>(bins) + 1;
+  const int64_t stride = hist_stride(bins64);
   const int64_t n_items = static_cast<int64_t>(items.size());
 #pragma omp parallel if (total_length(segs) >= kParallelThreshold && n_items > 1)
   {
@@ -203,7 +279,7 @@ void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool e
       std::fill(hist.begin(), hist.end(), 0u);
       HistSegment seg = segs[it.seg];
       if (range_in_item && it.whole) item_range(seg, it, seg.lo, seg.hi);
-      count_item(seg, it, explicit_range, bins, hist.data(), copies);
+      count_item(seg, it, explicit_range, bins, {hist.data(), stride, copies});
       int64_t* out = counts + it.seg * bins64;
       for (int32_t b = 0; b < bins; ++b) {
         uint64_t c = hist[b];
