@@ -54,7 +54,7 @@ def test_whole_tensor_and_noncontiguous_dim(backend):
     torch.testing.assert_close(hi0, x.amax(dim=0), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", ["reference", "cpp"])  # the C++ conversion (Triton converts on its own)
 def test_every_fp16_bit_pattern_converts_like_torch(backend):
     """All 65536 fp16 bit patterns (subnormals, +-0, +-inf, NaNs included), each
     repeated along a row of 37, so both the 8-wide F16C / 16-lane loops and
