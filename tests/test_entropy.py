@@ -27,6 +27,15 @@ def _cases():
     normal[4, :] = NAN  # nothing counted: NaN entropy
     edges = torch.arange(0, 257, dtype=torch.float64).repeat(3, 1)  # lo=0, hi=256, w=1: every value on an edge
     heavy = torch.distributions.StudentT(1.5).sample((5, 777))
+    # hi - lo overflows float32 (w = inf: the CPU kernel's guarded path); after .to(fp16/bf16) it is inf
+    huge = torch.tensor([[-3e38, 3e38, 0.0, 1.0, -1.0, 2e38] * 20])
+    # just outside / on the explicit range, signed zeros and non-finite values, in a row long
+    # enough for the vectorized blocks (and their scalar tail: 70 = 64 + 6)
+    lo, hi = torch.tensor(-1.0), torch.tensor(1.5)
+    around = torch.stack([torch.nextafter(lo, -lo.abs() - 1), lo, torch.nextafter(lo, hi), torch.tensor(-0.0),
+                          torch.tensor(0.0), torch.nextafter(hi, lo), hi, torch.nextafter(hi, hi + 1),
+                          torch.tensor(INF), torch.tensor(-INF), torch.tensor(NAN), torch.tensor(0.3)])
+    around = torch.cat([around.repeat(5), torch.linspace(-1.2, 1.7, 10)]).unsqueeze(0)
     return {
         "normal_rows": (normal, 256, None, 1),
         "uniform_whole": (torch.rand(3, 1234) * 5 - 2, 100, None, None),
@@ -40,6 +49,9 @@ def _cases():
         "explicit_range_on_hi": (torch.tensor([[-1.0, 1.5, 1.5, 0.0, 2.0, -3.0]]), 10, (-1.0, 1.5), 1),
         "dim0_3d": (torch.randn(13, 4, 3), 9, None, 0),
         "many_bins": (torch.randn(2, 20011), 5000, None, 1),
+        "width_overflows_float32": (huge, 16, None, 1),
+        "explicit_range_boundaries": (around, 10, (-1.0, 1.5), 1),
+        "auto_range_boundaries": (around, 10, None, 1),
     }
 
 

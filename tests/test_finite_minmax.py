@@ -54,6 +54,24 @@ def test_whole_tensor_and_noncontiguous_dim(backend):
     torch.testing.assert_close(hi0, x.amax(dim=0), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp"])  # the C++ conversion (Triton converts on its own)
+def test_every_fp16_bit_pattern_converts_like_torch(backend):
+    """All 65536 fp16 bit patterns (subnormals, +-0, +-inf, NaNs included), each
+    repeated along a row of 37, so both the 8-wide F16C / 16-lane loops and
+    their scalar tails convert it: a finite value gives lo == hi == its
+    ``.float()``, a non-finite one the empty range (+inf, -inf)."""
+    patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    x = patterns.unsqueeze(1).expand(-1, 37).contiguous()
+    with eitp_kernels.use_backend(backend):
+        lo, hi = eitp_kernels.finite_minmax(x, dim=1)
+    as_float = patterns.float()
+    finite = torch.isfinite(as_float)
+    assert int(finite.sum()) == 65536 - 2 * 1024  # 2 x 1023 NaNs and +-inf
+    assert torch.equal(lo[finite].view(torch.int32), as_float[finite].view(torch.int32))  # bits: -0.0 stays -0.0
+    assert torch.equal(hi[finite].view(torch.int32), as_float[finite].view(torch.int32))
+    assert bool((lo[~finite] == float("inf")).all()) and bool((hi[~finite] == float("-inf")).all())
+
+
 def test_bad_inputs_name_the_argument():
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         eitp_kernels.finite_minmax([1.0, 2.0])
