@@ -112,10 +112,76 @@ at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
   return out;
 }
 
+// Whether the forward reduces N x N Gram matrices instead of tiles of the
+// D x D' product: when that costs less than half the multiply-adds (self:
+// N^2 D vs N D^2 / 2 .. N D^2, i.e. 2N < D). ops/coherence.py
+// (_keeps_product) asks for the kept product only when this is false.
+bool gram_path_is_cheaper(int64_t n, int64_t d, int64_t dp, bool self) {
+  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
+  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
+  return 2.0 * gram_cost < tile_cost;
+}
+
+// (2,) double: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2 from N x N
+// Gram matrices (wide, short batches): sum_ij R_ij^2 = ||Zx^T Zy||_F^2 / N^2
+// = <Zx Zx^T, Zy Zy^T>_F / N^2, and R_ii = mean_n zx_i zy_i; off = total -
+// sum_i R_ii^2. With N <= D/2 the total is at least twice the diagonal part
+// (rank(R) <= N), so the subtraction keeps fp32 accuracy unless most columns
+// are constant.
 template <typename Backend>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+at::Tensor gram_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, Backend& be) {
+  const int64_t n = zx.size(0), m = std::min(zx.size(1), zy.size(1));
+  at::Tensor gx = symmetric_gram(zx.t(), be);
+  at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
+  const double nn = static_cast<double>(n) * static_cast<double>(n);
+  at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
+  at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
+  at::Tensor diag = (rdiag - 1.0).square().sum(at::kDouble);
+  at::Tensor off = total - rdiag.square().sum(at::kDouble);
+  return at::stack({diag, off});
+}
+
+// (2,) double sums of the loss from P = Zx^T Zy, made in tiles of at most
+// kTileRows x kTileCols (self-correlation: only those on and right of the
+// diagonal) and reduced as they are made. product: undefined (tiles go
+// through one small buffer) or a (D, D') matrix that receives P (for the
+// backward; self: mirrored into a full symmetric matrix).
+template <typename Backend>
+at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be) {
+  const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
+  const int64_t tile_cols = std::min(kTileCols, dp);
+  const int64_t tile_rows = std::min(kTileRows, d);
+  const bool keep = product.defined();
+  at::Tensor buffer = keep ? at::Tensor() : at::empty({tile_rows * tile_cols}, zx.options());
+  be.begin_reduction(zx.options());
+  for (int64_t i0 = 0; i0 < d; i0 += tile_rows) {
+    const int64_t rows = std::min(tile_rows, d - i0);
+    for (int64_t c0 = self ? i0 : 0; c0 < dp; c0 += tile_cols) {
+      const int64_t cols = std::min(tile_cols, dp - c0);
+      at::Tensor tile = keep ? product.narrow(0, i0, rows).narrow(1, c0, cols)
+                             : buffer.narrow(0, 0, rows * cols).view({rows, cols});
+      at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
+      CoherenceTileParams p;
+      p.tile = tile.data_ptr();
+      p.is_double = zx.scalar_type() == at::kDouble;
+      p.rows = rows;
+      p.cols = cols;
+      p.ld = tile.stride(0);
+      p.row0 = i0;
+      p.col0 = c0;
+      p.n = n;
+      p.symmetric = self;
+      be.reduce_tile(p);
+    }
+  }
+  if (keep && self) be.mirror(product);
+  return be.end_reduction(zx.options());
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b, bool squared, double eps,
-    Backend& be) {
+    bool keep_product, Backend& be) {
   Sides s = check_inputs(x_in, y_in, "coherence_forward");
   const bool self = !s.y.defined();
   const int64_t n = s.x.size(0), d = s.x.size(1);
@@ -131,55 +197,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_i
     zy = standardized(s.y, mean_y, rstd_y, be);
   }
   const int64_t dp = zy.size(1);
+  at::Tensor product = keep_product ? at::empty({d, dp}, zx.options()) : at::Tensor();
   // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
-  at::Tensor sums;
-  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
-  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
-  if (2.0 * gram_cost < tile_cost) {
-    // Wide, short batches (N well below D): sum_ij R_ij^2 = ||Zx^T Zy||_F^2 / N^2
-    // = <Zx Zx^T, Zy Zy^T>_F / N^2 from N x N Gram matrices, and R_ii = mean_n
-    // zx_i zy_i; off = total - sum_i R_ii^2. With N <= D/2 the total is at
-    // least twice the diagonal part (rank(R) <= N), so the subtraction keeps
-    // fp32 accuracy unless most columns are constant.
-    const int64_t m = std::min(d, dp);
-    at::Tensor gx = symmetric_gram(zx.t(), be);
-    at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
-    const double nn = static_cast<double>(n) * static_cast<double>(n);
-    at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
-    at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
-    at::Tensor diag = (rdiag - 1.0).square().sum(at::kDouble);
-    at::Tensor off = total - rdiag.square().sum(at::kDouble);
-    sums = at::stack({diag, off});
-  } else {
-    const int64_t tile_cols = std::min(kTileCols, dp);
-    const int64_t tile_rows = std::min(kTileRows, d);
-    at::Tensor buffer = at::empty({tile_rows * tile_cols}, zx.options());
-    be.begin_reduction(zx.options());
-    for (int64_t i0 = 0; i0 < d; i0 += tile_rows) {
-      const int64_t rows = std::min(tile_rows, d - i0);
-      const int64_t first_col = self ? i0 : 0;
-      for (int64_t c0 = first_col; c0 < dp; c0 += tile_cols) {
-        const int64_t cols = std::min(tile_cols, dp - c0);
-        at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});  // contiguous output
-        at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
-        CoherenceTileParams p;
-        p.tile = tile.data_ptr();
-        p.is_double = zx.scalar_type() == at::kDouble;
-        p.rows = rows;
-        p.cols = cols;
-        p.ld = cols;
-        p.row0 = i0;
-        p.col0 = c0;
-        p.n = n;
-        p.symmetric = self;
-        be.reduce_tile(p);
-      }
-    }
-    sums = be.end_reduction(zx.options());
-  }
+  at::Tensor sums = !keep_product && gram_path_is_cheaper(n, d, dp, self) ? gram_sums(zx, zy, self, be)
+                                                                           : tile_sums(zx, zy, self, product, be);
   at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
   at::Tensor loss = (squared ? l2 : l2.sqrt()).to(zx.scalar_type());
-  return {loss, mean_x, rstd_x, mean_y, rstd_y};
+  if (!keep_product) product = at::empty({0}, zx.options());
+  return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
 }
 
 template <typename Backend>
@@ -206,37 +231,48 @@ void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at
   be.epilogue(p);
 }
 
+// product: P = Zx^T Zy (D x D') kept by the forward, or an empty/undefined
+// tensor to recompute what is needed here.
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, const at::Tensor& loss_in,
                                                  const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
                                                  const at::Tensor& mean_x, const at::Tensor& rstd_x,
                                                  const at::Tensor& mean_y, const at::Tensor& rstd_y, double a,
-                                                 double b, bool squared, Backend& be) {
+                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in,
+                                                 Backend& be) {
   Sides s = check_inputs(x_in, y_in, "coherence_backward");
   const bool self = !s.y.defined();
-  const int64_t n = s.x.size(0), d = s.x.size(1);
+  const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
   const auto acc = accumulation_dtype(s.x);
   TORCH_CHECK_VALUE(mean_x.numel() == d && rstd_x.numel() == d, "coherence_backward: mean_x/rstd_x must have D entries");
   const at::Tensor mx = mean_x.to(acc).contiguous(), rx = rstd_x.to(acc).contiguous();
   const at::Tensor grad = grad_in.to(acc).contiguous(), loss = loss_in.to(acc).contiguous();
   TORCH_CHECK_VALUE(grad.numel() == 1 && loss.numel() == 1, "coherence_backward: grad and loss must be scalars");
+  at::Tensor product;
+  if (product_in.has_value() && product_in->defined() && product_in->numel() > 0) {
+    TORCH_CHECK_VALUE(product_in->dim() == 2 && product_in->size(0) == d && product_in->size(1) == dp,
+                      "coherence_backward: product must be (D, D') = (", d, ", ", dp, "), got ", product_in->sizes());
+    TORCH_CHECK_VALUE(product_in->device() == s.x.device(), "coherence_backward: product must be on x's device");
+    product = product_in->to(acc);
+  }
   at::Tensor zx = standardized(s.x, mx, rx, be);
   if (self) {
     // dZ = 2 Z S / N with S = k (2b R + diag(c)): W = Z (Z^T Z) = (Z Z^T) Z.
-    at::Tensor w = n < d ? at::mm(symmetric_gram(zx.t(), be), zx) : at::mm(zx, symmetric_gram(zx, be));
+    at::Tensor w = product.defined() ? at::mm(zx, product)
+                   : n < d           ? at::mm(symmetric_gram(zx.t(), be), zx)
+                                     : at::mm(zx, symmetric_gram(zx, be));
     epilogue(zx, zx, w, rx, grad, loss, d, a, b, squared, true, be);
     return {w.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
   }
-  const int64_t dp = s.y.size(1);
   TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp, "coherence_backward: mean_y/rstd_y must have D' entries");
   const at::Tensor my = mean_y.to(acc).contiguous(), ry = rstd_y.to(acc).contiguous();
   at::Tensor zy = standardized(s.y, my, ry, be);
   at::Tensor wx, wy;
   // Wx = Zy (Zy^T Zx) and Wy = Zx (Zx^T Zy): via one D x D' product (6 N D D'
-  // flops) or two N x N Gram matrices (4 N^2 (D + D')), whichever is cheaper.
+  // flops, 4 N D D' when kept) or two N x N Gram matrices (4 N^2 (D + D')).
   const double cost_dd = 6.0 * n * d * dp, cost_nn = 4.0 * n * n * (d + dp);
-  if (cost_dd <= cost_nn) {
-    at::Tensor m = at::mm(zx.t(), zy);
+  if (product.defined() || cost_dd <= cost_nn) {
+    const at::Tensor m = product.defined() ? product : at::mm(zx.t(), zy);
     wx = at::mm(zy, m.t());
     wy = at::mm(zx, m);
   } else {
@@ -270,18 +306,20 @@ struct CpuBackend {
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
+    bool keep_product) {
   CpuBackend be;
-  return forward_impl(x, y, a, b, squared, eps, be);
+  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
                                                 const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
                                                 const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                const at::Tensor& rstd_y, double a, double b, bool squared) {
+                                                const at::Tensor& rstd_y, double a, double b, bool squared,
+                                                const c10::optional<at::Tensor>& product) {
   CpuBackend be;
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, be);
+  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
 }
 
 #ifdef EITP_WITH_CUDA
@@ -301,20 +339,22 @@ struct CudaBackend {
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
+    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
+    bool keep_product) {
   const c10::cuda::CUDAGuard guard(x.device());
   CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
-  return forward_impl(x, y, a, b, squared, eps, be);
+  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
                                                  const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
                                                  const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                 const at::Tensor& rstd_y, double a, double b, bool squared) {
+                                                 const at::Tensor& rstd_y, double a, double b, bool squared,
+                                                 const c10::optional<at::Tensor>& product) {
   const c10::cuda::CUDAGuard guard(x.device());
   CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, be);
+  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
 }
 #endif
 
@@ -322,11 +362,12 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const a
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def(
-      "coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight, bool squared, float eps) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight, bool squared, float eps, "
+      "bool keep_product=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x, Tensor rstd_x, "
-      "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared) -> (Tensor, Tensor)");
+      "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared, Tensor? product=None) "
+      "-> (Tensor, Tensor)");
 }
 TORCH_LIBRARY_IMPL(eitp, CPU, m) {
   m.impl("coherence_forward", &forward_cpu);
