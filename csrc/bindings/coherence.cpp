@@ -18,6 +18,11 @@
 // Short, wide batches (N <= D/2) use N x N Gram matrices instead (far fewer flops).
 // Backward: W = Zp (Zp^T Z) by the cheaper association (one D x D' or up to
 // two N x N buffers), then one fused epilogue pass per side.
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <vector>
+
 #include "bindings/tensor_args.h"
 #include "kernels/coherence.h"
 
@@ -141,41 +146,53 @@ at::Tensor gram_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, Back
   return at::stack({diag, off});
 }
 
-// (2,) double sums of the loss from P = Zx^T Zy, made in tiles of at most
-// kTileRows x kTileCols (self-correlation: only those on and right of the
-// diagonal) and reduced as they are made. product: undefined (tiles go
-// through one small buffer) or a (D, D') matrix that receives P (for the
-// backward; self: mirrored into a full symmetric matrix).
+// One block of P = Zx^T Zy: rows [row0, row0 + rows) (columns of X) by
+// columns [col0, col0 + cols) (columns of Y).
+struct Block {
+  int64_t row0, rows, col0, cols;
+};
+
+// The blocks of P a forward makes, largest first: row panels of kTileRows
+// split into kTileCols columns; self-correlation only on and right of the
+// diagonal.
+std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
+  std::vector<Block> blocks;
+  for (int64_t i0 = 0; i0 < d; i0 += kTileRows)
+    for (int64_t c0 = self ? i0 : 0; c0 < dp; c0 += kTileCols)
+      blocks.push_back({i0, std::min(kTileRows, d - i0), c0, std::min(kTileCols, dp - c0)});
+  return blocks;
+}
+
+// (2,) double sums of the loss from P = Zx^T Zy, made block by block (one
+// matrix product each) and every block reduced as it is made. product:
+// undefined (blocks go through a small scratch buffer per worker) or a
+// (D, D') matrix that receives P (for the backward; self: mirrored into a
+// full symmetric matrix).
 template <typename Backend>
 at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be) {
-  const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
-  const int64_t tile_cols = std::min(kTileCols, dp);
-  const int64_t tile_rows = std::min(kTileRows, d);
+  const int64_t n = zx.size(0);
   const bool keep = product.defined();
-  at::Tensor buffer = keep ? at::Tensor() : at::empty({tile_rows * tile_cols}, zx.options());
-  be.begin_reduction(zx.options());
-  for (int64_t i0 = 0; i0 < d; i0 += tile_rows) {
-    const int64_t rows = std::min(tile_rows, d - i0);
-    for (int64_t c0 = self ? i0 : 0; c0 < dp; c0 += tile_cols) {
-      const int64_t cols = std::min(tile_cols, dp - c0);
-      at::Tensor tile = keep ? product.narrow(0, i0, rows).narrow(1, c0, cols)
-                             : buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
-      CoherenceTileParams p;
-      p.tile = tile.data_ptr();
-      p.is_double = zx.scalar_type() == at::kDouble;
-      p.rows = rows;
-      p.cols = cols;
-      p.ld = tile.stride(0);
-      p.row0 = i0;
-      p.col0 = c0;
-      p.n = n;
-      p.symmetric = self;
-      be.reduce_tile(p);
-    }
-  }
+  const std::vector<Block> blocks = product_blocks(zx.size(1), zy.size(1), self);
+  auto make_block = [&](const Block& b, const at::Tensor& scratch) {
+    at::Tensor tile = keep ? product.narrow(0, b.row0, b.rows).narrow(1, b.col0, b.cols)
+                           : scratch.narrow(0, 0, b.rows * b.cols).view({b.rows, b.cols});
+    at::mm_out(tile, zx.narrow(1, b.row0, b.rows).t(), zy.narrow(1, b.col0, b.cols));
+    CoherenceTileParams p;
+    p.tile = tile.data_ptr();
+    p.is_double = zx.scalar_type() == at::kDouble;
+    p.rows = b.rows;
+    p.cols = b.cols;
+    p.ld = tile.stride(0);
+    p.row0 = b.row0;
+    p.col0 = b.col0;
+    p.n = n;
+    p.symmetric = self;
+    return p;
+  };
+  const int64_t scratch_numel = keep ? 0 : blocks.front().rows * blocks.front().cols;
+  at::Tensor sums = be.reduce_blocks(blocks, make_block, scratch_numel, zx.options());
   if (keep && self) be.mirror(product);
-  return be.end_reduction(zx.options());
+  return sums;
 }
 
 template <typename Backend>
@@ -286,21 +303,30 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
 }
 
 struct CpuBackend {
-  double diag = 0.0, off = 0.0;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
-  void begin_reduction(const at::TensorOptions&) { diag = off = 0.0; }
-  void reduce_tile(const CoherenceTileParams& p) {
-    double dsum = 0.0, osum = 0.0;
-    coherence_tile_reduce_cpu(p, &dsum, &osum);
-    diag += dsum;
-    off += osum;
-  }
-  at::Tensor end_reduction(const at::TensorOptions& options) {
-    at::Tensor out = at::empty({2}, options.dtype(at::kDouble));
-    out.data_ptr<double>()[0] = diag;
-    out.data_ptr<double>()[1] = off;
+  // Blocks are shared out to the threads, each making whole blocks with a
+  // single-threaded product (BLAS runs serially inside a parallel region) and
+  // reducing them while they are in its cache: small blocks parallelize
+  // badly inside one product. Per-block sums are added in block order, so the
+  // result does not depend on the thread count.
+  template <typename MakeBlock>
+  at::Tensor reduce_blocks(const std::vector<Block>& blocks, MakeBlock& make_block, int64_t scratch_numel,
+                           const at::TensorOptions& options) {
+    const int64_t count = static_cast<int64_t>(blocks.size());
+    const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+    at::Tensor scratch = at::empty({workers, scratch_numel}, options);
+    std::vector<double> diag(count), off(count);
+    std::atomic<int64_t> next{0};  // blocks come largest first: dynamic, longest-first scheduling
+    at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w)
+        for (int64_t i = next++; i < count; i = next++)
+          coherence_tile_reduce_cpu(make_block(blocks[i], scratch[w]), &diag[i], &off[i]);
+    });
+    at::Tensor out = at::zeros({2}, options.dtype(at::kDouble));
+    double* sums = out.data_ptr<double>();
+    for (int64_t i = 0; i < count; ++i) sums[0] += diag[i], sums[1] += off[i];
     return out;
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
@@ -325,17 +351,20 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at
 #ifdef EITP_WITH_CUDA
 struct CudaBackend {
   cudaStream_t stream;
-  at::Tensor acc;  // (2,) double: diag, off
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
   void mirror(at::Tensor& m) {
     coherence_mirror_upper_cuda(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0), stream);
   }
-  void begin_reduction(const at::TensorOptions& options) { acc = at::zeros({2}, options.dtype(at::kDouble)); }
-  void reduce_tile(const CoherenceTileParams& p) {
-    coherence_tile_reduce_cuda(p, acc.data_ptr<double>(), stream);
+  // One block after the other on the stream; each reduction adds into acc by atomics.
+  template <typename MakeBlock>
+  at::Tensor reduce_blocks(const std::vector<Block>& blocks, MakeBlock& make_block, int64_t scratch_numel,
+                           const at::TensorOptions& options) {
+    at::Tensor acc = at::zeros({2}, options.dtype(at::kDouble));
+    at::Tensor scratch = at::empty({scratch_numel}, options);
+    for (const Block& b : blocks) coherence_tile_reduce_cuda(make_block(b, scratch), acc.data_ptr<double>(), stream);
+    return acc;
   }
-  at::Tensor end_reduction(const at::TensorOptions&) { return acc; }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
 };
 
@@ -343,7 +372,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
     bool keep_product) {
   const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
+  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
   return forward_impl(x, y, a, b, squared, eps, keep_product, be);
 }
 
@@ -353,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const a
                                                  const at::Tensor& rstd_y, double a, double b, bool squared,
                                                  const c10::optional<at::Tensor>& product) {
   const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
+  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
   return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
 }
 #endif
