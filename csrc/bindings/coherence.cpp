@@ -1,23 +1,29 @@
 // eitp::coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight,
-//                         bool squared, float eps)
-//     -> (Tensor loss, Tensor mean_x, Tensor rstd_x, Tensor mean_y, Tensor rstd_y)
+//                         bool squared, float eps, bool keep_product=False)
+//     -> (Tensor loss, Tensor mean_x, Tensor rstd_x, Tensor mean_y, Tensor rstd_y, Tensor product)
 // eitp::coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x,
 //                          Tensor rstd_x, Tensor mean_y, Tensor rstd_y, float diag_weight,
-//                          float offdiag_weight, bool squared) -> (Tensor dx, Tensor dy)
+//                          float offdiag_weight, bool squared, Tensor? product=None)
+//     -> (Tensor dx, Tensor dy)
 //
 // x: (N, D), y: (N, D') or None (self-correlation), float dtypes with the same
 // accumulation dtype (fp64, or fp32 for fp16/bf16/fp32). loss: () in the
 // accumulation dtype; mean/rstd: (D,) column statistics (mean_y/rstd_y are
-// empty (0,) tensors for self-correlation). dx/dy: gradients in x's / y's dtype
-// (dy empty for self-correlation).
+// empty (0,) tensors for self-correlation). product: P = Zx^T Zy (D, D') in
+// the accumulation dtype when keep_product (self: symmetric), else empty (0,).
+// dx/dy: gradients in x's / y's dtype (dy empty for self-correlation).
 //
-// Forward: never allocates D x D'. R is produced in tiles of at most
-// kTileRows x kTileCols by one matrix product each (ATen: BLAS / cuBLAS) and
-// every tile is reduced to the two partial sums of the loss as it is made;
-// self-correlation computes only the tiles on and right of the diagonal.
-// Short, wide batches (N <= D/2) use N x N Gram matrices instead (far fewer flops).
-// Backward: W = Zp (Zp^T Z) by the cheaper association (one D x D' or up to
-// two N x N buffers), then one fused epilogue pass per side.
+// Forward: without keep_product never allocates D x D'. P is produced in
+// blocks of at most kTileRows x kTileCols by one matrix product each (ATen:
+// BLAS / cuBLAS) and every block is reduced to the two partial sums of the
+// loss as it is made; self-correlation computes only the blocks on and right
+// of the diagonal. Short, wide batches (N < D/2) use N x N Gram matrices
+// instead (far fewer flops). keep_product (asked for when a gradient will be
+// taken) writes the blocks into one D x D' matrix and always takes the block
+// path.
+// Backward: W = Zp (Zp^T Z): with a kept P one product; else by the cheaper
+// association (one D x D' or up to two N x N buffers). Then one fused
+// epilogue pass per side.
 #include <ATen/Parallel.h>
 
 #include <atomic>
@@ -29,14 +35,20 @@
 namespace eitp {
 namespace {
 
-// Tiles of R: kTileRows x kTileCols per matrix product. Self-correlation then
-// costs 1/2 + kTileRows / (2D) of the multiply-adds of Zx^T Zx. 256 rows was
-// picked from ad-hoc timings of 128/256/512-row tiles and one full product at
-// 2048 x 1024 fp32 on the 2-core development CPU while it was shared (numbers
-// not kept, so none quoted); on an idle run `eitp-bench --ops coherence_loss`
-// gave 16.9 ms for that forward (README results). Re-measure with it when
-// changing these.
-constexpr int64_t kTileRows = 256;
+// Blocks of P = Zx^T Zy: kTileRows x kTileCols per matrix product.
+// Self-correlation then costs 1/2 + kTileRows / (2D) of the multiply-adds of
+// Zx^T Zx. On the CPU whole blocks go to the threads (CpuBackend), so the
+// row count trades block efficiency against load balance. 2048 x 1024 fp32
+// forward on the 2-core AMD EPYC dev box (shared; min of 30 interleaved
+// samples taken only while the CPUs were idle, tile sizes from a scratch
+// build): 256 rows 15.8 ms, 128 rows 15.4, 96 rows 14.8, 64 rows 15.4 (eager
+// 26.0); 1024 x 2048: 256 rows 27.7, 128 rows 27.0, 64 rows 29.1. 128: the
+// best of those within the noise with 8 blocks per 1024 columns (balanced over
+// 2 threads). One full product Zx^T Zx there takes 22.4 ms; the 128-row upper
+// blocks 15.5 ms with BLAS threading inside each product, 27.9 ms of one
+// core's time single-threaded (so about 14 ms shared out to 2 threads).
+// Re-measure with `eitp-bench --ops coherence_loss` when changing these.
+constexpr int64_t kTileRows = 128;
 constexpr int64_t kTileCols = 1024;
 // Symmetric Gram matrices larger than this are built from row panels on and
 // right of the diagonal (about half the multiply-adds), smaller ones by one product.
