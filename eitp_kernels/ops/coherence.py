@@ -26,17 +26,24 @@ association is cheaper for the shape (a D x D' or N x N intermediate).
 
 Backends and the bytes they move (fp32, self-correlation):
   cpp / cuda  forward: read x twice (stats) + once (standardize), write and
-              read Z (4ND bytes each), then R in tiles of at most 256 x 1024
-              on and right of the diagonal, each reduced to the loss sums as
-              it is made (about D^2/2 values written and read, never D x D at
-              once; 256-row tiles give 1/2 + 128/D of the multiply-adds of
-              Zx^T Zx). Extra memory: Z (N x D) and one tile (1 MiB). Short,
-              wide batches (2N < D for self, N (D + D') < D D' for cross) use
-              the N x N Gram matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F
-              / N^2, about N^2 D multiply-adds and N^2 extra values.
-              backward: x read once, Z written, one Gram (min(N, D)^2 values,
-              symmetric: half its multiply-adds), W = Z (Z^T Z) (N x D), the
-              fused epilogue reads Z and W twice and writes dx.
+              read Z (4ND bytes each), then P = Zx^T Zy in blocks of at most
+              128 x 1024 on and right of the diagonal, each reduced to the
+              loss sums as it is made (about D^2/2 values written and read,
+              never D x D at once; 128-row blocks give 1/2 + 64/D of the
+              multiply-adds of Zx^T Zx; on the CPU whole blocks go to the
+              threads, each a single-threaded product). Extra memory: Z (N x
+              D) and one block per thread (512 KiB). Short, wide batches (2N <
+              D for self, N (D + D') < D D' for cross) use the N x N Gram
+              matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F / N^2, about
+              N^2 D multiply-adds and N^2 extra values.
+              With a gradient to take (and the block path) the blocks go into
+              one D x D' matrix P kept for the backward (self: mirrored), the
+              only D x D' buffer (_keeps_product).
+              backward: x read once, Z written; W = Z P with the kept P (one
+              product: fwd + bwd = about 1.56 products of eager's 3 at
+              2048 x 1024), else one Gram (min(N, D)^2 values, symmetric: half
+              its multiply-adds) and W = Z (Z^T Z) (N x D); the fused epilogue
+              reads Z and W twice and writes dx.
   triton      forward: column statistics (reads x twice), then one program per
               (BLOCK_D x BLOCK_D) tile on or above the diagonal reads its
               column blocks of x and y (2 N BLOCK_D values), normalizes them
