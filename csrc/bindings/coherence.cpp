@@ -129,7 +129,7 @@ at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
   return out;
 }
 
-// Whether the forward reduces N x N Gram matrices instead of tiles of the
+// Whether the forward reduces N x N Gram matrices instead of blocks of the
 // D x D' product: when that costs less than half the multiply-adds (self:
 // N^2 D vs N D^2 / 2 .. N D^2, i.e. 2N < D). ops/coherence.py
 // (_keeps_product) asks for the kept product only when this is false.

@@ -148,7 +148,7 @@ def coherence_loss(x: torch.Tensor, y: torch.Tensor | None = None, *, diag_weigh
 
 def _keeps_product(x2, y2):
     """Whether the compiled forward should keep P = Zx^T Zy (D x D') for the
-    backward: when a gradient will be taken and the forward makes P's tiles
+    backward: when a gradient will be taken and the forward makes P's blocks
     anyway (not its N x N Gram path: the rule of gram_path_is_cheaper in
     csrc/bindings/coherence.cpp). The backward then skips recomputing P:
     about 3/8 of the fwd+bwd multiply-adds at 2048 x 1024 (see the module
