@@ -151,7 +151,7 @@ def _keeps_product(x2, y2):
     backward: when a gradient will be taken and the forward makes P's blocks
     anyway (not its N x N Gram path: the rule of gram_path_is_cheaper in
     csrc/bindings/coherence.cpp). The backward then skips recomputing P:
-    about 3/8 of the fwd+bwd multiply-adds at 2048 x 1024 (see the module
+    about a quarter of the fwd+bwd multiply-adds at 2048 x 1024 (see the module
     docstring); memory: one D x D' matrix alive until the backward."""
     if not torch.is_grad_enabled() or not (x2.requires_grad or (y2 is not None and y2.requires_grad)):
         return False
