@@ -306,14 +306,61 @@ def test_compiled_ops_check_their_inputs():
 
 @pytest.mark.parametrize("with_y", [False, True])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_opcheck_compiled_ops(with_y, transposed):
+@pytest.mark.parametrize("keep_product", [False, True])
+def test_opcheck_compiled_ops(with_y, transposed, keep_product):
     x = torch.randn(5, 9).t().requires_grad_() if transposed else torch.randn(9, 5, requires_grad=True)
     y = torch.randn(9, 4, requires_grad=True) if with_y else None
-    torch.library.opcheck(torch.ops.eitp.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5))
-    loss, mx, rx, my, ry = torch.ops.eitp.coherence_forward(x.detach(), None if y is None else y.detach(),
-                                                            0.5, 2.0, False, 1e-5)
-    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, False)
+    torch.library.opcheck(torch.ops.eitp.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5, keep_product))
+    loss, mx, rx, my, ry, product = torch.ops.eitp.coherence_forward(
+        x.detach(), None if y is None else y.detach(), 0.5, 2.0, False, 1e-5, keep_product)
+    assert product.shape == ((5, 4 if with_y else 5) if keep_product else (0,))
+    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, False,
+            product)
     torch.library.opcheck(torch.ops.eitp.coherence_backward.default, args)
+
+
+@pytest.mark.parametrize("shape", [(300, 40, None), (300, 40, 70), (12, 50, None), (12, 50, 60), (700, 600, None)],
+                         ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_kept_product_native(shape):
+    # The forward's kept P = Zx^T Zy (block path forced, self: mirrored; D=600:
+    # several blocks and the threaded mirror) is the exact product, and the
+    # backward through it matches the one that recomputes (Gram or D x D'
+    # association).
+    n, d, dp = shape
+    x = torch.randn(n, d, dtype=torch.float64) * 2 + 1
+    y = None if dp is None else torch.randn(n, dp, dtype=torch.float64) - 1
+    out = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, True)
+    plain = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5)
+    assert plain[5].shape == (0,)
+    torch.testing.assert_close(out[0], plain[0], rtol=1e-11, atol=0)
+
+    def z(v):
+        return (v - v.mean(0)) / torch.sqrt(v.var(0, unbiased=False) + 1e-5)
+
+    zy = z(x) if y is None else z(y)
+    torch.testing.assert_close(out[5], z(x).t() @ zy, rtol=1e-11, atol=1e-9)
+    grads = [torch.ops.eitp.coherence_backward(torch.tensor(1.5, dtype=torch.float64), loss, x, y, mx, rx, my, ry,
+                                               0.5, 2.0, False, product)
+             for loss, mx, rx, my, ry, product in (out, plain)]
+    for kept, recomputed in zip(*grads):
+        torch.testing.assert_close(kept, recomputed, rtol=1e-10, atol=1e-12)
+
+
+def test_fwd_bwd_keeps_one_d_by_d_native():
+    # With a gradient and D/2 <= N < D (the tile path; N x D buffers are then
+    # smaller than D x D) the forward keeps one D x D product for the
+    # backward, and nothing else as large is allocated; without a gradient
+    # it keeps none (test_forward_never_allocates_r_native).
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(300, 500, requires_grad=True)
+    r_bytes = 500 * 500 * 4
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        (dx,) = torch.autograd.grad(_ours("cpp", x), x)
+    sizes = [e.self_cpu_memory_usage for e in prof.events()]
+    assert sum(s >= r_bytes for s in sizes) == 1, sizes
+    (expected,) = torch.autograd.grad(_ref64(x), x)
+    assert _rel(dx, expected) < 1e-4
 
 
 @pytest.mark.triton_interpret

@@ -1,37 +1,54 @@
 // eitp::coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight,
-//                         bool squared, float eps)
-//     -> (Tensor loss, Tensor mean_x, Tensor rstd_x, Tensor mean_y, Tensor rstd_y)
+//                         bool squared, float eps, bool keep_product=False)
+//     -> (Tensor loss, Tensor mean_x, Tensor rstd_x, Tensor mean_y, Tensor rstd_y, Tensor product)
 // eitp::coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x,
 //                          Tensor rstd_x, Tensor mean_y, Tensor rstd_y, float diag_weight,
-//                          float offdiag_weight, bool squared) -> (Tensor dx, Tensor dy)
+//                          float offdiag_weight, bool squared, Tensor? product=None)
+//     -> (Tensor dx, Tensor dy)
 //
 // x: (N, D), y: (N, D') or None (self-correlation), float dtypes with the same
 // accumulation dtype (fp64, or fp32 for fp16/bf16/fp32). loss: () in the
 // accumulation dtype; mean/rstd: (D,) column statistics (mean_y/rstd_y are
-// empty (0,) tensors for self-correlation). dx/dy: gradients in x's / y's dtype
-// (dy empty for self-correlation).
+// empty (0,) tensors for self-correlation). product: P = Zx^T Zy (D, D') in
+// the accumulation dtype when keep_product (self: symmetric), else empty (0,).
+// dx/dy: gradients in x's / y's dtype (dy empty for self-correlation).
 //
-// Forward: never allocates D x D'. R is produced in tiles of at most
-// kTileRows x kTileCols by one matrix product each (ATen: BLAS / cuBLAS) and
-// every tile is reduced to the two partial sums of the loss as it is made;
-// self-correlation computes only the tiles on and right of the diagonal.
-// Short, wide batches (N <= D/2) use N x N Gram matrices instead (far fewer flops).
-// Backward: W = Zp (Zp^T Z) by the cheaper association (one D x D' or up to
-// two N x N buffers), then one fused epilogue pass per side.
+// Forward: without keep_product never allocates D x D'. P is produced in
+// blocks of at most kTileRows x kTileCols by one matrix product each (ATen:
+// BLAS / cuBLAS) and every block is reduced to the two partial sums of the
+// loss as it is made; self-correlation computes only the blocks on and right
+// of the diagonal. Short, wide batches (N < D/2) use N x N Gram matrices
+// instead (far fewer flops). keep_product (asked for when a gradient will be
+// taken) writes the blocks into one D x D' matrix and always takes the block
+// path.
+// Backward: W = Zp (Zp^T Z): with a kept P one product; else by the cheaper
+// association (one D x D' or up to two N x N buffers). Then one fused
+// epilogue pass per side.
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <vector>
+
 #include "bindings/tensor_args.h"
 #include "kernels/coherence.h"
 
 namespace eitp {
 namespace {
 
-// Tiles of R: kTileRows x kTileCols per matrix product. Self-correlation then
-// costs 1/2 + kTileRows / (2D) of the multiply-adds of Zx^T Zx. 256 rows was
-// picked from ad-hoc timings of 128/256/512-row tiles and one full product at
-// 2048 x 1024 fp32 on the 2-core development CPU while it was shared (numbers
-// not kept, so none quoted); on an idle run `eitp-bench --ops coherence_loss`
-// gave 16.9 ms for that forward (README results). Re-measure with it when
-// changing these.
-constexpr int64_t kTileRows = 256;
+// Blocks of P = Zx^T Zy: kTileRows x kTileCols per matrix product.
+// Self-correlation then costs 1/2 + kTileRows / (2D) of the multiply-adds of
+// Zx^T Zx. On the CPU whole blocks go to the threads (CpuBackend), so the
+// row count trades block efficiency against load balance. 2048 x 1024 fp32
+// forward on the 2-core AMD EPYC dev box (shared; min of 30 interleaved
+// samples taken only while the CPUs were idle, tile sizes from a scratch
+// build): 256 rows 15.8 ms, 128 rows 15.4, 96 rows 14.8, 64 rows 15.4 (eager
+// 26.0); 1024 x 2048: 256 rows 27.7, 128 rows 27.0, 64 rows 29.1. 128: the
+// best of those within the noise with 8 blocks per 1024 columns (balanced over
+// 2 threads). One full product Zx^T Zx there takes 22.4 ms; the 128-row upper
+// blocks 15.5 ms with BLAS threading inside each product, 27.9 ms of one
+// core's time single-threaded (so about 14 ms shared out to 2 threads).
+// Re-measure with `eitp-bench --ops coherence_loss` when changing these.
+constexpr int64_t kTileRows = 128;
 constexpr int64_t kTileCols = 1024;
 // Symmetric Gram matrices larger than this are built from row panels on and
 // right of the diagonal (about half the multiply-adds), smaller ones by one product.
@@ -112,10 +129,88 @@ at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
   return out;
 }
 
+// Whether the forward reduces N x N Gram matrices instead of blocks of the
+// D x D' product: when that costs less than half the multiply-adds (self:
+// N^2 D vs N D^2 / 2 .. N D^2, i.e. 2N < D). ops/coherence.py
+// (_keeps_product) asks for the kept product only when this is false.
+bool gram_path_is_cheaper(int64_t n, int64_t d, int64_t dp, bool self) {
+  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
+  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
+  return 2.0 * gram_cost < tile_cost;
+}
+
+// (2,) double: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2 from N x N
+// Gram matrices (wide, short batches): sum_ij R_ij^2 = ||Zx^T Zy||_F^2 / N^2
+// = <Zx Zx^T, Zy Zy^T>_F / N^2, and R_ii = mean_n zx_i zy_i; off = total -
+// sum_i R_ii^2. With N <= D/2 the total is at least twice the diagonal part
+// (rank(R) <= N), so the subtraction keeps fp32 accuracy unless most columns
+// are constant.
 template <typename Backend>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+at::Tensor gram_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, Backend& be) {
+  const int64_t n = zx.size(0), m = std::min(zx.size(1), zy.size(1));
+  at::Tensor gx = symmetric_gram(zx.t(), be);
+  at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
+  const double nn = static_cast<double>(n) * static_cast<double>(n);
+  at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
+  at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
+  at::Tensor diag = (rdiag - 1.0).square().sum(at::kDouble);
+  at::Tensor off = total - rdiag.square().sum(at::kDouble);
+  return at::stack({diag, off});
+}
+
+// One block of P = Zx^T Zy: rows [row0, row0 + rows) (columns of X) by
+// columns [col0, col0 + cols) (columns of Y).
+struct Block {
+  int64_t row0, rows, col0, cols;
+};
+
+// The blocks of P a forward makes, largest first: row panels of kTileRows
+// split into kTileCols columns; self-correlation only on and right of the
+// diagonal.
+std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
+  std::vector<Block> blocks;
+  for (int64_t i0 = 0; i0 < d; i0 += kTileRows)
+    for (int64_t c0 = self ? i0 : 0; c0 < dp; c0 += kTileCols)
+      blocks.push_back({i0, std::min(kTileRows, d - i0), c0, std::min(kTileCols, dp - c0)});
+  return blocks;
+}
+
+// (2,) double sums of the loss from P = Zx^T Zy, made block by block (one
+// matrix product each) and every block reduced as it is made. product:
+// undefined (blocks go through a small scratch buffer per worker) or a
+// (D, D') matrix that receives P (for the backward; self: mirrored into a
+// full symmetric matrix).
+template <typename Backend>
+at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be) {
+  const int64_t n = zx.size(0);
+  const bool keep = product.defined();
+  const std::vector<Block> blocks = product_blocks(zx.size(1), zy.size(1), self);
+  auto make_block = [&](const Block& b, const at::Tensor& scratch) {
+    at::Tensor tile = keep ? product.narrow(0, b.row0, b.rows).narrow(1, b.col0, b.cols)
+                           : scratch.narrow(0, 0, b.rows * b.cols).view({b.rows, b.cols});
+    at::mm_out(tile, zx.narrow(1, b.row0, b.rows).t(), zy.narrow(1, b.col0, b.cols));
+    CoherenceTileParams p;
+    p.tile = tile.data_ptr();
+    p.is_double = zx.scalar_type() == at::kDouble;
+    p.rows = b.rows;
+    p.cols = b.cols;
+    p.ld = tile.stride(0);
+    p.row0 = b.row0;
+    p.col0 = b.col0;
+    p.n = n;
+    p.symmetric = self;
+    return p;
+  };
+  const int64_t scratch_numel = keep ? 0 : blocks.front().rows * blocks.front().cols;
+  at::Tensor sums = be.reduce_blocks(blocks, make_block, scratch_numel, zx.options());
+  if (keep && self) be.mirror(product);
+  return sums;
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b, bool squared, double eps,
-    Backend& be) {
+    bool keep_product, Backend& be) {
   Sides s = check_inputs(x_in, y_in, "coherence_forward");
   const bool self = !s.y.defined();
   const int64_t n = s.x.size(0), d = s.x.size(1);
@@ -131,55 +226,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_i
     zy = standardized(s.y, mean_y, rstd_y, be);
   }
   const int64_t dp = zy.size(1);
+  at::Tensor product = keep_product ? at::empty({d, dp}, zx.options()) : at::Tensor();
   // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
-  at::Tensor sums;
-  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
-  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
-  if (2.0 * gram_cost < tile_cost) {
-    // Wide, short batches (N well below D): sum_ij R_ij^2 = ||Zx^T Zy||_F^2 / N^2
-    // = <Zx Zx^T, Zy Zy^T>_F / N^2 from N x N Gram matrices, and R_ii = mean_n
-    // zx_i zy_i; off = total - sum_i R_ii^2. With N <= D/2 the total is at
-    // least twice the diagonal part (rank(R) <= N), so the subtraction keeps
-    // fp32 accuracy unless most columns are constant.
-    const int64_t m = std::min(d, dp);
-    at::Tensor gx = symmetric_gram(zx.t(), be);
-    at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
-    const double nn = static_cast<double>(n) * static_cast<double>(n);
-    at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
-    at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
-    at::Tensor diag = (rdiag - 1.0).square().sum(at::kDouble);
-    at::Tensor off = total - rdiag.square().sum(at::kDouble);
-    sums = at::stack({diag, off});
-  } else {
-    const int64_t tile_cols = std::min(kTileCols, dp);
-    const int64_t tile_rows = std::min(kTileRows, d);
-    at::Tensor buffer = at::empty({tile_rows * tile_cols}, zx.options());
-    be.begin_reduction(zx.options());
-    for (int64_t i0 = 0; i0 < d; i0 += tile_rows) {
-      const int64_t rows = std::min(tile_rows, d - i0);
-      const int64_t first_col = self ? i0 : 0;
-      for (int64_t c0 = first_col; c0 < dp; c0 += tile_cols) {
-        const int64_t cols = std::min(tile_cols, dp - c0);
-        at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});  // contiguous output
-        at::mm_out(tile, zx.narrow(1, i0, rows).t(), zy.narrow(1, c0, cols));
-        CoherenceTileParams p;
-        p.tile = tile.data_ptr();
-        p.is_double = zx.scalar_type() == at::kDouble;
-        p.rows = rows;
-        p.cols = cols;
-        p.ld = cols;
-        p.row0 = i0;
-        p.col0 = c0;
-        p.n = n;
-        p.symmetric = self;
-        be.reduce_tile(p);
-      }
-    }
-    sums = be.end_reduction(zx.options());
-  }
+  at::Tensor sums = !keep_product && gram_path_is_cheaper(n, d, dp, self) ? gram_sums(zx, zy, self, be)
+                                                                           : tile_sums(zx, zy, self, product, be);
   at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
   at::Tensor loss = (squared ? l2 : l2.sqrt()).to(zx.scalar_type());
-  return {loss, mean_x, rstd_x, mean_y, rstd_y};
+  if (!keep_product) product = at::empty({0}, zx.options());
+  return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
 }
 
 template <typename Backend>
@@ -206,37 +260,48 @@ void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at
   be.epilogue(p);
 }
 
+// product: P = Zx^T Zy (D x D') kept by the forward, or an empty/undefined
+// tensor to recompute what is needed here.
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, const at::Tensor& loss_in,
                                                  const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
                                                  const at::Tensor& mean_x, const at::Tensor& rstd_x,
                                                  const at::Tensor& mean_y, const at::Tensor& rstd_y, double a,
-                                                 double b, bool squared, Backend& be) {
+                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in,
+                                                 Backend& be) {
   Sides s = check_inputs(x_in, y_in, "coherence_backward");
   const bool self = !s.y.defined();
-  const int64_t n = s.x.size(0), d = s.x.size(1);
+  const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
   const auto acc = accumulation_dtype(s.x);
   TORCH_CHECK_VALUE(mean_x.numel() == d && rstd_x.numel() == d, "coherence_backward: mean_x/rstd_x must have D entries");
   const at::Tensor mx = mean_x.to(acc).contiguous(), rx = rstd_x.to(acc).contiguous();
   const at::Tensor grad = grad_in.to(acc).contiguous(), loss = loss_in.to(acc).contiguous();
   TORCH_CHECK_VALUE(grad.numel() == 1 && loss.numel() == 1, "coherence_backward: grad and loss must be scalars");
+  at::Tensor product;
+  if (product_in.has_value() && product_in->defined() && product_in->numel() > 0) {
+    TORCH_CHECK_VALUE(product_in->dim() == 2 && product_in->size(0) == d && product_in->size(1) == dp,
+                      "coherence_backward: product must be (D, D') = (", d, ", ", dp, "), got ", product_in->sizes());
+    TORCH_CHECK_VALUE(product_in->device() == s.x.device(), "coherence_backward: product must be on x's device");
+    product = product_in->to(acc);
+  }
   at::Tensor zx = standardized(s.x, mx, rx, be);
   if (self) {
     // dZ = 2 Z S / N with S = k (2b R + diag(c)): W = Z (Z^T Z) = (Z Z^T) Z.
-    at::Tensor w = n < d ? at::mm(symmetric_gram(zx.t(), be), zx) : at::mm(zx, symmetric_gram(zx, be));
+    at::Tensor w = product.defined() ? at::mm(zx, product)
+                   : n < d           ? at::mm(symmetric_gram(zx.t(), be), zx)
+                                     : at::mm(zx, symmetric_gram(zx, be));
     epilogue(zx, zx, w, rx, grad, loss, d, a, b, squared, true, be);
     return {w.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
   }
-  const int64_t dp = s.y.size(1);
   TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp, "coherence_backward: mean_y/rstd_y must have D' entries");
   const at::Tensor my = mean_y.to(acc).contiguous(), ry = rstd_y.to(acc).contiguous();
   at::Tensor zy = standardized(s.y, my, ry, be);
   at::Tensor wx, wy;
   // Wx = Zy (Zy^T Zx) and Wy = Zx (Zx^T Zy): via one D x D' product (6 N D D'
-  // flops) or two N x N Gram matrices (4 N^2 (D + D')), whichever is cheaper.
+  // flops, 4 N D D' when kept) or two N x N Gram matrices (4 N^2 (D + D')).
   const double cost_dd = 6.0 * n * d * dp, cost_nn = 4.0 * n * n * (d + dp);
-  if (cost_dd <= cost_nn) {
-    at::Tensor m = at::mm(zx.t(), zy);
+  if (product.defined() || cost_dd <= cost_nn) {
+    const at::Tensor m = product.defined() ? product : at::mm(zx.t(), zy);
     wx = at::mm(zy, m.t());
     wy = at::mm(zx, m);
   } else {
@@ -250,71 +315,87 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
 }
 
 struct CpuBackend {
-  double diag = 0.0, off = 0.0;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
-  void begin_reduction(const at::TensorOptions&) { diag = off = 0.0; }
-  void reduce_tile(const CoherenceTileParams& p) {
-    double dsum = 0.0, osum = 0.0;
-    coherence_tile_reduce_cpu(p, &dsum, &osum);
-    diag += dsum;
-    off += osum;
-  }
-  at::Tensor end_reduction(const at::TensorOptions& options) {
-    at::Tensor out = at::empty({2}, options.dtype(at::kDouble));
-    out.data_ptr<double>()[0] = diag;
-    out.data_ptr<double>()[1] = off;
+  // Blocks are shared out to the threads, each making whole blocks with a
+  // single-threaded product (BLAS runs serially inside a parallel region) and
+  // reducing them while they are in its cache: small blocks parallelize
+  // badly inside one product. Per-block sums are added in block order, so the
+  // result does not depend on the thread count.
+  template <typename MakeBlock>
+  at::Tensor reduce_blocks(const std::vector<Block>& blocks, MakeBlock& make_block, int64_t scratch_numel,
+                           const at::TensorOptions& options) {
+    const int64_t count = static_cast<int64_t>(blocks.size());
+    const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+    at::Tensor scratch = at::empty({workers, scratch_numel}, options);
+    std::vector<double> diag(count), off(count);
+    std::atomic<int64_t> next{0};  // blocks come largest first: dynamic, longest-first scheduling
+    at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w)
+        for (int64_t i = next++; i < count; i = next++)
+          coherence_tile_reduce_cpu(make_block(blocks[i], scratch[w]), &diag[i], &off[i]);
+    });
+    at::Tensor out = at::zeros({2}, options.dtype(at::kDouble));
+    double* sums = out.data_ptr<double>();
+    for (int64_t i = 0; i < count; ++i) sums[0] += diag[i], sums[1] += off[i];
     return out;
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
+    bool keep_product) {
   CpuBackend be;
-  return forward_impl(x, y, a, b, squared, eps, be);
+  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
                                                 const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
                                                 const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                const at::Tensor& rstd_y, double a, double b, bool squared) {
+                                                const at::Tensor& rstd_y, double a, double b, bool squared,
+                                                const c10::optional<at::Tensor>& product) {
   CpuBackend be;
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, be);
+  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
 }
 
 #ifdef EITP_WITH_CUDA
 struct CudaBackend {
   cudaStream_t stream;
-  at::Tensor acc;  // (2,) double: diag, off
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
   void mirror(at::Tensor& m) {
     coherence_mirror_upper_cuda(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0), stream);
   }
-  void begin_reduction(const at::TensorOptions& options) { acc = at::zeros({2}, options.dtype(at::kDouble)); }
-  void reduce_tile(const CoherenceTileParams& p) {
-    coherence_tile_reduce_cuda(p, acc.data_ptr<double>(), stream);
+  // One block after the other on the stream; each reduction adds into acc by atomics.
+  template <typename MakeBlock>
+  at::Tensor reduce_blocks(const std::vector<Block>& blocks, MakeBlock& make_block, int64_t scratch_numel,
+                           const at::TensorOptions& options) {
+    at::Tensor acc = at::zeros({2}, options.dtype(at::kDouble));
+    at::Tensor scratch = at::empty({scratch_numel}, options);
+    for (const Block& b : blocks) coherence_tile_reduce_cuda(make_block(b, scratch), acc.data_ptr<double>(), stream);
+    return acc;
   }
-  at::Tensor end_reduction(const at::TensorOptions&) { return acc; }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
+    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
+    bool keep_product) {
   const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
-  return forward_impl(x, y, a, b, squared, eps, be);
+  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
+  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
                                                  const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
                                                  const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                 const at::Tensor& rstd_y, double a, double b, bool squared) {
+                                                 const at::Tensor& rstd_y, double a, double b, bool squared,
+                                                 const c10::optional<at::Tensor>& product) {
   const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream(), {}};
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, be);
+  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
+  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
 }
 #endif
 
@@ -322,11 +403,12 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const a
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def(
-      "coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight, bool squared, float eps) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight, bool squared, float eps, "
+      "bool keep_product=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x, Tensor rstd_x, "
-      "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared) -> (Tensor, Tensor)");
+      "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared, Tensor? product=None) "
+      "-> (Tensor, Tensor)");
 }
 TORCH_LIBRARY_IMPL(eitp, CPU, m) {
   m.impl("coherence_forward", &forward_cpu);

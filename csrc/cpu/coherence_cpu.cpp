@@ -180,11 +180,20 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
   }
 }
 
+// By kMirrorBlock x kMirrorBlock blocks below the diagonal, so the column
+// reads of the upper triangle stay within a few cache lines per row.
+constexpr int64_t kMirrorBlock = 64;
+
 template <typename A>
 void mirror_upper(A* m, int64_t d) {
-#pragma omp parallel for schedule(dynamic, 16) if (d >= 2048)
-  for (int64_t i = 1; i < d; ++i)
-    for (int64_t j = 0; j < i; ++j) m[i * d + j] = m[j * d + i];
+  const int64_t blocks = (d + kMirrorBlock - 1) / kMirrorBlock;
+#pragma omp parallel for schedule(dynamic, 1) if (d >= 512)
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    const int64_t i0 = bi * kMirrorBlock, i1 = std::min(d, i0 + kMirrorBlock);
+    for (int64_t j0 = 0; j0 <= i0; j0 += kMirrorBlock)
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0, j1 = std::min(i, j0 + kMirrorBlock); j < j1; ++j) m[i * d + j] = m[j * d + i];
+  }
 }
 
 }  // namespace

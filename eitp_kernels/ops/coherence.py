@@ -29,17 +29,24 @@ association is cheaper for the shape (a D x D' or N x N intermediate).
 
 Backends and the bytes they move (fp32, self-correlation):
   cpp / cuda  forward: read x twice (stats) + once (standardize), write and
-              read Z (4ND bytes each), then R in tiles of at most 256 x 1024
-              on and right of the diagonal, each reduced to the loss sums as
-              it is made (about D^2/2 values written and read, never D x D at
-              once; 256-row tiles give 1/2 + 128/D of the multiply-adds of
-              Zx^T Zx). Extra memory: Z (N x D) and one tile (1 MiB). Short,
-              wide batches (2N < D for self, N (D + D') < D D' for cross) use
-              the N x N Gram matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F
-              / N^2, about N^2 D multiply-adds and N^2 extra values.
-              backward: x read once, Z written, one Gram (min(N, D)^2 values,
-              symmetric: half its multiply-adds), W = Z (Z^T Z) (N x D), the
-              fused epilogue reads Z and W twice and writes dx.
+              read Z (4ND bytes each), then P = Zx^T Zy in blocks of at most
+              128 x 1024 on and right of the diagonal, each reduced to the
+              loss sums as it is made (about D^2/2 values written and read,
+              never D x D at once; 128-row blocks give 1/2 + 64/D of the
+              multiply-adds of Zx^T Zx; on the CPU whole blocks go to the
+              threads, each a single-threaded product). Extra memory: Z (N x
+              D) and one block per thread (512 KiB). Short, wide batches (2N <
+              D for self, N (D + D') < D D' for cross) use the N x N Gram
+              matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F / N^2, about
+              N^2 D multiply-adds and N^2 extra values.
+              With a gradient to take (and the block path) the blocks go into
+              one D x D' matrix P kept for the backward (self: mirrored), the
+              only D x D' buffer (_keeps_product).
+              backward: x read once, Z written; W = Z P with the kept P (one
+              product: fwd + bwd = about 1.56 products of eager's 3 at
+              2048 x 1024), else one Gram (min(N, D)^2 values, symmetric: half
+              its multiply-adds) and W = Z (Z^T Z) (N x D); the fused epilogue
+              reads Z and W twice and writes dx.
   triton      forward: column statistics (reads x twice), then one program per
               (BLOCK_D x BLOCK_D) tile on or above the diagonal reads its
               column blocks of x and y (2 N BLOCK_D values), normalizes them
@@ -139,7 +146,23 @@ def coherence_loss(x: torch.Tensor, y: torch.Tensor | None = None, *, diag_weigh
         return reference.coherence_loss(x2, y2, diag_weight=a, offdiag_weight=b, squared=squared, eps=eps)
     if backend == "triton":
         return _triton_coherence(x2, y2, a, b, squared, eps)
-    return torch.ops.eitp.coherence_forward(x2, y2, a, b, squared, eps)[0]
+    return torch.ops.eitp.coherence_forward(x2, y2, a, b, squared, eps, _keeps_product(x2, y2))[0]
+
+
+def _keeps_product(x2, y2):
+    """Whether the compiled forward should keep P = Zx^T Zy (D x D') for the
+    backward: when a gradient will be taken and the forward makes P's blocks
+    anyway (not its N x N Gram path: the rule of gram_path_is_cheaper in
+    csrc/bindings/coherence.cpp). The backward then skips recomputing P:
+    about a quarter of the fwd+bwd multiply-adds at 2048 x 1024 (see the module
+    docstring); memory: one D x D' matrix alive until the backward."""
+    if not torch.is_grad_enabled() or not (x2.requires_grad or (y2 is not None and y2.requires_grad)):
+        return False
+    n, d = x2.shape
+    if y2 is None:
+        return 2 * n * n * d >= n * d * d
+    dp = y2.shape[1]
+    return 2 * n * n * (d + dp) >= 2 * n * d * dp
 
 
 # --------------------------------------------------------------------------
@@ -152,34 +175,40 @@ def _register_coherence_autograd(forward_op: str, backward_op) -> None:
     backward op (``backward_op()`` returns it; looked up at backward time)."""
 
     def setup_context(ctx, inputs, output):
-        x, y, a, b, squared, _eps = inputs
-        loss, mean_x, rstd_x, mean_y, rstd_y = output
+        x, y, a, b, squared = inputs[:5]
+        loss, mean_x, rstd_x, mean_y, rstd_y = output[:5]
+        kept = output[5:]  # the native op's kept product (empty unless asked for)
         # Only what the backward needs: the inputs (alive anyway), the (D,)
-        # statistics and the scalar loss; Z is recomputed (O(ND)).
-        ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y)
-        ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y)
+        # statistics, the scalar loss and any kept product; Z is recomputed (O(ND)).
+        ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept)
+        ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y, *kept)
+        ctx.set_materialize_grads(False)  # no zero "gradients" for those (a D x D' one for the product)
         ctx.weights = (a, b, squared)
+        ctx.num_inputs = len(inputs)
 
     def backward(ctx, grad_loss, *unused):
-        x, y, loss, mean_x, rstd_x, mean_y, rstd_y = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * ctx.num_inputs
+        x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept = ctx.saved_tensors
         a, b, squared = ctx.weights
-        dx, dy = backward_op()(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared)
-        return dx, (None if y is None else dy), None, None, None, None
+        dx, dy = backward_op()(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, *kept)
+        return (dx, None if y is None else dy) + (None,) * (ctx.num_inputs - 2)
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
 def _register_compiled() -> None:
     @torch.library.register_fake("eitp::coherence_forward")
-    def _(x, y, diag_weight, offdiag_weight, squared, eps):
+    def _(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=False):
         acc = reference.compute_dtype(x.dtype)
         d = x.shape[1]
         dp = 0 if y is None else y.shape[1]
+        product = x.new_empty((d, dp or d) if keep_product else (0,), dtype=acc)
         return (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),
-                x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc))
+                x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc), product)
 
     @torch.library.register_fake("eitp::coherence_backward")
-    def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared):
+    def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared, product=None):
         # contiguous, like the real kernels (whatever the inputs' strides)
         return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
