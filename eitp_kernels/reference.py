@@ -183,6 +183,33 @@ def _entropy_from_counts(c, log_base):
     return h
 
 
+def linear_binning_counts(xs, lo, hi, bins, explicit):
+    """Linear-binning (soft) counts of DESIGN 2.1: ``u = (x - lo) / w - 0.5``,
+    ``k = floor(u)``, ``f = u - k``; x adds ``1 - f`` to bin k and ``f`` to
+    bin k + 1 (edges clamp to the end bins).
+
+    ``xs`` is (R, L) in compute dtype, ``lo``/``hi`` are (R, 1). Returns
+    ``(counts, k0, k1, live, w)``: float64 counts (R, bins), differentiable
+    in ``xs`` through f by autograd; the clamped bins k0 = k and k1 = k + 1;
+    ``live`` where x has a gradient; the bin width w.
+    """
+    w = (hi - lo) / bins
+    valid = _counted(xs, lo, hi, explicit)
+    u = (xs - lo) / w - 0.5
+    # w == 0, or NaN u (inf/inf when hi - lo overflows): whole weight to bin 0, zero gradient
+    live = valid & (w != 0) & ~torch.isnan(u.detach())
+    k = torch.floor(u.detach())
+    f = u - k
+    k = torch.where(live, k, 0.0)
+    f = torch.where(live, f, 0.0)
+    k0 = k.clamp(0, bins - 1).to(torch.int64)
+    k1 = (k + 1).clamp(0, bins - 1).to(torch.int64)
+    w_lo = torch.where(valid, 1.0 - f, 0.0).to(torch.float64)
+    counts = torch.zeros(xs.shape[0], bins, dtype=torch.float64, device=xs.device)
+    counts = counts.scatter_add(1, k0, w_lo).scatter_add(1, k1, f.to(torch.float64))
+    return counts, k0, k1, live, w
+
+
 class _LinearBinningEntropy(torch.autograd.Function):
     """Entropy of linear-binned (soft) counts with the DESIGN 2.1 backward.
 
@@ -191,22 +218,7 @@ class _LinearBinningEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, lo, hi, bins, explicit, log_base):
-        w = (hi - lo) / bins
-        valid = _counted(xs, lo, hi, explicit)
-        u = (xs - lo) / w - 0.5
-        # w == 0, or NaN u (inf/inf when hi - lo overflows): whole weight to bin 0, zero gradient
-        live = valid & (w != 0) & ~torch.isnan(u)
-        k = torch.floor(u)
-        f = u - k
-        k = torch.where(live, k, 0.0)
-        f = torch.where(live, f, 0.0)
-        kc = k.clamp(0, bins - 1).to(torch.int64)
-        k1c = (k + 1).clamp(0, bins - 1).to(torch.int64)
-        w_lo = torch.where(valid, 1.0 - f, 0.0).to(torch.float64)
-        w_hi = f.to(torch.float64)
-        counts = torch.zeros(xs.shape[0], bins, dtype=torch.float64, device=xs.device)
-        counts.scatter_add_(1, kc, w_lo)
-        counts.scatter_add_(1, k1c, w_hi)
+        counts, kc, k1c, live, w = linear_binning_counts(xs, lo, hi, bins, explicit)
         h = _entropy_from_counts(counts, log_base)
         n = counts.sum(-1, keepdim=True)
         lnp = torch.log((counts / n).clamp(min=ENTROPY_LOG_FLOOR))
@@ -293,17 +305,23 @@ def standardize_columns(x, eps=1e-5):
     n = x.shape[0]
     # contiguous: the result does not depend on the input's memory layout
     xc = x.to(cd).reshape(n, -1).contiguous()
-    mu = xc.mean(0, keepdim=True)
-    d = xc - mu
-    var = (d * d).mean(0, keepdim=True)
-    if cd != torch.float64 and not bool(torch.isfinite(mu).all() & torch.isfinite(var).all()):
-        # A float32 sum overflowed (or the input is not finite): the float64
-        # sums the kernels use. float64 sums everywhere would double the cost
-        # of this eager reference (it is also the benchmarks' eager baseline).
-        mu = (xc.sum(0, keepdim=True, dtype=torch.float64) / n).to(cd)
-        d = xc - mu
-        var = (d * d).sum(0, keepdim=True, dtype=torch.float64) / n
+    d, var = _deviations_and_variance(xc, cd)
+    if cd != torch.float64 and not bool(torch.isfinite(var).all()):
+        # A float32 sum overflowed (an infinite mean makes var non-finite too),
+        # or the input is not finite: the float64 sums the kernels use.
+        # float64 sums everywhere would double the cost of this eager
+        # reference (it is also the benchmarks' eager baseline).
+        d, var = _deviations_and_variance(xc, torch.float64)
     return (d * column_rstd(var, eps, cd)).reshape(x.shape)
+
+
+def _deviations_and_variance(xc, sum_dtype):
+    """``d = x - cd(sum_n x / N)`` and ``var = sum_n d^2 / N`` (``d * d`` in x's
+    dtype) per column of ``xc`` (N, D), the sums taken in ``sum_dtype``."""
+    n = xc.shape[0]
+    mu = (xc.sum(0, keepdim=True, dtype=sum_dtype) / n).to(xc.dtype)
+    d = xc - mu
+    return d, (d * d).sum(0, keepdim=True, dtype=sum_dtype) / n
 
 
 def column_rstd(var, eps, dtype):

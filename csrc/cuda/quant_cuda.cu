@@ -24,6 +24,18 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = kThreads * 16;  // elements per block in the flat kernels
+
+// The span of one block of the flat kernels: block b covers elements
+// [begin, end) of row b / chunks (chunk b % chunks of kChunk elements);
+// base = row * row_length is the row's first element.
+struct RowChunk {
+  int64_t row, begin, end, base;
+};
+__device__ __forceinline__ RowChunk row_chunk(int64_t row_length, int64_t chunks) {
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / chunks, begin = (block % chunks) * kChunk;
+  return {row, begin, std::min<int64_t>(begin + kChunk, row_length), row * row_length};
+}
 constexpr int64_t kWarpRowMax = 1024;
 
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
@@ -112,10 +124,8 @@ template <typename T>
 __global__ void range_chunks_kernel(QuantRowsParams p, int64_t chunks) {
   using A = typename cuda::DeviceAcc<T>::type;
   __shared__ A scratch[32];
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / chunks, chunk = block % chunks;
-  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
-  const T* x = static_cast<const T*>(p.x) + row * p.row_length;
+  const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
+  const T* x = static_cast<const T*>(p.x) + base;
   RangeFold<A> fold{p.symmetric};
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold(cuda::load_acc(x[i]));
   const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
@@ -139,10 +149,7 @@ __global__ void params_from_workspace_kernel(QuantRowsParams p) {
 // Static scale (given, or from the per-tensor pass): flat grid of rows * chunks blocks.
 template <typename T>
 __global__ void quant_static_kernel(QuantRowsParams p, int64_t chunks) {
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / chunks, chunk = block % chunks;
-  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
-  const int64_t base = row * p.row_length;
+  const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
   apply_row<T>(static_cast<const T*>(p.x) + base, p.q != nullptr ? p.q + base : nullptr,
                p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr, begin + threadIdx.x, end, blockDim.x,
                p.scale[row], p.zero_point[row], p.symmetric);
@@ -151,10 +158,7 @@ __global__ void quant_static_kernel(QuantRowsParams p, int64_t chunks) {
 template <typename T>
 __global__ void dequant_kernel(DequantRowsParams p, int64_t chunks) {
   using A = typename cuda::DeviceAcc<T>::type;
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / chunks, chunk = block % chunks;
-  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
-  const int64_t base = row * p.row_length;
+  const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
   const A s = A(p.scale[row]), zp = A(p.zero_point != nullptr ? p.zero_point[row] : 0);
   T* out = static_cast<T*>(p.out) + base;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) store_out(out + i, (A(p.q[base + i]) - zp) * s);
@@ -163,10 +167,7 @@ __global__ void dequant_kernel(DequantRowsParams p, int64_t chunks) {
 template <typename T>
 __global__ void backward_kernel(FakeQuantBackwardParams p, int64_t chunks) {
   using A = typename cuda::DeviceAcc<T>::type;
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / chunks, chunk = block % chunks;
-  const int64_t begin = chunk * kChunk, end = std::min<int64_t>(begin + kChunk, p.row_length);
-  const int64_t base = row * p.row_length;
+  const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
   const A s = A(p.scale[row]), zp = A(p.zero_point != nullptr ? p.zero_point[row] : 0);
   const A qmin = p.symmetric ? A(-127) : A(-128), qmax = A(127);
   const T* x = static_cast<const T*>(p.x) + base;

@@ -620,20 +620,7 @@ def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
 
 def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
     """Linear-binning counts (float64) as in the reference, differentiable by autograd."""
-    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
-    w = (hi - lo) / bins
-    valid = reference._counted(xs, lo, hi, explicit)
-    u = (xs - lo) / w - 0.5
-    live = valid & (w != 0) & ~torch.isnan(u.detach())
-    k = torch.floor(u.detach())
-    f = u - k
-    k = torch.where(live, k, 0.0)
-    f = torch.where(live, f, 0.0)
-    kc = k.clamp(0, bins - 1).to(torch.int64)
-    k1c = (k + 1).clamp(0, bins - 1).to(torch.int64)
-    w_lo = torch.where(valid, 1.0 - f, 0.0).to(torch.float64)
-    counts = torch.zeros(xs.shape[0], bins, dtype=torch.float64, device=xs.device)
-    return counts.scatter_add(1, kc, w_lo).scatter_add(1, k1c, f.to(torch.float64))
+    return reference.linear_binning_counts(xs, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)[0]
 
 
 def _soft_entropy(counts: torch.Tensor, log_base) -> torch.Tensor:
