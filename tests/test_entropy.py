@@ -264,6 +264,29 @@ def test_many_mixed_dtypes_exact_counts(backend, bins, rng):
 
 
 @pytest.mark.parametrize("backend", MANY_BACKENDS)
+def test_many_ranges_found_anywhere_in_long_tensors(backend):
+    """Enough elements for several threads; the cpp backend finds a tensor's
+    range a slice at a time while it counts the previous tensor, so put each
+    extreme (and the non-finite values) late in its tensor, in a later slice."""
+    n = 70001 if not INTERPRETER_ON else 9001
+    gen = torch.Generator().manual_seed(11)
+    ts = []
+    for i, dtype in enumerate([torch.float32, torch.float16, torch.int8, torch.float64, torch.bfloat16,
+                               torch.float32, torch.float32]):
+        if dtype == torch.int8:
+            ts.append(torch.randint(-128, 128, (n,), generator=gen, dtype=torch.int8))
+            continue
+        t = torch.randn(n, generator=gen, dtype=torch.float64)
+        t[n - 1 - i] = -9.0 - i      # the minimum in the last slice
+        t[n - 700 - 3 * i] = 8.5 + i  # the maximum a little earlier
+        t[n - 2] = (NAN, INF, -INF)[i % 3]
+        ts.append(t.to(dtype))
+    ts.append(torch.randn(5))  # a short last tensor: its range is folded after the long one
+    _assert_many_matches_reference(backend, ts, 256, None)
+    _assert_many_matches_reference(backend, ts[::-1], 256, None)
+
+
+@pytest.mark.parametrize("backend", MANY_BACKENDS)
 def test_many_codes_with_floats_exact_counts(backend):
     ts = _many_list(9001) + [torch.randint(-128, 128, (5001,), dtype=torch.int8), torch.empty(0, dtype=torch.uint8),
                              torch.randint(0, 256, (37, 3), dtype=torch.uint8).t(), torch.full((4,), 7, dtype=torch.int8)]
