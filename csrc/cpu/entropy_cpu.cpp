@@ -541,35 +541,16 @@ void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
 }
 
 void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
-  // H = -sum q ln q with q = c / total from sum_x_log_x (vector_log, a few ulp);
-  // a row with a q it cannot take (soft counts: subnormal q, inf or NaN
-  // totals) is summed again with std::log, so those rows keep std::log's
-  // zeros, infinities and NaNs.
-  const auto plogp_sum = [](const auto* c, int64_t bins, double total) {
-    const XLogXSum fast = sum_x_log_x(c, bins, total);
-    if (fast.all_normal) return fast.sum;
-    double s = 0.0;
-    for (int64_t b = 0; b < bins; ++b)
-      if (c[b] > 0) s += (static_cast<double>(c[b]) / total) * std::log(static_cast<double>(c[b]) / total);
-    return s;
-  };
+  // q ln q through vector_log (csrc/kernels/vector_log.h); rows it cannot take
+  // (a count >= 2^52, soft counts with a subnormal q or an infinite total)
+  // through std::log.
 #pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)
   for (int64_t r = 0; r < p.rows; ++r) {
-    double total = 0.0, s = 0.0;
-    if (p.counts_are_int) {
-      const int64_t* c = static_cast<const int64_t*>(p.counts) + r * p.bins;
-      int64_t t = 0;
-      for (int64_t b = 0; b < p.bins; ++b) t += c[b];
-      total = static_cast<double>(t);
-      s = plogp_sum(c, p.bins, total);
-    } else {
-      const double* c = static_cast<const double*>(p.counts) + r * p.bins;
-      for (int64_t b = 0; b < p.bins; ++b) total += c[b];
-      s = plogp_sum(c, p.bins, total);
-    }
-    p.out[r] = -s + 0.0;
-    if (!(total > 0)) p.out[r] = std::numeric_limits<double>::quiet_NaN();
-    if (p.log_base != 0.0) p.out[r] = p.out[r] / p.log_base;
+    const QLogQ row = p.counts_are_int ? sum_q_log_q(static_cast<const int64_t*>(p.counts) + r * p.bins, p.bins)
+                                       : sum_q_log_q(static_cast<const double*>(p.counts) + r * p.bins, p.bins);
+    double h = row.total > 0 ? -row.sum + 0.0 : std::numeric_limits<double>::quiet_NaN();  // + 0.0: no -0
+    if (p.log_base != 0.0) h /= p.log_base;
+    p.out[r] = h;
   }
 }
 
