@@ -422,6 +422,115 @@ def test_compiled_ops_check_their_inputs():
         torch.ops.eitp.histogram_counts_many([torch.randn(3)], 0, None)
 
 
+# ---------------------------------------------------------------- entropy_from_counts (C++ CPU kernel)
+# The kernel takes q ln q from its own vectorized log (csrc/kernels/vector_log.h) and falls back to
+# std::log for rows outside that log's domain; these tests hold both paths to math.log.
+
+
+def _entropy_formula(row, log_base=None):
+    """H = -sum_{c>0} q ln q, q = c / total, in float64 with math.log; NaN without a positive total."""
+    total = float(sum(row)) if all(isinstance(c, int) for c in row) else math.fsum(row)
+    if not total > 0:
+        return NAN
+    h = -math.fsum(q * math.log(q) for q in (c / total for c in row if c > 0)) + 0.0
+    return h / log_base if log_base is not None else h
+
+
+def _entropy_op(rows, dtype, log_base=None):
+    """entropy_from_counts of equal-length rows as one (rows, bins) tensor, as Python floats."""
+    return torch.ops.eitp.entropy_from_counts(torch.tensor(rows, dtype=dtype), log_base).tolist()
+
+
+def _assert_close_to_formula(rows, dtype, rtol, log_base=None):
+    got = _entropy_op(rows, dtype, log_base)
+    want = [_entropy_formula(row, log_base) for row in rows]
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
+                               rtol=rtol, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+@pytest.mark.parametrize("bins", [1, 3, 8, 257, 4099])
+def test_entropy_from_counts_odd_lengths_match_formula(dtype, bins):
+    # lengths around the kernel's 8 lanes; 70 rows of 4099 bins take the multithreaded path
+    rows = 70 if bins == 4099 else 5
+    counts = torch.randint(0, 1000, (rows, bins)) * (torch.rand(rows, bins) < 0.8)  # a fifth of the bins empty
+    if dtype == torch.float64:
+        counts = counts * torch.rand(rows, bins, dtype=torch.float64)  # soft counts: no two alike
+    counts[0] = 0  # an empty row: NaN
+    _assert_close_to_formula(counts.tolist(), dtype, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_entropy_from_counts_single_bin_is_positive_zero(dtype):
+    for bins, at, count in [(1, 0, 1), (4, 2, 5), (9, 8, 3), (300, 17, 2**40), (4099, 4098, 7)]:
+        row = [0] * bins
+        row[at] = count
+        (h,) = _entropy_op([row], dtype)
+        assert h == 0.0 and math.copysign(1.0, h) == 1.0, (bins, at, h)
+
+
+def test_entropy_from_counts_counts_up_to_2_62():
+    rows = [[2**k for k in range(63)],  # a count >= 2^52: the std::log path
+            [2**k for k in range(52)] + [2**52 - 1] + [0] * 10,  # every count below 2^52: the vectorized path
+            [1, 0, 2**62] + [0] * 60,  # q = 1 for the big bin after rounding: H ~ 1e-17
+            [3, 2**51] + [0] * 61,  # q = 1 - 2^-51 + ...: ln q near 0 through the vectorized path
+            [2**56 + 997 * k for k in range(63)]]  # total just under 2^62
+    _assert_close_to_formula(rows, torch.int64, rtol=1e-13)
+
+
+def test_entropy_from_counts_tiny_soft_counts():
+    tiny = [5e-324, 2.0**-1070, 2.0**-1023, 2.0**-1022, 2.0**-1000, 1e-300, 1e-200]
+    rows = [[1.0, t, 0.0, 0.0, 0.0] for t in tiny]  # q = t, subnormal for the first three; H = -t ln t
+    rows += [[1.0, t, 0.0, 0.5, 0.25] for t in tiny]  # q = t / 1.75: subnormal for the first four
+    rows += [[t, t, 0.0, 0.0, 0.0] for t in tiny]  # all-tiny rows: q = 1/2 after the division
+    rows += [[3.0, -1.0, 0.0, 0.0, 0.0],  # a negative soft count: total 2, q = 1.5 (ln q > 0)
+             [0.0, 0.0, 0.0, 0.0, 0.0], [-1.0, 0.5, 0.25, 0.0, 0.0]]  # no positive total: NaN
+    _assert_close_to_formula(rows, torch.float64, rtol=1e-13)
+
+
+def test_entropy_from_counts_non_finite_soft_counts_are_nan():
+    rows = [[INF, 1.0, 2.0], [NAN, 1.0, 2.0], [1e308, 1e308, 1.0], [1.0, 2.0, 3.0]]
+    h = _entropy_op(rows, torch.float64)
+    assert all(math.isnan(v) for v in h[:3]), h
+    assert math.isclose(h[3], _entropy_formula(rows[3]), rel_tol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_entropy_from_counts_log_base(dtype):
+    counts = torch.randint(0, 50, (6, 37))
+    counts[2] = 0
+    for base in (2.0, 10.0, 256.0):
+        _assert_close_to_formula(counts.tolist(), dtype, rtol=1e-13, log_base=math.log(base))
+
+
+def test_entropy_from_counts_log_accuracy_over_the_range():
+    # Rows of two counts: H = -(q1 ln q1 + q2 ln q2) with the same q as the formula's (one rounded
+    # division), so only the logs differ: math.log is within 0.52 ulp, the kernel's within 1.3 ulp,
+    # and each H within 4 ulp of the formula's. A log off by 1e-15 (or worse) somewhere fails.
+    total = 2**51 + 12345
+    mantissas = torch.rand(20, dtype=torch.float64) + 1.0
+    ints = [[c, total - c] for c in {max(1, int(m * 2.0**e)) for e in range(52) for m in mantissas}
+            if c < total]
+    _assert_close_to_formula(ints, torch.int64, rtol=4 * 2**-52)
+    # float64 rows [x, 1]: q1 = x / (1 + x) down to the smallest normal, q2 rounds to 1 (ln = 0) for
+    # tiny x, so H = -q1 ln q1 checks the log on its own there
+    soft = [[float(m) * 2.0**e, 1.0] for e in range(-1020, 60, 7) for m in mantissas[:4]]
+    _assert_close_to_formula(soft, torch.float64, rtol=4 * 2**-52)
+
+
+def test_entropy_from_counts_independent_of_thread_count():
+    counts = torch.randint(0, 1000, (300, 1001))  # 300K elements: several threads when allowed
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.eitp.entropy_from_counts(counts, None)
+        torch.set_num_threads(max(2, threads))
+        many = torch.ops.eitp.entropy_from_counts(counts, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
 # ---------------------------------------------------------------- registration, compile
 
 

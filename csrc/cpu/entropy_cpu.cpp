@@ -19,6 +19,7 @@
 
 #include "kernels/entropy.h"
 #include "kernels/finite_minmax.h"
+#include "kernels/vector_log.h"
 
 namespace eitp {
 namespace {
@@ -540,36 +541,27 @@ void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
 }
 
 void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
+  // q ln q through vector_log (csrc/kernels/vector_log.h); rows it cannot take
+  // (a count >= 2^52, soft counts with a subnormal q or an infinite total)
+  // through std::log. std::log per bin -> vector_log, median of 200 calls on
+  // randint(0, 1000) int64 counts, 2-core AMD EPYC dev box, idle, A/B back to
+  // back: (50, 256) 62 -> 21.6 us (one thread), (4096, 256) 2.5-3.4 -> 0.81-0.84
+  // ms (two threads), with
+  //   python -c "import time,statistics as st,torch,eitp_kernels;f=torch.ops.eitp.entropy_from_counts;
+  //   c=torch.randint(0,1000,(50,256));T=[(time.perf_counter(),f(c,None),time.perf_counter())
+  //   for _ in range(200)];print(st.median(b-a for a,_,b in T))"
+  // and `eitp-bench --ops histogram_entropy --no-compile`, row 4096x4096 dim=1
+  // fp32 cpp: 10.8 -> 8.5 ms and 12.1 -> 9.9 ms (two A/B pairs, noisy).
+  // Two threads from 2^13 elements made (50, 256) 12.6-17 us (median) but
+  // stalled calls for 4-8 ms while other processes kept the cores busy: it
+  // keeps kParallelThreshold.
 #pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)
   for (int64_t r = 0; r < p.rows; ++r) {
-    double total = 0.0;
-    if (p.counts_are_int) {
-      const int64_t* c = static_cast<const int64_t*>(p.counts) + r * p.bins;
-      int64_t t = 0;
-      for (int64_t b = 0; b < p.bins; ++b) t += c[b];
-      total = static_cast<double>(t);
-      double s = 0.0;
-      for (int64_t b = 0; b < p.bins; ++b) {
-        if (c[b] > 0) {
-          const double q = static_cast<double>(c[b]) / total;
-          s += q * std::log(q);
-        }
-      }
-      p.out[r] = -s + 0.0;
-    } else {
-      const double* c = static_cast<const double*>(p.counts) + r * p.bins;
-      for (int64_t b = 0; b < p.bins; ++b) total += c[b];
-      double s = 0.0;
-      for (int64_t b = 0; b < p.bins; ++b) {
-        if (c[b] > 0) {
-          const double q = c[b] / total;
-          s += q * std::log(q);
-        }
-      }
-      p.out[r] = -s + 0.0;
-    }
-    if (!(total > 0)) p.out[r] = std::numeric_limits<double>::quiet_NaN();
-    if (p.log_base != 0.0) p.out[r] = p.out[r] / p.log_base;
+    const QLogQ row = p.counts_are_int ? sum_q_log_q(static_cast<const int64_t*>(p.counts) + r * p.bins, p.bins)
+                                       : sum_q_log_q(static_cast<const double*>(p.counts) + r * p.bins, p.bins);
+    double h = row.total > 0 ? -row.sum + 0.0 : std::numeric_limits<double>::quiet_NaN();  // + 0.0: no -0
+    if (p.log_base != 0.0) h /= p.log_base;
+    p.out[r] = h;
   }
 }
 
