@@ -12,7 +12,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -104,28 +103,14 @@ inline void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset =
 // histogram_counts_cpu, best of 400).
 constexpr int kCountBlock = 64;
 
-// Work a counting loop does on the side: step(done, n) is called every few
-// blocks with the number of values counted so far. The counting is bound by
-// the stores of its increments, so loads and vector arithmetic done in
-// between come almost free (see RangeAhead).
-struct SideWork {
-  void (*step)(void* state, int64_t done, int64_t n) = nullptr;
-  void* state = nullptr;
-  void operator()(int64_t done, int64_t n) const {
-    if (step != nullptr) step(state, done, n);
-  }
-};
-constexpr int64_t kSideEveryBlocks = 16;
-
 template <typename Fill>
-inline void count_blocks(int64_t n, Fill fill, PrivateHist h, SideWork side) {
+inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
   constexpr int kBlock = kCountBlock;
   alignas(64) int32_t idx[2][kBlock];
   const int64_t full = n / kBlock;
   if (full > 0) fill(int64_t(0), kBlock, idx[0]);
   for (int64_t k = 1; k < full; ++k) {
     fill(k * kBlock, kBlock, idx[k & 1]);
-    if (k % kSideEveryBlocks == 0) side(k * kBlock, n);
     add_indices(idx[(k - 1) & 1], kBlock, h);
   }
   if (full > 0) add_indices(idx[(full - 1) & 1], kBlock, h);
@@ -175,22 +160,22 @@ inline const float* block_values(const Half16* x, int m, float* buf) {
 
 template <typename T>
 EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, typename AccType<T>::type hi,
-                                    bool explicit_range, int32_t bins, PrivateHist hist, SideWork side) {
+                                    bool explicit_range, int32_t bins, PrivateHist hist) {
   using A = typename AccType<T>::type;
   const A w = (hi - lo) / static_cast<A>(bins);
   alignas(64) float buf[kCountBlock];
   if (w == A(0) || !is_finite_value(w)) {
     count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
       block_bins_guarded(block_values(x + s, m, buf), m, lo, hi, w, explicit_range, bins, idx);
-    }, hist, side);
+    }, hist);
   } else if (explicit_range) {
     count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
       block_bins<true>(block_values(x + s, m, buf), m, lo, hi, w, bins, idx);
-    }, hist, side);
+    }, hist);
   } else {
     count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
       block_bins<false>(block_values(x + s, m, buf), m, lo, hi, w, bins, idx);
-    }, hist, side);
+    }, hist);
   }
 }
 
@@ -198,34 +183,27 @@ EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::
 // 0.33 through count_blocks; one thread, 256K int8 codes in cache, 2-core
 // AMD EPYC dev box, standalone timing loop).
 template <typename T>
-EITP_CPU_HOT void count_code_range(const T* x, int64_t n, PrivateHist h, SideWork side) {
-  constexpr int64_t kStep = kSideEveryBlocks * kCountBlock;
-  for (int64_t s = 0; s < n; s += kStep) {
-    const int64_t m = std::min(kStep, n - s);
-    add_indices(x + s, m, h, std::is_signed<T>::value ? 128 : 0);
-    side(s + m, n);
-  }
+EITP_CPU_HOT void count_code_range(const T* x, int64_t n, PrivateHist h) {
+  add_indices(x, n, h, std::is_signed<T>::value ? 128 : 0);
 }
 
 template <typename T>
-void count_float_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, PrivateHist hist,
-                      SideWork side) {
+void count_float_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, PrivateHist hist) {
   using A = typename AccType<T>::type;
   count_float_range<T>(static_cast<const T*>(seg.x) + it.begin, it.end - it.begin, static_cast<A>(seg.lo),
-                       static_cast<A>(seg.hi), explicit_range, bins, hist, side);
+                       static_cast<A>(seg.hi), explicit_range, bins, hist);
 }
 
-void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, PrivateHist hist,
-                SideWork side = {}) {
+void count_item(const HistSegment& seg, const WorkItem& it, bool explicit_range, int32_t bins, PrivateHist hist) {
   switch (seg.dtype) {
-    case DType::kFloat16: return count_float_item<Half16>(seg, it, explicit_range, bins, hist, side);
-    case DType::kBFloat16: return count_float_item<BFloat16>(seg, it, explicit_range, bins, hist, side);
-    case DType::kFloat32: return count_float_item<float>(seg, it, explicit_range, bins, hist, side);
-    case DType::kFloat64: return count_float_item<double>(seg, it, explicit_range, bins, hist, side);
+    case DType::kFloat16: return count_float_item<Half16>(seg, it, explicit_range, bins, hist);
+    case DType::kBFloat16: return count_float_item<BFloat16>(seg, it, explicit_range, bins, hist);
+    case DType::kFloat32: return count_float_item<float>(seg, it, explicit_range, bins, hist);
+    case DType::kFloat64: return count_float_item<double>(seg, it, explicit_range, bins, hist);
     case DType::kInt8:
-      return count_code_range(static_cast<const int8_t*>(seg.x) + it.begin, it.end - it.begin, hist, side);
+      return count_code_range(static_cast<const int8_t*>(seg.x) + it.begin, it.end - it.begin, hist);
     case DType::kUInt8:
-      return count_code_range(static_cast<const uint8_t*>(seg.x) + it.begin, it.end - it.begin, hist, side);
+      return count_code_range(static_cast<const uint8_t*>(seg.x) + it.begin, it.end - it.begin, hist);
   }
 }
 
@@ -322,50 +300,9 @@ void merge_shared(PrivateHist h, int32_t bins, int64_t* out) {
   std::fill(h.slots, h.slots + h.copies * h.stride, 0u);
 }
 
-// The automatic range of a whole-segment item, folded a slice at a time:
-// while a thread counts one item it folds the range of the item it counts
-// next (follow), so that item's first read, from L3 or memory, overlaps
-// counting that is bound by its stores. Finite min/max does not depend on the
-// order of the slices. One thread, the 50 tensors (3.29M fp32 values) of the
-// histogram_entropy_many benchmark: a separate range pass per item made the
-// counts take 2.2-2.5 ms, against 1.2-1.4 ms with an explicit range
-// (torch.ops.eitp.histogram_counts_many, median of 200 calls, 2-core AMD
-// EPYC dev box).
-struct RangeAhead {
-  const HistSegment* seg = nullptr;  // null: no range to fold
-  WorkItem item{};
-  int64_t done = 0;
-  double lo = std::numeric_limits<double>::infinity();
-  double hi = -std::numeric_limits<double>::infinity();
-
-  RangeAhead() = default;
-  RangeAhead(const HistSegment& s, const WorkItem& it) : seg(&s), item(it) {}
-
-  void fold_to(int64_t upto) {
-    const int64_t length = item.end - item.begin;
-    upto = std::min(upto, length);
-    if (seg == nullptr || upto <= done) return;
-    double l = 0.0, h = 0.0;
-    item_range(*seg, WorkItem{item.seg, item.begin + done, item.begin + upto, false}, l, h);
-    lo = std::min(lo, l);
-    hi = std::max(hi, h);
-    done = upto;
-  }
-  void finish() { fold_to(item.end - item.begin); }
-  // Keeps pace with a counting loop: `counted` of its `n` values done.
-  static void follow(void* self, int64_t counted, int64_t n) {
-    auto* r = static_cast<RangeAhead*>(self);
-    r->fold_to((r->item.end - r->item.begin) * counted / n);
-  }
-  SideWork side() { return seg == nullptr ? SideWork{} : SideWork{&RangeAhead::follow, this}; }
-};
-
 // range_in_item: a segment that is a single item gets its automatic range
-// computed by the thread that counts it (folded while that thread counts its
-// previous item, see RangeAhead); longer segments must already carry theirs.
-// Items are handed out one at a time from a shared counter, as a dynamic
-// schedule would, but each thread claims its next item before counting the
-// current one.
+// computed inside the counting task (one pass over data that is then still in
+// cache); longer segments must already carry theirs.
 void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool explicit_range, int64_t* counts,
                     bool range_in_item = false) {
   const int32_t bins = static_cast<int32_t>(bins64);
@@ -373,34 +310,22 @@ void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool e
   const int copies = bins <= 4096 ? 4 : 1;
   const int64_t stride = hist_stride(bins64);
   const int64_t n_items = static_cast<int64_t>(items.size());
-  std::atomic<int64_t> next_item{0};
-  auto range_ahead = [&](int64_t i) {
-    const bool wanted = i < n_items && range_in_item && items[i].whole;
-    return wanted ? RangeAhead(segs[items[i].seg], items[i]) : RangeAhead();
-  };
 #pragma omp parallel if (total_length(segs) >= kParallelThreshold && n_items > 1)
   {
     std::vector<uint32_t> hist(static_cast<size_t>(copies * stride), 0u);
     const PrivateHist h{hist.data(), stride, copies};
-    int64_t i = next_item.fetch_add(1);
-    RangeAhead range = range_ahead(i);
-    range.finish();
-    while (i < n_items) {
-      const int64_t following = next_item.fetch_add(1);
-      RangeAhead next_range = range_ahead(following);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_items; ++i) {
       const WorkItem& it = items[i];
       HistSegment seg = segs[it.seg];
-      if (range.seg != nullptr) seg.lo = range.lo, seg.hi = range.hi;
-      count_item(seg, it, explicit_range, bins, h, next_range.side());
-      next_range.finish();
+      if (range_in_item && it.whole) item_range(seg, it, seg.lo, seg.hi);
+      count_item(seg, it, explicit_range, bins, h);
       int64_t* out = counts + it.seg * bins64;
       if (it.whole) {
         merge_whole(h, bins, out);
       } else {
         merge_shared(h, bins, out);
       }
-      i = following;
-      range = next_range;
     }
   }
 }
