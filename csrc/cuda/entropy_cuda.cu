@@ -182,13 +182,8 @@ __device__ WorkItem block_work_item(const SegmentTable& t) {
 // Finite min/max of x[begin, end), folded into the segment's (lo, hi) slots.
 template <typename T>
 __device__ void range_span(const T* __restrict__ x, int64_t begin, int64_t end, double* lo_out, double* hi_out) {
-  using A = typename cuda::DeviceAcc<T>::type;
-  __shared__ A scratch[32];
-  const A inf = std::numeric_limits<A>::infinity();
-  A lo = inf, hi = -inf;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold_finite_minmax<A>(cuda::load_acc(x[i]), lo, hi);
-  lo = cuda::block_reduce(lo, inf, scratch, cuda::MinOp());
-  hi = cuda::block_reduce(hi, -inf, scratch, cuda::MaxOp());
+  typename cuda::DeviceAcc<T>::type lo, hi;
+  block_finite_minmax(x, begin, end, lo, hi);
   if (threadIdx.x == 0) {  // a float widens to double exactly, so the double min/max is the float one
     cuda::atomic_min(lo_out, static_cast<double>(lo));
     cuda::atomic_max(hi_out, static_cast<double>(hi));

@@ -19,16 +19,11 @@ __global__ void finite_minmax_kernel(const T* __restrict__ x, int64_t row_length
                                      typename cuda::DeviceAcc<T>::type* lo_out,
                                      typename cuda::DeviceAcc<T>::type* hi_out) {
   using A = typename cuda::DeviceAcc<T>::type;
-  __shared__ A scratch[32];
   const int64_t row = blockIdx.y;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
-  const T* row_ptr = x + row * row_length;
-  const A inf = std::numeric_limits<A>::infinity();
-  A lo = inf, hi = -inf;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold_finite_minmax<A>(cuda::load_acc(row_ptr[i]), lo, hi);
-  lo = cuda::block_reduce(lo, inf, scratch, cuda::MinOp());
-  hi = cuda::block_reduce(hi, -inf, scratch, cuda::MaxOp());
+  A lo, hi;
+  block_finite_minmax(x + row * row_length, begin, end, lo, hi);
   if (threadIdx.x == 0) {
     cuda::atomic_min(lo_out + row, lo);
     cuda::atomic_max(hi_out + row, hi);

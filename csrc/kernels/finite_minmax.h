@@ -4,6 +4,9 @@
 #pragma once
 
 #include "kernels/common.h"
+#ifdef __CUDACC__
+#include "kernels/cuda_common.cuh"
+#endif
 
 #ifdef EITP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -30,6 +33,22 @@ template <typename A> EITP_HD void fold_finite_minmax(A v, A& lo, A& hi) {
   lo = v_lo < lo ? v_lo : lo;
   hi = v_hi > hi ? v_hi : hi;
 }
+
+#ifdef __CUDACC__
+// Finite min/max of x[begin, end) over one CUDA block (its threads stride
+// over the span), block-reduced: (lo, hi) are the span's in thread 0.
+template <typename T>
+__device__ void block_finite_minmax(const T* __restrict__ x, int64_t begin, int64_t end,
+                                    typename cuda::DeviceAcc<T>::type& lo, typename cuda::DeviceAcc<T>::type& hi) {
+  using A = typename cuda::DeviceAcc<T>::type;
+  __shared__ A scratch[32];
+  const A inf = std::numeric_limits<A>::infinity();
+  lo = inf, hi = -inf;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold_finite_minmax<A>(cuda::load_acc(x[i]), lo, hi);
+  lo = cuda::block_reduce(lo, inf, scratch, cuda::MinOp());
+  hi = cuda::block_reduce(hi, -inf, scratch, cuda::MaxOp());
+}
+#endif
 
 #ifndef __CUDACC__
 // Finite min/max of a contiguous span on the CPU, folded into (lo_out, hi_out).
