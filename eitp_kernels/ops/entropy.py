@@ -76,8 +76,8 @@ def _count_span(
     x_ptr,
     begin,  # counts x[begin, end)
     end,
-    lo,  # range, ACC scalars (unused for codes)
-    hi,
+    lo_ptr,  # this histogram's range, ACC (not read for codes)
+    hi_ptr,
     out_ptr,  # (bins,) int64 counts to add to
     bins,
     EXPLICIT: tl.constexpr,  # drop x < lo and x > hi
@@ -90,6 +90,8 @@ def _count_span(
     BLOCK: tl.constexpr,
 ):
     if not IS_CODE:
+        lo = tl.load(lo_ptr)
+        hi = tl.load(hi_ptr)
         nb = bins.to(ACC)
         if IS_F64:
             w = (hi - lo) / nb
@@ -146,13 +148,7 @@ def _histogram_counts_kernel(
     row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
     begin = tl.program_id(1).to(tl.int64) * CHUNK
     end = tl.minimum(begin + CHUNK, row_length)
-    if IS_CODE:
-        lo = 0.0
-        hi = 0.0
-    else:
-        lo = tl.load(lo_ptr + row)
-        hi = tl.load(hi_ptr + row)
-    _count_span(x_ptr + row * row_length, begin, end, lo, hi, counts_ptr + row * bins, bins,
+    _count_span(x_ptr + row * row_length, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
                 EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
 
 
@@ -282,13 +278,7 @@ def _segments_counts_kernel(
 ):
     seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
     row = tl.load(row_ptr + seg)
-    if IS_CODE:
-        lo = 0.0
-        hi = 0.0
-    else:
-        lo = tl.load(lo_ptr + row)
-        hi = tl.load(hi_ptr + row)
-    _count_span(x_ptr, begin, end, lo, hi, counts_ptr + row * bins, bins,
+    _count_span(x_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
                 EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
 
 
