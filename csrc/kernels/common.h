@@ -37,9 +37,25 @@ enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64
 struct Half16 { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
 
+// Bit casts (memcpy: no aliasing UB; compiles to a register move).
 inline float bits_to_float(uint32_t bits) {
   float out;
   std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t out;
+  std::memcpy(&out, &f, sizeof(out));
+  return out;
+}
+inline double bits_to_double(uint64_t bits) {
+  double out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+inline uint64_t double_to_bits(double x) {
+  uint64_t out;
+  std::memcpy(&out, &x, sizeof(out));
   return out;
 }
 
@@ -58,9 +74,7 @@ inline float to_float(Half16 h) {
   const uint32_t two_word = word + word;  // exponent and mantissa, sign shifted out
   const float normal = bits_to_float((two_word >> 4) + (0xe0u << 23)) * 0x1.0p-112f;
   const float subnormal = bits_to_float((two_word >> 17) | (126u << 23)) - 0.5f;
-  uint32_t normal_bits, subnormal_bits;
-  std::memcpy(&normal_bits, &normal, sizeof(normal_bits));
-  std::memcpy(&subnormal_bits, &subnormal, sizeof(subnormal_bits));
+  const uint32_t normal_bits = float_to_bits(normal), subnormal_bits = float_to_bits(subnormal);
   // A mask, not ?: : GCC turns a select into a branch around each float
   // operation and then cannot vectorize it (the operations might trap).
   const uint32_t subnormal_mask = 0u - static_cast<uint32_t>(two_word < (1u << 27));
@@ -85,11 +99,6 @@ template <typename A> EITP_HD bool is_finite_value(A v) {
 
 // ---- float -> storage conversions (round to nearest even), for kernels that
 // write 16-bit outputs (quant). store_acc<T>(acc) is the inverse of load_acc.
-inline uint32_t float_to_bits(float f) {
-  uint32_t out;
-  std::memcpy(&out, &f, sizeof(out));
-  return out;
-}
 
 // Portable float -> IEEE binary16, round to nearest even, overflow to inf,
 // NaN stays NaN (quiet). After F. Giesen's float_to_half_fast3_rtne.

@@ -7,24 +7,11 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "kernels/common.h"
 
 namespace eitp {
-
-inline uint64_t double_to_bits(double x) {
-  uint64_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return bits;
-}
-
-inline double bits_to_double(uint64_t bits) {
-  double x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
 
 // ln x for a positive, normal, finite x, within 1.3 ulp (against logl, on
 // 3 x 10^7 random doubles, half of them in [1/2, 2)); any other x gives an unspecified value and
