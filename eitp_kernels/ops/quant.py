@@ -15,8 +15,9 @@ row; per channel: the channel axis moved to the front, a copy unless axis is
 absmax / min / max are over finite values only; a scale of 0 (all-zero row)
 becomes 1.0; a range too wide for float32 arithmetic (affine mx - mn beyond
 3.4e38, or fp64 values beyond float32) is computed in float64 with the scale
-saturated at the largest float32 (reference.int8_params_from_range). ``x / scale`` is a true division in float32 (float64 for float64
-input), rint rounds half to even: codes are bit-identical to
+saturated at the largest float32 (reference.int8_params_from_range).
+``x / scale`` is a true division in float32 (float64 for float64 input),
+rint rounds half to even: codes are bit-identical to
 ``eitp_kernels.reference``. Units: scale is in units of x per code step;
 codes and zero points are dimensionless.
 
