@@ -38,26 +38,16 @@ struct Half16 { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
 
 // Bit casts (memcpy: no aliasing UB; compiles to a register move).
-inline float bits_to_float(uint32_t bits) {
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+template <typename To, typename From> inline To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: sizes differ");
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
 }
-inline uint32_t float_to_bits(float f) {
-  uint32_t out;
-  std::memcpy(&out, &f, sizeof(out));
-  return out;
-}
-inline double bits_to_double(uint64_t bits) {
-  double out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-inline uint64_t double_to_bits(double x) {
-  uint64_t out;
-  std::memcpy(&out, &x, sizeof(out));
-  return out;
-}
+inline float bits_to_float(uint32_t bits) { return bit_cast<float>(bits); }
+inline uint32_t float_to_bits(float f) { return bit_cast<uint32_t>(f); }
+inline double bits_to_double(uint64_t bits) { return bit_cast<double>(bits); }
+inline uint64_t double_to_bits(double x) { return bit_cast<uint64_t>(x); }
 
 // IEEE binary16 -> binary32, exact (every half is a float); the arithmetic
 // of PyTorch's c10::detail::fp16_ieee_to_fp32_value. Branch-free, so the
@@ -125,7 +115,7 @@ inline Half16 float_to_half(float v) {
   Half16 out;
 #if defined(__FLT16_MAX__) && !defined(__CUDACC__)
   const _Float16 h = static_cast<_Float16>(v);  // vcvtps2ph in the x86-64-v3 clones
-  std::memcpy(&out.bits, &h, sizeof(h));
+  out.bits = bit_cast<uint16_t>(h);
 #else
   out.bits = float_to_half_bits(v);
 #endif
