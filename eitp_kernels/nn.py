@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Mapping
 
 import torch
@@ -55,25 +56,37 @@ class EntropyMonitor(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Quantization-aware training (int8, DESIGN.md section 2.3):
+# Quantization-aware training and int8 inference (DESIGN.md section 2.3):
 #
-#     FakeQuantLinear   nn.Linear whose weight is fake-quantized per output
-#                       channel (symmetric int8) in every forward; optionally the
-#                       input activations per tensor. Straight-through gradients.
+#     FakeQuantLinear / FakeQuantConv1d / FakeQuantConv2d
+#                       nn.Linear / nn.Conv1d / nn.Conv2d whose weight is
+#                       fake-quantized per output channel (symmetric int8, dim 0)
+#                       in every forward; optionally the input activations per
+#                       tensor. Straight-through gradients.
 #     prepare_qat(model, quantize_activations=False, activation_symmetric=False, inplace=False)
-#                       swaps every nn.Linear for a FakeQuantLinear.
-#     export_int8(model) -> state dict: for each FakeQuantLinear ``name``,
-#                       ``name.weight_int8`` (int8 codes, (out, in)),
+#                       swaps every nn.Linear, nn.Conv1d and nn.Conv2d for its
+#                       fake-quant version and warns once, naming them, about
+#                       other layers with >= 2-D weights it left in float.
+#     export_int8(model) -> state dict: for each fake-quant layer ``name``,
+#                       ``name.weight_int8`` (int8 codes, the weight's shape),
 #                       ``name.weight_scale`` (float32, (out,)) and
 #                       ``name.activation_mode`` (int8 0-d: 0 none, 1 symmetric,
 #                       2 affine) replace ``name.weight``; everything else as in
-#                       model.state_dict().
+#                       model.state_dict(). A model without fake-quant layers
+#                       is an error. This state is the in-memory form of the
+#                       int8 entries of a ``.eitpz`` file
+#                       (training.compression.save_compressed accepts it,
+#                       load_compressed_int8 reads it back).
 #     load_int8(state, model_or_factory) -> the model with those layers replaced
-#                       by Int8Linear, whose outputs equal the fake-quantized
-#                       model's (the dequantized weight is the same bits).
-#     Int8Linear        int8 codes + scales; dequantizes in forward.
+#                       by Int8Linear / Int8Conv1d / Int8Conv2d.
+#     Int8Linear        int8 codes + scales; int8 x int8 -> int32 matmul
+#                       (torch._int_mm) where the shapes qualify, else the
+#                       dequantized fp32 weight (see Int8Linear).
+#     Int8Conv1d/2d     int8 codes + scales; dequantize the weight in forward
+#                       (outputs bit-identical to the fake-quant convolution).
 # --------------------------------------------------------------------------
 _ACTIVATION_MODES = {None: 0, True: 1, False: 2}  # activation_symmetric -> stored code (None: not quantized)
+_ACTIVATION_NAMES = {None: "none", True: "symmetric", False: "affine"}
 
 
 def _fake_quant_activation(x: torch.Tensor, symmetric: bool | None) -> torch.Tensor:
@@ -82,7 +95,30 @@ def _fake_quant_activation(x: torch.Tensor, symmetric: bool | None) -> torch.Ten
     return fake_quant_int8(x, granularity="tensor", symmetric=symmetric)
 
 
-class FakeQuantLinear(nn.Linear):
+def _fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
+    return fake_quant_int8(weight, granularity="channel", axis=0, symmetric=True)
+
+
+class _FakeQuantMixin:
+    """Activation options shared by the fake-quant layers."""
+
+    def _init_activation(self, quantize_activations: bool, activation_symmetric: bool) -> None:
+        self.quantize_activations = bool(quantize_activations)
+        self.activation_symmetric = bool(activation_symmetric)
+
+    @property
+    def _activation(self) -> bool | None:
+        return self.activation_symmetric if self.quantize_activations else None
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight fake-quantized per output channel (symmetric int8, dim 0)."""
+        return _fake_quant_weight(self.weight)
+
+    def _qat_repr(self) -> str:
+        return f", weight=int8 per channel, activations={_ACTIVATION_NAMES[self._activation]}"
+
+
+class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
     """``nn.Linear`` trained through int8 fake quantization.
 
     Forward: ``linear(a(x), fake_quant_int8(weight, granularity="channel",
@@ -96,12 +132,7 @@ class FakeQuantLinear(nn.Linear):
                  quantize_activations: bool = False, activation_symmetric: bool = False,
                  device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.quantize_activations = bool(quantize_activations)
-        self.activation_symmetric = bool(activation_symmetric)
-
-    @property
-    def _activation(self) -> bool | None:
-        return self.activation_symmetric if self.quantize_activations else None
+        self._init_activation(quantize_activations, activation_symmetric)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "FakeQuantLinear":
@@ -112,51 +143,284 @@ class FakeQuantLinear(nn.Linear):
         module.bias = linear.bias
         return module
 
-    def quantized_weight(self) -> torch.Tensor:
-        return fake_quant_int8(self.weight, granularity="channel", axis=0, symmetric=True)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        act = "none" if self._activation is None else ("symmetric" if self._activation else "affine")
-        return super().extra_repr() + f", weight=int8 per channel, activations={act}"
+        return super().extra_repr() + self._qat_repr()
 
 
-class Int8Linear(nn.Module):
-    """A linear layer stored as int8 codes plus per-output-channel float32 scales.
+def _conv_arguments(conv: nn.Module) -> dict:
+    """The constructor arguments of an nn.Conv1d / nn.Conv2d (or a module copying them)."""
+    return {"in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel_size": conv.kernel_size,
+            "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups,
+            "bias": conv.bias is not None, "padding_mode": conv.padding_mode}
 
-    Forward: ``linear(a(x), dequantize_int8(weight_int8, weight_scale,
-    granularity="channel", axis=0, dtype=dtype), bias)`` with the same
-    activation fake-quant as the FakeQuantLinear it was exported from.
-    """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 activation_symmetric: bool | None = None, device=None, dtype=torch.float32) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
-        self.activation_symmetric = activation_symmetric
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self.register_buffer("activation_mode",
-                             torch.tensor(_ACTIVATION_MODES[activation_symmetric], dtype=torch.int8, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+class _FakeQuantConvMixin(_FakeQuantMixin):
+    """Forward of the fake-quant convolutions: nn.ConvNd's own ``_conv_forward``
+    (padding modes, stride, dilation, groups) on the fake-quantized weight."""
 
-    def weight(self) -> torch.Tensor:
-        return dequantize_int8(self.weight_int8, self.weight_scale, granularity="channel", axis=0, dtype=self.dtype)
+    @classmethod
+    def from_conv(cls, conv, **kwargs):
+        """A fake-quant convolution sharing ``conv``'s weight and bias parameters."""
+        module = cls(**_conv_arguments(conv), device="meta", **kwargs)
+        module.weight = conv.weight
+        module.bias = conv.bias
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_fake_quant_activation(x, self.activation_symmetric), self.weight(), self.bias)
+        return self._conv_forward(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return super().extra_repr() + self._qat_repr()
+
+
+class FakeQuantConv1d(_FakeQuantConvMixin, nn.Conv1d):
+    """``nn.Conv1d`` trained through int8 fake quantization: the weight
+    (out, in / groups, k) fake-quantized per output channel (dim 0, symmetric),
+    input activations per tensor when ``quantize_activations``; straight-through
+    gradients; bias, padding mode, stride, dilation and groups as nn.Conv1d."""
+
+    def __init__(self, *args, quantize_activations: bool = False, activation_symmetric: bool = False,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_activation(quantize_activations, activation_symmetric)
+
+
+class FakeQuantConv2d(_FakeQuantConvMixin, nn.Conv2d):
+    """``nn.Conv2d`` trained through int8 fake quantization (as FakeQuantConv1d,
+    weight (out, in / groups, kh, kw))."""
+
+    def __init__(self, *args, quantize_activations: bool = False, activation_symmetric: bool = False,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_activation(quantize_activations, activation_symmetric)
+
+
+_FAKE_QUANT_TYPES = ((nn.Linear, FakeQuantLinear, "from_linear"), (nn.Conv1d, FakeQuantConv1d, "from_conv"),
+                     (nn.Conv2d, FakeQuantConv2d, "from_conv"))
+_FAKE_QUANT_LAYERS = (FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d)
+
+# int8 x int8 products accumulate in int32: k * 128 * 127 must stay below 2^31.
+_INT_MM_MAX_K = (2**31 - 1) // (128 * 127)
+
+
+def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) -> bool:
+    """Whether ``Int8Linear`` multiplies an (m, k) activation by its (n, k)
+    weight with ``torch._int_mm`` (else: the dequantized fp32 weight).
+
+    Both devices: k and n multiples of 8 (torch's CUDA kernel requires it; on
+    the CPU, where any shape runs, the same rule keeps one path per layer and
+    skips the small, odd-sized layers where the int8 path gains nothing) and
+    k <= 132104 (the int32 accumulator cannot overflow). CUDA also needs m > 16
+    (torch._int_mm's cuBLAS path); other devices always fall back.
+    """
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda") or m < 1 or k % 8 or n % 8 or not 0 < k <= _INT_MM_MAX_K:
+        return False
+    return device.type == "cpu" or m > 16
+
+
+class _Int8Weight(nn.Module):
+    """Buffers shared by the int8 layers: ``weight_int8`` (int8 codes, the float
+    weight's shape), ``weight_scale`` (float32 per output channel, (out,)) and
+    ``activation_mode`` (0-d int8: 0 none, 1 symmetric, 2 affine per tensor);
+    ``bias`` stays a float parameter."""
+
+    def _init_int8(self, weight_shape: tuple[int, ...], bias: bool, activation_symmetric: bool | None,
+                   device, dtype) -> None:
+        self.dtype = dtype
+        self.activation_symmetric = activation_symmetric
+        self.register_buffer("weight_int8", torch.zeros(weight_shape, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(weight_shape[0], dtype=torch.float32, device=device))
+        self.register_buffer("activation_mode",
+                             torch.tensor(_ACTIVATION_MODES[activation_symmetric], dtype=torch.int8, device=device))
+        self.bias = nn.Parameter(torch.zeros(weight_shape[0], device=device, dtype=dtype)) if bias else None
+
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, ``weight_int8 * weight_scale`` per output channel, in ``dtype``."""
+        return dequantize_int8(self.weight_int8, self.weight_scale, granularity="channel", axis=0, dtype=self.dtype)
+
+
+def _refresh_after_load(module: "Int8Linear", incompatible_keys) -> None:
+    module._refresh_code_sums()
+
+
+class Int8Linear(_Int8Weight):
+    """A linear layer stored as int8 codes plus per-output-channel float32 scales.
+
+    int8 path (``matmul="auto"`` when :func:`int8_matmul_supported` holds for
+    the (m, k) view of the input, or ``matmul="int8"``): the activations are
+    quantized dynamically to int8 codes ``qx`` with scale ``sx``, then
+
+        y[i, j] = sx[i] * weight_scale[j] * (qx @ weight_int8^T)[i, j] + bias[j]
+
+    with ``qx @ weight_int8^T`` an exact int32 product (``torch._int_mm``) and
+    the rescale one ``addcmul``. ``sx`` is per row (per token: quantize_int8
+    granularity="channel", axis=0 on the 2-D view, symmetric) for layers
+    trained without activation quantization, or per tensor with the trained
+    mode (symmetric, or affine with ``- zero_point * sum_k weight_int8[j, k]``)
+    otherwise, so those codes are exactly the fake-quant model's. The output
+    differs from the fp32 path by the activation rounding only (per-row
+    symmetric: at most sx[i] / 2 per input element).
+
+    fp32 path (``matmul="dequantize"``, shapes that do not qualify, inputs
+    that require grad, or an input dtype other than the layer's): ``linear(
+    a(x), dequantize_int8(weight_int8, weight_scale, ...), bias)`` with the
+    same activation fake-quant as the FakeQuantLinear it was exported from: the
+    outputs are bit-identical to the fake-quant model's. It dequantizes the
+    weight on every call (no fp32 copy is kept).
+    """
+
+    MATMULS = ("auto", "int8", "dequantize")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 activation_symmetric: bool | None = None, matmul: str = "auto", device=None,
+                 dtype=torch.float32) -> None:
+        super().__init__()
+        if matmul not in self.MATMULS:
+            raise ValueError(f"Int8Linear: matmul must be one of {self.MATMULS}, got {matmul!r}")
+        self.in_features, self.out_features, self.matmul = in_features, out_features, matmul
+        self._init_int8((out_features, in_features), bias, activation_symmetric, device, dtype)
+        # sum_k weight_int8[j, k], for the affine zero-point correction; rebuilt after loading.
+        self.register_buffer("_weight_code_sums", None, persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def _refresh_code_sums(self) -> None:
+        self._weight_code_sums = self.weight_int8.sum(dim=1, dtype=torch.int32) if self.activation_symmetric is False else None
+
+    def uses_int8_matmul(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the int8 path (see the class docstring)."""
+        if self.matmul == "dequantize" or x.dtype != self.dtype or x.shape[-1] != self.in_features:
+            return False
+        if torch.is_grad_enabled() and x.requires_grad:
+            return False
+        if self.matmul == "int8":
+            return True
+        m = x.numel() // self.in_features if self.in_features else 0
+        return int8_matmul_supported(m, self.in_features, self.out_features, x.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_int8_matmul(x) and x.numel():
+            return self._int8_forward(x)
+        return F.linear(_fake_quant_activation(x, self.activation_symmetric), self.weight(), self.bias)
+
+    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.activation_symmetric is None:
+            qx, sx, _ = quantize_int8(rows, granularity="channel", axis=0, symmetric=True)
+            sx = sx.unsqueeze(1)
+        else:
+            qx, sx, zero_point = quantize_int8(rows, granularity="tensor", symmetric=self.activation_symmetric)
+        acc = torch._int_mm(qx, self.weight_int8.t())
+        if self.activation_symmetric is False:
+            if self._weight_code_sums is None or self._weight_code_sums.device != acc.device:
+                self._refresh_code_sums()
+            acc = acc - zero_point * self._weight_code_sums
+        out_scale = sx * self.weight_scale  # (m, n) or (n,), float32
+        bias = self.bias.float() if self.bias is not None else torch.zeros((), device=x.device)
+        y = torch.addcmul(bias, acc, out_scale)
+        return y.to(self.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"activations={_ACTIVATION_NAMES[self.activation_symmetric]}, matmul={self.matmul}")
+
+
+class _Int8ConvNd(_Int8Weight):
+    """An int8 convolution: the weight stored as int8 codes (out, in / groups,
+    *kernel) with per-output-channel float32 scales, dequantized in every
+    forward and applied with the geometry (stride, padding and padding mode,
+    dilation, groups) of the nn.ConvNd it replaces, after the same activation
+    fake-quant: outputs are bit-identical to the fake-quant convolution's.
+    The int8 storage saves memory and file size; the arithmetic is float."""
+
+    _float_type: type = nn.Conv2d
+    _conv = staticmethod(F.conv2d)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
+                 activation_symmetric: bool | None = None, device=None, dtype=torch.float32) -> None:
+        super().__init__()
+        # nn.ConvNd normalizes and checks the geometry; only its attributes are kept.
+        geometry = self._float_type(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                    bias, padding_mode, device="meta")
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(self, name, getattr(geometry, name))
+        self._init_int8(tuple(geometry.weight.shape), bias, activation_symmetric, device, dtype)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, activation_symmetric: bool | None = None) -> "_Int8ConvNd":
+        """An int8 convolution with ``conv``'s geometry (codes and scales still to be loaded)."""
+        return cls(**_conv_arguments(conv), activation_symmetric=activation_symmetric, device=conv.weight.device,
+                   dtype=conv.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _fake_quant_activation(x, self.activation_symmetric)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        else:
+            padding = self.padding
+        return self._conv(x, self.weight(), self.bias, self.stride, padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}, padding_mode={self.padding_mode}, "
+                f"activations={_ACTIVATION_NAMES[self.activation_symmetric]}")
+
+
+class Int8Conv1d(_Int8ConvNd):
+    """An int8 ``nn.Conv1d`` (see _Int8ConvNd): weight codes (out, in / groups, k)."""
+
+    _float_type = nn.Conv1d
+    _conv = staticmethod(F.conv1d)
+
+
+class Int8Conv2d(_Int8ConvNd):
+    """An int8 ``nn.Conv2d`` (see _Int8ConvNd): weight codes (out, in / groups, kh, kw)."""
+
+    _float_type = nn.Conv2d
+    _conv = staticmethod(F.conv2d)
+
+
+def _int8_type_for(module: nn.Module):
+    """(Int8 layer class, its constructor from ``module``) for an nn.Linear / nn.Conv1d / nn.Conv2d, else None."""
+    if isinstance(module, nn.Linear):
+        return Int8Linear, lambda act: Int8Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                                  activation_symmetric=act, device=module.weight.device,
+                                                  dtype=module.weight.dtype)
+    for float_type, int8_type in ((nn.Conv1d, Int8Conv1d), (nn.Conv2d, Int8Conv2d)):
+        if isinstance(module, float_type):
+            return int8_type, lambda act: int8_type.from_conv(module, act)
+    return None
+
+
+def _unconverted_weight_layers(model: nn.Module) -> list[str]:
+    """'name (Type)' of every module holding a >= 2-D parameter of its own that is not
+    a fake-quant or int8 layer (Conv3d, ConvTranspose, Embedding, MultiheadAttention, ...)."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, _FAKE_QUANT_LAYERS + (_Int8Weight,)):
+            continue
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            found.append(f"{name or '(root)'} ({type(module).__name__})")
+    return found
 
 
 def prepare_qat(model: nn.Module, *, quantize_activations: bool = False, activation_symmetric: bool = False,
                 inplace: bool = False) -> nn.Module:
-    """Swap every ``nn.Linear`` in ``model`` (itself included) for a FakeQuantLinear
-    sharing its parameters. Returns the prepared model (a deep copy unless
-    ``inplace``)."""
+    """Swap every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` in ``model``
+    (itself included) for its fake-quant version sharing its parameters.
+    Returns the prepared model (a deep copy unless ``inplace``).
+
+    Layers with >= 2-D weights of other types (Conv3d, ConvTranspose*,
+    Embedding, MultiheadAttention, whose projections it calls without their
+    forward, ...) stay in floating point: one UserWarning names them all.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
@@ -164,22 +428,37 @@ def prepare_qat(model: nn.Module, *, quantize_activations: bool = False, activat
     kwargs = {"quantize_activations": quantize_activations, "activation_symmetric": activation_symmetric}
 
     def swap(module: nn.Module) -> nn.Module:
-        if isinstance(module, nn.Linear) and not isinstance(module, FakeQuantLinear):
-            return FakeQuantLinear.from_linear(module, **kwargs)
+        if isinstance(module, _FAKE_QUANT_LAYERS) or isinstance(module, nn.MultiheadAttention):
+            return module
+        for float_type, fake_type, build in _FAKE_QUANT_TYPES:
+            if isinstance(module, float_type):
+                return getattr(fake_type, build)(module, **kwargs)
         for name, child in module.named_children():
             setattr(module, name, swap(child))
         return module
 
-    return swap(model)
+    model = swap(model)
+    left = _unconverted_weight_layers(model)
+    if left:
+        warnings.warn(f"prepare_qat: {len(left)} layer(s) with weights stay in floating point (no fake-quant "
+                      f"version; only nn.Linear, nn.Conv1d and nn.Conv2d are converted): {', '.join(left)}",
+                      UserWarning, stacklevel=2)
+    return model
 
 
 def export_int8(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with each FakeQuantLinear's weight replaced by int8 codes and scales
-    (see the module docstring for the keys)."""
+    """State dict with each fake-quant layer's weight replaced by int8 codes and
+    scales (see the section comment above for the keys). Raises ValueError
+    for a model without fake-quant layers (never prepared with prepare_qat):
+    its state dict would hold no int8 codes at all."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_int8: model must be an nn.Module, got {type(model).__name__}")
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _FAKE_QUANT_LAYERS)]
+    if not layers:
+        raise ValueError(f"export_int8: {type(model).__name__} has no fake-quant layers; prepare it with "
+                         "eitp_kernels.nn.prepare_qat(model) (and train it) before exporting")
     state = dict(model.state_dict())
-    for name, module in model.named_modules():
-        if not isinstance(module, FakeQuantLinear):
-            continue
+    for name, module in layers:
         prefix = f"{name}." if name else ""
         with torch.no_grad():
             q, scale, _ = quantize_int8(module.weight, granularity="channel", axis=0, symmetric=True)
@@ -190,7 +469,7 @@ def export_int8(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_int8_entry(state, prefix: str, linear: nn.Linear) -> bool | None:
+def _check_int8_entry(state, prefix: str, layer: nn.Module) -> bool | None:
     """Validate one exported layer's entries (dtypes, shapes, devices, scale and
     mode values) before anything is built or copied; return its activation mode.
     Only shapes and dtypes are read before the small scale/mode tensors' values,
@@ -208,16 +487,21 @@ def _check_int8_entry(state, prefix: str, linear: nn.Linear) -> bool | None:
     codes = get("weight_int8", "int8 codes")
     scale = get("weight_scale", "per-output-channel float scales")
     mode = get("activation_mode", "0-d int8 activation mode")
-    out_f, in_f = linear.out_features, linear.in_features
+    expected = tuple(layer.weight.shape)
+    layer_name = prefix.rstrip('.') or '(root)'
     if codes.dtype != torch.int8:
         raise TypeError(f"load_int8: {prefix}weight_int8 must have dtype int8, got {codes.dtype}")
-    if tuple(codes.shape) != (out_f, in_f):
+    if codes.dim() != len(expected) and codes.dim() in (2, 3, 4):
+        kind = {2: "nn.Linear", 3: "nn.Conv1d", 4: "nn.Conv2d"}[codes.dim()]
+        raise ValueError(f"load_int8: {prefix}weight_int8 is {codes.dim()}-D (the codes of an {kind}), but the "
+                         f"model's layer {layer_name} is {type(layer).__name__}: expected an {kind} there")
+    if tuple(codes.shape) != expected:
         raise ValueError(f"load_int8: {prefix}weight_int8 has shape {tuple(codes.shape)}, but the model's layer "
-                         f"{prefix.rstrip('.') or '(root)'} needs ({out_f}, {in_f})")
+                         f"{layer_name} needs {expected}")
     if not scale.dtype.is_floating_point:
         raise TypeError(f"load_int8: {prefix}weight_scale must have a float dtype, got {scale.dtype}")
-    if tuple(scale.shape) != (out_f,):
-        raise ValueError(f"load_int8: {prefix}weight_scale has shape {tuple(scale.shape)}, expected ({out_f},)")
+    if tuple(scale.shape) != expected[:1]:
+        raise ValueError(f"load_int8: {prefix}weight_scale has shape {tuple(scale.shape)}, expected {expected[:1]}")
     if mode.dtype.is_floating_point or mode.dtype.is_complex or mode.dtype == torch.bool:
         raise TypeError(f"load_int8: {prefix}activation_mode must have an integer dtype, got {mode.dtype}")
     if mode.dim() != 0:
@@ -232,13 +516,14 @@ def _check_int8_entry(state, prefix: str, linear: nn.Linear) -> bool | None:
 
 
 def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
-    """A model from ``export_int8`` output: ``model_or_factory`` (a module with
-    the original architecture, or a callable building one) gets every layer
-    named in ``state`` by ``*.weight_int8`` replaced by an Int8Linear; then the
-    state is loaded strictly.
+    """A model from ``export_int8`` output (or ``load_compressed_int8``'s file):
+    ``model_or_factory`` (a module with the original float architecture, or a
+    callable building one) gets every layer named in ``state`` by
+    ``*.weight_int8`` replaced by an Int8Linear (nn.Linear), Int8Conv1d
+    (nn.Conv1d) or Int8Conv2d (nn.Conv2d); then the state is loaded strictly.
 
     Each exported layer's entries are checked first (``weight_int8`` int8 of the
-    layer's (out, in) shape, ``weight_scale`` float (out,) finite and > 0,
+    layer's weight shape, ``weight_scale`` float (out,) finite and > 0,
     ``activation_mode`` 0-d integer in {0, 1, 2}): a hostile or damaged state
     raises TypeError/ValueError naming the key. Shapes come from the model,
     never from the state, so nothing the state claims is allocated."""
@@ -259,12 +544,12 @@ def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Call
             old = model.get_submodule(name) if name else model
         except AttributeError:
             raise ValueError(f"load_int8: state has {key!r}, but the model has no submodule {name!r}") from None
-        if not isinstance(old, nn.Linear):
-            raise ValueError(f"load_int8: {name or 'the model'} is {type(old).__name__}, expected an nn.Linear")
+        target = _int8_type_for(old)
+        if target is None:
+            raise ValueError(f"load_int8: {name or 'the model'} is {type(old).__name__}, expected an nn.Linear, "
+                             "nn.Conv1d or nn.Conv2d")
         prefix = f"{name}." if name else ""
-        activation_symmetric = _check_int8_entry(state, prefix, old)
-        new = Int8Linear(old.in_features, old.out_features, bias=old.bias is not None,
-                         activation_symmetric=activation_symmetric, device=old.weight.device, dtype=old.weight.dtype)
+        new = target[1](_check_int8_entry(state, prefix, old))
         if not name:
             model = new
             continue

@@ -11,6 +11,16 @@ File layout (all integers little-endian):
              as the header's granularity says); every other tensor (biases,
              buffers) as is.
 
+An int8 entry's header may carry ``"activation_mode"`` (0 none, 1 symmetric,
+2 affine per tensor: how the layer's inputs were fake-quantized in QAT).
+The per-channel int8 entries of a layer's ``weight`` are exactly what
+``eitp_kernels.nn.export_int8`` returns for it (``weight_int8`` = the codes,
+``weight_scale`` = the scales, ``activation_mode``): ``save_compressed``
+accepts that state (or the QAT model itself) and ``load_compressed_int8``
+builds the int8 model (Int8Linear / Int8Conv1d / Int8Conv2d) from the stored
+codes and scales without a float copy of those weights. ``load_compressed``
+still returns the dequantized float state dict.
+
 Loading checks the magic, the header size, the JSON, the payload's sha256 and
 decompressed size, and every tensor's dtype and shape against the header,
 and decompresses in bounded chunks: a truncated, corrupted or hostile file
@@ -92,6 +102,52 @@ def _code_entropy_bits(codes: list[torch.Tensor]) -> float:
     return float(histogram_entropy(torch.cat([c.flatten() for c in codes]), base=2))
 
 
+_INT8_SUFFIXES = ("weight_int8", "weight_scale", "activation_mode")
+
+
+def _activation_modes(model: nn.Module) -> dict[str, int]:
+    """``{"<layer>.weight": activation mode code}`` for the fake-quant layers of a QAT model."""
+    from eitp_kernels import nn as enn
+
+    return {(f"{name}." if name else "") + "weight": enn._ACTIVATION_MODES[m._activation]
+            for name, m in model.named_modules() if isinstance(m, enn._FAKE_QUANT_LAYERS)}
+
+
+def _split_int8_entries(state: dict) -> tuple[dict, dict]:
+    """Pull export_int8's ``<layer>.weight_int8 / weight_scale / activation_mode``
+    triplets out of ``state``: (the rest of the state, {"<layer>.weight": (codes,
+    scale, mode)}), each triplet checked (int8 codes, float32 (out,) scales,
+    finite and > 0, a 0-d mode in {0, 1, 2})."""
+    rest, int8 = dict(state), {}
+    for key in [k for k in state if isinstance(k, str) and k.endswith("weight_int8")]:
+        base = key[: -len("weight_int8")]
+        if base and not base.endswith("."):
+            continue
+        keys = [base + suffix for suffix in _INT8_SUFFIXES]
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"save_compressed: state has {key!r} but no {missing[0]!r} (export_int8 output "
+                             "holds all three)")
+        codes, scale, mode = (state[k] for k in keys)
+        if not all(isinstance(t, torch.Tensor) for t in (codes, scale, mode)):
+            raise TypeError(f"save_compressed: {base}weight_int8 / weight_scale / activation_mode must be tensors")
+        if codes.dtype != torch.int8 or codes.dim() < 2:
+            raise ValueError(f"save_compressed: {key!r} must be int8 codes with >= 2 dims, got {codes.dtype} "
+                             f"{tuple(codes.shape)}")
+        if not scale.is_floating_point() or tuple(scale.shape) != tuple(codes.shape[:1]):
+            raise ValueError(f"save_compressed: {base}weight_scale must be float of shape {tuple(codes.shape[:1])}, "
+                             f"got {scale.dtype} {tuple(scale.shape)}")
+        if scale.numel() and not bool(((scale > 0) & torch.isfinite(scale)).all()):
+            raise ValueError(f"save_compressed: {base}weight_scale must be finite and > 0 everywhere")
+        if mode.dim() != 0 or mode.is_floating_point() or int(mode) not in (0, 1, 2):
+            raise ValueError(f"save_compressed: {base}activation_mode must be a 0-d integer in (0, 1, 2)")
+        for k in keys:
+            del rest[k]
+        int8[base + "weight"] = (codes.detach().cpu().contiguous(), scale.detach().cpu().float().contiguous(),
+                                 int(mode))
+    return rest, int8
+
+
 def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsity: float = 0.0,
                     granularity: str = "channel", group_size: int = 128, level: int = 19) -> CompressionReport:
     """Prune (to ``sparsity`` per weight tensor), quantize weights to symmetric
@@ -101,7 +157,10 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
 
     ``model``: a module (pruned in place when sparsity > 0, so it matches what
     is saved) or a state dict. Tensors with >= 2 dims are quantized; others
-    are stored as they are. Returns a ``CompressionReport``.
+    are stored as they are. The int8 layers of an ``export_int8`` state (or
+    of an int8 model's state) are stored as they are, per channel, whatever
+    ``granularity`` says; a QAT model's fake-quant layers record their
+    activation mode (see the module docstring). Returns a ``CompressionReport``.
     """
     import safetensors.torch
     import zstandard
@@ -110,10 +169,12 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
         raise ValueError(f"save_compressed: granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"save_compressed: group_size must be a positive int, got {group_size!r}")
+    modes: dict[str, int] = {}
     if isinstance(model, nn.Module):
         if sparsity > 0:
             magnitude_prune(model, sparsity)
         state = model.state_dict()
+        modes = _activation_modes(model)
     elif isinstance(model, dict):
         if sparsity > 0:
             raise ValueError("save_compressed: sparsity needs a module (pruning is applied to it in place)")
@@ -121,8 +182,25 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
     else:
         raise TypeError(f"save_compressed: model must be an nn.Module or a state dict, got {type(model).__name__}")
 
+    state, exported = _split_int8_entries(state)
     stored, described, all_codes = {}, {}, []
     original_bytes = parameters = quantized = zeros = 0
+
+    def add_int8(name, codes, scale, dtype, entry_granularity, mode):
+        nonlocal quantized, zeros
+        stored[name + ".q"], stored[name + ".scale"] = codes.contiguous(), scale.contiguous()
+        described[name] = {"kind": "int8", "shape": list(codes.shape), "dtype": str(dtype).replace("torch.", ""),
+                           "granularity": entry_granularity, "group_size": group_size}
+        if mode is not None:
+            described[name]["activation_mode"] = mode
+        all_codes.append(codes)
+        quantized += codes.numel()
+        zeros += int((codes == 0).sum())
+
+    for name, (codes, scale, mode) in exported.items():
+        original_bytes += codes.numel() + scale.numel() * 4
+        parameters += codes.numel()
+        add_int8(name, codes, scale, torch.float32, "channel", mode)
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"save_compressed: state entry {name!r} is not a tensor")
@@ -134,12 +212,7 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
                 raise ValueError(f"save_compressed: group_size={group_size} does not divide the last dim of "
                                  f"{name!r} {tuple(tensor.shape)}")
             codes, scale = _quantize(tensor, granularity, group_size)
-            stored[name + ".q"], stored[name + ".scale"] = codes.contiguous(), scale.contiguous()
-            described[name] = {"kind": "int8", "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", ""),
-                               "granularity": granularity, "group_size": group_size}
-            all_codes.append(codes)
-            quantized += codes.numel()
-            zeros += int((codes == 0).sum())
+            add_int8(name, codes, scale, tensor.dtype, granularity, modes.get(name))
         else:
             stored[name] = tensor.contiguous()
             described[name] = {"kind": "raw", "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", "")}
@@ -211,9 +284,9 @@ def _check_tensor(name, tensor, dtype, shape, path):
                          f"header says {dtype} {list(shape)}")
 
 
-def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Read a file written by ``save_compressed``; return the dequantized state dict
-    (and load it into ``model`` when given)."""
+def _read_entries(path) -> dict[str, tuple]:
+    """Every tensor of the file, checked against the header: name -> ("raw", tensor)
+    or ("int8", codes, scale, granularity, group_size, dtype, activation_mode)."""
     import safetensors.torch
 
     with open(path, "rb") as f:
@@ -225,7 +298,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> 
         stored = safetensors.torch.load(payload)
     except Exception as error:  # safetensors raises its own error types
         raise ValueError(f"load_compressed: {path} payload is not valid safetensors ({error})") from None
-    state = {}
+    entries = {}
     for name, info in header["tensors"].items():
         try:
             dtype = getattr(torch, info["dtype"])
@@ -233,6 +306,8 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> 
             kind = info["kind"]
         except (KeyError, TypeError, AttributeError):
             raise ValueError(f"load_compressed: {path}: malformed entry for {name!r}") from None
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"load_compressed: {path}: {name!r} has an unknown dtype {info['dtype']!r}")
         if kind == "int8":
             codes, scale = stored.get(name + ".q"), stored.get(name + ".scale")
             if codes is None or scale is None:
@@ -245,15 +320,72 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> 
                 raise ValueError(f"load_compressed: {path}: bad granularity {granularity!r} / group_size "
                                  f"{group_size!r} for {name!r}")
             _check_tensor(name + ".scale", scale, torch.float32, _scale_shape(list(shape), granularity, group_size), path)
-            state[name] = _dequantize(codes, scale, granularity, group_size).to(dtype)
+            mode = info.get("activation_mode", 0)
+            if isinstance(mode, bool) or mode not in (0, 1, 2):
+                raise ValueError(f"load_compressed: {path}: bad activation_mode {mode!r} for {name!r}")
+            entries[name] = ("int8", codes, scale, granularity, group_size, dtype, mode)
         elif kind == "raw":
             tensor = stored.get(name)
             if tensor is None:
                 raise ValueError(f"load_compressed: {path}: tensor {name!r} is missing from the payload")
             _check_tensor(name, tensor, dtype, shape, path)
-            state[name] = tensor
+            entries[name] = ("raw", tensor)
         else:
             raise ValueError(f"load_compressed: {path}: unknown tensor kind {kind!r} for {name!r}")
+    return entries
+
+
+def _as_float(entry: tuple) -> torch.Tensor:
+    if entry[0] == "raw":
+        return entry[1]
+    _, codes, scale, granularity, group_size, dtype, _ = entry
+    return _dequantize(codes, scale, granularity, group_size).to(dtype)
+
+
+def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Read a file written by ``save_compressed``; return the dequantized state dict
+    (and load it into ``model`` when given)."""
+    state = {name: _as_float(entry) for name, entry in _read_entries(path).items()}
     if model is not None:
         model.load_state_dict(state)
     return state
+
+
+def load_compressed_int8(path: str | os.PathLike, model_or_factory) -> nn.Module:
+    """Read a file written by ``save_compressed`` into an int8 model.
+
+    ``model_or_factory``: the float architecture (a module, or a callable
+    building one), as for ``eitp_kernels.nn.load_int8``. Every int8 entry
+    ``<layer>.weight`` whose layer is an nn.Linear, nn.Conv1d or nn.Conv2d
+    becomes that layer's ``weight_int8`` / ``weight_scale`` (the stored codes
+    and scales, no float copy; a per-tensor scale is repeated per channel,
+    which gives the same values) and ``activation_mode`` (from the header, 0
+    when the file was saved from a float model); the model's layers become
+    Int8Linear / Int8Conv1d / Int8Conv2d through ``load_int8``, whose checks
+    apply. Every other tensor is loaded dequantized, as ``load_compressed``
+    does. A layer stored per group (granularity="group") cannot become an int8
+    layer (its scales are not per channel): ValueError.
+    """
+    from eitp_kernels import nn as enn
+
+    model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_compressed_int8: model_or_factory must be an nn.Module or build one, got "
+                        f"{type(model).__name__}")
+    modules = dict(model.named_modules())
+    state: dict[str, torch.Tensor] = {}
+    for name, entry in _read_entries(path).items():
+        layer_name, _, leaf = name.rpartition(".")
+        layer = modules.get(layer_name)
+        if entry[0] != "int8" or leaf != "weight" or layer is None or enn._int8_type_for(layer) is None:
+            state[name] = _as_float(entry)
+            continue
+        _, codes, scale, granularity, _, _, mode = entry
+        if granularity == "group":
+            raise ValueError(f"load_compressed_int8: {path}: {name!r} is stored per group; int8 layers need "
+                             "scales per channel (save with granularity='channel' or 'tensor')")
+        prefix = f"{layer_name}." if layer_name else ""
+        state[prefix + "weight_int8"] = codes
+        state[prefix + "weight_scale"] = scale.expand(codes.shape[0]).contiguous() if granularity == "tensor" else scale
+        state[prefix + "activation_mode"] = torch.tensor(mode, dtype=torch.int8)
+    return enn.load_int8(state, model)

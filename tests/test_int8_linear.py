@@ -1,0 +1,190 @@
+"""Int8Linear's int8 path (dynamic activation quantization + torch._int_mm +
+rescale) against its dequantized fp32 path, the shape rules that pick the path,
+and the digits accuracy of an int8 model against its QAT model."""
+import pytest
+import torch
+from torch import nn
+
+from eitp_kernels import nn as enn
+from eitp_kernels import reference
+
+
+def _int8_layer(in_f, out_f, *, activations=None, bias=True, seed=0, matmul="auto"):
+    """An Int8Linear exported from a FakeQuantLinear (activations: None, True symmetric, False affine)."""
+    torch.manual_seed(seed)
+    qat = enn.prepare_qat(nn.Sequential(nn.Linear(in_f, out_f, bias=bias)),
+                          quantize_activations=activations is not None, activation_symmetric=bool(activations))
+    with torch.no_grad():
+        if bias:
+            qat[0].bias.normal_()
+    model = enn.load_int8(enn.export_int8(qat), lambda: nn.Sequential(nn.Linear(in_f, out_f, bias=bias)))
+    layer = model[0]
+    layer.matmul = matmul
+    return layer, qat[0]
+
+
+def _dequantized(layer, x):
+    layer.matmul, saved = "dequantize", layer.matmul
+    try:
+        return layer(x)
+    finally:
+        layer.matmul = saved
+
+
+def _per_row_bound(layer, x):
+    """|int8 - fp32| bound for per-row symmetric activations: each input element
+    moves by at most sx/2 (sx = row absmax / 127), so output j moves by at most
+    sx/2 * sum_k |W_jk| (W the dequantized weight), plus fp32 rounding."""
+    rows = x.reshape(-1, layer.in_features)
+    sx = reference.quantize_int8(rows, "channel", 0, 128, True)[1]
+    w = layer.weight().abs().sum(dim=1)
+    bound = (sx.unsqueeze(1) / 2) * w
+    return bound.reshape(*x.shape[:-1], layer.out_features) + 1e-5 * (1 + rows.abs().max())
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 48), (1, 64, 64), (3, 5, 16, 8), (17, 128, 24)])
+def test_int8_path_within_the_activation_rounding_bound(shape):
+    *batch, in_f, out_f = shape
+    layer, _ = _int8_layer(in_f, out_f)
+    x = torch.randn(*batch, in_f)
+    with torch.no_grad():
+        assert layer.uses_int8_matmul(x)
+        y = layer(x)
+        y_fp32 = _dequantized(layer, x)
+    assert y.shape == (*batch, out_f) and y.dtype == torch.float32
+    assert bool(((y - y_fp32).abs() <= _per_row_bound(layer, x)).all())
+    assert not torch.equal(y, y_fp32)  # the int8 path really ran (activation rounding shows)
+
+
+def test_int8_path_is_the_exact_integer_product():
+    """y = sx_i * s_j * (qx @ qw^T)_ij + b_j: checked against the same formula in float64."""
+    layer, _ = _int8_layer(32, 16)
+    x = torch.randn(9, 32)
+    with torch.no_grad():
+        y = layer(x)
+    qx, sx, _ = reference.quantize_int8(x, "channel", 0, 128, True)
+    acc = qx.double() @ layer.weight_int8.double().t()
+    expected = acc * sx.double().unsqueeze(1) * layer.weight_scale.double() + layer.bias.double()
+    torch.testing.assert_close(y.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("activations", [True, False])
+def test_trained_activation_modes_match_the_fake_quant_model(activations):
+    """Layers trained with per-tensor activation fake-quant keep those codes in
+    the int8 path (affine: with the zero-point correction): only the float
+    rounding of the rescale differs from the QAT layer."""
+    layer, qat_layer = _int8_layer(64, 40, activations=activations)
+    x = torch.randn(6, 7, 64) + (0.5 if activations is False else 0.0)
+    with torch.no_grad():
+        assert layer.uses_int8_matmul(x)
+        torch.testing.assert_close(layer(x), qat_layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_f, out_f", [(12, 16), (16, 3), (20, 20)])
+def test_shapes_that_do_not_qualify_fall_back_bit_exactly(in_f, out_f):
+    layer, qat_layer = _int8_layer(in_f, out_f)
+    x = torch.randn(5, in_f)
+    with torch.no_grad():
+        assert not layer.uses_int8_matmul(x)
+        torch.testing.assert_close(layer(x), qat_layer(x), rtol=0, atol=0)
+
+
+def test_forced_int8_runs_any_cpu_shape_and_grad_inputs_fall_back():
+    layer, qat_layer = _int8_layer(12, 3, matmul="int8")
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        assert layer.uses_int8_matmul(x)
+        assert bool(((layer(x) - _dequantized(layer, x)).abs() <= _per_row_bound(layer, x)).all())
+    xg = x.clone().requires_grad_()
+    assert not layer.uses_int8_matmul(xg)
+    layer(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+
+
+def test_no_bias_empty_batch_and_dtype_mismatch():
+    layer, qat_layer = _int8_layer(16, 8, bias=False)
+    with torch.no_grad():
+        assert bool(((layer(torch.ones(2, 16)) - qat_layer(torch.ones(2, 16))).abs() < 1e-5).all())
+        assert layer(torch.zeros(0, 16)).shape == (0, 8)
+        assert not layer.uses_int8_matmul(torch.zeros(2, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="matmul must be one of"):
+        enn.Int8Linear(8, 8, matmul="fast")
+
+
+def test_int8_matmul_supported_rules():
+    assert enn.int8_matmul_supported(1, 4096, 4096, "cpu")
+    assert not enn.int8_matmul_supported(64, 4095, 4096, "cpu")
+    assert not enn.int8_matmul_supported(64, 4096, 10, "cpu")
+    assert not enn.int8_matmul_supported(0, 64, 64, "cpu")
+    assert not enn.int8_matmul_supported(16, 64, 64, "cuda") and enn.int8_matmul_supported(17, 64, 64, "cuda")
+    assert not enn.int8_matmul_supported(64, 8 * 20000, 64, "cpu")  # int32 accumulator could overflow
+    assert not enn.int8_matmul_supported(64, 64, 64, "meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [1, 17, 64])
+def test_cuda_int8_path(m):
+    layer, _ = _int8_layer(64, 32)
+    layer.cuda()
+    x = torch.randn(m, 64, device="cuda")
+    with torch.no_grad():
+        assert layer.uses_int8_matmul(x) == (m > 16)
+        y = layer(x)
+        bound = _per_row_bound(layer.cpu(), x.cpu())
+        layer.cuda()
+        assert bool(((y.cpu() - _dequantized(layer, x).cpu()).abs() <= bound).all())
+
+
+def test_load_state_refreshes_affine_code_sums():
+    layer, _ = _int8_layer(32, 16, activations=False)
+    other, other_qat = _int8_layer(32, 16, activations=False, seed=5)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        layer(x)  # caches the code sums of the first weights
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), other_qat(x), rtol=1e-5, atol=1e-5)
+
+
+def test_digits_int8_accuracy_within_half_a_point_of_qat(tmp_path):
+    """A QAT MLP of the digits demo (64 -> 64 -> 64 -> 10, a few epochs):
+    the int8 model (every layer on the int8 path) classifies the test split
+    within 0.5 percentage points of the fake-quant model, and the .eitpz file
+    loads into the same int8 model."""
+    pytest.importorskip("sklearn")
+    from eitp_kernels.training import compression
+    from eitp_kernels.training.demo import load_digits_split, make_mlp
+
+    (x_train, y_train), (x_test, y_test) = load_digits_split(seed=0)
+    torch.manual_seed(0)
+    qat = enn.prepare_qat(make_mlp(64))
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        order = torch.randperm(len(x_train), generator=generator)
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            loss = nn.functional.cross_entropy(qat(x_train[idx]), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def accuracy(model):
+        with torch.no_grad():
+            return 100.0 * (model(x_test).argmax(1) == y_test).float().mean().item()
+
+    int8 = enn.load_int8(enn.export_int8(qat), lambda: make_mlp(64))
+    layers = [m for m in int8.modules() if isinstance(m, enn.Int8Linear)]
+    assert len(layers) == 3
+    for layer in layers:
+        layer.matmul = "int8"
+    qat_acc, int8_acc = accuracy(qat), accuracy(int8)
+    assert qat_acc > 90.0
+    assert abs(int8_acc - qat_acc) <= 0.5, (qat_acc, int8_acc)
+    print(f"digits test split: QAT {qat_acc:.2f}%, int8 {int8_acc:.2f}%")
+    compression.save_compressed(qat, tmp_path / "digits.eitpz")
+    from_file = compression.load_compressed_int8(tmp_path / "digits.eitpz", lambda: make_mlp(64))
+    for layer in from_file.modules():
+        if isinstance(layer, enn.Int8Linear):
+            layer.matmul = "int8"
+    with torch.no_grad():
+        torch.testing.assert_close(from_file(x_test), int8(x_test), rtol=0, atol=0)
