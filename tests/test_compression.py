@@ -150,3 +150,117 @@ def test_bad_arguments(tmp_path):
         compression.save_compressed([1, 2], tmp_path / "x")
     with pytest.raises(ValueError, match="granularity"):
         compression.save_compressed(_model(), tmp_path / "x", granularity="row")
+
+
+# --------------------------------------------------------------------------
+# One int8 format: .eitpz <-> export_int8 <-> int8 models
+# --------------------------------------------------------------------------
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv1 = nn.Conv1d(8, 8, 3, groups=2)
+        self.fc = nn.Linear(48, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean(2)
+        h = torch.relu(self.conv1(h)).flatten(1)
+        return self.head(torch.relu(self.fc(h)))
+
+
+def _trained_qat(activations=None):
+    from eitp_kernels import nn as enn
+
+    torch.manual_seed(0)
+    qat = enn.prepare_qat(_ConvNet(), quantize_activations=activations is not None,
+                          activation_symmetric=bool(activations))
+    opt = torch.optim.SGD(qat.parameters(), lr=0.05)
+    for _ in range(2):
+        loss = qat(torch.randn(4, 1, 8, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return qat
+
+
+@pytest.mark.parametrize("activations", [None, True, False])
+@pytest.mark.parametrize("source", ["qat-model", "export_int8-state"])
+def test_eitpz_loads_into_the_int8_model_of_export_int8(tmp_path, activations, source):
+    from eitp_kernels import nn as enn
+
+    qat = _trained_qat(activations)
+    exported = enn.export_int8(qat)
+    path = tmp_path / "m.eitpz"
+    compression.save_compressed(qat if source == "qat-model" else exported, path)
+    from_file = compression.load_compressed_int8(path, _ConvNet)
+    from_state = enn.load_int8(exported, _ConvNet)
+    assert isinstance(from_file.conv, enn.Int8Conv2d) and isinstance(from_file.conv1, enn.Int8Conv1d)
+    assert isinstance(from_file.fc, enn.Int8Linear) and isinstance(from_file.head, enn.Int8Linear)
+    # The file holds exactly export_int8's codes, scales and modes: the two int8 models are the same state.
+    file_state, state = from_file.state_dict(), from_state.state_dict()
+    assert file_state.keys() == state.keys()
+    for key in state:
+        assert torch.equal(file_state[key], state[key]), key
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(from_file(x), from_state(x), rtol=0, atol=0)
+        for layer in (from_file.fc, from_file.head):  # the dequantized path is bit-identical to QAT
+            layer.matmul = "dequantize"
+        torch.testing.assert_close(from_file(x), qat(x), rtol=0, atol=0)
+    # The fp32 reader still gives the dequantized float state of the same file.
+    floats = compression.load_compressed(path)
+    torch.testing.assert_close(floats["fc.weight"], from_state.fc.weight(), rtol=0, atol=0)
+
+
+def test_eitpz_from_a_float_model_loads_as_int8(tmp_path):
+    """A plain float model's file: per-channel weights become int8 layers
+    (activation mode none); per-tensor scales are repeated per channel."""
+    from eitp_kernels import nn as enn
+
+    model = _model()
+    for granularity in ("channel", "tensor"):
+        path = tmp_path / f"{granularity}.eitpz"
+        compression.save_compressed(model, path, granularity=granularity)
+        int8 = compression.load_compressed_int8(path, _model)
+        assert isinstance(int8[0], enn.Int8Linear) and int8[0].activation_symmetric is None
+        floats = compression.load_compressed(path)
+        torch.testing.assert_close(int8[0].weight(), floats["0.weight"], rtol=0, atol=0)
+    compression.save_compressed(model, tmp_path / "group.eitpz", granularity="group", group_size=16)
+    with pytest.raises(ValueError, match="per group"):
+        compression.load_compressed_int8(tmp_path / "group.eitpz", _model)
+
+
+def test_eitpz_int8_loader_keeps_unconvertible_weights_float(tmp_path):
+    from eitp_kernels import nn as enn
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(6, 8), nn.Linear(8, 8))
+    path = tmp_path / "m.eitpz"
+    compression.save_compressed(make(), path)
+    int8 = compression.load_compressed_int8(path, make)
+    assert type(int8[0]) is nn.Embedding and isinstance(int8[1], enn.Int8Linear)
+    torch.testing.assert_close(int8[0].weight, compression.load_compressed(path)["0.weight"], rtol=0, atol=0)
+
+
+def test_eitpz_int8_loader_rejects_bad_modes_and_mismatched_models(tmp_path, good_file):
+    def edit(header):
+        header["tensors"]["0.weight"]["activation_mode"] = 7
+    with pytest.raises(ValueError, match="activation_mode"):
+        compression.load_compressed_int8(_rewrite_header(good_file, tmp_path, edit), _model)
+    with pytest.raises(ValueError, match="needs"):
+        compression.load_compressed_int8(good_file, lambda: nn.Sequential(nn.Linear(64, 40), nn.ReLU(),
+                                                                          nn.Linear(48, 10)))
+    with pytest.raises(TypeError, match="model_or_factory"):
+        compression.load_compressed_int8(good_file, lambda: 3)
+
+
+def test_save_compressed_checks_export_int8_triplets(tmp_path):
+    from eitp_kernels import nn as enn
+
+    state = enn.export_int8(enn.prepare_qat(_model()))
+    with pytest.raises(ValueError, match="activation_mode"):
+        compression.save_compressed({k: v for k, v in state.items() if k != "0.activation_mode"}, tmp_path / "x")
+    with pytest.raises(ValueError, match="weight_scale"):
+        compression.save_compressed({**state, "0.weight_scale": -state["0.weight_scale"]}, tmp_path / "x")

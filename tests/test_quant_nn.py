@@ -96,3 +96,123 @@ def test_torch_compile_fullgraph_qat_model_step():
     torch.testing.assert_close(loss, eager, rtol=1e-6, atol=0)
     for p, g in zip(qat.parameters(), grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------
+# Convolutions
+# --------------------------------------------------------------------------
+CONVS = {
+    "conv1d-odd": lambda: nn.Conv1d(5, 7, 3, stride=2, padding=1),
+    "conv1d-groups-circular": lambda: nn.Conv1d(6, 9, 4, groups=3, padding=2, padding_mode="circular", dilation=2),
+    "conv1d-same-nobias": lambda: nn.Conv1d(3, 5, 5, padding="same", bias=False),
+    "conv2d-odd": lambda: nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 0)),
+    "conv2d-depthwise-reflect": lambda: nn.Conv2d(4, 8, 3, groups=4, padding=1, padding_mode="reflect"),
+    "conv2d-replicate-dilated": lambda: nn.Conv2d(2, 3, 3, padding=2, dilation=2, padding_mode="replicate"),
+}
+
+
+def _conv_input(conv):
+    torch.manual_seed(1)
+    return torch.randn((2, conv.in_channels) + (11,) * (conv.weight.dim() - 2))
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+@pytest.mark.parametrize("activations", [None, True, False])
+def test_fake_quant_conv_matches_reference_maths_and_exports(name, activations):
+    torch.manual_seed(2)
+    conv = CONVS[name]()
+    qat = enn.prepare_qat(nn.Sequential(conv), quantize_activations=activations is not None,
+                          activation_symmetric=bool(activations))[0]
+    fake_type = enn.FakeQuantConv1d if isinstance(conv, nn.Conv1d) else enn.FakeQuantConv2d
+    assert type(qat) is fake_type
+    x = _conv_input(conv)
+    xq = x if activations is None else reference.fake_quant_int8(x, "tensor", 0, 128, bool(activations))
+    wq = reference.fake_quant_int8(conv.weight, "channel", 0, 128, True)
+    with torch.no_grad():
+        torch.testing.assert_close(qat(x), conv._conv_forward(xq, wq, conv.bias), rtol=0, atol=0)
+    state = enn.export_int8(nn.Sequential(qat))
+    assert state["0.weight_int8"].shape == conv.weight.shape and state["0.weight_scale"].shape == (conv.out_channels,)
+    loaded = enn.load_int8(state, lambda: nn.Sequential(CONVS[name]()))
+    int8_type = enn.Int8Conv1d if isinstance(conv, nn.Conv1d) else enn.Int8Conv2d
+    assert type(loaded[0]) is int8_type
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), qat(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["conv1d-groups-circular", "conv2d-odd"])
+def test_fake_quant_conv_gradients_are_straight_through(name):
+    torch.manual_seed(3)
+    conv = CONVS[name]()
+    qat = enn.prepare_qat(nn.Sequential(conv))[0]
+    x = _conv_input(conv).requires_grad_()
+    qat(x).square().sum().backward()
+    # The STE gradient is the float conv's gradient taken at the fake-quantized weight.
+    wq = reference.fake_quant_int8(conv.weight.detach(), "channel", 0, 128, True).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    conv._conv_forward(x2, wq, conv.bias).square().sum().backward()
+    torch.testing.assert_close(qat.weight.grad, wq.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+
+
+class _CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv1d(4, 4, 3)
+        self.up = nn.ConvTranspose2d(4, 2, 2)
+        self.emb = nn.Embedding(5, 4)
+        self.norm = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.c1(x)).mean((2, 3)))
+
+
+def test_prepare_qat_converts_convs_and_warns_once_about_the_rest():
+    with pytest.warns(UserWarning) as record:
+        qat = enn.prepare_qat(_CNN())
+    messages = [str(w.message) for w in record if "prepare_qat" in str(w.message)]
+    assert len(messages) == 1
+    assert "up (ConvTranspose2d)" in messages[0] and "emb (Embedding)" in messages[0]
+    assert "norm" not in messages[0] and "c1" not in messages[0] and "fc" not in messages[0]
+    assert isinstance(qat.c1, enn.FakeQuantConv2d) and isinstance(qat.c2, enn.FakeQuantConv1d)
+    assert isinstance(qat.fc, enn.FakeQuantLinear) and type(qat.up) is nn.ConvTranspose2d
+    state = enn.export_int8(qat)
+    assert {"c1.weight_int8", "c2.weight_int8", "fc.weight_int8", "up.weight", "emb.weight"} <= set(state)
+    loaded = enn.load_int8(state, _CNN)
+    x = torch.randn(2, 1, 6, 6)
+    qat.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), qat(x), rtol=0, atol=0)
+
+
+def test_prepare_qat_on_a_fully_convertible_model_does_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enn.prepare_qat(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3), nn.LayerNorm(3)))
+
+
+def test_prepare_qat_leaves_multihead_attention_whole():
+    with pytest.warns(UserWarning, match="MultiheadAttention"):
+        qat = enn.prepare_qat(nn.Sequential(nn.MultiheadAttention(8, 2)))
+    assert type(qat[0].out_proj) is not enn.FakeQuantLinear
+    x = torch.randn(3, 1, 8)
+    qat[0](x, x, x)  # still runs: MHA reads out_proj.weight directly
+
+
+@pytest.mark.parametrize("model", [_Net(), nn.Sequential(nn.Conv2d(1, 2, 3)), nn.ReLU()])
+def test_export_int8_of_an_unprepared_model_raises(model):
+    with pytest.raises(ValueError, match="prepare_qat"):
+        enn.export_int8(model)
+    with pytest.raises(TypeError, match="export_int8: model"):
+        enn.export_int8({"weight": torch.zeros(2, 2)})
+
+
+def test_load_int8_names_the_expected_layer_type_for_conv_codes():
+    state = enn.export_int8(enn.prepare_qat(nn.Sequential(nn.Conv2d(3, 4, 3))))
+    with pytest.raises(ValueError, match="expected an nn.Conv2d"):
+        enn.load_int8(state, nn.Sequential(nn.Linear(3, 4)))
+    with pytest.raises(ValueError, match=r"needs \(4, 3, 5, 5\)"):
+        enn.load_int8(state, nn.Sequential(nn.Conv2d(3, 4, 5)))
