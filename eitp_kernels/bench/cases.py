@@ -64,6 +64,7 @@ SUITE_MODULES = (
     "suite_coherence_loss",
     "suite_fake_quant_int8",
     "suite_eitp_regularizer",
+    "suite_int8_linear",
 )
 
 Builder = Callable[[torch.device, bool], "list[Case]"]
