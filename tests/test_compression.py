@@ -264,3 +264,22 @@ def test_save_compressed_checks_export_int8_triplets(tmp_path):
         compression.save_compressed({k: v for k, v in state.items() if k != "0.activation_mode"}, tmp_path / "x")
     with pytest.raises(ValueError, match="weight_scale"):
         compression.save_compressed({**state, "0.weight_scale": -state["0.weight_scale"]}, tmp_path / "x")
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated", "byte", "shape"])
+def test_int8_loader_rejects_damaged_files_like_load_compressed(tmp_path, good_file, damage):
+    data = good_file.read_bytes()
+    if damage == "magic":
+        bad = _write(tmp_path / "bad", b"NOTEITPZ" + data[8:])
+    elif damage == "truncated":
+        bad = _write(tmp_path / "bad", data[: len(data) - 100])
+    elif damage == "byte":
+        flipped = bytearray(data)
+        flipped[-50] ^= 0xFF
+        bad = _write(tmp_path / "bad", bytes(flipped))
+    else:
+        def edit(header):
+            header["tensors"]["0.weight"]["shape"] = [1 << 40, 64]
+        bad = _rewrite_header(good_file, tmp_path, edit)
+    with pytest.raises(ValueError, match="magic|truncated|corrupted|checksum|header says"):
+        compression.load_compressed_int8(bad, _model)

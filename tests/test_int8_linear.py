@@ -188,3 +188,18 @@ def test_digits_int8_accuracy_within_half_a_point_of_qat(tmp_path):
             layer.matmul = "int8"
     with torch.no_grad():
         torch.testing.assert_close(from_file(x_test), int8(x_test), rtol=0, atol=0)
+
+
+def test_bfloat16_layer_takes_the_int8_path_and_returns_bfloat16():
+    torch.manual_seed(0)
+    qat = enn.prepare_qat(nn.Sequential(nn.Linear(64, 32))).to(torch.bfloat16)
+    model = enn.load_int8(enn.export_int8(qat), lambda: nn.Sequential(nn.Linear(64, 32)).to(torch.bfloat16))
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert model[0].uses_int8_matmul(x)
+        y = model(x)
+    qx, sx, _ = reference.quantize_int8(x, "channel", 0, 128, True)
+    acc = qx.double() @ model[0].weight_int8.double().t()
+    expected = acc * sx.double().unsqueeze(1) * model[0].weight_scale.double() + model[0].bias.double()
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), expected.to(torch.bfloat16).double(), rtol=1e-2, atol=1e-2)
