@@ -214,12 +214,17 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
     the CPU, where any shape runs, the same rule keeps one path per layer and
     skips the small, odd-sized layers where the int8 path gains nothing) and
     k <= 132104 (the int32 accumulator cannot overflow). CUDA also needs m > 16
-    (torch._int_mm's cuBLAS path); other devices always fall back.
+    (torch._int_mm's cuBLAS path); the CPU needs oneDNN enabled
+    (``torch.backends.mkldnn``): without it torch._int_mm runs a scalar loop,
+    two orders of magnitude slower than the fp32 path. Other devices always
+    fall back.
     """
     device = torch.device(device)
     if device.type not in ("cpu", "cuda") or m < 1 or k % 8 or n % 8 or not 0 < k <= _INT_MM_MAX_K:
         return False
-    return device.type == "cpu" or m > 16
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+    return m > 16
 
 
 class _Int8Weight(nn.Module):

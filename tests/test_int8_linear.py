@@ -119,6 +119,8 @@ def test_int8_matmul_supported_rules():
     assert not enn.int8_matmul_supported(16, 64, 64, "cuda") and enn.int8_matmul_supported(17, 64, 64, "cuda")
     assert not enn.int8_matmul_supported(64, 8 * 20000, 64, "cpu")  # int32 accumulator could overflow
     assert not enn.int8_matmul_supported(64, 64, 64, "meta")
+    with torch.backends.mkldnn.flags(enabled=False):  # torch._int_mm's CPU loop without oneDNN
+        assert not enn.int8_matmul_supported(64, 4096, 4096, "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
