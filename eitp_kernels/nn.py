@@ -206,6 +206,13 @@ _FAKE_QUANT_LAYERS = (FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d)
 _INT_MM_MAX_K = (2**31 - 1) // (128 * 127)
 
 
+@torch.compiler.assume_constant_result
+def _onednn_enabled() -> bool:
+    """torch.backends.mkldnn available and enabled (a constant to torch.compile: the
+    flag is read when a graph is traced)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+
+
 def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) -> bool:
     """Whether ``Int8Linear`` multiplies an (m, k) activation by its (n, k)
     weight with ``torch._int_mm`` (else: the dequantized fp32 weight).
@@ -223,7 +230,7 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
     if device.type not in ("cpu", "cuda") or m < 1 or k % 8 or n % 8 or not 0 < k <= _INT_MM_MAX_K:
         return False
     if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+        return _onednn_enabled()
     return m > 16
 
 

@@ -205,3 +205,19 @@ def test_bfloat16_layer_takes_the_int8_path_and_returns_bfloat16():
     expected = acc * sx.double().unsqueeze(1) * model[0].weight_scale.double() + model[0].bias.double()
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.double(), expected.to(torch.bfloat16).double(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("activations", [None, False])
+def test_torch_compile_fullgraph_int8_model(activations):
+    torch.manual_seed(0)
+
+    def make():
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    qat = enn.prepare_qat(make(), quantize_activations=activations is not None, activation_symmetric=bool(activations))
+    model = enn.load_int8(enn.export_int8(qat), make)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert model[0].uses_int8_matmul(x)
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
