@@ -204,6 +204,8 @@ _FAKE_QUANT_LAYERS = (FakeQuantLinear, FakeQuantConv1d, FakeQuantConv2d)
 
 # int8 x int8 products accumulate in int32: k * 128 * 127 must stay below 2^31.
 _INT_MM_MAX_K = (2**31 - 1) // (128 * 127)
+# Smallest weight (k * n elements) for which the CPU int8 path beat the dequantized one.
+_CPU_MIN_INT8_WEIGHT = 256 * 256
 
 
 @torch.compiler.assume_constant_result
@@ -217,20 +219,22 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
     """Whether ``Int8Linear`` multiplies an (m, k) activation by its (n, k)
     weight with ``torch._int_mm`` (else: the dequantized fp32 weight).
 
-    Both devices: k and n multiples of 8 (torch's CUDA kernel requires it; on
-    the CPU, where any shape runs, the same rule keeps one path per layer and
-    skips the small, odd-sized layers where the int8 path gains nothing) and
-    k <= 132104 (the int32 accumulator cannot overflow). CUDA also needs m > 16
-    (torch._int_mm's cuBLAS path); the CPU needs oneDNN enabled
-    (``torch.backends.mkldnn``): without it torch._int_mm runs a scalar loop,
-    two orders of magnitude slower than the fp32 path. Other devices always
-    fall back.
+    Both devices: k and n multiples of 8 (torch's CUDA kernel requires it; the
+    CPU, where any shape runs, keeps the same alignment) and k <= 132104 (the
+    int32 accumulator cannot overflow). CUDA also needs m > 16 (torch._int_mm's
+    cuBLAS path). The CPU needs oneDNN enabled (``torch.backends.mkldnn``;
+    without it torch._int_mm runs a scalar loop, far slower than the fp32
+    path) and a weight of at least 256 x 256 elements (k * n >= 65536): below
+    that, quantizing the activations and calling oneDNN cost more than the
+    int8 product saves, and the dequantized path was faster on the
+    development CPU (hidden 128, batch 449), while at 256 x 256 the int8 path
+    was already the faster one. Other devices always fall back.
     """
     device = torch.device(device)
     if device.type not in ("cpu", "cuda") or m < 1 or k % 8 or n % 8 or not 0 < k <= _INT_MM_MAX_K:
         return False
     if device.type == "cpu":
-        return _onednn_enabled()
+        return k * n >= _CPU_MIN_INT8_WEIGHT and _onednn_enabled()
     return m > 16
 
 

@@ -42,10 +42,11 @@ def _per_row_bound(layer, x):
     return bound.reshape(*x.shape[:-1], layer.out_features) + 1e-5 * (1 + rows.abs().max())
 
 
-@pytest.mark.parametrize("shape", [(64, 32, 48), (1, 64, 64), (3, 5, 16, 8), (17, 128, 24)])
-def test_int8_path_within_the_activation_rounding_bound(shape):
+@pytest.mark.parametrize("shape, matmul", [((64, 32, 48), "int8"), ((1, 64, 64), "int8"), ((3, 5, 16, 8), "int8"),
+                                           ((17, 128, 24), "int8"), ((1, 256, 256), "auto"), ((2, 3, 512, 128), "auto")])
+def test_int8_path_within_the_activation_rounding_bound(shape, matmul):
     *batch, in_f, out_f = shape
-    layer, _ = _int8_layer(in_f, out_f)
+    layer, _ = _int8_layer(in_f, out_f, matmul=matmul)
     x = torch.randn(*batch, in_f)
     with torch.no_grad():
         assert layer.uses_int8_matmul(x)
@@ -58,7 +59,7 @@ def test_int8_path_within_the_activation_rounding_bound(shape):
 
 def test_int8_path_is_the_exact_integer_product():
     """y = sx_i * s_j * (qx @ qw^T)_ij + b_j: checked against the same formula in float64."""
-    layer, _ = _int8_layer(32, 16)
+    layer, _ = _int8_layer(32, 16, matmul="int8")
     x = torch.randn(9, 32)
     with torch.no_grad():
         y = layer(x)
@@ -73,14 +74,14 @@ def test_trained_activation_modes_match_the_fake_quant_model(activations):
     """Layers trained with per-tensor activation fake-quant keep those codes in
     the int8 path (affine: with the zero-point correction): only the float
     rounding of the rescale differs from the QAT layer."""
-    layer, qat_layer = _int8_layer(64, 40, activations=activations)
+    layer, qat_layer = _int8_layer(64, 40, activations=activations, matmul="int8")
     x = torch.randn(6, 7, 64) + (0.5 if activations is False else 0.0)
     with torch.no_grad():
         assert layer.uses_int8_matmul(x)
         torch.testing.assert_close(layer(x), qat_layer(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("in_f, out_f", [(12, 16), (16, 3), (20, 20)])
+@pytest.mark.parametrize("in_f, out_f", [(12, 16), (16, 3), (20, 20), (128, 128), (264, 260)])
 def test_shapes_that_do_not_qualify_fall_back_bit_exactly(in_f, out_f):
     layer, qat_layer = _int8_layer(in_f, out_f)
     x = torch.randn(5, in_f)
@@ -102,7 +103,7 @@ def test_forced_int8_runs_any_cpu_shape_and_grad_inputs_fall_back():
 
 
 def test_no_bias_empty_batch_and_dtype_mismatch():
-    layer, qat_layer = _int8_layer(16, 8, bias=False)
+    layer, qat_layer = _int8_layer(16, 8, bias=False, matmul="int8")
     with torch.no_grad():
         assert bool(((layer(torch.ones(2, 16)) - qat_layer(torch.ones(2, 16))).abs() < 1e-5).all())
         assert layer(torch.zeros(0, 16)).shape == (0, 8)
@@ -116,8 +117,9 @@ def test_int8_matmul_supported_rules():
     assert not enn.int8_matmul_supported(64, 4095, 4096, "cpu")
     assert not enn.int8_matmul_supported(64, 4096, 10, "cpu")
     assert not enn.int8_matmul_supported(0, 64, 64, "cpu")
+    assert not enn.int8_matmul_supported(449, 128, 128, "cpu") and enn.int8_matmul_supported(449, 256, 256, "cpu")
     assert not enn.int8_matmul_supported(16, 64, 64, "cuda") and enn.int8_matmul_supported(17, 64, 64, "cuda")
-    assert not enn.int8_matmul_supported(64, 8 * 20000, 64, "cpu")  # int32 accumulator could overflow
+    assert not enn.int8_matmul_supported(64, 8 * 20000, 64, "cuda")  # int32 accumulator could overflow
     assert not enn.int8_matmul_supported(64, 64, 64, "meta")
     with torch.backends.mkldnn.flags(enabled=False):  # torch._int_mm's CPU loop without oneDNN
         assert not enn.int8_matmul_supported(64, 4096, 4096, "cpu")
@@ -138,8 +140,8 @@ def test_cuda_int8_path(m):
 
 
 def test_load_state_refreshes_affine_code_sums():
-    layer, _ = _int8_layer(32, 16, activations=False)
-    other, other_qat = _int8_layer(32, 16, activations=False, seed=5)
+    layer, _ = _int8_layer(32, 16, activations=False, matmul="int8")
+    other, other_qat = _int8_layer(32, 16, activations=False, seed=5, matmul="int8")
     x = torch.randn(4, 32)
     with torch.no_grad():
         layer(x)  # caches the code sums of the first weights
@@ -149,7 +151,8 @@ def test_load_state_refreshes_affine_code_sums():
 
 def test_digits_int8_accuracy_within_half_a_point_of_qat(tmp_path):
     """A QAT MLP of the digits demo (64 -> 64 -> 64 -> 10, a few epochs):
-    the int8 model (every layer on the int8 path) classifies the test split
+    the int8 model (every layer forced onto the int8 path: "auto" would keep
+    layers this small on the dequantized one) classifies the test split
     within 0.5 percentage points of the fake-quant model, and the .eitpz file
     loads into the same int8 model."""
     pytest.importorskip("sklearn")
@@ -196,6 +199,7 @@ def test_bfloat16_layer_takes_the_int8_path_and_returns_bfloat16():
     torch.manual_seed(0)
     qat = enn.prepare_qat(nn.Sequential(nn.Linear(64, 32))).to(torch.bfloat16)
     model = enn.load_int8(enn.export_int8(qat), lambda: nn.Sequential(nn.Linear(64, 32)).to(torch.bfloat16))
+    model[0].matmul = "int8"
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         assert model[0].uses_int8_matmul(x)
@@ -215,6 +219,7 @@ def test_torch_compile_fullgraph_int8_model(activations):
         return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
     qat = enn.prepare_qat(make(), quantize_activations=activations is not None, activation_symmetric=bool(activations))
     model = enn.load_int8(enn.export_int8(qat), make)
+    model[0].matmul = model[2].matmul = "int8"
     x = torch.randn(5, 64)
     with torch.no_grad():
         assert model[0].uses_int8_matmul(x)
