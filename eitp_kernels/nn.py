@@ -305,7 +305,8 @@ class Int8Linear(_Int8Weight):
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _refresh_code_sums(self) -> None:
-        self._weight_code_sums = self.weight_int8.sum(dim=1, dtype=torch.int32) if self.activation_symmetric is False else None
+        affine = self.activation_symmetric is False
+        self._weight_code_sums = self.weight_int8.sum(dim=1, dtype=torch.int32) if affine else None
 
     def uses_int8_matmul(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` takes the int8 path (see the class docstring)."""

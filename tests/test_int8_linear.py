@@ -42,8 +42,9 @@ def _per_row_bound(layer, x):
     return bound.reshape(*x.shape[:-1], layer.out_features) + 1e-5 * (1 + rows.abs().max())
 
 
-@pytest.mark.parametrize("shape, matmul", [((64, 32, 48), "int8"), ((1, 64, 64), "int8"), ((3, 5, 16, 8), "int8"),
-                                           ((17, 128, 24), "int8"), ((1, 256, 256), "auto"), ((2, 3, 512, 128), "auto")])
+@pytest.mark.parametrize("shape, matmul", [
+    ((64, 32, 48), "int8"), ((1, 64, 64), "int8"), ((3, 5, 16, 8), "int8"), ((17, 128, 24), "int8"),
+    ((1, 256, 256), "auto"), ((2, 3, 512, 128), "auto")])
 def test_int8_path_within_the_activation_rounding_bound(shape, matmul):
     *batch, in_f, out_f = shape
     layer, _ = _int8_layer(in_f, out_f, matmul=matmul)
