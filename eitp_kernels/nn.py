@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Mapping
 
 import torch
@@ -304,6 +305,11 @@ class BarlowTwinsLoss(CoherenceLoss):
     ``sum_i (1 - C_ii)^2 + lambda_offdiag * sum_{i!=j} C_ij^2`` with ``C`` the
     cross-correlation of the two embeddings batch-normalized without affine
     (biased variance, eps 1e-5), as in Zbontar et al. 2021 (lambda = 0.0051).
+    ``z1`` and ``z2`` are (N, D) (or (N, *), flattened) with the same N and the
+    same width D: C is square, its diagonal pairs feature i of one view with
+    feature i of the other. Different widths raise ValueError (the general
+    ``coherence_loss`` keeps its D x D' form for that). Dimensionless, float32
+    (float64 for float64 input). ``process_group``: as ``CoherenceLoss``.
     """
 
     def __init__(self, lambda_offdiag: float = 0.0051, *, eps: float = 1e-5, process_group=None):
@@ -312,4 +318,11 @@ class BarlowTwinsLoss(CoherenceLoss):
         self.lambda_offdiag = lambda_offdiag
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if isinstance(z1, torch.Tensor) and isinstance(z2, torch.Tensor) and z1.dim() >= 1 and z2.dim() >= 1:
+            width1, width2 = math.prod(z1.shape[1:]), math.prod(z2.shape[1:])
+            if width1 != width2:
+                raise ValueError(
+                    f"BarlowTwinsLoss: z1 and z2 must have the same feature width (the two views' embeddings), "
+                    f"got z1 of shape {tuple(z1.shape)} ({width1} features) and z2 of shape {tuple(z2.shape)} "
+                    f"({width2} features); coherence_loss(x, y) takes different widths")
         return super().forward(z1, z2)
