@@ -15,7 +15,7 @@ $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" numpy setuptools wheel ninja
 	# --no-build-isolation: the extension compiles against the torch just installed.
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,bench,demo]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,bench,demo,lightning]"
 	$(PY) -c "import eitp_kernels; [print(s) for s in eitp_kernels.backends().values()]"
 	touch $@
 
