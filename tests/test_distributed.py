@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import eitp_kernels
+from eitp_kernels import reference
 from eitp_kernels.training import EITPRegularizer
 
 WORLD = 2
@@ -61,6 +62,26 @@ CASES = {
     "task_plus_entropy_plus_coherence": lambda h, y, t, pg: (
         torch.nn.functional.mse_loss(h, t) + 0.3 * _entropy(h, pg) + _coherence(h, y, pg)),
 }
+
+
+def _hard_data():
+    """Per rank: (5, 700) rows with different scales per rank (so the global range differs from each
+    rank's) and a NaN, and int8 codes."""
+    gen = torch.Generator().manual_seed(1234)
+    rows = torch.randn(WORLD, 5, 700, generator=gen) * torch.arange(1, WORLD + 1).view(WORLD, 1, 1)
+    rows[1, 2, 3] = float("nan")
+    codes = torch.randint(-128, 128, (WORLD, 999), generator=gen, dtype=torch.int8)
+    return rows, codes
+
+
+def _hard_entropies(fn, rows, codes, **kwargs):
+    """The hard-binned entropy (no gradient) of ``rows`` and ``codes`` in several forms."""
+    return {
+        "rows_auto_range": fn(rows, bins=50, dim=1, **kwargs),
+        "whole_bits": fn(rows, bins=50, base=2, **kwargs),
+        "whole_explicit_range": fn(rows, bins=30, range=(-2.0, 2.5), **kwargs),
+        "codes_bits": fn(codes, base=2, **kwargs),
+    }
 
 
 def _regularizer(model, pg):
@@ -119,11 +140,14 @@ def _worker(rank, port, out_dir, backends):
             ddp = torch.nn.parallel.DistributedDataParallel(_model())
             return ddp, ddp.module
 
+        hard_rows, codes = _hard_data()
         results = {}
         for backend in backends:
             with eitp_kernels.use_backend(backend):
                 results[backend] = _run_cases(ddp_model, x[rows], y[rows], target[rows], x2[rows],
                                               dist.group.WORLD)
+                results[backend]["hard"] = _hard_entropies(eitp_kernels.histogram_entropy, hard_rows[rank],
+                                                           codes[rank], process_group=dist.group.WORLD)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -175,6 +199,18 @@ def test_ddp_loss_and_gradients_equal_single_process_on_global_batch(case, distr
                 assert e.abs().max() > 0, f"{case}: parameter {i} has no gradient to compare"
                 torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-12,
                                            msg=lambda m: f"{case} grad {i}, {backend} rank {rank}: {m}")
+
+
+def test_hard_entropy_is_the_global_batch_entropy(distributed_results):
+    backends, ranks = distributed_results
+    rows, codes = _hard_data()
+    # row i of every rank together (dim=1); the whole tensors: all elements of every rank
+    expected = _hard_entropies(reference.histogram_entropy, rows.permute(1, 0, 2).reshape(5, -1), codes)
+    for backend in backends:
+        for rank, got in enumerate(ranks):
+            for key, value in expected.items():
+                torch.testing.assert_close(got[backend]["hard"][key], value, rtol=1e-6, atol=1e-6,
+                                           msg=lambda m: f"{key}, {backend} rank {rank}: {m}")
 
 
 def test_regularizer_metrics_are_global(distributed_results, single_process_results):

@@ -1,7 +1,5 @@
 """histogram_entropy / histogram_entropy_many on every backend against the reference (DESIGN §2.1)."""
 import math
-import os
-import tempfile
 
 import pytest
 import torch
@@ -597,58 +595,6 @@ def test_torch_compile_inductor_hard_entropy():
     fn = torch.compile(lambda t: eitp_kernels.histogram_entropy(t * 2, bins=32, dim=0), fullgraph=True)
     x = torch.randn(100, 3)
     torch.testing.assert_close(fn(x), reference.histogram_entropy(x * 2, bins=32, dim=0), rtol=1e-6, atol=0)
-
-
-# ---------------------------------------------------------------- distributed
-
-
-def _distributed_worker(rank, world, init_file, result_file):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gen = torch.Generator().manual_seed(1234)
-        full = torch.randn(world, 5, 700, generator=gen) * torch.arange(1, world + 1).view(world, 1, 1)
-        full[1, 2, 3] = NAN
-        local = full[rank]
-        glob = full.permute(1, 0, 2).reshape(5, world * 700)  # row r of every rank together
-        out = {}
-        for backend in ("cpp", "reference"):
-            with eitp_kernels.use_backend(backend):
-                h = eitp_kernels.histogram_entropy(local, bins=50, dim=1, process_group=dist.group.WORLD)
-                hw = eitp_kernels.histogram_entropy(local, bins=50, base=2, process_group=dist.group.WORLD)
-                xg = local.clone().requires_grad_()
-                hd = eitp_kernels.histogram_entropy(xg, bins=20, range=(-3.0, 3.0), differentiable=True,
-                                                    process_group=dist.group.WORLD)
-                hd.backward()
-            gg = full.clone().requires_grad_()
-            hdr = reference.histogram_entropy(gg, bins=20, range=(-3.0, 3.0), differentiable=True)
-            hdr.backward()
-            out[backend] = [
-                (h - reference.histogram_entropy(glob, bins=50, dim=1)).abs().max().item(),
-                (hw - reference.histogram_entropy(full, bins=50, base=2)).abs().item(),
-                (hd - hdr).abs().item(),
-                (xg.grad - gg.grad[rank]).abs().max().item() / gg.grad.abs().max().item(),
-            ]
-        torch.save(out, f"{result_file}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_process_group_gloo_two_ranks_get_the_global_entropy():
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result")
-        mp.spawn(_distributed_worker, args=(2, init_file, result_file), nprocs=2, join=True)
-        for rank in range(2):
-            out = torch.load(f"{result_file}.{rank}")
-            for backend, (err_dim, err_whole, err_soft, err_grad) in out.items():
-                assert err_dim < 1e-5 and err_whole < 1e-5 and err_soft < 1e-5, (rank, backend, out)
-                assert err_grad < 1e-5, (rank, backend, out)
 
 
 # ---------------------------------------------------------------- GPU (run where a GPU is lent)
