@@ -153,18 +153,19 @@ def _worker(rank, port, out_dir, backends):
         dist.destroy_process_group()
 
 
-def _backends():
-    # the process_group paths run on each backend's counting kernels (coherence: ATen everywhere)
-    available = eitp_kernels.backends()
-    return [b for b in ("cpp", "reference") if available[b].available]
+def _spawn(backends, out):
+    """Every case on each of ``backends`` in WORLD spawned ranks: (backends, [per-rank results])."""
+    mp.spawn(_worker, args=(_free_port(), str(out), backends), nprocs=WORLD, join=True)
+    return backends, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    backends = _backends()
-    mp.spawn(_worker, args=(_free_port(), str(out), backends), nprocs=WORLD, join=True)
-    return backends, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    # the process_group paths run on each backend's counting kernels (coherence: ATen everywhere);
+    # Triton's have their own test below, in the interpreter process
+    available = eitp_kernels.backends()
+    backends = [b for b in ("cpp", "reference") if available[b].available]
+    return _spawn(backends, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +231,23 @@ def test_regularizer_metrics_are_global(distributed_results, single_process_resu
 def test_regularizer_rejects_a_non_group():
     with pytest.raises(TypeError, match="process_group must be None or a torch.distributed.ProcessGroup"):
         EITPRegularizer(_model(), ["0"], process_group="world")
+
+
+@pytest.mark.triton_interpret
+def test_triton_kernels_under_ddp(tmp_path, single_process_results):
+    # the spawned ranks inherit TRITON_INTERPRET=1 from this process's environment
+    if not eitp_kernels.backends()["triton"].available:
+        pytest.skip("the triton backend is not available here")
+    _, ranks = _spawn(["triton"], tmp_path)
+    rows, codes = _hard_data()
+    expected_hard = _hard_entropies(reference.histogram_entropy, rows.permute(1, 0, 2).reshape(5, -1), codes)
+    for rank, got in enumerate(ranks):
+        got = got["triton"]
+        for case in [*CASES, "regularizer"]:
+            expected_loss, _, expected_grads = single_process_results[case]
+            loss, mean_loss, grads = got[case]
+            torch.testing.assert_close(mean_loss, expected_loss, rtol=1e-10, atol=1e-12)
+            for g, e in zip(grads, expected_grads):
+                torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-12, msg=lambda m: f"{case} rank {rank}: {m}")
+        for key, value in expected_hard.items():
+            torch.testing.assert_close(got["hard"][key], value, rtol=1e-6, atol=1e-6)
