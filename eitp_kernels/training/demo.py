@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -121,13 +122,14 @@ def measure_overheads(hidden: int, train_set, *, batch: int, lr: float, seed: in
                       steps: int, rounds: int = 3) -> dict:
     """Seconds per training step of the EIT-P step built up one part at a time.
 
-    Four variants from the same initial weights run ``steps`` steps each on the
-    same batches: fp32; + QAT (fake-quant weights); + the regularizer (its
-    forward and backward); + pruning masks re-applied after each step. Each
-    part's overhead is its variant's time minus the previous one's, so the
-    parts add up to the full step's overhead over fp32. The variants take
-    turns for ``rounds`` rounds (after one warm-up step each) and each keeps
-    its fastest round, to damp drift and noise. Returns
+    Four variants from the same initial weights train on the same batch:
+    fp32; + QAT (fake-quant weights); + the regularizer (its forward and
+    backward); + pruning masks re-applied after each step. Each part's
+    overhead is its variant's time minus the previous one's, so the parts add
+    up to the full step's overhead over fp32. After one warm-up step each, the
+    variants take turns one step at a time for ``steps * rounds`` turns and
+    each reports its median step, so drift and bursts of load on a shared
+    machine hit all four alike. Returns
     ``{"seconds_per_step": {variant: s}, "overhead_seconds": {part: s}}``.
     """
     from eitp_kernels.nn import prepare_qat
@@ -142,15 +144,15 @@ def measure_overheads(hidden: int, train_set, *, batch: int, lr: float, seed: in
         regularizer = EITPRegularizer(model, ["1", "3"], bins=32) if name in ("regularizer", "pruning") else None
         masks = magnitude_prune(model, sparsity) if name == "pruning" else None
         variants[name] = (model, torch.optim.Adam(model.parameters(), lr=lr), regularizer, masks)
-    best = {name: math.inf for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for name, (model, optimizer, regularizer, masks) in variants.items():
         _step(model, optimizer, xb, yb, regularizer, masks)  # warm-up
-    for _ in range(rounds):
+    for _ in range(steps * rounds):
         for name, (model, optimizer, regularizer, masks) in variants.items():
             t0 = time.perf_counter()
-            for _ in range(steps):
-                _step(model, optimizer, xb, yb, regularizer, masks)
-            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+            _step(model, optimizer, xb, yb, regularizer, masks)
+            times[name].append(time.perf_counter() - t0)
+    best = {name: statistics.median(t) for name, t in times.items()}
     for _, _, regularizer, _ in variants.values():
         if regularizer is not None:
             regularizer.remove()
@@ -289,7 +291,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="eitp-demo-out", help="folder for the JSON, the plot and the saved models")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--probe-steps", type=int, default=30,
-                        help="steps per variant and round when timing the overhead breakdown")
+                        help="timed steps per variant (x3) for the overhead breakdown")
     args = parser.parse_args(argv)
     for name in ("epochs", "hidden", "batch", "probe_steps"):
         if getattr(args, name) < 1:
