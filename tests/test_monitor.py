@@ -133,3 +133,30 @@ def test_log_to_tensorboard_summary_writer(tmp_path):
         assert [s for s, _ in got] == [0, 5]
         assert got[0][1] == pytest.approx(first[tag], rel=1e-6) and got[1][1] == pytest.approx(second[tag], rel=1e-6)
     assert second["entropy_bits/0.weight"] < first["entropy_bits/0.weight"]
+
+
+@pytest.mark.gpu
+def test_gpu_log_syncs_once_and_keeps_the_order_across_devices():
+    import warnings
+
+    model = _model().cuda()
+    model[2].cpu()  # parameters on two devices: one many-op call per device, values back in named order
+    monitor = EntropyMonitor(model)
+    expected = {f"entropy_bits/{n}": eitp_kernels.histogram_entropy(p.detach(), base=2).item()
+                for n, p in model.named_parameters()}
+    only_cuda = EntropyMonitor(model, exclude="2.*")
+    only_cuda.log(lambda values: None)  # warm-up (pinned-memory allocator, kernels)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            only_cuda.log(lambda values: None)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    logged = monitor.log(lambda values: None)
+    assert list(logged) == list(expected)
+    for tag, value in expected.items():
+        assert logged[tag] == pytest.approx(value, rel=1e-6)
