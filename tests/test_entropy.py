@@ -766,6 +766,14 @@ def test_tensor_range_equals_the_same_numbers(backend, dtype, bound_dtype, monke
     torch.testing.assert_close(got_many, expected_many, rtol=_rtol(dtype), atol=0)
 
 
+def test_tensor_range_bounds_round_once_to_the_compute_dtype():
+    # a Python bound beside a tensor one is rounded straight to the compute dtype, as the reference does
+    lo, hi = ops._tensor_range((torch.tensor(-1.0), 0.1), 2, torch.float64, torch.device("cpu"))
+    assert hi.tolist() == [0.1, 0.1] and lo.tolist() == [-1.0, -1.0]
+    lo, hi = ops._tensor_range((torch.tensor(0.1, dtype=torch.float64), 0.3), 1, torch.float32, torch.device("cpu"))
+    assert lo.item() == torch.tensor(0.1, dtype=torch.float32).item()
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_tensor_range_of_min_max_differentiable(backend, monkeypatch):
     base = torch.randn(5, 200, dtype=torch.float64)

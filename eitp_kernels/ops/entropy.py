@@ -573,7 +573,8 @@ def _tensor_range(rng, rows: int, acc: torch.dtype, device: torch.device):
     finiteness cannot be checked on the host without a sync: a range that
     fails them becomes (NaN, NaN), which counts nothing, so the entropy is NaN.
     """
-    lo, hi = (torch.as_tensor(v).detach().to(device=device, dtype=acc) for v in rng)
+    lo, hi = (v.detach().to(device=device, dtype=acc) if isinstance(v, torch.Tensor)
+              else torch.full((), v, dtype=acc, device=device) for v in rng)
     bad = ~((lo < hi) & torch.isfinite(lo) & torch.isfinite(hi))
     nan = torch.full_like(lo, math.nan)
     lo, hi = torch.where(bad, nan, lo), torch.where(bad, nan, hi)
@@ -766,7 +767,8 @@ def histogram_entropy(
             so that DDP's averaging of the ranks' parameter gradients gives
             exactly the gradient of single-process training on the
             concatenated batch (add it to per-rank batch-mean losses as
-            usual). The range is held constant, all-reduced like the counts.
+            usual). The range is held constant (the automatic one is the
+            global min/max).
 
     Returns:
         float64 for fp64 input, float32 otherwise. NaN/Inf: non-finite values
