@@ -15,7 +15,7 @@ $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" numpy setuptools wheel ninja
 	# --no-build-isolation: the extension compiles against the torch just installed.
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,bench,demo]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,bench,demo,lightning]"
 	$(PY) -c "import eitp_kernels; [print(s) for s in eitp_kernels.backends().values()]"
 	touch $@
 
@@ -41,7 +41,7 @@ bench-smoke: setup
 # then the op tests run against that build with the ASan runtime preloaded.
 # Any report aborts the process (-fno-sanitize-recover), failing the target.
 ASAN_DIR := build/asan
-ASAN_TESTS := $(wildcard tests/test_finite_minmax.py tests/test_entropy*.py tests/test_coherence*.py tests/test_quant*.py \
+ASAN_TESTS := $(wildcard tests/test_finite_minmax.py tests/test_entropy*.py tests/test_coherence*.py tests/test_distributed.py tests/test_quant*.py \
 	tests/test_bad_inputs.py tests/test_fuzz.py tests/test_load_int8_files.py)
 test-asan: setup
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)

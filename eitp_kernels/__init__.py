@@ -5,7 +5,8 @@ Public API:
     finite_minmax(x, dim=None)
     histogram_entropy(x, bins=256, range=None, dim=None, base=None, differentiable=False, process_group=None)
     histogram_entropy_many(tensors, bins=256, range=None, base=None)
-    nn.EntropyMonitor(model, bins=256, range=None, base=2.0, trainable_only=False)
+    nn.EntropyMonitor(model, bins=256, range=None, base=2.0, trainable_only=False, *, include=None,
+                      exclude=None, skip_biases=False, min_numel=1, prefix="entropy"); .log(writer, step)
     quantize_int8(x, *, granularity="tensor", axis=0, group_size=128, symmetric=True, scale=None, zero_point=None)
     dequantize_int8(q, scale, zero_point=None, *, granularity="tensor", axis=0, group_size=128, dtype=torch.float32)
     fake_quant_int8(x, *, granularity="tensor", axis=0, group_size=128, symmetric=True, scale=None, zero_point=None)

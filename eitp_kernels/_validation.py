@@ -87,17 +87,42 @@ def check_choice(op: str, name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_range(op: str, name: str, value) -> tuple[float, float] | None:
-    """None, or a (lo, hi) pair of finite numbers with lo < hi."""
+def check_range(op: str, name: str, value, *, allow_tensors: bool = False):
+    """None, or a (lo, hi) pair of finite numbers with lo < hi.
+
+    With ``allow_tensors``, either bound may also be a 0-d real tensor on any
+    device (as ``torch.histc`` takes ``x.min()``); it is returned as is, and
+    lo < hi and finiteness are then the op's to enforce on the device (reading
+    the values here would sync with the device).
+    """
     if value is None:
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{op}: {name} must be None or a (lo, hi) pair, got {value!r}")
-    lo = check_float(op, f"{name}[0]", value[0])
-    hi = check_float(op, f"{name}[1]", value[1])
-    if not lo < hi:
+    bounds = []
+    for i, v in enumerate(value):
+        if allow_tensors and isinstance(v, torch.Tensor):
+            if v.dim() != 0:
+                raise ValueError(f"{op}: {name}[{i}] must be a number or a 0-d tensor, got a tensor of shape "
+                                 f"{tuple(v.shape)}")
+            if v.dtype == torch.bool or v.dtype.is_complex:
+                raise TypeError(f"{op}: {name}[{i}] must be a real tensor, got dtype {_dtype_names([v.dtype])}")
+            if v.device.type == "meta":
+                raise ValueError(f"{op}: {name}[{i}] is on the meta device (it holds no value)")
+            bounds.append(v)
+        elif allow_tensors and not isinstance(v, bool) and not isinstance(v, numbers.Real):
+            raise TypeError(f"{op}: {name}[{i}] must be a real number or a 0-d tensor, got {type(v).__name__}")
+        else:
+            bounds.append(check_float(op, f"{name}[{i}]", v))
+    lo, hi = bounds
+    if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor) and not lo < hi:
         raise ValueError(f"{op}: {name} must have lo < hi, got ({lo}, {hi})")
     return lo, hi
+
+
+def range_has_tensor(rng) -> bool:
+    """Whether a checked range holds a tensor bound (so its values are only known on the device)."""
+    return rng is not None and any(isinstance(v, torch.Tensor) for v in rng)
 
 
 def check_group_size(op: str, group_size, last_dim: int) -> int:

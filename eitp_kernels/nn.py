@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
+import math
 import warnings
 from typing import Callable, Mapping
 
@@ -14,45 +16,155 @@ from eitp_kernels.ops.entropy import histogram_entropy_many
 from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
 
 
+_UNIT_NAMES = {None: "nats", 2.0: "bits", 10.0: "hartleys"}
+
+
+def entropy_unit(base: float | None) -> str:
+    """The unit of an entropy in log ``base``: "nats" (None: natural log), "bits" (2),
+    "hartleys" (10), else "base<b>" (e.g. "base3")."""
+    if base is not None and float(base) not in _UNIT_NAMES:
+        return f"base{float(base):g}"
+    return _UNIT_NAMES[None if base is None else float(base)]
+
+
+def _name_filter(op: str, arg: str, value) -> Callable[[str, torch.Tensor], bool] | None:
+    """None, a predicate ``(name, parameter) -> bool``, or fnmatch pattern(s) on the name."""
+    if value is None or callable(value):
+        return value
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{op}: {arg} must be None, a callable (name, parameter) -> bool, a pattern string or a "
+                        f"list of them, got {value!r}")
+    return lambda name, _param: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 class EntropyMonitor(torch.nn.Module):
-    """Histogram entropy of every parameter of a model, from one call.
+    """Histogram entropy of the parameters of a model, from one call; logs itself.
 
     ``EntropyMonitor(model, bins=256, base=2.0)()`` returns
-    ``{parameter name: 0-d entropy tensor}`` (bits per value for base 2),
-    computed on the parameters' device by one ``histogram_entropy_many`` call
-    (no host sync, no gradient). Each parameter gets its own automatic range
-    unless ``range`` is given. The model is referenced, not registered as a
-    submodule, so the monitor holds no parameters of its own.
+    ``{parameter name: 0-d entropy tensor}`` computed on the parameters'
+    device by one ``histogram_entropy_many`` call per device (no host sync,
+    no gradient). Units: **bits by default** (``base=2``), while
+    ``histogram_entropy`` itself defaults to nats (``base=None``); ``unit``
+    names the monitor's (``entropy_unit``) and it is part of every logged tag.
+    Each parameter gets its own automatic range unless ``range`` is given.
+    The model is referenced, not registered as a submodule, so the monitor
+    holds no parameters of its own.
 
-    Parameters on several devices are grouped per device (one call each).
+    ``monitor.log(writer, step)`` logs every value with one device-to-host
+    transfer (the entropies are stacked on the device, then one
+    ``.tolist()``), to either
+      * a writer with ``add_scalar(tag, value, step)`` (TensorBoard's
+        ``SummaryWriter``), one call per parameter, or
+      * a callable taking a dict ``{tag: value}`` (``wandb.log``-style),
+        called once as ``writer(values)``, or ``writer(values, step=step)``
+        when a step is given.
+    Tags are ``f"{prefix}_{unit}/{parameter name}"``, e.g.
+    ``entropy_bits/encoder.0.weight``. It returns that dict of floats.
+
+    Which parameters (all conditions apply):
+      * ``trainable_only``: only those with ``requires_grad``;
+      * ``include`` / ``exclude``: None, a predicate ``(name, parameter) ->
+        bool``, or fnmatch patterns on the name (``"encoder.*"`` or a list);
+        a parameter is kept if it matches ``include`` (when given) and does
+        not match ``exclude``;
+      * ``skip_biases``: drop parameters whose name ends in ``bias``;
+      * ``min_numel``: drop tensors with fewer elements (default 1: only
+        empty ones; their entropy would be NaN).
     """
 
     def __init__(self, model: torch.nn.Module, bins: int = 256, range=None, base: float | None = 2.0,
-                 trainable_only: bool = False):
+                 trainable_only: bool = False, *, include=None, exclude=None, skip_biases: bool = False,
+                 min_numel: int = 1, prefix: str = "entropy"):
         super().__init__()
+        op = "EntropyMonitor"
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"EntropyMonitor: model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(f"{op}: model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 1:
+            raise ValueError(f"{op}: min_numel must be an int >= 1, got {min_numel!r}")
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"{op}: prefix must be a non-empty string, got {prefix!r}")
         self.__dict__["model"] = model  # not a submodule
         self.bins = bins
         self.range = range
         self.base = base
         self.trainable_only = trainable_only
+        self.include = _name_filter(op, "include", include)
+        self.exclude = _name_filter(op, "exclude", exclude)
+        self.skip_biases = bool(skip_biases)
+        self.min_numel = min_numel
+        self.prefix = prefix
+
+    @property
+    def unit(self) -> str:
+        """"bits", "nats", ... (the unit of every value; part of the logged tags)."""
+        return entropy_unit(self.base)
+
+    def selected(self) -> list[tuple[str, torch.Tensor]]:
+        """The (name, parameter) pairs the monitor measures, in ``named_parameters`` order."""
+        out = []
+        for name, p in self.model.named_parameters():
+            if p.numel() < self.min_numel or (self.trainable_only and not p.requires_grad):
+                continue
+            if self.skip_biases and name.rsplit(".", 1)[-1] == "bias":
+                continue
+            if self.include is not None and not self.include(name, p):
+                continue
+            if self.exclude is not None and self.exclude(name, p):
+                continue
+            out.append((name, p))
+        return out
 
     @torch.no_grad()
+    def entropies(self) -> tuple[list[str], torch.Tensor]:
+        """(names, 1-D tensor of their entropies), on the first parameter's device."""
+        named = self.selected()
+        if not named:
+            return [], torch.empty(0)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (_, p) in enumerate(named):
+            by_device.setdefault(p.device, []).append(i)
+        device = named[0][1].device
+        parts, order = [], []
+        for indices in by_device.values():
+            h = histogram_entropy_many([named[i][1].detach() for i in indices], bins=self.bins, range=self.range,
+                                       base=self.base)
+            parts.append(h.to(device))
+            order += indices
+        values = torch.cat(parts)
+        if len(by_device) > 1:  # back to named_parameters order, on the device
+            values = values[torch.tensor(order, device=device).argsort()]
+        return [n for n, _ in named], values
+
     def forward(self) -> dict[str, torch.Tensor]:
-        named = [(n, p) for n, p in self.model.named_parameters()
-                 if p.numel() > 0 and (p.requires_grad or not self.trainable_only)]
-        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-        for name, p in named:
-            by_device.setdefault(p.device, []).append((name, p.detach()))
-        out: dict[str, torch.Tensor] = {}
-        for group in by_device.values():
-            h = histogram_entropy_many([p for _, p in group], bins=self.bins, range=self.range, base=self.base)
-            out.update(zip([n for n, _ in group], h.unbind(0)))
-        return {name: out[name] for name, _ in named}
+        names, values = self.entropies()
+        return dict(zip(names, values.unbind(0)))
+
+    def tags(self, names: list[str] | None = None) -> list[str]:
+        """The logged tag of each parameter name: ``f"{prefix}_{unit}/{name}"``."""
+        names = [n for n, _ in self.selected()] if names is None else names
+        return [f"{self.prefix}_{self.unit}/{n}" for n in names]
+
+    def log(self, writer, step: int | None = None) -> dict[str, float]:
+        """Log every entropy to ``writer`` (see the class docstring) with one host transfer;
+        returns ``{tag: value}``."""
+        if not (hasattr(writer, "add_scalar") or callable(writer)):
+            raise TypeError("EntropyMonitor.log: writer must have add_scalar(tag, value, step) (e.g. a TensorBoard "
+                            f"SummaryWriter) or be a callable taking a dict, got {type(writer).__name__}")
+        names, values = self.entropies()
+        logged = dict(zip(self.tags(names), values.tolist()))  # the one device-to-host transfer
+        if hasattr(writer, "add_scalar"):
+            for tag, value in logged.items():
+                writer.add_scalar(tag, value, step)
+        elif step is None:
+            writer(logged)
+        else:
+            writer(logged, step=step)
+        return logged
 
     def extra_repr(self) -> str:
-        return f"bins={self.bins}, range={self.range}, base={self.base}, trainable_only={self.trainable_only}"
+        return (f"bins={self.bins}, range={self.range}, base={self.base} ({self.unit}), "
+                f"trainable_only={self.trainable_only}, skip_biases={self.skip_biases}, min_numel={self.min_numel}")
 
 
 # --------------------------------------------------------------------------
@@ -586,6 +698,12 @@ class CoherenceLoss(nn.Module):
     with R the column correlations (biased variance, ``eps``) of x (and y);
     returns ``sqrt(L2)`` unless ``squared``. Defaults give the EIT-P coherence
     term ``||R - I||_F``.
+
+    ``process_group`` (e.g. ``torch.distributed.group.WORLD`` under DDP):
+    statistics over the concatenation of the ranks' batches, the same loss on
+    every rank; each rank's input receives ``world_size * dL/dx_rank``, so
+    DDP's averaging of parameter gradients gives exactly single-process
+    training on the global batch (see ``coherence_loss``).
     """
 
     def __init__(self, *, diag_weight: float = 1.0, offdiag_weight: float = 1.0, squared: bool = False,
@@ -609,6 +727,11 @@ class BarlowTwinsLoss(CoherenceLoss):
     ``sum_i (1 - C_ii)^2 + lambda_offdiag * sum_{i!=j} C_ij^2`` with ``C`` the
     cross-correlation of the two embeddings batch-normalized without affine
     (biased variance, eps 1e-5), as in Zbontar et al. 2021 (lambda = 0.0051).
+    ``z1`` and ``z2`` are (N, D) (or (N, *), flattened) with the same N and the
+    same width D: C is square, its diagonal pairs feature i of one view with
+    feature i of the other. Different widths raise ValueError (the general
+    ``coherence_loss`` keeps its D x D' form for that). Dimensionless, float32
+    (float64 for float64 input). ``process_group``: as ``CoherenceLoss``.
     """
 
     def __init__(self, lambda_offdiag: float = 0.0051, *, eps: float = 1e-5, process_group=None):
@@ -617,4 +740,11 @@ class BarlowTwinsLoss(CoherenceLoss):
         self.lambda_offdiag = lambda_offdiag
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if isinstance(z1, torch.Tensor) and isinstance(z2, torch.Tensor) and z1.dim() >= 1 and z2.dim() >= 1:
+            width1, width2 = math.prod(z1.shape[1:]), math.prod(z2.shape[1:])
+            if width1 != width2:
+                raise ValueError(
+                    f"BarlowTwinsLoss: z1 and z2 must have the same feature width (the two views' embeddings), "
+                    f"got z1 of shape {tuple(z1.shape)} ({width1} features) and z2 of shape {tuple(z2.shape)} "
+                    f"({width2} features); coherence_loss(x, y) takes different widths")
         return super().forward(z1, z2)

@@ -452,3 +452,18 @@ def test_gpu_backends_match_reference(backend, dtype, shape):
     exp = torch.autograd.grad(r64, [t for t in (x64, y64) if t is not None])
     for g, e in zip(got, exp):
         assert _rel(g, e) < (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2)
+
+
+def test_barlow_twins_rejects_different_widths():
+    from eitp_kernels import nn as eitp_nn
+
+    loss = eitp_nn.BarlowTwinsLoss()
+    with pytest.raises(ValueError, match=r"BarlowTwinsLoss: z1 and z2 must have the same feature width .* "
+                                         r"z1 of shape \(16, 8\) \(8 features\) and z2 of shape \(16, 2, 3\) "
+                                         r"\(6 features\)"):
+        loss(torch.randn(16, 8), torch.randn(16, 2, 3))
+    # same width after flattening is fine, and the general op keeps the D x D' form
+    z1, z2 = torch.randn(16, 6), torch.randn(16, 2, 3)
+    torch.testing.assert_close(loss(z1, z2), eitp_kernels.coherence_loss(z1, z2.reshape(16, 6), offdiag_weight=0.0051,
+                                                                         squared=True))
+    assert torch.isfinite(eitp_kernels.coherence_loss(torch.randn(16, 8), torch.randn(16, 6)))

@@ -1,7 +1,5 @@
 """histogram_entropy / histogram_entropy_many on every backend against the reference (DESIGN §2.1)."""
 import math
-import os
-import tempfile
 
 import pytest
 import torch
@@ -599,58 +597,6 @@ def test_torch_compile_inductor_hard_entropy():
     torch.testing.assert_close(fn(x), reference.histogram_entropy(x * 2, bins=32, dim=0), rtol=1e-6, atol=0)
 
 
-# ---------------------------------------------------------------- distributed
-
-
-def _distributed_worker(rank, world, init_file, result_file):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gen = torch.Generator().manual_seed(1234)
-        full = torch.randn(world, 5, 700, generator=gen) * torch.arange(1, world + 1).view(world, 1, 1)
-        full[1, 2, 3] = NAN
-        local = full[rank]
-        glob = full.permute(1, 0, 2).reshape(5, world * 700)  # row r of every rank together
-        out = {}
-        for backend in ("cpp", "reference"):
-            with eitp_kernels.use_backend(backend):
-                h = eitp_kernels.histogram_entropy(local, bins=50, dim=1, process_group=dist.group.WORLD)
-                hw = eitp_kernels.histogram_entropy(local, bins=50, base=2, process_group=dist.group.WORLD)
-                xg = local.clone().requires_grad_()
-                hd = eitp_kernels.histogram_entropy(xg, bins=20, range=(-3.0, 3.0), differentiable=True,
-                                                    process_group=dist.group.WORLD)
-                hd.backward()
-            gg = full.clone().requires_grad_()
-            hdr = reference.histogram_entropy(gg, bins=20, range=(-3.0, 3.0), differentiable=True)
-            hdr.backward()
-            out[backend] = [
-                (h - reference.histogram_entropy(glob, bins=50, dim=1)).abs().max().item(),
-                (hw - reference.histogram_entropy(full, bins=50, base=2)).abs().item(),
-                (hd - hdr).abs().item(),
-                (xg.grad - gg.grad[rank]).abs().max().item() / gg.grad.abs().max().item(),
-            ]
-        torch.save(out, f"{result_file}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_process_group_gloo_two_ranks_get_the_global_entropy():
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result")
-        mp.spawn(_distributed_worker, args=(2, init_file, result_file), nprocs=2, join=True)
-        for rank in range(2):
-            out = torch.load(f"{result_file}.{rank}")
-            for backend, (err_dim, err_whole, err_soft, err_grad) in out.items():
-                assert err_dim < 1e-5 and err_whole < 1e-5 and err_soft < 1e-5, (rank, backend, out)
-                assert err_grad < 1e-5, (rank, backend, out)
-
-
 # ---------------------------------------------------------------- GPU (run where a GPU is lent)
 
 
@@ -768,3 +714,129 @@ def test_differentiable_long_row_parallel_chunks():
     h.backward()
     hr.backward()
     torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
+
+
+# --------------------------------------------------------------------------
+# range given as 0-d tensors (as torch.histc takes x.min(), x.max())
+# --------------------------------------------------------------------------
+
+
+class _NoHostReads:
+    """Fails the test if a tensor's value is read on the host (item, float, bool, tolist, numpy)."""
+
+    NAMES = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+
+    def __enter__(self):
+        for name in self.NAMES:
+            def refuse(*args, _name=name, **kwargs):
+                raise AssertionError(f"Tensor.{_name} called: a host read of a tensor value")
+            self.monkeypatch.setattr(torch.Tensor, name, refuse)
+        return self
+
+    def __exit__(self, *exc):
+        self.monkeypatch.undo()
+        return False
+
+
+def _tensor_range_cases():
+    x = torch.randn(6, 301)
+    x[1, 4], x[2, 7] = NAN, INF
+    return x
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bound_dtype", [torch.float32, torch.float64, torch.int64])
+def test_tensor_range_equals_the_same_numbers(backend, dtype, bound_dtype, monkeypatch):
+    x = _tensor_range_cases().to(dtype)
+    lo, hi = torch.tensor(-1.25).to(bound_dtype), torch.tensor(2.5).to(bound_dtype)
+    expected = reference.histogram_entropy(x, bins=37, range=(float(lo), float(hi)), dim=1, base=2)
+    expected_many = torch.stack([reference.histogram_entropy(t, bins=37, range=(float(lo), float(hi)), base=2)
+                                 for t in (x, x[:2])]).to(expected.dtype)
+    hi_number = float(hi)
+    with eitp_kernels.use_backend(backend), _NoHostReads(monkeypatch):
+        got = eitp_kernels.histogram_entropy(x, bins=37, range=(lo, hi), dim=1, base=2)
+        got_mixed = eitp_kernels.histogram_entropy(x, bins=37, range=(lo, hi_number), dim=1, base=2)
+        got_many = eitp_kernels.histogram_entropy_many([x, x[:2]], bins=37, range=(lo, hi), base=2)
+    torch.testing.assert_close(got, expected, rtol=_rtol(dtype), atol=0)
+    torch.testing.assert_close(got_mixed, got, rtol=0, atol=0)
+    torch.testing.assert_close(got_many, expected_many, rtol=_rtol(dtype), atol=0)
+
+
+def test_tensor_range_bounds_round_once_to_the_compute_dtype():
+    # a Python bound beside a tensor one is rounded straight to the compute dtype, as the reference does
+    lo, hi = ops._tensor_range((torch.tensor(-1.0), 0.1), 2, torch.float64, torch.device("cpu"))
+    assert hi.tolist() == [0.1, 0.1] and lo.tolist() == [-1.0, -1.0]
+    lo, hi = ops._tensor_range((torch.tensor(0.1, dtype=torch.float64), 0.3), 1, torch.float32, torch.device("cpu"))
+    assert lo.item() == torch.tensor(0.1, dtype=torch.float32).item()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_tensor_range_of_min_max_differentiable(backend, monkeypatch):
+    base = torch.randn(5, 200, dtype=torch.float64)
+    x, xr = base.clone().requires_grad_(), base.clone().requires_grad_()
+    with eitp_kernels.use_backend(backend), _NoHostReads(monkeypatch):
+        # the bounds carry x's graph: the range is held constant (no gradient through it)
+        h = eitp_kernels.histogram_entropy(x, bins=20, range=(x.min(), x.max()), dim=1, differentiable=True)
+    hr = reference.histogram_entropy(xr, bins=20, range=(base.min().item(), base.max().item()), dim=1,
+                                     differentiable=True)
+    torch.testing.assert_close(h, hr, rtol=1e-12, atol=0)
+    h.sum().backward()
+    hr.sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("lo,hi", [(1.0, 0.5), (1.0, 1.0), (NAN, 1.0), (-INF, 1.0), (0.0, INF)])
+def test_tensor_range_invalid_on_the_device_gives_nan(backend, lo, hi):
+    # lo < hi cannot be checked on the host without a sync: a bad tensor range counts nothing
+    x = torch.randn(4, 50)
+    with eitp_kernels.use_backend(backend):
+        assert torch.isnan(eitp_kernels.histogram_entropy(x, range=(torch.tensor(lo), torch.tensor(hi)), dim=1)).all()
+        assert torch.isnan(eitp_kernels.histogram_entropy_many([x], range=(torch.tensor(lo), torch.tensor(hi)))).all()
+        h = eitp_kernels.histogram_entropy(x.requires_grad_(), range=(torch.tensor(lo), torch.tensor(hi)), differentiable=True)
+    assert torch.isnan(h)
+
+
+def test_tensor_range_bad_bounds_are_named():
+    x = torch.randn(10)
+    with pytest.raises(ValueError, match=r"range\[0\] must be a number or a 0-d tensor, got a tensor of shape \(2,\)"):
+        eitp_kernels.histogram_entropy(x, range=(torch.zeros(2), 1.0))
+    with pytest.raises(TypeError, match=r"range\[1\] must be a real tensor, got dtype bool"):
+        eitp_kernels.histogram_entropy(x, range=(0.0, torch.tensor(True)))
+    with pytest.raises(TypeError, match=r"range\[1\] must be a real tensor, got dtype complex64"):
+        eitp_kernels.histogram_entropy_many([x], range=(0.0, torch.tensor(1j)))
+    with pytest.raises(ValueError, match=r"range\[0\] is on the meta device"):
+        eitp_kernels.histogram_entropy(x, range=(torch.tensor(0.0, device="meta"), 1.0))
+    with pytest.raises(TypeError, match=r"range\[0\] must be a real number or a 0-d tensor, got str"):
+        eitp_kernels.histogram_entropy(x, range=("0", 1.0))
+    with pytest.raises(ValueError, match="codes take no range"):
+        eitp_kernels.histogram_entropy(torch.zeros(5, dtype=torch.int8), range=(torch.tensor(0.0), 1.0))
+    with pytest.raises(ValueError, match=r"lo < hi"):  # numbers are still checked on the host
+        eitp_kernels.histogram_entropy(x, range=(1.0, 0.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+def test_gpu_tensor_range_without_host_sync(backend):
+    x = torch.randn(6, 4001, device="cuda")
+    expected = reference.histogram_entropy(x, bins=64, range=(x.min().item(), x.max().item()), dim=1)
+    cpu_lo = x.min().cpu()
+    with eitp_kernels.use_backend(backend):
+        eitp_kernels.histogram_entropy(x, bins=64, range=(x.min(), x.max()), dim=1)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = eitp_kernels.histogram_entropy(x, bins=64, range=(x.min(), x.max()), dim=1)
+            got_cpu_bound = eitp_kernels.histogram_entropy(x, bins=64, range=(cpu_lo, x.max()), dim=1)
+            got_diff = eitp_kernels.histogram_entropy(x.requires_grad_(), bins=64, range=(x.min(), x.max()), dim=1,
+                                                      differentiable=True)
+            got_many = eitp_kernels.histogram_entropy_many([x, x[0]], bins=64, range=(x.min(), x.max()))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got_cpu_bound, expected, rtol=1e-6, atol=0)
+    assert torch.isfinite(got_diff).all() and torch.isfinite(got_many).all()

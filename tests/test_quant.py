@@ -359,3 +359,25 @@ def test_gpu_gradients_match_reference(backend):
     ref.backward(grad_out)
     _assert_same(out, ref.detach())
     _assert_same(grad, xr.grad)
+
+
+def test_dequantize_mis_shaped_scale_names_the_granularity_it_fits():
+    q = torch.zeros(32, 6, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"dequantize_int8: scale must have shape \(\) for granularity='tensor' "
+                                         r"and q of shape \(32, 6\), got \(32,\) \(a scale of this shape fits "
+                                         r'granularity="channel", axis=0\)'):
+        eitp_kernels.dequantize_int8(q, torch.ones(32))
+    with pytest.raises(ValueError, match=r'fits granularity="channel", axis=1\)'):
+        eitp_kernels.dequantize_int8(q, torch.ones(6))
+    with pytest.raises(ValueError, match=r'fits granularity="group", group_size=3\)'):
+        eitp_kernels.dequantize_int8(q, torch.ones(32, 2), granularity="channel")
+    with pytest.raises(ValueError, match=r'zero_point must have shape \(32,\).*fits granularity="tensor"\)'):
+        eitp_kernels.dequantize_int8(q, torch.ones(32), torch.zeros((), dtype=torch.int32).reshape(1),
+                                     granularity="channel")
+    with pytest.raises(ValueError, match=r"got \(5,\)$"):  # fits nothing: no hint
+        eitp_kernels.dequantize_int8(q, torch.ones(5))
+    # the shapes quantize_int8 returns still work
+    x = torch.randn(32, 6)
+    codes, scale, _ = eitp_kernels.quantize_int8(x, granularity="channel", axis=0)
+    torch.testing.assert_close(eitp_kernels.dequantize_int8(codes, scale, granularity="channel", axis=0), x,
+                               rtol=0, atol=float(scale.max()))

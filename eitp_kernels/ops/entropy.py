@@ -18,7 +18,9 @@ Pipeline per call (rows = 1-D slices):
      float64).
 So a float call moves 2 x (bytes of x) + 8 x rows x bins x 2; with an explicit
 range or int8 codes, 1 x (bytes of x). With ``process_group`` the range is
-all-reduced (MIN/MAX) before counting and the counts (SUM) before the entropy.
+all-reduced (MIN/MAX) before counting and the counts (SUM) before the entropy;
+the differentiable mode scales the gradient by world_size for DDP's averaging
+(``_global_soft_counts``).
 
 Differentiable mode (linear binning): ``eitp::soft_histogram`` makes float64
 soft counts (x adds 1-f to bin k and f to bin k+1, u = (x-lo)/w - 0.5,
@@ -543,6 +545,8 @@ def _register_triton_ops() -> None:
 def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
     """(lo, hi), each (R,) in the accumulation dtype: finite min/max or the given range."""
     acc = reference.compute_dtype(rows.dtype)
+    if _validation.range_has_tensor(rng):
+        return _tensor_range(rng, rows.shape[0], acc, rows.device)
     if rng is not None:
         lo = torch.full((rows.shape[0],), float(rng[0]), dtype=acc, device=rows.device)
         hi = torch.full((rows.shape[0],), float(rng[1]), dtype=acc, device=rows.device)
@@ -559,6 +563,22 @@ def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
         dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=process_group)
         dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=process_group)
     return lo, hi
+
+
+def _tensor_range(rng, rows: int, acc: torch.dtype, device: torch.device):
+    """(lo, hi), each (rows,) in ``acc`` on ``device``, from a range with 0-d tensor bounds.
+
+    Converted on the device (a copy when a bound lives elsewhere; no host
+    sync), rounded to ``acc`` as a Python bound would be. lo < hi and
+    finiteness cannot be checked on the host without a sync: a range that
+    fails them becomes (NaN, NaN), which counts nothing, so the entropy is NaN.
+    """
+    lo, hi = (v.detach().to(device=device, dtype=acc) if isinstance(v, torch.Tensor)
+              else torch.full((), v, dtype=acc, device=device) for v in rng)
+    bad = ~((lo < hi) & torch.isfinite(lo) & torch.isfinite(hi))
+    nan = torch.full_like(lo, math.nan)
+    lo, hi = torch.where(bad, nan, lo), torch.where(bad, nan, hi)
+    return lo.reshape(1).expand(rows).contiguous(), hi.reshape(1).expand(rows).contiguous()
 
 
 def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
@@ -591,6 +611,18 @@ def _counts_many(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> t
     return torch.ops.eitp_triton.histogram_counts_many(tensors, bins, rng_list)
 
 
+def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
+    """int64 counts (len(tensors), bins) for a range with tensor bounds: the
+    many-tensor kernels take the range as host numbers, so each tensor is
+    counted by the single-tensor op (one counting launch per tensor)."""
+    counts = []
+    for t in tensors:
+        row = t.reshape(1, t.numel()).contiguous()
+        lo, hi = _tensor_range(rng, 1, reference.compute_dtype(t.dtype), t.device)
+        counts.append(_counts_rows(backend, row, lo, hi, bins, True))
+    return torch.cat(counts)
+
+
 def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
     """H per row of counts (float64), the reference's formula; NaN for an empty row."""
     c = counts.to(torch.float64)
@@ -611,6 +643,25 @@ def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
 def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
     """Linear-binning counts (float64) as in the reference, differentiable by autograd."""
     return reference.linear_binning_counts(xs, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)[0]
+
+
+def _global_soft_counts(counts: torch.Tensor, process_group) -> torch.Tensor:
+    """The all-reduced (SUM) soft counts, with the gradient that DDP's averaging expects.
+
+    Value: the counts of every rank's data. Gradient: ``world_size * dL/dc``
+    flows back to this rank's own counts (and so to its x). H depends on the
+    local counts only through the global ones (dH/dc_rank = dH/dc_global), so
+    the exact gradient of this rank's slice is dL/dc; DDP then averages the
+    ranks' parameter gradients, ``(1/world) sum_r``, which would leave
+    ``1/world`` of the single-process gradient on the concatenated batch
+    without the factor (coherence_loss applies the same factor).
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size(process_group)
+    total = counts.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
+    return total + world * (counts - counts.detach())
 
 
 def _soft_entropy(counts: torch.Tensor, log_base) -> torch.Tensor:
@@ -636,7 +687,7 @@ def _check_common(op, bins, range, base, *, codes: bool):
     bins = _validation.check_int(op, "bins", bins, minimum=1)
     if bins > MAX_BINS:
         raise ValueError(f"{op}: bins must be <= {MAX_BINS}, got {bins}")
-    rng = _validation.check_range(op, "range", range)
+    rng = _validation.check_range(op, "range", range, allow_tensors=True)
     log_base = None
     if base is not None:
         base = _validation.check_float(op, "base", base, positive=True)
@@ -697,6 +748,10 @@ def histogram_entropy(
             the bits per parameter an entropy coder needs).
         bins: number of bins, 1 to 2^24.
         range: ``(lo, hi)`` with lo < hi, or None for the automatic range.
+            Each bound is a number or a 0-d tensor on any device (e.g.
+            ``(x.min(), x.max())``, as ``torch.histc`` takes): tensors are
+            converted on x's device without a host sync, so lo < hi is checked
+            there: a tensor range with lo >= hi or a non-finite bound gives NaN.
         dim: None for one entropy of all elements (result shape ``()``), or the
             dim to reduce: one entropy per 1-D slice along it (result shape
             ``x.shape`` without ``dim``), each with its own automatic range.
@@ -706,7 +761,14 @@ def histogram_entropy(
         process_group: a ``torch.distributed`` group: the automatic range is
             all-reduced (MIN/MAX) and the counts (SUM), so every rank gets the
             entropy of the data of all ranks (x must have the same number of
-            slices on each rank).
+            slices on each rank; the slices' lengths may differ). Gradient
+            convention (``differentiable=True``), the same as
+            ``coherence_loss``: each rank's x receives ``world_size * dH/dx_rank``,
+            so that DDP's averaging of the ranks' parameter gradients gives
+            exactly the gradient of single-process training on the
+            concatenated batch (add it to per-rank batch-mean losses as
+            usual). The range is held constant (the automatic one is the
+            global min/max).
 
     Returns:
         float64 for fp64 input, float32 otherwise. NaN/Inf: non-finite values
@@ -735,7 +797,7 @@ def histogram_entropy(
     acc = reference.compute_dtype(x.dtype)
     if differentiable:
         backend = _backends.resolve(OP, x.device, IMPLEMENTED_DIFFERENTIABLE)
-        if backend == "reference" and process_group is None:
+        if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
             return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base, differentiable=True)
         rows, batch = _as_rows(x.to(acc), dim)
         rows = rows.contiguous()
@@ -747,15 +809,11 @@ def histogram_entropy(
         else:
             counts = _soft_counts_torch(rows, lo, hi, bins, rng is not None)
         if process_group is not None:
-            import torch.distributed as dist
-
-            total = counts.detach().clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
-            counts = counts + (total - counts.detach())  # value: global counts; gradient: to local x
+            counts = _global_soft_counts(counts, process_group)
         return _soft_entropy(counts, log_base).to(acc).reshape(batch)
 
     backend = _backends.resolve(OP, x.device, IMPLEMENTED)
-    if backend == "reference" and process_group is None:
+    if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
     rows, batch = _as_rows(x, dim)
     rows = rows.contiguous()
@@ -781,7 +839,9 @@ def histogram_entropy_many(
 
     Returns a 1-D tensor of ``len(tensors)`` entropies: float64 when any tensor
     is float64, else float32. Each tensor gets its own automatic range unless
-    ``range`` is given. The tensors may differ in shape and dtype (int8/uint8
+    ``range`` is given (numbers, or 0-d tensors as in ``histogram_entropy``:
+    then each tensor is counted by its own launch, since the many-tensor
+    kernels below take the range as host numbers). The tensors may differ in shape and dtype (int8/uint8
     codes need bins == 256 and no range) and must share a device.
 
     Launches do not grow with the number of tensors; nothing syncs with the host:
@@ -820,6 +880,9 @@ def histogram_entropy_many(
     bins, rng, log_base = _check_common(MANY_OP, bins, range, base, codes=any_code)
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     backend = _backends.resolve(MANY_OP, tensors[0].device, IMPLEMENTED_MANY)
+    if _validation.range_has_tensor(rng):
+        counts = _counts_each_with_tensor_range(backend, list(tensors), bins, rng)
+        return _entropy_rows(backend, counts, log_base).to(out_dtype)
     if backend in ("cpp", "cuda", "triton"):
         counts = _counts_many(backend, list(tensors), bins, rng)
         return _entropy_rows(backend, counts, log_base).to(out_dtype)

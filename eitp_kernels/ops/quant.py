@@ -583,6 +583,24 @@ def quantize_int8(
     return q, s.reshape(sshape), None if symmetric else zp.reshape(sshape)
 
 
+def _check_scale_layout(op: str, name: str, value, q: torch.Tensor, granularity: str, sshape) -> None:
+    """A scale/zero point whose shape is not this granularity's: say which layout it fits."""
+    if not isinstance(value, torch.Tensor) or value.numel() == math.prod(sshape):
+        return
+    fits = []
+    if value.numel() == 1:
+        fits.append('granularity="tensor"')
+    if value.dim() == 1:
+        fits += [f'granularity="channel", axis={a}' for a in range(q.dim()) if q.shape[a] == value.numel()]
+    elif value.dim() > 1 and value.dim() == q.dim() and tuple(value.shape[:-1]) == tuple(q.shape[:-1]):
+        groups = value.shape[-1]
+        if groups and q.shape[-1] % groups == 0:
+            fits.append(f'granularity="group", group_size={q.shape[-1] // groups}')
+    hint = f" (a {name} of this shape fits {' or '.join(fits)})" if fits else ""
+    raise ValueError(f"{op}: {name} must have shape {tuple(sshape)} for granularity={granularity!r} and q of shape "
+                     f"{tuple(q.shape)}, got {tuple(value.shape)}{hint}")
+
+
 def dequantize_int8(
     q: torch.Tensor,
     scale: torch.Tensor | float,
@@ -606,6 +624,8 @@ def dequantize_int8(
     if dtype not in _validation.FLOAT_DTYPES:
         raise TypeError(f"{op}: dtype must be one of {_validation.FLOAT_DTYPES}, got {dtype!r}")
     granularity, axis, group_size, sshape = _check_layout(op, "q", q, granularity, axis, group_size)
+    for name, value in (("scale", scale), ("zero_point", zero_point)):
+        _check_scale_layout(op, name, value, q, granularity, sshape)
     s_rows = _as_per_row(op, "scale", scale, sshape, q.device, integer=False)
     zp_rows = None if zero_point is None else _as_per_row(op, "zero_point", zero_point, sshape, q.device,
                                                           integer=True)

@@ -18,6 +18,14 @@ Per step, for the activations A_l (batch N x features D_l) of the layers named:
 C and IEM are the paper's formulas applied to quantities we chose (documented
 above); they are measurements, not evidence of anything. Nothing here syncs
 with the host: metrics are tensors.
+
+Distributed (``process_group``): every statistic is taken over the global
+batch (the concatenation of the ranks' batches): the entropy's range and
+counts, the coherence loss's column statistics and correlations, the batch
+means m_l and the Lyapunov mean are all-reduced, so every rank gets the same
+loss and metrics as one process on the global batch. The loss's gradient
+follows the ops' convention (``world_size * dL/dA_rank`` per rank), so DDP's
+gradient averaging yields the single-process parameter gradients.
 """
 from __future__ import annotations
 
@@ -43,13 +51,24 @@ class EITPRegularizer:
         energy_in_joules: E in joules instead of bits (k_B T ln2 units).
         lyapunov_activation: if given (e.g. torch.tanh), metrics include the
             paper's Lyapunov estimate mean ln|f'(A_l)| treating A_l as pre-activations.
+        process_group: a ``torch.distributed`` group (e.g. ``dist.group.WORLD``
+            under DDP), or None: statistics over the global batch (module
+            docstring). Every rank must call the regularizer at each step.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], *, lambda_thermo: float = 0.0,
                  lambda_coherence: float = 1e-3, temperature: float = 300.0, alpha: float = 1.0,
                  min_energy: float = 0.0, critical_entropy: float = 4.0, beta: float = 1.0, bins: int = 64,
                  energy_in_joules: bool = False,
-                 lyapunov_activation: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 lyapunov_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 process_group=None):
+        if process_group is not None:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
+                raise TypeError("EITPRegularizer: process_group must be None or a torch.distributed.ProcessGroup, "
+                                f"got {type(process_group).__name__}")
+        self.process_group = process_group
         modules = dict(model.named_modules())
         self.layers = list(layers)
         if not self.layers:
@@ -82,13 +101,34 @@ class EITPRegularizer:
 
         act = self.activations[name]
         flat = act.reshape(act.shape[0], -1)
-        entropy_bits = histogram_entropy(flat, bins=self.bins, base=2, differentiable=True)
-        coherence = coherence_loss(flat) if flat.shape[0] >= 2 else flat.new_zeros(())
-        mean = flat.detach().float().mean(dim=0)
+        group = self.process_group
+        entropy_bits = histogram_entropy(flat, bins=self.bins, base=2, differentiable=True, process_group=group)
+        if group is not None:
+            coherence = coherence_loss(flat, process_group=group)
+        else:
+            coherence = coherence_loss(flat) if flat.shape[0] >= 2 else flat.new_zeros(())
+        mean = self._global_mean(flat.detach().float().sum(dim=0), flat.shape[0])
         previous = self.previous_means.get(name)
         c = torch.ones((), device=mean.device) if previous is None else formulas.coherence_factor(mean, previous, eps=1e-30)
         self.previous_means[name] = mean
         return entropy_bits, coherence, c, flat.shape[1]
+
+    def _global_mean(self, total: torch.Tensor, count: int) -> torch.Tensor:
+        """total / count, where under a process group both are summed over the ranks first."""
+        if self.process_group is None:
+            return total / count
+        import torch.distributed as dist
+
+        packed = torch.cat([total.reshape(-1), total.new_full((1,), float(count))])
+        dist.all_reduce(packed, group=self.process_group)  # one collective: the sums and the count
+        return (packed[:-1] / packed[-1]).reshape(total.shape)
+
+    def _lyapunov(self, name: str) -> torch.Tensor:
+        act = self.activations[name].detach()
+        local_mean = formulas.lyapunov_exponent(act, self.lyapunov_activation)
+        if self.process_group is None:
+            return local_mean
+        return self._global_mean(local_mean.double() * act.numel(), act.numel()).to(local_mean.dtype)
 
     def __call__(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         missing = [name for name in self.layers if name not in self.activations]
@@ -111,9 +151,7 @@ class EITPRegularizer:
             "emergence_probability": formulas.emergence_probability(h.detach(), self.critical_entropy, self.beta),
         }
         if self.lyapunov_activation is not None:
-            metrics["lyapunov"] = torch.stack([
-                formulas.lyapunov_exponent(self.activations[name].detach(), self.lyapunov_activation)
-                for name in self.layers]).mean()
+            metrics["lyapunov"] = torch.stack([self._lyapunov(name) for name in self.layers]).mean()
         loss = self.lambda_thermo * thermo + self.lambda_coherence * coherence
         self.activations = {}
         return loss, metrics
