@@ -47,10 +47,10 @@ def build(device: torch.device, quick: bool) -> list[Case]:
 
     label = f"MLP b{batch} w{width}"
     # The plain step: same model and data, no regularizer ('eager' = itself).
-    plain = Case(op=OP, shape=f"{label} no regularizer", dtype=torch.float32, make_inputs=make,
+    plain = Case(op=OP, shape=f"{label} plain", dtype=torch.float32, make_inputs=make,
                  fn=_step_fn(batch, width, False, None), reference=_step_fn(batch, width, False, None),
                  implemented=coherence.IMPLEMENTED, rtol=1e-4, atol=1e-6)
-    regularized = Case(op=OP, shape=f"{label} + regularizer", dtype=torch.float32, make_inputs=make,
+    regularized = Case(op=OP, shape=f"{label} +reg", dtype=torch.float32, make_inputs=make,
                        fn=_step_fn(batch, width, True, None), reference=_step_fn(batch, width, True, "reference"),
                        implemented=coherence.IMPLEMENTED, rtol=1e-3, atol=1e-5)
     return [plain, regularized]
