@@ -57,9 +57,9 @@ ms       median time of one call after warm-up (CPU: perf_counter; CUDA: events,
 rate     GB/s of the op's minimum memory traffic (inputs read once, outputs written once; the same bytes for every
          backend), or GFLOP/s of the standard product count where the section says so
 % copy   that GB/s as a percentage of the header's copy rate. It passes 100% when the data sits in the cache
-         (--quick sizes, small cases) and for ops that mostly read: a copy's stores first read each line
-         (read-for-ownership, not counted), so a pure read moves up to 1.5x the counted copy bytes; the header's
-         read rate (x.sum()) is the ceiling for those
+         (--quick sizes, small cases), and for ops that mostly read: a copy's stores first read each destination
+         line (read-for-ownership), bytes the copy rate does not count, so a pure read can beat it (by up to 1.5x
+         when memory-bound); the header's read rate (src.sum()) is the ceiling for those
 x eager  eager's median / this row's (higher: faster); x comp: the same against torch.compile
 ours x   this row's median / the fastest of this library's kernels on the case (higher: ours is faster)
 MiB      peak memory allocated by one call and live at once (outputs included, inputs not); n/a: unknown
