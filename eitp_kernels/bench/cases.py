@@ -37,6 +37,11 @@ Adding a suite for op ``<op>`` (about 30 lines):
 
        register_suite(OP, build)
 
+   Optional: ``alternatives=`` other libraries or formulations computing the
+   same output (:class:`Alternative`; see ``peers.py``), timed as extra rows
+   after their output is checked; ``targets=`` goals for the fastest kernel
+   (:class:`Target`), checked in the run's summary.
+
    ``fn`` and ``reference`` take the tensors ``make_inputs(device)`` returns;
    bind other arguments with ``functools.partial``. ``bytes`` is the op's
    minimum memory traffic (each input read once, each output written once),

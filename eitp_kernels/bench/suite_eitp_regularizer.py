@@ -4,8 +4,8 @@ One step = forward of an MLP (batch 256, 512 -> 1024 -> 1024 -> 10, tanh),
 cross-entropy, EITPRegularizer on both hidden layers (differentiable entropy
 + coherence loss), backward. Rows: the step on the fused backends against
 the same step with every eitp op forced to the reference backend ('eager'),
-and a plain step without the regularizer for scale: the overhead of the
-regularizer is (step - plain step).
+and a plain step without the regularizer for scale ("plain"; "+reg" is the
+regularized step): the overhead of the regularizer is (step - plain step).
 """
 from __future__ import annotations
 
