@@ -68,10 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report_problems(rows)
     targets = report.check_targets(cases, rows, copy_gbps)
     files = _output_files(args)
-    if not any(row.output for row in rows):
-        files.pop("log", None)
-    if not any(row.ours_x for row in rows):
-        files.pop("png", None)
+    for kind, needed in (("log", any(row.output for row in rows)), ("png", any(row.ours_x for row in rows))):
+        if not needed and kind in files:
+            stale = files.pop(kind)  # nothing to put there this time: no file left from an earlier run
+            if os.path.exists(stale):
+                os.remove(stale)
     emit(report.format_summary(targets, rows, args.quick, list(files.values()), header["seconds"]))
     _write_files(files, header, rows, targets, text.getvalue())
     return 1 if any(row.failed for row in rows) else 0
@@ -99,9 +100,12 @@ def _write_files(files: dict[str, str], header: dict, rows: list[Row], targets, 
     if "txt" in files:
         with open(files["txt"], "w") as file:
             file.write(text)
-    for kind, writer in (("png", report.plot_speedups), ("log", report.write_output_log)):
-        if kind in files and not writer(files[kind], rows) and os.path.exists(files[kind]):
-            os.remove(files[kind])  # nothing to show this time: no stale file from an earlier run
+    title = (f"eitp-bench {'--quick ' if header['quick'] else ''}on {header['device']}: {header['device_name']}, "
+             f"{header['torch_threads']} threads, {time.strftime('%Y-%m-%d %H:%M', time.localtime())}")
+    if "png" in files:
+        report.plot_speedups(files["png"], rows, title)
+    if "log" in files:
+        report.write_output_log(files["log"], rows)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

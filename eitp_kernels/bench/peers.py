@@ -310,13 +310,12 @@ SAME_FORMULA = ("batch norm in training mode = our standardization (biased varia
 def barlow_twins_alternatives(backward: bool) -> tuple[Alternative, ...]:
     """For ``coherence_loss(x, y, offdiag_weight=BARLOW_LAMBDA, squared=True)``
     (``backward``: the gradients w.r.t. x and y)."""
-    what = "grads of " if backward else ""
     to_reference = (lambda grads: tuple(grads)) if backward else None
     return (
-        Alternative("official BT", f"{what}bn(z1).T @ bn(z2) / N + on/off-diagonal sums (the paper's code)",
+        Alternative("official BT", "bn(z1).T @ bn(z2) / N + on/off-diagonal sums (the paper's code)",
                     _official(backward), to_reference=to_reference,
                     convention=SAME_FORMULA + "; BatchNorm1d also updates running statistics"),
-        Alternative("lightly", f"{what}lightly.loss.BarlowTwinsLoss(lambda_param={BARLOW_LAMBDA:g})",
+        Alternative("lightly", f"lightly.loss.BarlowTwinsLoss(lambda_param={BARLOW_LAMBDA:g})",
                     _lightly(backward), to_reference=to_reference, modules=("lightly",), slow_import=True,
                     convention=SAME_FORMULA),
     )

@@ -147,7 +147,8 @@ def format_table(rows: Sequence[Row], width: int = WIDTH) -> str:
     previous_case = previous_op = None
     for row in rows:
         if row.op != previous_op:
-            kinds.append(("section", f"{row.op}  (rate in {row.rate_unit})"))
+            rated = any(r.rate is not None for r in rows if r.op == row.op)
+            kinds.append(("section", f"{row.op}  ({'rate in ' + row.rate_unit if rated else 'no rate: no byte count'})"))
             cells.append(None)
             previous_op, previous_case = row.op, None
         case = f"{row.shape} {row.dtype}"
@@ -181,9 +182,9 @@ def format_notes(cases: Sequence[Case], rows: Sequence[Row]) -> str:
     seen, lines = set(), []
     for case in cases:
         for alt in case.alternatives:
-            if (case.op, case.shape, alt.name) not in ran or (alt.name, alt.description) in seen:
+            if (case.op, case.shape, alt.name) not in ran or alt.name in seen:
                 continue
-            seen.add((alt.name, alt.description))
+            seen.add(alt.name)
             text = f"{alt.name}: {alt.description}"
             if alt.convention:
                 text += f". Convention: {alt.convention}"
@@ -270,7 +271,8 @@ def peer_comparison(rows: Sequence[Row]) -> list[str]:
         ours = runner.best_kernel(case_rows)
         parts = [f"{row.backend} {_times(row.ours_x)}" if row.ours_x else f"{row.backend} {row.check}"
                  for row in timed]
-        lines += wrap("", f"{op} {shape} {dtype} ({ours.backend if ours else 'ours'} faster by): " + ", ".join(parts))
+        lines += wrap("", f"{op} {shape} {dtype}, their median / {ours.backend if ours else 'ours'}'s: "
+                          + ", ".join(parts))
     return lines
 
 
@@ -287,7 +289,7 @@ def format_summary(targets: Sequence[TargetResult], rows: Sequence[Row], quick: 
         lines.append("  targets: defined for the full sizes; run without --quick to check them")
     comparison = peer_comparison(rows)
     if comparison:
-        lines.append("  ours against the alternatives (their median / our fastest kernel's):")
+        lines.append("  ours against the alternatives (> 1: our fastest kernel is faster):")
         lines += ["  " + line for line in comparison]
     failed = [row for row in rows if row.failed]
     flagged = [row for row in rows if row.check in ("disagrees", "peer error")]
@@ -357,7 +359,7 @@ def write_output_log(path: str, rows: Sequence[Row]) -> bool:
     return True
 
 
-def plot_speedups(path: str, rows: Sequence[Row]) -> bool:
+def plot_speedups(path: str, rows: Sequence[Row], title: str = "") -> bool:
     """One horizontal bar chart: per case, our fastest kernel's speed-up over
     each baseline and alternative (log scale; 1x marked). False without
     matplotlib or without any timed speed-up."""
@@ -387,6 +389,7 @@ def plot_speedups(path: str, rows: Sequence[Row]) -> bool:
         if case != previous and previous is not None:
             y += 0.6
         ax.barh(y, value, color=colors[name], label=name)
+        ax.text(value * 1.04, y, _times(value), va="center", fontsize=6)
         labels.append((y, case if case != previous else ""))
         previous = case
         y += 1
@@ -399,6 +402,8 @@ def plot_speedups(path: str, rows: Sequence[Row]) -> bool:
     unique = dict(zip(names, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
     ax.set_xlim(left=min(0.5, min(b[2] for b in bars) / 1.5), right=max(2.0, max(b[2] for b in bars) * 1.5))
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
