@@ -124,6 +124,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile baseline")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads(N) first")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     known = list(load_suites())
@@ -187,6 +188,10 @@ def describe(device: torch.device, copy_gbps: float, busy: float | None, args: a
     return {
         "device": device.type,
         "device_name": _device_name(device),
+        "platform": platform.platform(),
+        "memory_gib": _memory_gib(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["eitp-bench"] + list(args.argv)),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -200,6 +205,18 @@ def describe(device: torch.device, copy_gbps: float, busy: float | None, args: a
         "compile": args.compile,
         "backends": {name: str(status) for name, status in eitp_kernels.backends().items()},
     }
+
+
+def _memory_gib() -> float | None:
+    """The machine's total memory (/proc/meminfo), or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _device_name(device: torch.device) -> str:

@@ -104,6 +104,8 @@ def format_header(header: dict) -> str:
     lines += wrap("memory", f"copy {header['copy_gbps']:.1f} GB/s (dst.copy_(src), read + written bytes), "
                             f"read {header['read_gbps']:.1f} GB/s (src.sum()), "
                             f"{header['copy_buffer_bytes'] >> 20} MiB buffers, measured at the start")
+    if header.get("command"):
+        lines += wrap("command", f"{header['command']}  ({header.get('started', '')})")
     mode = "quick (small sizes, few samples; targets apply to the full sizes)" if header["quick"] else "full"
     lines += wrap("mode", mode + ("" if header["compile"] else "; no torch.compile baseline"))
     busy = header.get("busy_cores_before")
