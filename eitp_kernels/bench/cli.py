@@ -67,19 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit(report.format_notes(cases, rows))
     _report_problems(rows)
     targets = report.check_targets(cases, rows, copy_gbps)
-    files = _output_files(args)
-    for kind, needed in (("log", any(row.output for row in rows)), ("png", any(row.ours_x for row in rows))):
-        if not needed and kind in files:
-            stale = files.pop(kind)  # nothing to put there this time: no file left from an earlier run
-            if os.path.exists(stale):
-                os.remove(stale)
+    files = _output_files(args, rows)
     emit(report.format_summary(targets, rows, args.quick, list(files.values()), header["seconds"]))
     _write_files(files, header, rows, targets, text.getvalue())
     return 1 if any(row.failed for row in rows) else 0
 
 
-def _output_files(args: argparse.Namespace) -> dict[str, str]:
-    """kind -> path of the files this run writes (none with --no-save, except --json)."""
+def _output_files(args: argparse.Namespace, rows: Sequence[Row] | None = None) -> dict[str, str]:
+    """kind -> path of the files this run writes (none with --no-save, except
+    --json). Given the rows: without a speed-up to plot or captured output to
+    log, no plot or log, and an earlier run's one at that path is removed."""
     files = {}
     if args.save:
         stem = f"{args.device}-{'quick' if args.quick else 'full'}"
@@ -89,6 +86,12 @@ def _output_files(args: argparse.Namespace) -> dict[str, str]:
             files[kind] = os.path.join(args.out, f"{stem}.{kind}")
     if args.json:
         files["json"] = args.json
+    if rows is not None:
+        for kind, needed in (("png", any(row.ours_x for row in rows)), ("log", any(row.output for row in rows))):
+            if not needed and kind in files:
+                stale = files.pop(kind)
+                if os.path.exists(stale):
+                    os.remove(stale)
     return files
 
 

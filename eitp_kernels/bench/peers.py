@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import sys
 from typing import Any
 
 import torch
@@ -41,10 +42,13 @@ DISTRIBUTIONS = {
 
 
 def module_available(name: str) -> bool:
-    """Whether ``name`` can be imported (found on the path; not imported here)."""
+    """Whether ``name`` can be imported (found on the path; not imported here).
+    A ``None`` entry in ``sys.modules`` blocks an import, so it counts as missing."""
+    if name in sys.modules and sys.modules[name] is None:
+        return False
     try:
         return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
+    except (ImportError, ValueError, AttributeError):
         return False
 
 
