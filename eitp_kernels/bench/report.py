@@ -315,12 +315,16 @@ def format_summary(targets: Sequence[TargetResult], rows: Sequence[Row], quick: 
             by_backend[key] = by_backend.get(key, 0) + row.output_lines
         log = next((f for f in files if f.endswith(".log")), None)
         parts = ", ".join(f"{name} {count}" for name, count in by_backend.items())
-        lines += wrap("  output", f"third-party output kept out of the table: {sum(by_backend.values())} lines "
+        lines += wrap("  output", f"third-party output kept out of the table: {_lines(sum(by_backend.values()))} "
                                   f"({parts})" + (f"; full text in {log}" if log else ""))
     if files:
         lines += wrap("  files", _files_label(files))
     lines.append(f"  {len(rows)} rows in {seconds:.1f} s")
     return "\n".join(lines)
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 def _files_label(files: Sequence[str]) -> str:
@@ -356,7 +360,7 @@ def write_output_log(path: str, rows: Sequence[Row]) -> bool:
         return False
     with open(path, "w") as file:
         for row in noisy:
-            file.write(f"===== {row.op} {row.shape} {row.dtype} {row.backend} ({row.output_lines} lines)\n")
+            file.write(f"===== {row.op} {row.shape} {row.dtype} {row.backend} ({_lines(row.output_lines)})\n")
             file.write(row.output if row.output.endswith("\n") else row.output + "\n")
     return True
 
