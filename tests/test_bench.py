@@ -102,7 +102,8 @@ def toy_op(monkeypatch):
 
 
 def test_cli_quick_writes_every_row_and_column_to_the_results_dir(tmp_path, capsys):
-    assert cli.main(["--quick", "--ops", "finite_minmax", "--no-compile", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    argv = ["--quick", "--ops", "finite_minmax", "--no-compile", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
     stem = tmp_path / "cpu-quick-finite_minmax"
     document = json.loads(stem.with_suffix(".json").read_text())
     expected = [
@@ -148,7 +149,8 @@ def test_default_results_are_the_readme_files(tmp_path, monkeypatch, toy_op):
 def test_cli_mismatch_fails_the_run(tmp_path, toy_op):
     toy_op(lambda x: (x.min() - 1, x.max()))  # a wrong minimum
     path = tmp_path / "bench.json"
-    assert cli.main(["--quick", "--ops", "toy", "--no-compile", "--device", "cpu", "--no-save", "--json", str(path)]) == 1
+    argv = ["--quick", "--ops", "toy", "--no-compile", "--device", "cpu", "--no-save", "--json", str(path)]
+    assert cli.main(argv) == 1
     checks = {row["backend"]: row["check"] for row in json.loads(path.read_text())["rows"]}
     assert checks == {"reference": "MISMATCH", "eager": "ok"}
 

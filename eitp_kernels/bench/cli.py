@@ -31,7 +31,7 @@ import torch
 import eitp_kernels
 from eitp_kernels.bench import harness, report, runner
 from eitp_kernels.bench.cases import build_cases, load_suites
-from eitp_kernels.bench.report import format_header, format_table, write_json  # noqa: F401 - the CLI's API
+from eitp_kernels.bench.report import format_header, format_table
 from eitp_kernels.bench.runner import Row
 
 DEFAULT_OUT = "bench-results"

@@ -150,7 +150,8 @@ def format_table(rows: Sequence[Row], width: int = WIDTH) -> str:
     for row in rows:
         if row.op != previous_op:
             rated = any(r.rate is not None for r in rows if r.op == row.op)
-            kinds.append(("section", f"{row.op}  ({'rate in ' + row.rate_unit if rated else 'no rate: no byte count'})"))
+            unit = f"rate in {row.rate_unit}" if rated else "no rate: no byte count"
+            kinds.append(("section", f"{row.op}  ({unit})"))
             cells.append(None)
             previous_op, previous_case = row.op, None
         case = f"{row.shape} {row.dtype}"
