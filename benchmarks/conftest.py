@@ -59,9 +59,10 @@ def pytest_generate_tests(metafunc):
     config = metafunc.config
     device = _device(config)
     quick = config.getoption("--eitp-quick")
+    suite_op = metafunc.module.OP
     params = [
-        pytest.param(case, backend, id=f"{_op_prefix(case, metafunc.module.OP)}{case.shape}-{case.dtype_label}-{backend}")
-        for case in cases.build_cases([metafunc.module.OP], device, quick)
+        pytest.param(case, backend, id=f"{_op_prefix(case, suite_op)}{case.shape}-{case.dtype_label}-{backend}")
+        for case in cases.build_cases([suite_op], device, quick)
         for backend in runner.backends_to_run(case, device, not config.getoption("--eitp-no-compile"))
         + [alt.name for alt in runner.alternatives_to_run(case, device, quick)]
     ]
