@@ -272,15 +272,15 @@ def test_targets_are_met_or_missed_with_their_ratios():
     assert "3 met, 1 missed, 1 not measured" in summary and "MISSED" in summary and "4.00x" in summary
 
 
-def _fake_rows(case_list, backends_of):
+def _fake_rows(case_list, backends_of, check="compile failed", speedup=1234.5):
     """Rows with wide figures for every backend and alternative of the cases."""
     rows = []
     for case in case_list:
         for backend in backends_of(case):
             rows.append(runner.Row(case.op, case.shape, case.dtype_label, backend, kind=runner.row_kind(case, backend),
                                    median_ms=12345.678, rate=1234.5,
-                                   pct_copy_bw=1234.0, x_eager=1234.5, x_compile=1234.5, ours_x=1234.5,
-                                   peak_mib=12345.6, check="compile failed", others_busy=1.5))
+                                   pct_copy_bw=1234.0, x_eager=speedup, x_compile=speedup, ours_x=speedup,
+                                   peak_mib=12345.6, check=check, others_busy=1.5))
     return rows
 
 
@@ -296,7 +296,12 @@ def test_full_suite_table_legend_and_header_fit_120_columns():
               "eitp_kernels": "0", "python": "3", "copy_gbps": 1.0, "read_gbps": 1.0, "copy_buffer_bytes": 1 << 26,
               "quick": False, "compile": True, "busy_cores_before": 1.0, "loadavg_before": "1 1 1",
               "alternatives": report.peer_status(full, CPU, quick=False)}
-    for block in (report.format_header(header), report.format_legend(), report.format_notes(full, rows)):
+    blocks = [report.format_header(header), report.format_legend(), report.format_notes(full, rows)]
+    for speedup in (6.59, 1234.5):  # the summary's lines wrap differently with the numbers' widths
+        timed = _fake_rows(full, every, check="ok", speedup=speedup)
+        blocks.append(report.format_summary(report.check_targets(full, timed, 1.0), timed, False,
+                                            ["/a/long/results/dir/cpu-full-histogram_entropy+coherence_loss.txt"], 1.0))
+    for block in blocks:
         assert max(len(line) for line in block.splitlines()) <= report.WIDTH
 
 

@@ -70,9 +70,11 @@ busy     cores other processes kept busy while the row ran, shown when >= 0.5: d
 
 
 def wrap(label: str, text: str, width: int = WIDTH) -> list[str]:
-    """``label`` padded to 8 characters, then ``text`` wrapped under itself."""
-    lines = textwrap.wrap(text, width - INDENT, break_on_hyphens=False) or [""]
-    return [f"{label:<8} {lines[0]}"] + [" " * INDENT + line for line in lines[1:]]
+    """``label`` padded to 8 characters (or more for a longer one), then
+    ``text`` wrapped under itself, every line within ``width``."""
+    indent = max(INDENT, len(label) + 1)
+    lines = textwrap.wrap(text, width - indent, break_on_hyphens=False) or [""]
+    return [f"{label:<{indent - 1}} {lines[0]}"] + [" " * indent + line for line in lines[1:]]
 
 
 # --------------------------------------------------------------------------
@@ -274,7 +276,7 @@ def peer_comparison(rows: Sequence[Row]) -> list[str]:
         ours = runner.best_kernel(case_rows)
         parts = [f"{row.backend} {_times(row.ours_x)}" if row.ours_x else f"{row.backend} {row.check}"
                  for row in timed]
-        lines += wrap("", f"{op} {shape} {dtype}, their median / {ours.backend if ours else 'ours'}'s: "
+        lines += wrap("  ", f"{op} {shape} {dtype}, their median / {ours.backend if ours else 'ours'}'s: "
                           + ", ".join(parts))
     return lines
 
@@ -293,7 +295,7 @@ def format_summary(targets: Sequence[TargetResult], rows: Sequence[Row], quick: 
     comparison = peer_comparison(rows)
     if comparison:
         lines.append("  ours against the alternatives (> 1: our fastest kernel is faster):")
-        lines += ["  " + line for line in comparison]
+        lines += comparison
     failed = [row for row in rows if row.failed]
     flagged = [row for row in rows if row.check in ("disagrees", "peer error")]
     busy = [row for row in rows if row.busy]
