@@ -144,40 +144,41 @@ def format_legend() -> str:
 # --------------------------------------------------------------------------
 
 
+CASE_WIDTH = 26  # a longer case label gets a line of its own above its rows
+
+
 def format_table(rows: Sequence[Row], width: int = WIDTH) -> str:
     """One section line per op (with its rate unit), then one line per row;
-    the case (shape and dtype) is named on its first row."""
-    cells, kinds = [], []
+    the case (shape and dtype) is named on its first row, or on a line of its
+    own when it is longer than :data:`CASE_WIDTH`."""
+    lines_spec = []  # ("section", text) | ("label", text) | ("row", cells)
     previous_case = previous_op = None
     for row in rows:
         if row.op != previous_op:
             rated = any(r.rate is not None for r in rows if r.op == row.op)
             unit = f"rate in {row.rate_unit}" if rated else "no rate: no byte count"
-            kinds.append(("section", f"{row.op}  ({unit})"))
-            cells.append(None)
+            lines_spec.append(("section", f"== {row.op}  ({unit})"))
             previous_op, previous_case = row.op, None
         case = f"{row.shape} {row.dtype}"
-        kinds.append(("row", None))
-        cells.append([case if case != previous_case else ""] + [get(row) for _, get in COLUMNS])
+        label = case if case != previous_case else ""
+        if len(label) > CASE_WIDTH:
+            lines_spec.append(("label", label))
+            label = ""
+        lines_spec.append(("row", [label] + [get(row) for _, get in COLUMNS]))
         previous_case = case
     names = ["case"] + [name for name, _ in COLUMNS]
-    widths = [max([len(names[i])] + [len(c[i]) for c in cells if c is not None]) for i in range(len(names))]
+    cells = [spec for kind, spec in lines_spec if kind == "row"]
+    widths = [max([len(names[i])] + [len(c[i]) for c in cells]) for i in range(len(names))]
     gap = 2 if sum(widths) + 2 * (len(widths) - 1) <= width else 1
-    overflow = sum(widths) + gap * (len(widths) - 1) - width
-    if overflow > 0:  # shorten the case column rather than pass the width
-        widths[0] = max(widths[0] - overflow, 12)
 
     def line(parts: list[str]) -> str:
-        out = []
-        for name, text, w in zip(names, parts, widths):
-            text = text if len(text) <= w else text[: w - 1] + "~"
-            out.append(text.ljust(w) if name in LEFT_ALIGNED else text.rjust(w))
+        out = [text.ljust(w) if name in LEFT_ALIGNED else text.rjust(w) for name, text, w in zip(names, parts, widths)]
         return (" " * gap).join(out).rstrip()
 
     head = line(names)
     lines = [head, "-" * len(head)]
-    for (kind, text), parts in zip(kinds, cells):
-        lines.append(f"== {text}" if kind == "section" else line(parts))
+    for kind, spec in lines_spec:
+        lines.append(line(spec) if kind == "row" else spec)
     return "\n".join(lines)
 
 
