@@ -344,3 +344,15 @@ def test_quantize_peer_check_allows_one_step_on_ties_only():
     many_off[0, :10] = 1  # 1e-3 of the codes: more than rounding ties explain
     assert not peers.codes_agree((many_off, scales, None), (codes, scales, None))
     assert not peers.codes_agree((codes, scales * 1.001, None), (codes, scales, None))
+
+
+def test_quick_leaves_out_slow_importing_peers_and_says_so():
+    coherence = cases.build_cases(["coherence_loss"], CPU, quick=True)
+    barlow = next(case for case in coherence if case.alternatives)
+    assert [alt.name for alt in runner.alternatives_to_run(barlow, CPU, quick=True)] == ["official BT"]
+    status = report.peer_status(coherence, CPU, quick=True)
+    if peers.module_available("lightly"):
+        assert any(label.startswith("lightly") for label in status["quick"])
+        assert "lightly" in [alt.name for alt in runner.alternatives_to_run(barlow, CPU, quick=False)]
+    else:
+        assert "lightly" in status["missing"]
