@@ -7,6 +7,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# peers: the libraries eitp-bench compares against (fast-histogram, boost-histogram,
+# torchao, optimum-quanto, bitsandbytes, lightly); a fresh set-up takes about 30 s
+# and 230 MB more with them. EXTRAS=test,bench,demo leaves them out (the benchmark
+# header then names them as missing).
+EXTRAS ?= test,bench,demo,lightning,peers
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
 .PHONY: setup test test-native test-triton test-asan bench bench-quick bench-smoke clean
@@ -15,7 +20,7 @@ $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" numpy setuptools wheel ninja
 	# --no-build-isolation: the extension compiles against the torch just installed.
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,bench,demo,lightning]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[$(EXTRAS)]"
 	$(PY) -c "import eitp_kernels; [print(s) for s in eitp_kernels.backends().values()]"
 	touch $@
 
@@ -28,6 +33,8 @@ test-native: setup
 test-triton: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -m "triton_interpret and not slow" $(PYTEST_ARGS) tests || [ $$? -eq 5 ]
 
+# Results: bench-results/<device>-<quick|full>.{txt,json,png,log} (the printed
+# table, every row + the machine, the speed-up plot, captured third-party output).
 bench-quick: setup
 	$(PY) -m eitp_kernels.bench --quick $(BENCH_ARGS)
 

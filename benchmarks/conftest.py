@@ -4,8 +4,10 @@ The cases (shapes, dtypes, the reference from ``eitp_kernels.reference``)
 come from the op's suite in ``eitp_kernels/bench/suite_<op>.py``, the same
 ones ``eitp-bench`` runs; each test is parametrized over those cases and over
 the backends: the library's available kernels for the device, ``eager`` (the
-reference) and ``compile`` (torch.compile of the reference). Every test checks
-its output against the reference before timing.
+reference), ``compile`` (torch.compile of the reference) and the case's
+alternatives that are installed (peer libraries such as fast-histogram or
+lightly, other formulations). Every test checks its output against the
+reference (an alternative's through its stated conventions) before timing.
 
 Run from the repository root:
 
@@ -56,12 +58,20 @@ def pytest_generate_tests(metafunc):
         return
     config = metafunc.config
     device = _device(config)
+    quick = config.getoption("--eitp-quick")
+    suite_op = metafunc.module.OP
     params = [
-        pytest.param(case, backend, id=f"{case.shape}-{case.dtype_label}-{backend}")
-        for case in cases.build_cases([metafunc.module.OP], device, config.getoption("--eitp-quick"))
+        pytest.param(case, backend, id=f"{_op_prefix(case, suite_op)}{case.shape}-{case.dtype_label}-{backend}")
+        for case in cases.build_cases([suite_op], device, quick)
         for backend in runner.backends_to_run(case, device, not config.getoption("--eitp-no-compile"))
+        + [alt.name for alt in runner.alternatives_to_run(case, device, quick)]
     ]
     metafunc.parametrize(("bench_case", "backend"), params)
+
+
+def _op_prefix(case, suite_op: str) -> str:
+    """A suite's cases of another op (quantize_int8 in fake_quant_int8's) say so in their ids."""
+    return "" if case.op == suite_op else f"{case.op}:"
 
 
 @pytest.fixture

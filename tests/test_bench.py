@@ -1,13 +1,17 @@
-"""The benchmark harness (eitp_kernels.bench): timing, bandwidth, memory, the CLI."""
+"""The benchmark harness (eitp_kernels.bench): timing, bandwidth, memory, the
+CLI, its files, the peer libraries' rows and the readable output."""
 import dataclasses
 import json
+import os
+import sys
 import time
+import warnings
 
 import pytest
 import torch
 
 from eitp_kernels import reference
-from eitp_kernels.bench import cases, cli, harness, runner
+from eitp_kernels.bench import cases, cli, harness, peers, report, runner
 
 CPU = torch.device("cpu")
 
@@ -71,7 +75,7 @@ def test_kernel_backends_never_include_reference_or_interpreted_triton():
     assert runner.backends_to_run(case, CPU, with_compile=False) == names + ["eager"]
 
 
-def _toy_suite(fn):
+def _toy_suite(fn, alternatives=(), targets=()):
     """A one-case suite on a tiny tensor whose library op is ``fn``."""
 
     def build(device, quick):
@@ -79,6 +83,7 @@ def _toy_suite(fn):
             cases.Case(
                 op="toy", shape="64", dtype=torch.float32, make_inputs=cases.randn_inputs((64,), torch.float32),
                 fn=fn, reference=reference.finite_minmax, implemented={"cpu": ("reference",)}, bytes=256,
+                alternatives=tuple(alternatives), targets=tuple(targets),
             )
         ]
 
@@ -89,17 +94,18 @@ def _toy_suite(fn):
 def toy_op(monkeypatch):
     """Register the toy suite and let it run on the 'reference' backend."""
 
-    def install(fn):
-        monkeypatch.setitem(cases._SUITES, "toy", _toy_suite(fn))
+    def install(fn, alternatives=(), targets=()):
+        monkeypatch.setitem(cases._SUITES, "toy", _toy_suite(fn, alternatives, targets))
         monkeypatch.setattr(runner, "kernel_backends", lambda case, device: ["reference"])
 
     return install
 
 
-def test_cli_quick_json_has_every_row_and_column(tmp_path, capsys):
-    path = tmp_path / "bench.json"
-    assert cli.main(["--quick", "--ops", "finite_minmax", "--no-compile", "--device", "cpu", "--json", str(path)]) == 0
-    document = json.loads(path.read_text())
+def test_cli_quick_writes_every_row_and_column_to_the_results_dir(tmp_path, capsys):
+    argv = ["--quick", "--ops", "finite_minmax", "--no-compile", "--device", "cpu", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    stem = tmp_path / "cpu-quick-finite_minmax"
+    document = json.loads(stem.with_suffix(".json").read_text())
     expected = [
         (case.shape, case.dtype_label, backend)
         for case in cases.build_cases(["finite_minmax"], CPU, quick=True)
@@ -107,20 +113,44 @@ def test_cli_quick_json_has_every_row_and_column(tmp_path, capsys):
     ]
     rows = document["rows"]
     assert [(r["shape"], r["dtype"], r["backend"]) for r in rows] == expected
-    assert set(rows[0]) == {field.name for field in dataclasses.fields(runner.Row)}
+    assert set(rows[0]) == {field.name for field in dataclasses.fields(runner.Row)} - {"output"}
     assert all(r["check"] == "ok" and r["median_ms"] > 0 and r["rate"] > 0 for r in rows)
     assert all(r["x_compile"] is None for r in rows)
     assert all(r["x_eager"] == pytest.approx(1.0) for r in rows if r["backend"] == "eager")
-    assert document["header"]["copy_gbps"] > 0 and document["failed"] is False
+    assert all(r["ours_x"] > 0 for r in rows if r["backend"] == "eager")
+    assert all(r["others_busy"] is None or r["others_busy"] >= 0 for r in rows)
+    header = document["header"]
+    assert header["copy_gbps"] > 0 and header["read_gbps"] > 0 and document["failed"] is False
+    assert header["device_name"] and header["cpu_cores"] >= 1 and header["loadavg_after"] is not None
     out, err = capsys.readouterr()
-    assert f"[{len(expected)}/{len(expected)}] finite_minmax" in err
-    assert "% copy bw" in out and "x compile" in out
+    assert f"[{len(expected)}/{len(expected)} " in err and "finite_minmax 16" not in out  # progress on stderr
+    text = stem.with_suffix(".txt").read_text()
+    assert text == out  # the file holds exactly what was printed
+    assert "legend" in out and "% copy" in out and "read-for-ownership" in out and "summary" in out
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not stem.with_suffix(".log").exists()  # nothing third-party was printed
+
+
+def test_default_results_are_the_readme_files(tmp_path, monkeypatch, toy_op):
+    """Without --out: bench-results/<device>-<quick|full>.txt/.json, the names
+    the README quotes (bench-results/cpu-full.txt after make bench)."""
+    toy_op(lambda x: reference.finite_minmax(x))
+    monkeypatch.setattr(cases, "SUITE_MODULES", ())
+    monkeypatch.setattr(cases, "_SUITES", {"toy": cases._SUITES["toy"]})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--quick", "--no-compile", "--device", "cpu"]) == 0
+    assert (tmp_path / "bench-results" / "cpu-quick.txt").exists()
+    assert (tmp_path / "bench-results" / "cpu-quick.json").exists()
+    args = cli._parse(["--device", "cpu"])
+    assert cli._output_files(args)["txt"] == os.path.join("bench-results", "cpu-full.txt")
 
 
 def test_cli_mismatch_fails_the_run(tmp_path, toy_op):
     toy_op(lambda x: (x.min() - 1, x.max()))  # a wrong minimum
     path = tmp_path / "bench.json"
-    assert cli.main(["--quick", "--ops", "toy", "--no-compile", "--device", "cpu", "--json", str(path)]) == 1
+    argv = ["--quick", "--ops", "toy", "--no-compile", "--device", "cpu", "--no-save", "--json", str(path)]
+    assert cli.main(argv) == 1
     checks = {row["backend"]: row["check"] for row in json.loads(path.read_text())["rows"]}
     assert checks == {"reference": "MISMATCH", "eager": "ok"}
 
@@ -135,7 +165,7 @@ def test_cli_reports_a_failed_compile_without_failing(tmp_path, toy_op, monkeypa
     toy_op(lambda x: reference.finite_minmax(x))
     monkeypatch.setattr(harness, "compile_reference", broken_compile)
     path = tmp_path / "bench.json"
-    assert cli.main(["--quick", "--ops", "toy", "--device", "cpu", "--json", str(path)]) == 0
+    assert cli.main(["--quick", "--ops", "toy", "--device", "cpu", "--no-save", "--json", str(path)]) == 0
     rows = {row["backend"]: row for row in json.loads(path.read_text())["rows"]}
     assert rows["compile"]["check"] == "compile failed" and "no compiler here" in rows["compile"]["error"]
     assert rows["reference"]["check"] == "ok" and rows["reference"]["x_compile"] is None
@@ -145,3 +175,184 @@ def test_unknown_op_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--ops", "no_such_op"])
     assert exit_info.value.code == 2
+
+
+def _minmax_peer(name, fn, modules=("numpy",)):
+    """An alternative of the toy case computing ``fn(x)``."""
+    return cases.Alternative(name, f"{name} for the test", lambda inputs: lambda: fn(*inputs), modules=modules,
+                             convention="none")
+
+
+def _toy_run(tmp_path, capsys, *extra):
+    code = cli.main(["--quick", "--ops", "toy", "--no-compile", "--device", "cpu", "--out", str(tmp_path), *extra])
+    out, err = capsys.readouterr()
+    document = json.loads((tmp_path / "cpu-quick-toy.json").read_text())
+    return code, out, err, {row["backend"]: row for row in document["rows"]}
+
+
+def test_missing_peer_is_named_in_the_header_not_dropped(tmp_path, capsys, toy_op, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fast_histogram", None)  # `import fast_histogram` now fails
+    toy_op(reference.finite_minmax, alternatives=[
+        _minmax_peer("right", reference.finite_minmax),
+        _minmax_peer("fast-histogram", reference.finite_minmax, modules=("fast_histogram",)),
+    ])
+    code, out, _, rows = _toy_run(tmp_path, capsys)
+    assert code == 0 and set(rows) == {"reference", "eager", "right"}
+    header = out.split("legend")[0]
+    assert "missing" in header and "fast-histogram" in header and "eitp-kernels[peers]" in header
+    # The real entropy suite says the same when fast-histogram cannot be imported.
+    entropy_cases = cases.build_cases(["histogram_entropy"], CPU, quick=False)
+    assert "fast-histogram" in report.peer_status(entropy_cases, CPU, quick=False)["missing"]
+
+
+def test_disagreeing_peer_is_flagged_and_not_timed(tmp_path, capsys, toy_op):
+    toy_op(reference.finite_minmax, alternatives=[
+        _minmax_peer("right", reference.finite_minmax),
+        _minmax_peer("wrong", lambda x: (x.min() - 1, x.max())),
+    ])
+    code, out, _, rows = _toy_run(tmp_path, capsys)
+    assert code == 0  # a peer's disagreement does not fail our run
+    assert rows["right"]["check"] == "ok" and rows["right"]["median_ms"] > 0 and rows["right"]["kind"] == "peer"
+    assert rows["right"]["ours_x"] > 0
+    assert rows["wrong"]["check"] == "disagrees" and rows["wrong"]["median_ms"] is None
+    assert "flagged" in out and "toy 64 fp32 wrong: disagrees" in out
+
+
+def test_third_party_output_is_kept_out_of_the_table(tmp_path, capsys, toy_op, monkeypatch):
+    """What torch.compile (or a peer) prints goes to the log file, counted in one summary line."""
+    def noisy_compile(fn):
+        def compiled(*args):
+            os.write(2, b"W1130 graph break in user code\n  a dump line\n")
+            print("stdout chatter")
+            warnings.warn("a compile warning", UserWarning)
+            return fn(*args)
+        return compiled
+
+    toy_op(reference.finite_minmax)
+    monkeypatch.setattr(harness, "compile_reference", noisy_compile)
+    code = cli.main(["--quick", "--ops", "toy", "--device", "cpu", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "graph break" not in out + err, out + err
+    assert "chatter" not in out and "a compile warning" not in out + err
+    assert "third-party output kept out of the table" in out and "torch.compile" in out
+    log = (tmp_path / "cpu-quick-toy.log").read_text()
+    assert "graph break" in log and "a dump line" in log and "chatter" in log and "a compile warning" in log
+
+
+def test_rows_timed_while_the_machine_is_busy_are_flagged(tmp_path, capsys, toy_op, monkeypatch):
+    clock = iter(range(0, 10**6, 50))  # other processes: 50 CPU-seconds between any two readings
+    monkeypatch.setattr(harness, "_machine_busy_seconds", lambda: float(next(clock)))
+    toy_op(reference.finite_minmax)
+    _, out, err, rows = _toy_run(tmp_path, capsys)
+    assert all(row["others_busy"] >= runner.BUSY_CORES for row in rows.values())
+    assert "busy:" in err and "re-run those on an idle machine" in " ".join(out.split())
+    assert any(line.rstrip().endswith("!") for line in out.splitlines())
+
+
+def test_idle_machine_rows_are_not_flagged(monkeypatch):
+    monkeypatch.setattr(harness, "_machine_busy_seconds", lambda: 100.0)
+    load = harness.CpuLoad.start()
+    time.sleep(0.01)
+    assert load.others_busy() == 0.0
+
+
+def test_targets_are_met_or_missed_with_their_ratios():
+    case = _toy_suite(None, targets=[cases.Target("eager", 2.0), cases.Target("peer", 5.0),
+                                     cases.Target("eager", 0.5, metric="memory"),
+                                     cases.Target("copy", 2.0, metric="copy", copy_bytes=2_000_000),
+                                     cases.Target("absent", 1.0)])(CPU, True)[0]
+    rows = [runner.Row("toy", "64", "fp32", "cpp", median_ms=1.0, peak_mib=1.0, check="ok"),
+            runner.Row("toy", "64", "fp32", "eager", kind="baseline", median_ms=3.0, peak_mib=4.0, check="ok"),
+            runner.Row("toy", "64", "fp32", "peer", kind="peer", median_ms=4.0, check="ok")]
+    results = report.check_targets([case], rows, copy_gbps=1.0)  # the copy takes 2 ms
+    assert [(r.met, r.value) for r in results] == [(True, 3.0), (False, 4.0), (True, 0.25), (True, 0.5),
+                                                   (None, None)]
+    summary = report.format_summary(results, rows, False, [], 1.0)
+    assert "3 met, 1 missed, 1 not measured" in summary and "MISSED" in summary and "4.00x" in summary
+
+
+def _fake_rows(case_list, backends_of, check="compile failed", speedup=1234.5):
+    """Rows with wide figures for every backend and alternative of the cases."""
+    rows = []
+    for case in case_list:
+        for backend in backends_of(case):
+            rows.append(runner.Row(case.op, case.shape, case.dtype_label, backend, kind=runner.row_kind(case, backend),
+                                   median_ms=12345.678, rate=1234.5,
+                                   pct_copy_bw=1234.0, x_eager=speedup, x_compile=speedup, ours_x=speedup,
+                                   peak_mib=12345.6, check=check, others_busy=1.5))
+    return rows
+
+
+def test_full_suite_table_legend_and_header_fit_120_columns():
+    full = cases.build_cases(None, CPU, quick=False)
+    every = lambda case: ["cpp", "triton", "eager", "compile"] + [alt.name for alt in case.alternatives]  # noqa: E731
+    rows = _fake_rows(full, every)
+    table = report.format_table(rows)
+    assert max(len(line) for line in table.splitlines()) <= report.WIDTH
+    labels = {f"{case.shape} {case.dtype_label}" for case in full}
+    assert all(label in table for label in labels)  # every case named in full, none cut short
+    assert "eager=" not in table  # baselines are named in the backend column, not in the shape
+    header = {"device": "cpu", "device_name": "x" * 60, "cpu_cores": 2, "torch_threads": 2, "torch": "2", "triton": "3",
+              "eitp_kernels": "0", "python": "3", "copy_gbps": 1.0, "read_gbps": 1.0, "copy_buffer_bytes": 1 << 26,
+              "quick": False, "compile": True, "busy_cores_before": 1.0, "loadavg_before": "1 1 1",
+              "alternatives": report.peer_status(full, CPU, quick=False)}
+    blocks = [report.format_header(header), report.format_legend(), report.format_notes(full, rows)]
+    for speedup in (6.59, 1234.5):  # the summary's lines wrap differently with the numbers' widths
+        timed = _fake_rows(full, every, check="ok", speedup=speedup)
+        blocks.append(report.format_summary(report.check_targets(full, timed, 1.0), timed, False,
+                                            ["/a/long/results/dir/cpu-full-histogram_entropy+coherence_loss.txt"], 1.0))
+    for block in blocks:
+        assert max(len(line) for line in block.splitlines()) <= report.WIDTH
+
+
+def _small_case(case, make_inputs):
+    return dataclasses.replace(case, make_inputs=make_inputs)
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # torch's own deprecation notice
+def test_every_installed_peer_agrees_with_the_reference_on_small_inputs():
+    """The suites' alternatives through the runner's own check (conversion +
+    stated convention), on small inputs of the same kind; missing peers skip."""
+    from eitp_kernels.bench import suite_coherence_loss, suite_fake_quant_int8, suite_histogram_entropy
+
+    entropy = next(c for c in suite_histogram_entropy.build(CPU, False) if c.alternatives and c.shape == "16M")
+    quantize = next(c for c in suite_fake_quant_int8.build(CPU, False) if c.op == "quantize_int8")
+    small = [_small_case(entropy, cases.randn_inputs((1 << 16,), torch.float32)),
+             _small_case(quantize, cases.randn_inputs((64, 256), torch.float32))]
+    small += suite_coherence_loss._barlow_cases(256, 64, quick=False)
+    checked = []
+    for case in small:
+        inputs, expected = runner.prepare(case, CPU)
+        for alt in runner.alternatives_to_run(case, CPU):
+            out = alt.make(inputs)()
+            assert runner.output_agrees(case, alt.name, out, expected), f"{case.name}: {alt.name}"
+            checked.append(alt.name)
+    assert {"torch.histc", "numpy", "torch.q_per_ch", "official BT"} <= set(checked)
+
+
+def test_quantize_peer_check_allows_one_step_on_ties_only():
+    codes = torch.zeros(100, 100, dtype=torch.int8)
+    scales = torch.ones(100)
+    one_off = codes.clone()
+    one_off[0, 0] = 1
+    assert peers.codes_agree((one_off, scales, None), (codes, scales, None))
+    two_off = codes.clone()
+    two_off[0, 0] = 2
+    assert not peers.codes_agree((two_off, scales, None), (codes, scales, None))
+    many_off = codes.clone()
+    many_off[0, :10] = 1  # 1e-3 of the codes: more than rounding ties explain
+    assert not peers.codes_agree((many_off, scales, None), (codes, scales, None))
+    assert not peers.codes_agree((codes, scales * 1.001, None), (codes, scales, None))
+
+
+def test_quick_leaves_out_slow_importing_peers_and_says_so():
+    coherence = cases.build_cases(["coherence_loss"], CPU, quick=True)
+    barlow = next(case for case in coherence if case.alternatives)
+    assert [alt.name for alt in runner.alternatives_to_run(barlow, CPU, quick=True)] == ["official BT"]
+    status = report.peer_status(coherence, CPU, quick=True)
+    if peers.module_available("lightly"):
+        assert any(label.startswith("lightly") for label in status["quick"])
+        assert "lightly" in [alt.name for alt in runner.alternatives_to_run(barlow, CPU, quick=False)]
+    else:
+        assert "lightly" in status["missing"]

@@ -37,6 +37,11 @@ Adding a suite for op ``<op>`` (about 30 lines):
 
        register_suite(OP, build)
 
+   Optional: ``alternatives=`` other libraries or formulations computing the
+   same output (:class:`Alternative`; see ``peers.py``), timed as extra rows
+   after their output is checked; ``targets=`` goals for the fastest kernel
+   (:class:`Target`), checked in the run's summary.
+
    ``fn`` and ``reference`` take the tensors ``make_inputs(device)`` returns;
    bind other arguments with ``functools.partial``. ``bytes`` is the op's
    minimum memory traffic (each input read once, each output written once),
@@ -90,6 +95,51 @@ DTYPE_LABELS = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Alternative:
+    """Another way to compute a case's output, timed beside the library's
+    kernels: another library (a *peer*, ``modules`` non-empty) or another
+    formulation in plain PyTorch. Checked against the reference like the
+    kernels (through ``to_reference`` and ``agrees``) before it is timed."""
+
+    name: str  # the table's backend column (at most 15 characters)
+    description: str  # the legend's line: what exactly runs
+    make: Callable[[tuple], Callable[[], Any]]  # the case's inputs -> the timed zero-argument call
+    to_reference: Callable[[Any], Any] | None = None  # the call's output -> the reference's form (untimed)
+    agrees: Callable[[Any, Any], bool] | None = None  # (converted output, reference) -> bool; None: the case's check
+    modules: tuple[str, ...] = ()  # modules the call imports: a peer library ("" = none: plain PyTorch/NumPy)
+    convention: str = ""  # where it differs from the reference by design (the notes)
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    slow_import: bool = False  # importing it takes seconds: left out of --quick
+
+    @property
+    def is_peer(self) -> bool:
+        return bool(self.modules)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A goal for the case's best kernel (the fastest of its library backends).
+
+    metric "speed": ``against``'s median / ours >= ``ratio`` (``against``: a
+    baseline or an alternative's name); "memory": our peak / ``against``'s
+    peak <= ``ratio``; "copy": our median / the time of copying the case's
+    bytes at the copy bandwidth <= ``ratio`` (``against`` is "copy")."""
+
+    against: str
+    ratio: float
+    metric: str = "speed"
+    source: str = ""  # where the goal was set, e.g. "issue 16"
+    copy_bytes: int = 0  # metric "copy": bytes of the copy (read + written)
+
+    def describe(self) -> str:
+        if self.metric == "speed":
+            return f">= {self.ratio:g}x {self.against}"
+        if self.metric == "memory":
+            return f"peak <= {self.ratio:.0%} of {self.against}'s"
+        return f"<= {self.ratio:g}x the time of a copy"
+
+
+@dataclasses.dataclass(frozen=True)
 class Case:
     """One op on one input; ``run`` it on a backend or as the eager reference."""
 
@@ -104,6 +154,8 @@ class Case:
     flops: int | None = None  # floating-point operations: gives GFLOP/s instead of GB/s
     rtol: float | None = None  # check tolerance; None: TOLERANCES by output dtype
     atol: float | None = None
+    alternatives: tuple[Alternative, ...] = ()  # peers and other formulations, timed as extra rows
+    targets: tuple[Target, ...] = ()  # goals checked in the summary (full sizes only)
 
     @property
     def dtype_label(self) -> str:

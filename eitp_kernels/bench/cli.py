@@ -1,21 +1,25 @@
 """``eitp-bench`` (also ``python -m eitp_kernels.bench``): every op over a few
-sizes and dtypes on one device, printed as one table.
+sizes and dtypes on one device, printed as one table and saved.
 
-Header: the device, the versions, and the device's copy bandwidth measured in
-the same run. Table, one row per (case, backend): median time, GB/s (GFLOP/s
-for FLOP-bound ops), that bandwidth as a percentage of the copy bandwidth,
-speed-up over the eager reference and over torch.compile of the reference,
-peak memory of one call, and whether the output agrees with the reference.
-Progress goes to stderr, the table to stdout, ``--json PATH`` writes both
-header and rows for machines. Exit status 1 when a row is MISMATCH or error
-("compile failed" only says torch.compile could not run here).
+Printed (stdout, at most 120 columns): the header (device, versions, the copy
+and read rates measured in the same run, the peer libraries timed or
+missing), a legend, the table (per op a section line, per (case, backend) a
+row: median time, GB/s or GFLOP/s, % of the copy rate, speed-ups, peak
+memory, the check against the reference, a busy flag), the alternatives'
+conventions, and a summary (targets met or missed with their ratios, ours
+against each peer). Progress goes to stderr; what third-party code prints
+(torch.compile's warnings and graph-break dumps, peer imports) is captured
+into a log file instead. Files (``--out DIR``, default ``bench-results/``):
+``<device>-<quick|full>[-<ops>].{txt,json,png,log}``: the printed text, the
+JSON of header, rows and targets, the speed-up plot, the captured output.
+Exit status 1 when a row is MISMATCH or error ("compile failed", and an
+alternative that disagrees or raises, are flagged, not failures).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
-import json
+import io
 import os
 import platform
 import sys
@@ -25,24 +29,12 @@ from typing import Callable, Sequence
 import torch
 
 import eitp_kernels
-from eitp_kernels.bench import harness, runner
+from eitp_kernels.bench import harness, report, runner
 from eitp_kernels.bench.cases import build_cases, load_suites
+from eitp_kernels.bench.report import format_header, format_table
 from eitp_kernels.bench.runner import Row
 
-COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
-    ("op", lambda r: r.op),
-    ("shape", lambda r: r.shape),
-    ("dtype", lambda r: r.dtype),
-    ("backend", lambda r: r.backend),
-    ("median ms", lambda r: _number(r.median_ms, "{:.3f}")),
-    ("GB/s|GFLOP/s", lambda r: _number(r.rate, "{:.1f} " + r.rate_unit)),
-    ("% copy bw", lambda r: _number(r.pct_copy_bw, "{:.0f}%")),
-    ("x eager", lambda r: _number(r.x_eager, "{:.2f}x")),
-    ("x compile", lambda r: _number(r.x_compile, "{:.2f}x")),
-    ("peak MiB", lambda r: _number(r.peak_mib, "{:.1f}", missing="n/a" if r.median_ms else "-")),
-    ("check", lambda r: r.check),
-)
-LEFT_ALIGNED = {"op", "shape", "dtype", "backend", "check"}
+DEFAULT_OUT = "bench-results"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,19 +43,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     busy = _busy_cores() if args.device == "cpu" else None
+    load = _loadavg()
     started = time.perf_counter()
     cases = build_cases(args.ops, device, args.quick)
     copy_gbps = harness.measure_copy_bandwidth(device, quick=args.quick)
+    read_gbps = harness.measure_read_bandwidth(device, quick=args.quick)
     header = describe(device, copy_gbps, busy, args)
-    print(format_header(header), flush=True)
+    header.update(read_gbps=round(read_gbps, 2), loadavg_before=load,
+                  alternatives=report.peer_status(cases, device, args.quick))
+    text = io.StringIO()
+
+    def emit(block: str) -> None:
+        if block:
+            print(block, flush=True)
+            text.write(block + "\n")
+
+    emit(format_header(header))
+    emit(report.format_legend())
     rows = _run(cases, device, copy_gbps, args)
     header["seconds"] = round(time.perf_counter() - started, 1)
-    print(format_table(rows))
+    header["loadavg_after"] = _loadavg()
+    emit(format_table(rows))
+    emit(report.format_notes(cases, rows))
     _report_problems(rows)
-    print(f"{len(rows)} rows in {header['seconds']:.1f} s", file=sys.stderr)
-    if args.json:
-        write_json(args.json, header, rows)
+    targets = report.check_targets(cases, rows, copy_gbps)
+    files = _output_files(args, rows)
+    emit(report.format_summary(targets, rows, args.quick, list(files.values()), header["seconds"]))
+    _write_files(files, header, rows, targets, text.getvalue())
     return 1 if any(row.failed for row in rows) else 0
+
+
+def _output_files(args: argparse.Namespace, rows: Sequence[Row] | None = None) -> dict[str, str]:
+    """kind -> path of the files this run writes (none with --no-save, except
+    --json). Given the rows: without a speed-up to plot or captured output to
+    log, no plot or log, and an earlier run's one at that path is removed."""
+    files = {}
+    if args.save:
+        stem = f"{args.device}-{'quick' if args.quick else 'full'}"
+        if args.ops:
+            stem += "-" + "+".join(args.ops)
+        for kind in ("txt", "json", "png", "log"):
+            files[kind] = os.path.join(args.out, f"{stem}.{kind}")
+    if args.json:
+        files["json"] = args.json
+    if rows is not None:
+        for kind, needed in (("png", any(row.ours_x for row in rows)), ("log", any(row.output for row in rows))):
+            if not needed and kind in files:
+                stale = files.pop(kind)
+                if os.path.exists(stale):
+                    os.remove(stale)
+    return files
+
+
+def _write_files(files: dict[str, str], header: dict, rows: list[Row], targets, text: str) -> None:
+    for path in files.values():
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if "json" in files:
+        report.write_json(files["json"], header, rows, targets)
+    if "txt" in files:
+        with open(files["txt"], "w") as file:
+            file.write(text)
+    title = (f"eitp-bench {'--quick ' if header['quick'] else ''}on {header['device']}: {header['device_name']}, "
+             f"{header['torch_threads']} threads, {time.strftime('%Y-%m-%d %H:%M', time.localtime())}")
+    if "png" in files:
+        report.plot_speedups(files["png"], rows, title)
+    if "log" in files:
+        report.write_output_log(files["log"], rows)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,10 +120,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ops", type=_op_list, default=None, help="comma-separated ops (default: all)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                         help="default: cuda if available, else cpu")
-    parser.add_argument("--json", metavar="PATH", help="also write the header and rows as JSON to PATH")
+    parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                        help=f"directory of the result files (default: {DEFAULT_OUT}/)")
+    parser.add_argument("--no-save", dest="save", action="store_false", help="write no result files")
+    parser.add_argument("--json", metavar="PATH", help="write the JSON here instead of in --out")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile baseline")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads(N) first")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     known = list(load_suites())
@@ -101,24 +150,29 @@ def _op_list(text: str) -> list[str]:
 
 def _run(cases, device: torch.device, copy_gbps: float, args: argparse.Namespace) -> list[Row]:
     settings = runner.Settings.for_run(device, args.quick)
-    total = sum(len(runner.backends_to_run(case, device, args.compile)) for case in cases)
+    total = sum(len(runner.backends_to_run(case, device, args.compile))
+                + len(runner.alternatives_to_run(case, device, args.quick)) for case in cases)
     progress = Progress(total)
     rows: list[Row] = []
     for case in cases:
-        rows += runner.run_case(case, device, settings, copy_gbps, args.compile, on_backend=progress.start)
+        rows += runner.run_case(case, device, settings, copy_gbps, args.compile, on_backend=progress.start,
+                                quick=args.quick)
     return rows
 
 
 class Progress:
-    """``[3/12] finite_minmax 16M fp32 cpp ... 1.234 ms`` lines on stderr."""
+    """``[3/12 0:42] finite_minmax 16M fp32 cpp ... 1.234 ms`` lines on stderr
+    (the elapsed minutes:seconds since the first row)."""
 
     def __init__(self, total: int, stream=None):
         self.total, self.count = total, 0
         self.stream = stream or sys.stderr
+        self.started = time.perf_counter()
 
     def start(self, case, backend: str) -> Callable[[Row], None]:
         self.count += 1
-        self.stream.write(f"[{self.count}/{self.total}] {case.name} {backend} ... ")
+        elapsed = int(time.perf_counter() - self.started)
+        self.stream.write(f"[{self.count}/{self.total} {elapsed // 60}:{elapsed % 60:02d}] {case.name} {backend} ... ")
         self.stream.flush()
         return self.finish
 
@@ -126,6 +180,8 @@ class Progress:
         parts = [] if row.median_ms is None else [f"{row.median_ms:.3f} ms"]
         if row.check != "ok":
             parts.append(f"({row.check})" if parts else row.check)
+        if row.busy:
+            parts.append(f"[busy: {row.others_busy:.1f} cores]")
         self.stream.write(" ".join(parts) + "\n")
         self.stream.flush()
 
@@ -135,6 +191,10 @@ def describe(device: torch.device, copy_gbps: float, busy: float | None, args: a
     return {
         "device": device.type,
         "device_name": _device_name(device),
+        "platform": platform.platform(),
+        "memory_gib": _memory_gib(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["eitp-bench"] + list(args.argv)),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -148,6 +208,18 @@ def describe(device: torch.device, copy_gbps: float, busy: float | None, args: a
         "compile": args.compile,
         "backends": {name: str(status) for name, status in eitp_kernels.backends().items()},
     }
+
+
+def _memory_gib() -> float | None:
+    """The machine's total memory (/proc/meminfo), or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _device_name(device: torch.device) -> str:
@@ -190,59 +262,16 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def format_header(header: dict) -> str:
-    cores = f"{header['cpu_cores']} CPU cores, {header['torch_threads']} torch threads"
-    lines = [
-        f"device   {header['device']}: {header['device_name']} ({cores})",
-        f"versions torch {header['torch']}, triton {header['triton']}, eitp_kernels {header['eitp_kernels']}",
-        f"copy     {header['copy_gbps']:.1f} GB/s (dst.copy_(src), {header['copy_buffer_bytes'] >> 20} MiB buffers,"
-        " read + written bytes)",
-        f"mode     {'quick' if header['quick'] else 'full'}"
-        f"{'' if header['compile'] else ', no torch.compile baseline'}",
-    ]
-    busy = header["busy_cores_before"]
-    if busy is not None:
-        lines.append(f"busy     {busy:.1f} of {header['cpu_cores']} cores in use just before the run")
-        if busy >= 0.5:
-            lines.append("WARNING  other work is using the CPU: the threads of a parallel loop wait for each other's"
-                         " time slices; time on an idle machine or with --threads 1")
-    if header["quick"]:
-        lines.append("note     quick inputs can sit in cache: % of copy bandwidth may pass 100%")
-    return "\n".join(lines)
-
-
-def format_table(rows: list[Row]) -> str:
-    """The rows as an aligned text table, one header line."""
-    cells = [[name for name, _ in COLUMNS]] + [[get(row) for _, get in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    lines = []
-    for line in cells:
-        parts = [
-            text.ljust(width) if name in LEFT_ALIGNED else text.rjust(width)
-            for (name, _), text, width in zip(COLUMNS, line, widths)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def _number(value: float | None, fmt: str, missing: str = "-") -> str:
-    return missing if value is None else fmt.format(value)
+def _loadavg() -> str | None:
+    """The 1, 5 and 15 minute load averages (/proc/loadavg), or None."""
+    try:
+        with open("/proc/loadavg") as file:
+            return " ".join(file.read().split()[:3])
+    except OSError:
+        return None
 
 
 def _report_problems(rows: list[Row]) -> None:
     for row in rows:
         if row.error:
             print(f"{row.op} {row.shape} {row.dtype} {row.backend}: {row.check}: {row.error}", file=sys.stderr)
-
-
-def write_json(path: str, header: dict, rows: list[Row]) -> None:
-    """``{"header": {...}, "rows": [{column: value}, ...], "failed": bool}``."""
-    document = {
-        "header": header,
-        "rows": [dataclasses.asdict(row) for row in rows],
-        "failed": any(row.failed for row in rows),
-    }
-    with open(path, "w") as file:
-        json.dump(document, file, indent=2)
-        file.write("\n")

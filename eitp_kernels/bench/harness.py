@@ -12,7 +12,14 @@
   at the same time (outputs included, inputs and earlier allocations not).
   CUDA: the caching allocator's peak statistics. CPU: torch.profiler's
   allocation and free events, walked in time order.
+* :func:`measure_read_bandwidth` is the rate of ``x.sum()`` over the same
+  buffer: reading alone. A copy's writes cost the CPU a read of each
+  destination line first (read-for-ownership, not counted in the copy's
+  bytes), so ops that mostly read can pass 100% of the copy bandwidth.
 * :func:`compile_reference` wraps a reference in ``torch.compile``.
+* :func:`captured_output` keeps what third-party code prints (file
+  descriptors 1 and 2, Python warnings) out of the table.
+* :class:`CpuLoad` measures the cores other processes keep busy meanwhile.
 
 Nothing here knows about ops; see ``cases.py`` and ``runner.py``.
 """
@@ -22,7 +29,10 @@ import contextlib
 import math
 import os
 import statistics
+import sys
+import tempfile
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -117,6 +127,15 @@ def measure_copy_bandwidth(device: torch.device | str, quick: bool = False, nbyt
     return 2 * src.nbytes / median / 1e9
 
 
+def measure_read_bandwidth(device: torch.device | str, quick: bool = False, nbytes: int | None = None) -> float:
+    """GB/s (1e9 bytes) of ``src.sum()`` over a buffer of ``nbytes``: reading only."""
+    device = torch.device(device)
+    nbytes = COPY_BYTES[device.type] if nbytes is None else nbytes
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    median, _ = time_fn(lambda: src.sum(), device, warmup=2, reps=5 if quick else 20, min_time=0.05 if quick else 0.2)
+    return src.nbytes / median / 1e9
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int | None:
     """Peak bytes allocated by one ``fn()`` call and live at once; None if unknown."""
     device = torch.device(device)
@@ -190,3 +209,94 @@ def compile_reference(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     torch._dynamo.reset()
     return torch.compile(fn, dynamic=False)
+
+
+class Captured:
+    """The text printed inside :func:`captured_output` (filled on exit)."""
+
+    text: str = ""
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Captured]:
+    """Send file descriptors 1 and 2 to a temporary file and record Python
+    warnings; on exit ``.text`` holds both. torch.compile's warnings and
+    graph-break dumps (logging to stderr), a peer library's import messages
+    and C++ prints all end up there instead of between the table's rows."""
+    captured = Captured()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = []
+        try:
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+        except OSError:  # no usable descriptors (embedded interpreter): capture warnings only
+            pass
+        # Python-level writers too, for when sys.stdout / sys.stderr are not
+        # the file descriptors (pytest's capture, notebooks).
+        text_sink = open(sink.fileno(), "w", closefd=False, encoding="utf-8", errors="replace")
+        streams = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = text_sink
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                yield captured
+        finally:
+            text_sink.flush()
+            sys.stdout, sys.stderr = streams
+            text_sink.close()
+            for stream in streams:
+                stream.flush()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            lines = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
+            captured.text = text + "".join(line + "\n" for line in lines)
+
+
+class CpuLoad:
+    """Cores kept busy by other processes between :meth:`start` and
+    :meth:`others_busy`: the machine's busy time (/proc/stat: user, nice,
+    system, irq, softirq and steal, i.e. time the hypervisor gave elsewhere)
+    minus this process's CPU time, over the wall time. Resolution: one clock
+    tick (10 ms) per core, so rows shorter than about 0.1 s read noisy."""
+
+    def __init__(self, busy_s: float | None, own_s: float, wall_s: float):
+        self.busy_s, self.own_s, self.wall_s = busy_s, own_s, wall_s
+
+    @classmethod
+    def start(cls) -> "CpuLoad":
+        return cls(_machine_busy_seconds(), time.process_time(), time.perf_counter())
+
+    def others_busy(self) -> float | None:
+        busy = _machine_busy_seconds()
+        wall = time.perf_counter() - self.wall_s
+        if busy is None or self.busy_s is None or wall <= 0:
+            return None
+        tick = 1 / _clock_ticks()
+        others = (busy - self.busy_s) - (time.process_time() - self.own_s) - tick * (os.cpu_count() or 1)
+        return round(max(others, 0.0) / wall, 2)
+
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def _machine_busy_seconds() -> float | None:
+    """Seconds all CPUs spent busy since boot (None where /proc/stat is missing)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(ticks) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / _clock_ticks()

@@ -1,10 +1,15 @@
 """Run cases on backends and turn the measurements into table rows.
 
 Per case: make the inputs once, compute the eager reference output once, then
-for each backend (the library's kernels, then the ``eager`` and ``compile``
-baselines): one untimed first call whose output is checked against the
+for each backend (the library's kernels, the ``eager`` and ``compile``
+baselines, then the case's alternatives: peer libraries and other
+formulations): one untimed first call whose output is checked against the
 reference (for ``compile`` this call compiles), the timing, and one more call
-under the memory probe. Used by the CLI and by the pytest-benchmark suites.
+under the memory probe. Whatever third-party code prints meanwhile
+(torch.compile's warnings and graph-break dumps, a peer's import messages) is
+captured, not interleaved with the table. Each row also records how many
+cores other processes kept busy while it was timed. Used by the CLI and by
+the pytest-benchmark suites.
 """
 from __future__ import annotations
 
@@ -14,11 +19,17 @@ from typing import Any, Callable
 
 import torch
 
-from eitp_kernels.bench import harness
-from eitp_kernels.bench.cases import Case, kernel_backends
+from eitp_kernels.bench import harness, peers
+from eitp_kernels.bench.cases import Alternative, Case, kernel_backends
 
 BASELINES = ("eager", "compile")
-FAILED = ("MISMATCH", "error")  # checks that fail the run; "compile failed" does not
+# Checks that fail the run. "compile failed" (torch.compile cannot run here),
+# "disagrees" and "peer error" (an alternative's output or call) do not: they
+# are flagged in the table and the summary.
+FAILED = ("MISMATCH", "error")
+# A row is flagged busy when other processes kept at least this many cores
+# busy, on average, while it was measured.
+BUSY_CORES = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +55,7 @@ class Row:
     shape: str
     dtype: str
     backend: str
+    kind: str = "kernel"  # kernel | baseline | peer (another library) | alternative (another formulation)
     median_ms: float | None = None
     min_ms: float | None = None
     reps: int = 0
@@ -52,10 +64,18 @@ class Row:
     pct_copy_bw: float | None = None
     x_eager: float | None = None  # eager median / this median
     x_compile: float | None = None  # torch.compile median / this median
+    ours_x: float | None = None  # non-kernel rows: this median / the case's fastest kernel median
     peak_mib: float | None = None
-    check: str = "not run"  # ok | MISMATCH | error | compile failed
+    check: str = "not run"  # ok | MISMATCH | error | compile failed | disagrees | peer error
     first_call_s: float | None = None  # the untimed first call (includes compilation)
     error: str | None = None
+    others_busy: float | None = None  # cores other processes kept busy during the row (None: unknown)
+    output_lines: int = 0  # lines third-party code printed during the row (kept out of the table)
+    output: str = ""  # their text
+
+    @property
+    def busy(self) -> bool:
+        return self.others_busy is not None and self.others_busy >= BUSY_CORES
 
     @property
     def failed(self) -> bool:
@@ -67,6 +87,24 @@ def backends_to_run(case: Case, device: torch.device, with_compile: bool = True)
     return kernel_backends(case, device) + [b for b in BASELINES if with_compile or b != "compile"]
 
 
+def alternatives_to_run(case: Case, device: torch.device, quick: bool = False) -> list[Alternative]:
+    """The case's alternatives that run here: installed, for this device, and
+    (with ``quick``) cheap to import."""
+    return [alt for alt in case.alternatives if alt_status(alt, device, quick) == "run"]
+
+
+def alt_status(alternative: Alternative, device: torch.device, quick: bool) -> str:
+    """"run", "missing" (not installed), "quick" (slow import, left out of
+    --quick) or "device" (not for this device)."""
+    if device.type not in alternative.devices:
+        return "device"
+    if not peers.installed(alternative):
+        return "missing"
+    if quick and alternative.slow_import:
+        return "quick"
+    return "run"
+
+
 def prepare(case: Case, device: torch.device) -> tuple[tuple, Any]:
     """The case's inputs on ``device`` and the eager reference output."""
     inputs = case.make_inputs(device)
@@ -74,11 +112,39 @@ def prepare(case: Case, device: torch.device) -> tuple[tuple, Any]:
 
 
 def make_call(case: Case, backend: str, inputs: tuple) -> Callable[[], Any]:
-    """A zero-argument callable running ``case`` on ``backend``."""
+    """A zero-argument callable running ``case`` on ``backend`` (a kernel
+    backend, a baseline, or the name of one of the case's alternatives)."""
+    alternative = find_alternative(case, backend)
+    if alternative is not None:
+        return alternative.make(inputs)
     if backend == "compile":
         compiled = harness.compile_reference(case.reference)
         return lambda: compiled(*inputs)
     return lambda: case.run(backend, inputs)
+
+
+def find_alternative(case: Case, backend: str) -> Alternative | None:
+    return next((alt for alt in case.alternatives if alt.name == backend), None)
+
+
+def output_agrees(case: Case, backend: str, out: Any, expected: Any) -> bool:
+    """The row's check: the case's for kernels and baselines; an alternative's
+    output is converted to the reference's form and checked by its own rule."""
+    alternative = find_alternative(case, backend)
+    if alternative is None:
+        return case.matches(out, expected)
+    if alternative.to_reference is not None:
+        out = alternative.to_reference(out)
+    if alternative.agrees is not None:
+        return alternative.agrees(out, expected)
+    return case.matches(out, expected)
+
+
+def row_kind(case: Case, backend: str) -> str:
+    alternative = find_alternative(case, backend)
+    if alternative is not None:
+        return "peer" if alternative.is_peer else "alternative"
+    return "baseline" if backend in BASELINES else "kernel"
 
 
 def measure_backend(
@@ -90,8 +156,21 @@ def measure_backend(
     settings: Settings,
     copy_gbps: float | None,
 ) -> Row:
-    """Check, time and memory-probe ``case`` on ``backend``; errors become the row's check."""
-    row = Row(case.op, case.shape, case.dtype_label, backend, rate_unit="GFLOP/s" if case.flops else "GB/s")
+    """Check, time and memory-probe ``case`` on ``backend``; errors become the
+    row's check. Output printed meanwhile goes to ``row.output``; the cores
+    other processes used meanwhile to ``row.others_busy``."""
+    row = Row(case.op, case.shape, case.dtype_label, backend, kind=row_kind(case, backend),
+              rate_unit="GFLOP/s" if case.flops else "GB/s")
+    load = harness.CpuLoad.start()
+    with harness.captured_output() as captured:
+        _measure(row, case, backend, inputs, expected, device, settings, copy_gbps)
+    row.others_busy = load.others_busy()
+    row.output = captured.text
+    row.output_lines = len(captured.text.splitlines())
+    return row
+
+
+def _measure(row: Row, case: Case, backend: str, inputs, expected, device, settings, copy_gbps) -> None:
     try:
         call = make_call(case, backend, inputs)
         start = time.perf_counter()
@@ -99,19 +178,29 @@ def measure_backend(
         harness.synchronize(device)
         row.first_call_s = time.perf_counter() - start
     except Exception as error:  # noqa: BLE001 - reported in the table, not raised
-        row.check = "compile failed" if backend == "compile" else "error"
+        if backend == "compile":
+            row.check = "compile failed"
+        else:
+            row.check = "peer error" if row.kind in ("peer", "alternative") else "error"
         row.error = _one_line(error)
-        return row
-    row.check = "ok" if case.matches(out, expected) else "MISMATCH"
+        return
+    try:
+        agrees = output_agrees(case, backend, out, expected)
+    except Exception as error:  # noqa: BLE001 - an output of an unexpected form
+        agrees, row.error = False, _one_line(error)
     del out
+    if not agrees and row.kind in ("peer", "alternative"):
+        row.check = "disagrees"  # flagged and not timed: its time would not be for the same result
+        return
+    row.check = "ok" if agrees else "MISMATCH"
     try:
         median, times = harness.time_fn(call, device, settings.warmup, settings.reps, settings.min_time)
         peak = harness.peak_memory(call, device)
     except Exception as error:  # noqa: BLE001
-        row.check, row.error = "error", _one_line(error)
-        return row
+        row.check = "peer error" if row.kind in ("peer", "alternative") else "error"
+        row.error = _one_line(error)
+        return
     _fill_figures(row, case, median, times, peak, copy_gbps)
-    return row
 
 
 def _fill_figures(row: Row, case: Case, median: float, times: list[float], peak: int | None, copy_gbps) -> None:
@@ -126,12 +215,22 @@ def _fill_figures(row: Row, case: Case, median: float, times: list[float], peak:
 
 
 def add_speedups(rows: list[Row]) -> None:
-    """Fill x_eager and x_compile of one case's rows from its baseline rows."""
+    """Fill x_eager and x_compile of one case's rows from its baseline rows,
+    and ours_x of its non-kernel rows from its fastest kernel."""
     medians = {row.backend: row.median_ms for row in rows}
+    best = best_kernel(rows)
     for row in rows:
         if row.median_ms:
             row.x_eager = _ratio(medians.get("eager"), row.median_ms)
             row.x_compile = _ratio(medians.get("compile"), row.median_ms)
+            if row.kind != "kernel" and best is not None:
+                row.ours_x = row.median_ms / best.median_ms
+
+
+def best_kernel(rows: list[Row]) -> Row | None:
+    """The fastest of a case's kernel rows that agreed with the reference."""
+    timed = [row for row in rows if row.kind == "kernel" and row.median_ms and row.check == "ok"]
+    return min(timed, key=lambda row: row.median_ms) if timed else None
 
 
 def _ratio(baseline: float | None, value: float) -> float | None:
@@ -145,12 +244,15 @@ def run_case(
     copy_gbps: float | None = None,
     with_compile: bool = True,
     on_backend: Callable[[Case, str], Callable[[Row], None]] | None = None,
+    quick: bool = False,
 ) -> list[Row]:
-    """Every backend of ``case``; ``on_backend(case, backend)`` is called before
-    each measurement and the function it returns with the finished row."""
+    """Every backend of ``case``, then its alternatives that run here;
+    ``on_backend(case, backend)`` is called before each measurement and the
+    function it returns with the finished row."""
     inputs, expected = prepare(case, device)
     rows = []
-    for backend in backends_to_run(case, device, with_compile):
+    names = backends_to_run(case, device, with_compile) + [alt.name for alt in alternatives_to_run(case, device, quick)]
+    for backend in names:
         done = on_backend(case, backend) if on_backend else None
         rows.append(measure_backend(case, backend, inputs, expected, device, settings, copy_gbps))
         if done:
@@ -164,7 +266,7 @@ def pytest_benchmark_case(benchmark, case: Case, backend: str, device: torch.dev
     after checking its output against the reference and ``warmup`` calls."""
     inputs, expected = prepare(case, device)
     call = make_call(case, backend, inputs)
-    assert case.matches(call(), expected), f"{case.name}: backend {backend!r} disagrees with the reference"
+    assert output_agrees(case, backend, call(), expected), f"{case.name}: {backend!r} disagrees with the reference"
     for _ in range(warmup):
         call()
     harness.synchronize(device)
