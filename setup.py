@@ -176,7 +176,14 @@ def _extension_modules():
     # CUDA_HOME must be settled before torch.utils.cpp_extension is imported:
     # it reads the variable once, at import.
     nvcc = _find_nvcc()
-    import torch
+    try:
+        import torch
+    except ImportError as error:
+        raise RuntimeError(
+            f"eitp_kernels compiles its extension against the installed torch, and torch cannot be imported "
+            f"({error}). Install torch first (README, Install: a CPU build for CPU-only machines), then "
+            f"`pip install --no-build-isolation .`; or set EITP_NO_EXTENSION=1 to build without the extension."
+        ) from error
     from torch.utils import cpp_extension
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
