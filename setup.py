@@ -102,7 +102,9 @@ def _build_info_text(**fields):
         "# Written by setup.py when eitp_kernels was built; read by eitp_kernels._extension",
         "# before it loads _C, so a build that cannot load still says what it was built for.",
     ]
-    lines += [f"{name} = {f'0x{value:08X}' if name == 'PY_LIMITED_API' and value else repr(value)}" for name, value in fields.items()]
+    for name, value in fields.items():
+        shown = f"0x{value:08X}" if name == "PY_LIMITED_API" and value else repr(value)
+        lines.append(f"{name} = {shown}")
     return "\n".join(lines) + "\n"
 
 
