@@ -65,7 +65,10 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """sdist and wheel made by `python -m build --no-isolation` from a copy of the tracked files."""
-    pytest.importorskip("build", reason="the [test] extra installs `build`")
+    try:
+        import build  # noqa: F401
+    except ImportError:
+        pytest.fail("`build` is not installed: pip install build (it is in the [test] extra)")
     work = tmp_path_factory.mktemp("packaging")
     source = work / "clone"
     for path in _tracked_files():
