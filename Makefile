@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch 2.14.1 is a CUDA 13 build; override for another (e.g. TORCH_SPEC='torch>=2.4').
+# A CPU build: TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (TORCH_INDEX: the package index torch alone is installed from; empty: pip's default).
 TORCH_SPEC ?= torch==2.14.1
+TORCH_INDEX ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # peers: the libraries eitp-bench compares against (fast-histogram, boost-histogram,
@@ -18,7 +21,8 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
 $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" numpy setuptools wheel ninja
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet numpy setuptools wheel ninja
 	# --no-build-isolation: the extension compiles against the torch just installed.
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[$(EXTRAS)]"
 	$(PY) -c "import eitp_kernels; [print(s) for s in eitp_kernels.backends().values()]"

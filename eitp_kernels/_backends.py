@@ -14,6 +14,16 @@ Choice, first match wins:
 Asking for a backend that is unavailable, or that the op does not implement,
 or that cannot run the tensor's device, raises ``BackendUnavailableError``:
 there is no silent fallback.
+
+When the compiled extension was built but cannot be used (built against
+another torch series or CUDA version, or its library fails to load; see
+``eitp_kernels._extension``), ``import eitp_kernels`` emits one
+``ExtensionUnavailableWarning`` naming the cause and the pip command that
+rebuilds it, and ``backends()`` reports the same text for ``cpp`` and
+``cuda``. Automatic choice (3.) then picks among the remaining backends
+(``reference`` for CPU tensors, so those calls run the eager reference:
+correct, slower); choices 1. and 2. naming ``cpp`` or ``cuda`` raise
+``BackendUnavailableError`` with that reason.
 """
 from __future__ import annotations
 

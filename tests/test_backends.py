@@ -91,6 +91,126 @@ def test_extension_can_be_disabled(tmp_path):
 
     code = "import eitp_kernels, torch; s = eitp_kernels.backends(); print(s['cpp']); print(eitp_kernels.finite_minmax(torch.arange(5.)))"
     env = dict(__import__("os").environ, EITP_NO_EXTENSION="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = result.stdout
     assert "cpp: unavailable" in out and "EITP_NO_EXTENSION" in out
     assert "tensor(0.)" in out and "tensor(4.)" in out
+    assert "ExtensionUnavailableWarning" not in result.stderr  # switched off on purpose: no warning
+
+
+# --- the extension built for another torch, or failing to load -------------------------------------
+
+import os
+import shutil
+import subprocess
+import sys
+
+from eitp_kernels import _extension
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh interpreter: installs a fake build record (or none) before
+# eitp_kernels is imported, then reports what a user would see.
+_PROBE = r"""
+import json, sys, types, warnings
+record = json.loads(sys.argv[1])
+if record is not None:
+    fake = types.ModuleType("eitp_kernels._build_info")
+    fake.__dict__.update(record)
+    sys.modules[fake.__name__] = fake
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import eitp_kernels
+    import torch
+    from eitp_kernels import _backends
+    statuses = eitp_kernels.backends()
+    auto = _backends.resolve("op", torch.device("cpu"), {"cpu": ("cpp", "reference")})
+    try:
+        with eitp_kernels.use_backend("cpp"):
+            eitp_kernels.finite_minmax(torch.arange(3.0))
+        explicit = "ran"
+    except eitp_kernels.BackendUnavailableError as error:
+        explicit = str(error)
+ours = [str(w.message) for w in caught if w.category.__name__ == "ExtensionUnavailableWarning"]
+print(json.dumps({"warnings": ours, "cpp": statuses["cpp"].reason, "cuda": statuses["cuda"].reason,
+                  "cpp_available": statuses["cpp"].available, "auto": auto, "explicit": explicit,
+                  "torch": torch.__version__}))
+"""
+
+
+def _run_probe(record, pythonpath=ROOT, env_extra=None):
+    import json
+
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env.pop("EITP_NO_EXTENSION", None)
+    env.pop("EITP_BACKEND", None)
+    env.update(env_extra or {})
+    result = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(record)], env=env, cwd=pythonpath,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _record(**overrides):
+    record = dict(EXTENSION_BUILT=True, TORCH_VERSION=torch.__version__, TORCH_CUDA_VERSION=torch.version.cuda,
+                  CUDA_SOURCES=False, PY_LIMITED_API=0x030A0000, SOURCE_DIR=ROOT)
+    record.update(overrides)
+    return record
+
+
+def test_version_mismatch_compares_the_torch_series():
+    built = _record(TORCH_VERSION="2.14.1+cu130", TORCH_CUDA_VERSION="13.0")
+    assert _extension.version_mismatch(built, "2.14.1+cu130", "13.0") is None
+    assert _extension.version_mismatch(built, "2.14.0", "13.0") is None  # same series: ABI-compatible
+    why = _extension.version_mismatch(built, "2.13.0+cpu", None)
+    assert why == "it was built against torch 2.14.1+cu130 but torch 2.13.0+cpu is installed"
+    assert _extension.version_mismatch(built, "3.14.1", "13.0") is not None
+    assert _extension.version_mismatch(None, "2.13.0", None) is None
+
+
+def test_version_mismatch_of_cuda_only_matters_for_a_build_with_cuda_kernels():
+    cpu_build = _record(TORCH_VERSION="2.14.1+cu130", TORCH_CUDA_VERSION="13.0", CUDA_SOURCES=False)
+    assert _extension.version_mismatch(cpu_build, "2.14.1+cpu", None) is None
+    cuda_build = dict(cpu_build, CUDA_SOURCES=True)
+    assert "has no CUDA (a CPU build)" in _extension.version_mismatch(cuda_build, "2.14.1+cpu", None)
+    assert "CUDA 12.8" in _extension.version_mismatch(cuda_build, "2.14.1+cu128", "12.8")
+
+
+def test_build_for_another_torch_warns_once_and_names_the_fix():
+    # The user's case from issue 13: built against another torch series.
+    result = _run_probe(_record(TORCH_VERSION="1.9.0+cu111", TORCH_CUDA_VERSION="11.1"))
+    assert len(result["warnings"]) == 1, result
+    message = result["warnings"][0]
+    assert f"built against torch 1.9.0+cu111 but torch {result['torch']} is installed" in message
+    assert f"{sys.executable} -m pip install --no-build-isolation" in message
+    assert "EITP_NO_EXTENSION" not in message
+    # backends() says the same; automatic choice falls back (after the warning); explicit raises.
+    assert result["cpp"] == message and result["cuda"] == message and not result["cpp_available"]
+    assert result["auto"] == "reference"
+    assert "backend 'cpp' is unavailable" in result["explicit"] and "1.9.0+cu111" in result["explicit"]
+
+
+def test_a_library_that_fails_to_load_warns_once_with_the_loader_error(tmp_path):
+    # A real load failure: the package copied beside a _C that is not a shared library.
+    package = tmp_path / "eitp_kernels"
+    shutil.copytree(os.path.join(ROOT, "eitp_kernels"), package,
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "_build_info.py"))
+    (package / "_C.abi3.so").write_bytes(b"not an ELF file")
+    (package / "_build_info.py").write_text(
+        "".join(f"{k} = {v!r}\n" for k, v in _record(SOURCE_DIR=str(tmp_path / "gone")).items()))
+    result = _run_probe(None, pythonpath=str(tmp_path))
+    assert len(result["warnings"]) == 1, result
+    message = result["warnings"][0]
+    assert "eitp_kernels._C failed to load (built against torch" in message
+    assert "_C.abi3.so" in message  # the loader's own error
+    assert "-m pip install --no-build-isolation --force-reinstall --no-deps --no-cache-dir" in message
+    assert "EITP_NO_EXTENSION" not in message
+    assert result["cpp"] == message and result["auto"] == "reference"
+
+
+def test_no_warning_when_the_extension_was_built_without_it():
+    # (EITP_NO_EXTENSION at run time: test_extension_can_be_disabled.)
+    at_build_time = _run_probe({"EXTENSION_BUILT": False, "SOURCE_DIR": ROOT})
+    assert at_build_time["warnings"] == []
+    assert "built with EITP_NO_EXTENSION=1" in at_build_time["cpp"]
+    assert "-m pip install --no-build-isolation" in at_build_time["cpp"]

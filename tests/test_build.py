@@ -42,3 +42,30 @@ def test_extension_was_built_with_cuda_kernels():
     # With a CUDA torch and nvcc present, setup.py must have compiled the .cu files in.
     assert _extension.has_device_kernels("CUDA")
     assert _extension.has_device_kernels("CPU")
+
+
+def test_build_recorded_the_torch_it_was_built_against():
+    # setup.py writes eitp_kernels/_build_info.py beside _C (in place and editable builds too);
+    # eitp_kernels._extension reads it to detect a torch mismatch before loading _C.
+    info = _extension.build_info()
+    assert info is not None, "no eitp_kernels/_build_info.py: rebuild with setup.py"
+    assert info["EXTENSION_BUILT"] is True
+    assert info["TORCH_VERSION"] == torch.__version__
+    assert info["TORCH_CUDA_VERSION"] == torch.version.cuda
+    assert info["CUDA_SOURCES"] == _extension.has_device_kernels("CUDA")
+
+
+def test_requires_python_matches_the_limited_api_torch_compiles_with():
+    # The wheel is tagged cpXY-abi3 from this macro (setup.py); requires-python must say >=X.Y.
+    import re
+
+    from torch.utils import cpp_extension
+
+    macro = int(getattr(cpp_extension, "min_supported_cpython", "0x030A0000"), 16)
+    info = _extension.build_info() or {}
+    if "PY_LIMITED_API" in info:
+        assert info["PY_LIMITED_API"] == macro
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        declared = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', f.read(), re.M)
+    assert declared, "pyproject.toml: requires-python = \">=X.Y\" expected"
+    assert (int(declared.group(1)), int(declared.group(2))) == ((macro >> 24) & 0xFF, (macro >> 16) & 0xFF)
