@@ -141,7 +141,8 @@ def op_calls():
             lo, hi = torch.zeros(shape[0], dtype=acc), torch.ones(shape[0], dtype=acc)
             tag = f"{dtype} {shape} bins={bins} explicit={explicit}"
             add(f"counts {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_counts(x, lo, hi, b, e))
-            add(f"soft {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_soft_counts(x, lo, hi, b, e))
+            add(f"soft {tag}",
+                lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_soft_counts(x, lo, hi, b, e))
             add(f"soft backward {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_soft_backward(
                 torch.ones(x.shape[0], b, dtype=torch.float64), x, lo, hi, b, e))
         for shape, symmetric, fake, static in quant_cases:

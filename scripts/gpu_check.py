@@ -163,7 +163,8 @@ def _fmt(value, spec: str) -> str:
 
 def render_text(summary: dict) -> str:
     device = summary.get("device") or {}
-    lines = [f"eitp_kernels gpu-check  {summary.get('started', '')}  {'DRY RUN (no GPU) ' if summary.get('dry_run') else ''}",
+    dry = "DRY RUN (no GPU)" if summary.get("dry_run") else ""
+    lines = [f"eitp_kernels gpu-check  {summary.get('started', '')}  {dry}",
              f"device   {device.get('name', 'none')}  driver {device.get('driver', '-')}  "
              f"compute capability {device.get('compute_capability', '-')}  memory {device.get('memory', '-')}",
              f"host     {summary.get('host', '')}",

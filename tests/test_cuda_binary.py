@@ -60,7 +60,8 @@ def _kernel_names():
     names = set()
     for name in os.listdir(os.path.join(ROOT, "csrc", "cuda")):
         if name.endswith(".cu"):
-            names |= set(re.findall(r"__global__\s+void\s+(\w+)", open(os.path.join(ROOT, "csrc", "cuda", name)).read()))
+            text = open(os.path.join(ROOT, "csrc", "cuda", name)).read()
+            names |= set(re.findall(r"__global__\s+void\s+(\w+)", text))
     return names
 
 

@@ -228,7 +228,8 @@ def test_tensor_on_a_non_current_device(backend):
     torch.cuda.synchronize(1)
     assert torch.cuda.current_device() == 0
     assert h.device == x.device and xd.grad.device == x.device
-    assert torch.equal(lo, reference.finite_minmax(x, dim=1)[0]) and torch.equal(hi, reference.finite_minmax(x, dim=1)[1])
+    rlo, rhi = reference.finite_minmax(x, dim=1)
+    assert torch.equal(lo, rlo) and torch.equal(hi, rhi)
     torch.testing.assert_close(h, reference.histogram_entropy(x, bins=100, dim=1), rtol=1e-6, atol=0)
     assert torch.equal(q, reference.quantize_int8(x, granularity="channel")[0])
     assert _rel(c, reference.coherence_loss(x[:, :300].t().double())) < 1e-4
