@@ -36,11 +36,12 @@ MAX_GRID = (2**31 - 1, 65535, 65535)
 launch_observers: list = []
 
 
-def check_grid(kernel_name: str, grid) -> tuple[int, ...]:
-    """The grid as a tuple of ints, or ValueError when an axis is past CUDA's limit."""
-    grid = tuple(int(g) for g in grid)
+def check_grid(kernel_name: str, grid) -> tuple:
+    """The grid as a tuple, or ValueError when an axis is past CUDA's limit. Symbolic sizes
+    (torch.compile with dynamic shapes) pass unchecked: comparing them would specialise them."""
+    grid = tuple(grid)
     for axis, (size, limit) in enumerate(zip(grid, MAX_GRID)):
-        if size > limit:
+        if isinstance(size, int) and size > limit:
             raise ValueError(f"{kernel_name}: launch grid {grid} has {size} programs on axis {axis}; CUDA allows at "
                              f"most {limit} (the input is too large for one launch of this kernel)")
     return grid
