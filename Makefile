@@ -1,5 +1,7 @@
 # make bench : set up .venv (torch, triton, this package with its extension) and run the benchmark suite
 # make test  : set up .venv and run the test suite (native, then Triton kernels under the interpreter)
+# make gpu-check GPU_CHECK_OUT=dir : on a machine with an NVIDIA GPU, build for it, run every gpu test and
+#              the quick benchmark, and write gpu_check.json / gpu_check.txt into dir (scripts/gpu_check.py)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,7 +19,9 @@ BENCH_ARGS ?=
 EXTRAS ?= test,bench,demo,lightning,peers
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup test test-native test-triton test-asan bench bench-quick bench-smoke clean
+GPU_CHECK_OUT ?= gpu-check-results
+
+.PHONY: setup test test-native test-triton test-asan bench bench-quick bench-smoke gpu-check clean
 
 $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +74,10 @@ test: bench-smoke test-native test-triton test-asan
 
 bench: setup
 	$(PY) -m eitp_kernels.bench $(BENCH_ARGS)
+
+# The first GPU run in one command (sets up the venv itself, building for the present GPU only).
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --venv $(VENV) $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf build $(VENV) eitp_kernels/_C*.so *.egg-info

@@ -7,7 +7,9 @@ Environment switches (all optional):
   EITP_WITH_CUDA=0|1    force the CUDA sources off/on. Default: on when torch
                         was built with CUDA and nvcc is found (CUDA_HOME,
                         default /usr/local/cuda).
-  TORCH_CUDA_ARCH_LIST  GPU architectures; default "8.6;9.0" (RTX 3090, H100).
+  TORCH_CUDA_ARCH_LIST  GPU architectures; default "8.0;8.6;9.0+PTX": SASS for
+                        A100, RTX 3090/A10, H100/H200, and PTX that newer GPUs
+                        compile at load. Narrow it (e.g. "9.0") for a faster build.
   EITP_DEBUG=1          -O0 -g instead of -O3.
   EITP_SANITIZE=1       AddressSanitizer + UndefinedBehaviorSanitizer build of the
                         CPU code (implies EITP_WITH_CUDA=0, -O1 -g). Run it with
@@ -34,6 +36,8 @@ import shutil
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+
+DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0+PTX"
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUILD_INFO = "_build_info.py"
@@ -200,7 +204,7 @@ def _extension_modules():
             "EITP_WITH_CUDA=1 but "
             + ("torch is a CPU-only build" if not has_cuda_torch else "nvcc was not found (set CUDA_HOME)")
         )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.6;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
     debug = _flag("EITP_DEBUG", False)
     opt = ["-O0", "-g"] if debug else ["-O3"]

@@ -23,3 +23,50 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
 def triton_jit(fn):
     """``triton.jit`` where Triton is installed, otherwise the plain function (never launched)."""
     return triton.jit(fn) if triton is not None else fn
+
+
+# CUDA's launch limits: gridDim.x < 2^31, gridDim.y and gridDim.z <= 65535.
+# Every launcher flattens its work items onto axis 0; launch() checks all three.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+# Callables ``observer(kernel, grid, args, meta) -> bool`` told of every launch
+# before it happens; one returning True takes the launch over (nothing runs).
+# Tests use them to record the launches the launchers make (grids for huge
+# shapes, kernel specialisations to compile ahead of time).
+launch_observers: list = []
+
+
+def check_grid(kernel_name: str, grid) -> tuple:
+    """The grid as a tuple, or ValueError when an axis is past CUDA's limit. Symbolic sizes
+    (torch.compile with dynamic shapes) pass unchecked: comparing them would specialise them."""
+    grid = tuple(grid)
+    for axis, (size, limit) in enumerate(zip(grid, MAX_GRID)):
+        if isinstance(size, int) and size > limit:
+            raise ValueError(f"{kernel_name}: launch grid {grid} has {size} programs on axis {axis}; CUDA allows at "
+                             f"most {limit} (the input is too large for one launch of this kernel)")
+    return grid
+
+
+def launch(kernel, grid, *args, traceable: bool = False, **meta):
+    """``kernel[grid](*args, **meta)`` on the device of its first tensor argument.
+
+    Triton launches on the *current* CUDA device; a tensor on another device
+    would be an illegal address there, so the launch runs under
+    ``torch.cuda.device(tensor.device)`` (the CUDA backend's CUDAGuard).
+    ``traceable``: through ``torch.library.wrap_triton``, for launches inside a
+    ``triton_op`` that torch.compile traces.
+    """
+    import torch
+
+    name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
+    grid = check_grid(name, grid)
+    for observer in launch_observers:
+        if observer(kernel, grid, args, meta):
+            return
+    runner = torch.library.wrap_triton(kernel) if traceable else kernel
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if device is not None and device.type == "cuda":
+        with torch.cuda.device(device):
+            runner[grid](*args, **meta)
+    else:
+        runner[grid](*args, **meta)

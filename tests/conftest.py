@@ -4,7 +4,9 @@ Triton kernels run on this CPU-only machine through Triton's interpreter,
 which must be enabled before triton is first imported. Tests marked
 ``triton_interpret`` therefore run in their own pytest process
 (``make test`` does: ``TRITON_INTERPRET=1 pytest -m triton_interpret``) and are
-skipped in a process that imported triton without the interpreter.
+skipped in any process without the interpreter, GPU machines included (the
+``gpu`` tests run the Triton kernels natively there). ``gpu`` tests run with
+TF32 matmuls off.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
-        if "triton_interpret" in item.keywords and not (INTERPRETER_ON or HAS_CUDA):
+        # Only the interpreter: on a GPU machine these would otherwise compile and run
+        # natively in the plain pytest process, and stop skipping interpreter-heavy cases.
+        if "triton_interpret" in item.keywords and not INTERPRETER_ON:
             item.add_marker(skip_interp)
 
 
@@ -34,6 +38,22 @@ def cpu_backends():
     """Backends to parametrize CPU tests over. The Triton entry is marked so it
     runs only in the interpreter process (pytest -m triton_interpret)."""
     return ["reference", "cpp", pytest.param("triton", marks=pytest.mark.triton_interpret)]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32_in_gpu_tests(request):
+    """GPU tests run with TF32 matmuls off, whatever the user's setting: their
+    tolerances are for IEEE fp32 (TF32 keeps 10 mantissa bits)."""
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture(autouse=True)

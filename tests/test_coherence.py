@@ -443,15 +443,21 @@ def test_gpu_backends_match_reference(backend, dtype, shape):
     x = torch.randn(n, d, device="cuda").to(dtype).requires_grad_()
     y = None if dp is None else torch.randn(n, dp, device="cuda").to(dtype).requires_grad_()
     out = _ours(backend, x, y, offdiag_weight=0.5)
-    ref = _ref64(x.detach(), None if y is None else y.detach(), offdiag_weight=0.5)
-    assert _rel(out, ref) < 1e-4
+    # forward: RTOL, or within 2x eager's own error (the CPU tests' rule: shape (2, 1) has a loss
+    # near 0, all cancellation, whose relative error no fp32 computation keeps small)
+    assert _close(out.detach(), x.detach(), None if y is None else y.detach(), offdiag_weight=0.5)
     got = torch.autograd.grad(out, [t for t in (x, y) if t is not None])
     x64 = x.detach().double().requires_grad_()
     y64 = None if y is None else y.detach().double().requires_grad_()
     r64 = reference.coherence_loss(x64, y64, offdiag_weight=0.5)
     exp = torch.autograd.grad(r64, [t for t in (x64, y64) if t is not None])
-    for g, e in zip(got, exp):
-        assert _rel(g, e) < (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2)
+    xe = x.detach().clone().requires_grad_()
+    ye = None if y is None else y.detach().clone().requires_grad_()
+    eager = torch.autograd.grad(reference.coherence_loss(xe, ye, offdiag_weight=0.5),
+                                [t for t in (xe, ye) if t is not None])
+    bound = 1e-4 if dtype in (torch.float32, torch.float64) else 1e-2
+    for g, e, ge in zip(got, exp, eager):
+        assert _rel(g, e) <= max(bound, 2 * _rel(ge, e)), (_rel(g, e), _rel(ge, e))
 
 
 def test_barlow_twins_rejects_different_widths():

@@ -159,7 +159,7 @@ unsigned elementwise_blocks(int64_t total) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, 65535)));
 }
 
-unsigned column_blocks(int64_t d) { return static_cast<unsigned>((d + kCols - 1) / kCols); }
+unsigned column_blocks(int64_t d) { return grid_x((d + kCols - 1) / kCols, "coherence_cuda (column blocks)"); }
 
 template <typename T>
 void launch_stats(const CoherenceStatsParams& p, cudaStream_t stream) {

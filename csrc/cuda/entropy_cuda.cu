@@ -127,7 +127,7 @@ void launch_counts(const HistogramParams& p, cudaStream_t stream) {
   auto* counts = reinterpret_cast<unsigned long long*>(p.counts);  // int64 counts stay < 2^63
   for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
-    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
+    const dim3 grid(grid_x(chunks, "histogram_counts_cuda"), grid_yz(rows, "histogram_counts_cuda"));
     hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(static_cast<const T*>(p.x), p.row_length, chunk, p.lo,
                                                             p.hi, row0, p.bins, p.explicit_range, use_shared, counts);
   }
@@ -274,7 +274,7 @@ void launch_soft(const SoftHistogramParams& p, cudaStream_t stream) {
   const int64_t chunks = std::max<int64_t>(1, (p.row_length + chunk - 1) / chunk);
   for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
-    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
+    const dim3 grid(grid_x(chunks, "soft_histogram_cuda"), grid_yz(rows, "soft_histogram_cuda"));
     soft_hist_kernel<T><<<grid, kThreads, use_shared ? shared : 0, stream>>>(
         static_cast<const T*>(p.x), p.row_length, chunk, p.lo, p.hi, row0, p.bins, p.explicit_range, use_shared,
         p.counts);
@@ -308,7 +308,7 @@ void launch_soft_backward(const SoftHistogramBackwardParams& p, cudaStream_t str
   const int64_t blocks = std::min<int64_t>(65535, std::max<int64_t>(1, (p.row_length + per_block - 1) / per_block));
   for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
-    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(rows));
+    const dim3 grid(grid_x(blocks, "soft_histogram_backward_cuda"), grid_yz(rows, "soft_histogram_backward_cuda"));
     soft_backward_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.x), p.row_length, p.lo, p.hi, row0,
                                                            p.bins, p.explicit_range, p.grad_counts,
                                                            static_cast<A*>(p.grad_x));
@@ -362,9 +362,7 @@ void histogram_counts_cuda(const HistogramParams& p, cudaStream_t stream) {
 
 void histogram_counts_many_cuda(const HistogramManyParams& p, cudaStream_t stream) {
   if (p.items == 0) return;  // every tensor empty: zero counts
-  if (p.items > std::numeric_limits<int32_t>::max())
-    throw std::invalid_argument("histogram_counts_many_cuda: too many work items for one grid");
-  const dim3 grid(static_cast<unsigned>(p.items));
+  const dim3 grid(grid_x(p.items, "histogram_counts_many_cuda"));
   if (p.auto_range_pass) segments_range_kernel<<<grid, kThreads, 0, stream>>>(p.table);
   const bool use_shared = p.bins <= kSharedHistogramMaxBins;
   const size_t shared = use_shared ? static_cast<size_t>(p.bins) * sizeof(unsigned int) : 0;
@@ -385,7 +383,7 @@ void soft_histogram_backward_cuda(const SoftHistogramBackwardParams& p, cudaStre
 }
 
 void entropy_from_counts_cuda(const EntropyFromCountsParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.rows));
+  const dim3 grid(grid_x(p.rows, "entropy_from_counts_cuda"));
   if (p.counts_are_int) {
     entropy_kernel<int64_t><<<grid, kThreads, 0, stream>>>(static_cast<const int64_t*>(p.counts), p.bins, p.log_base,
                                                            p.out);

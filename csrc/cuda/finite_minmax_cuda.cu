@@ -38,7 +38,7 @@ void launch(const FiniteMinMaxParams& p, cudaStream_t stream) {
   // gridDim.y is limited to 65535: larger row counts go in slices.
   for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
-    dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
+    dim3 grid(grid_x(chunks, "finite_minmax_cuda"), grid_yz(rows, "finite_minmax_cuda"));
     finite_minmax_kernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(p.x) + row0 * p.row_length, p.row_length, chunk,
         static_cast<A*>(p.lo) + row0, static_cast<A*>(p.hi) + row0);

@@ -191,33 +191,33 @@ void launch_quant(const QuantRowsParams& p, cudaStream_t stream) {
     if (p.row_length <= kWarpRowMax) {
       const int64_t rows_per_block = kThreads / 32;
       const int64_t blocks = (p.rows + rows_per_block - 1) / rows_per_block;
-      quant_warp_rows_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+      quant_warp_rows_kernel<T><<<grid_x(blocks, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p);
       return cuda::check_launch("quantize_int8_rows_cuda (warp rows)");
     }
     if (p.rows >= 256 || chunks == 1) {
-      quant_block_rows_kernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+      quant_block_rows_kernel<T><<<grid_x(p.rows, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p);
       return cuda::check_launch("quantize_int8_rows_cuda (block rows)");
     }
-    range_chunks_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+    range_chunks_kernel<T><<<grid_x(p.rows * chunks, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p, chunks);
     cuda::check_launch("quantize_int8_rows_cuda (range)");
-    params_from_workspace_kernel<T><<<static_cast<unsigned>((p.rows + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p);
+    params_from_workspace_kernel<T><<<grid_x((p.rows + kThreads - 1) / kThreads, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p);
     cuda::check_launch("quantize_int8_rows_cuda (params)");
   }
-  quant_static_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+  quant_static_kernel<T><<<grid_x(p.rows * chunks, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p, chunks);
   cuda::check_launch("quantize_int8_rows_cuda (apply)");
 }
 
 template <typename T>
 void launch_dequant(const DequantRowsParams& p, cudaStream_t stream) {
   const int64_t chunks = chunks_of(p.row_length);
-  dequant_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+  dequant_kernel<T><<<grid_x(p.rows * chunks, "dequantize_int8_rows_cuda"), kThreads, 0, stream>>>(p, chunks);
   cuda::check_launch("dequantize_int8_rows_cuda");
 }
 
 template <typename T>
 void launch_backward(const FakeQuantBackwardParams& p, cudaStream_t stream) {
   const int64_t chunks = chunks_of(p.row_length);
-  backward_kernel<T><<<static_cast<unsigned>(p.rows * chunks), kThreads, 0, stream>>>(p, chunks);
+  backward_kernel<T><<<grid_x(p.rows * chunks, "fake_quant_int8_rows_backward_cuda"), kThreads, 0, stream>>>(p, chunks);
   cuda::check_launch("fake_quant_int8_rows_backward_cuda");
 }
 

@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include "kernels/common.h"
+#include "kernels/float_order.h"
+#include "kernels/grid.h"
 
 namespace eitp {
 namespace cuda {
@@ -38,23 +40,33 @@ __device__ __forceinline__ A block_reduce(A v, A identity, A* scratch, Op op) {
   return v;
 }
 
-// Float atomics by the order-preserving integer view: non-negative floats
-// order like signed ints, negative floats reverse-order like unsigned ints.
+// Float atomics by the order-preserving integer view (float_order.h): the
+// integer operation is chosen by the sign *bit* of v, so -0.0 is ordered
+// below +0.0 and above every negative number.
+template <typename F, typename S, typename U>
+__device__ __forceinline__ void atomic_integer_min_max(F* addr, F v, IntegerMinMax op) {
+  const U bits = ordered_bits(v);
+  if (op.as_signed) {
+    S* signed_addr = reinterpret_cast<S*>(addr);
+    if (op.take_min) atomicMin(signed_addr, static_cast<S>(bits));
+    else atomicMax(signed_addr, static_cast<S>(bits));
+  } else {
+    U* unsigned_addr = reinterpret_cast<U*>(addr);
+    if (op.take_min) atomicMin(unsigned_addr, bits);
+    else atomicMax(unsigned_addr, bits);
+  }
+}
 __device__ __forceinline__ void atomic_min(float* addr, float v) {
-  if (v >= 0.f) atomicMin(reinterpret_cast<int*>(addr), __float_as_int(v));
-  else atomicMax(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+  atomic_integer_min_max<float, int, unsigned int>(addr, v, float_min_as_integer(sign_bit(v)));
 }
 __device__ __forceinline__ void atomic_max(float* addr, float v) {
-  if (v >= 0.f) atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
-  else atomicMin(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+  atomic_integer_min_max<float, int, unsigned int>(addr, v, float_max_as_integer(sign_bit(v)));
 }
 __device__ __forceinline__ void atomic_min(double* addr, double v) {
-  if (v >= 0.0) atomicMin(reinterpret_cast<long long*>(addr), __double_as_longlong(v));
-  else atomicMax(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(__double_as_longlong(v)));
+  atomic_integer_min_max<double, long long, unsigned long long>(addr, v, float_min_as_integer(sign_bit(v)));
 }
 __device__ __forceinline__ void atomic_max(double* addr, double v) {
-  if (v >= 0.0) atomicMax(reinterpret_cast<long long*>(addr), __double_as_longlong(v));
-  else atomicMin(reinterpret_cast<unsigned long long*>(addr), static_cast<unsigned long long>(__double_as_longlong(v)));
+  atomic_integer_min_max<double, long long, unsigned long long>(addr, v, float_max_as_integer(sign_bit(v)));
 }
 
 // After an op's launches: a failed launch (bad configuration, no kernel image

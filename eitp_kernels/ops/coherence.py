@@ -69,7 +69,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import tl, triton, triton_jit
+from eitp_kernels._triton import launch, tl, triton, triton_jit
 
 OP = "coherence_loss"
 
@@ -303,12 +303,23 @@ class _DistributedCoherence(torch.autograd.Function):
 
 
 @triton_jit
+def _div(a, b, ACC: tl.constexpr):
+    """a / b correctly rounded in ACC: Triton's fp32 ``/`` compiles to the approximate
+    ``div.full.f32``, and the other backends divide exactly."""
+    if ACC == tl.float64:
+        out = a / b
+    else:
+        out = tl.math.div_rn(a, tl.zeros_like(a) + b)
+    return out
+
+
+@triton_jit
 def _col_stats_kernel(
     x_ptr,  # (N, D) any float dtype, row stride stride_n, unit column stride
     mean_ptr,  # (D,) ACC
     rstd_ptr,  # (D,) ACC
     N, D, stride_n,
-    eps,
+    eps: tl.float64,  # fp64 parameter, rounded to ACC in the kernel (an unannotated float is .f32)
     ACC: tl.constexpr,  # tl.float32 or tl.float64
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -334,12 +345,14 @@ def _col_stats_kernel(
         dev = tl.where(mask, v - mean[None, :], 0.0)
         sq += tl.sum((dev * dev).to(tl.float64), axis=0)  # squared in ACC, summed in float64, as the reference
     var = tl.where(col_ok, sq / N, 1.0)  # padding columns: no 1/0 when eps == 0
+    eps_acc = tl.full([], eps, ACC)
     if ACC == tl.float64:
         beyond = (var <= 1.7976931348623157e308) == 0
-        rstd = 1.0 / tl.sqrt(var + eps)  # fp64 sqrt is correctly rounded
+        rstd = 1.0 / tl.sqrt(var + eps_acc)  # fp64 sqrt and division are correctly rounded
     else:
         beyond = (var <= 3.4028234663852886e38) == 0
-        rstd = 1.0 / tl.sqrt_rn(var.to(tl.float32) + eps)  # not the approximate fp32 sqrt
+        # not the approximate fp32 sqrt and division
+        rstd = _div(tl.full([BLOCK_D], 1.0, tl.float32), tl.sqrt_rn(var.to(tl.float32) + eps_acc), ACC)
     rstd = tl.where(beyond, float("nan"), rstd)  # no standardization in ACC: NaN loss, as the reference
     tl.store(mean_ptr + cols, mean, mask=col_ok)
     tl.store(rstd_ptr + cols, rstd, mask=col_ok)
@@ -386,7 +399,7 @@ def _corr_tile_kernel(
             zx = tl.where(mi, (xv - mxi[None, :]) * rxi[None, :], 0.0)
             zy = tl.where(mj, (yv - myj[None, :]) * ryj[None, :], 0.0)
             acc += tl.dot(tl.trans(zx), zy, input_precision="ieee")
-        r = acc / N
+        r = _div(acc, N, ACC)
         valid = ok_i[:, None] & ok_j[None, :]
         on_diag = valid & (ci[:, None] == cj[None, :])
         d_diag = tl.sum(tl.sum(tl.where(on_diag, (r - 1.0) * (r - 1.0), 0.0), axis=1), axis=0)
@@ -404,12 +417,15 @@ def _corr_tile_kernel(
 def _standardize_kernel(
     x_ptr, mean_ptr, rstd_ptr, z_ptr,  # x (N, D) row stride sx; z (N, D) contiguous ACC
     N, D, sx,
+    col_blocks,  # cdiv(D, BLOCK_D)
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    # One flat axis of row blocks x column blocks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)
+    rows = (pid // col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = (pid % col_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < N) & (cols[None, :] < D)
     v = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(ACC)
     mean = tl.load(mean_ptr + cols, mask=cols < D, other=0.0)
@@ -422,13 +438,16 @@ def _matmul_kernel(
     a_ptr, b_ptr, c_ptr,  # C (M, P) = A (M, K) @ B (K, P); any strides (transposes are free)
     M, P, K,
     sam, sak, sbk, sbp, scm, scp,
+    p_blocks,  # cdiv(P, BLOCK_P)
     ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rp = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    # One flat axis of M blocks x P blocks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)
+    rm = (pid // p_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rp = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     acc = tl.zeros([BLOCK_M, BLOCK_P], ACC)
     for k0 in tl.range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
@@ -465,12 +484,12 @@ def _backward_epilogue_kernel(
     if SQUARED:
         k = g
     else:
-        k = g / (2.0 * tl.load(loss_ptr).to(ACC))
+        k = _div(g, 2.0 * tl.load(loss_ptr).to(ACC), ACC)
     if SYMMETRIC:
-        scale = 2.0 * k / N
+        scale = _div(2.0 * k, N, ACC)
     else:
-        scale = k / N
-    wcoef = 2.0 * b / N
+        scale = _div(k, N, ACC)
+    wcoef = _div(2.0 * b, N, ACC)
     rdiag = tl.zeros([BLOCK_D], ACC)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -478,7 +497,7 @@ def _backward_epilogue_kernel(
         zv = tl.load(z_ptr + rows[:, None] * D + cols[None, :], mask=md, other=0.0)
         pv = tl.load(zp_ptr + rows[:, None] * DP + cols[None, :], mask=md, other=0.0)
         rdiag += tl.sum(zv * pv, axis=0)
-    rdiag = rdiag / N
+    rdiag = _div(rdiag, N, ACC)
     c = tl.where(has_diag, 2.0 * a * (rdiag - 1.0) - 2.0 * b * rdiag, 0.0)
     s_dz = tl.zeros([BLOCK_D], ACC)
     s_dzz = tl.zeros([BLOCK_D], ACC)
@@ -493,8 +512,8 @@ def _backward_epilogue_kernel(
         tl.store(w_ptr + rows[:, None] * D + cols[None, :], dz, mask=m)
         s_dz += tl.sum(dz, axis=0)
         s_dzz += tl.sum(dz * zv, axis=0)
-    mdz = s_dz / N
-    mdzz = s_dzz / N
+    mdz = _div(s_dz, N, ACC)
+    mdzz = _div(s_dzz, N, ACC)
     rstd = tl.load(rstd_ptr + cols, mask=col_ok, other=0.0)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -519,19 +538,17 @@ def _tr_stats(x2, eps):
     acc = reference.compute_dtype(x2.dtype)
     mean = torch.empty(d, dtype=acc, device=x2.device)
     rstd = torch.empty(d, dtype=acc, device=x2.device)
-    _col_stats_kernel[(triton.cdiv(d, _STATS_BLOCK_D),)](
-        x2, mean, rstd, n, d, x2.stride(0), eps,
-        ACC=_acc_tl(acc), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+    launch(_col_stats_kernel, (triton.cdiv(d, _STATS_BLOCK_D),), x2, mean, rstd, n, d, x2.stride(0), float(eps),
+           ACC=_acc_tl(acc), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
     return mean, rstd
 
 
 def _tr_standardize(x2, mean, rstd):
     n, d = x2.shape
     z = torch.empty((n, d), dtype=mean.dtype, device=x2.device)
-    grid = (triton.cdiv(n, _STATS_BLOCK_N), triton.cdiv(d, _STATS_BLOCK_D))
-    _standardize_kernel[grid](
-        x2, mean, rstd, z, n, d, x2.stride(0),
-        ACC=_acc_tl(mean.dtype), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+    col_blocks = triton.cdiv(d, _STATS_BLOCK_D)
+    launch(_standardize_kernel, (triton.cdiv(n, _STATS_BLOCK_N) * col_blocks,), x2, mean, rstd, z, n, d,
+           x2.stride(0), col_blocks, ACC=_acc_tl(mean.dtype), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
     return z
 
 
@@ -539,19 +556,19 @@ def _tr_mm(a, b):
     m, k = a.shape
     p = b.shape[1]
     c = torch.empty((m, p), dtype=a.dtype, device=a.device)
-    grid = (triton.cdiv(m, _MM_BLOCK), triton.cdiv(p, _MM_BLOCK))
-    _matmul_kernel[grid](
-        a, b, c, m, p, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        ACC=_acc_tl(a.dtype), BLOCK_M=_MM_BLOCK, BLOCK_P=_MM_BLOCK, BLOCK_K=_MM_BLOCK)
+    p_blocks = triton.cdiv(p, _MM_BLOCK)
+    launch(_matmul_kernel, (triton.cdiv(m, _MM_BLOCK) * p_blocks,), a, b, c, m, p, k, a.stride(0), a.stride(1),
+           b.stride(0), b.stride(1), c.stride(0), c.stride(1), p_blocks,
+           ACC=_acc_tl(a.dtype), BLOCK_M=_MM_BLOCK, BLOCK_P=_MM_BLOCK, BLOCK_K=_MM_BLOCK)
     return c
 
 
 def _tr_epilogue(z, zp, w, rstd, grad, loss, m_diag, coef, squared, symmetric):
     n, d = z.shape
-    _backward_epilogue_kernel[(triton.cdiv(d, _STATS_BLOCK_D),)](
-        z, zp, w, rstd, grad, loss, coef, n, d, zp.shape[1], m_diag,
-        SQUARED=squared, SYMMETRIC=symmetric, ACC=_acc_tl(z.dtype),
-        BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+    launch(_backward_epilogue_kernel, (triton.cdiv(d, _STATS_BLOCK_D),),
+           z, zp, w, rstd, grad, loss, coef, n, d, zp.shape[1], m_diag,
+           SQUARED=squared, SYMMETRIC=symmetric, ACC=_acc_tl(z.dtype),
+           BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
 
 
 def _x_and_y_contiguous_rows(x2, y2):
@@ -576,9 +593,10 @@ def _coherence_forward_triton(x: torch.Tensor, y: torch.Tensor | None, diag_weig
     dp = yy.shape[1]
     tiles_i, tiles_j = triton.cdiv(d, _TILE_BLOCK_D), triton.cdiv(dp, _TILE_BLOCK_D)
     partials = torch.empty((tiles_i * tiles_j, 2), dtype=mean_x.dtype, device=x.device)
-    _corr_tile_kernel[(tiles_i * tiles_j,)](
-        x, yy, mean_x, rstd_x, mean_y, rstd_y, partials, n, d, dp, x.stride(0), yy.stride(0), tiles_j,
-        int(y is None), SYMMETRIC=y is None, ACC=_acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N, BLOCK_D=_TILE_BLOCK_D)
+    launch(_corr_tile_kernel, (tiles_i * tiles_j,),
+           x, yy, mean_x, rstd_x, mean_y, rstd_y, partials, n, d, dp, x.stride(0), yy.stride(0), tiles_j,
+           int(y is None), SYMMETRIC=y is None, ACC=_acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N,
+           BLOCK_D=_TILE_BLOCK_D)
     sums = partials.to(torch.float64).sum(0)
     l2 = diag_weight * sums[0] + offdiag_weight * sums[1]
     loss = (l2 if squared else torch.sqrt(l2)).to(mean_x.dtype)

@@ -53,7 +53,7 @@ from typing import Sequence
 import torch
 
 from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import tl, triton, triton_jit
+from eitp_kernels._triton import launch, tl, triton, triton_jit
 from eitp_kernels.ops import finite_range
 
 OP = "histogram_entropy"
@@ -71,6 +71,13 @@ _TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
 # --------------------------------------------------------------------------
 # Triton kernels
 # --------------------------------------------------------------------------
+
+
+@triton_jit
+def _as_acc(n, ACC: tl.constexpr):
+    """Integer ``n`` as an ACC scalar. Not ``n.to(ACC)``: Triton's compiler turns an
+    integer argument equal to 1 into a Python int constant, which has no ``.to``."""
+    return tl.zeros([], ACC) + n
 
 
 @triton_jit
@@ -94,7 +101,7 @@ def _count_span(
     if not IS_CODE:
         lo = tl.load(lo_ptr)
         hi = tl.load(hi_ptr)
-        nb = bins.to(ACC)
+        nb = _as_acc(bins, ACC)
         if IS_F64:
             w = (hi - lo) / nb
         else:
@@ -136,6 +143,7 @@ def _histogram_counts_kernel(
     hi_ptr,  # (rows,)
     counts_ptr,  # (rows, bins) int64, zero-filled
     row_length,
+    chunks,  # programs per row: program p counts chunk p % chunks of row p // chunks
     bins,
     EXPLICIT: tl.constexpr,
     IS_CODE: tl.constexpr,
@@ -147,8 +155,10 @@ def _histogram_counts_kernel(
     CHUNK: tl.constexpr,  # elements per program
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    begin = tl.program_id(1).to(tl.int64) * CHUNK
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    begin = (pid % chunks) * CHUNK
     end = tl.minimum(begin + CHUNK, row_length)
     _count_span(x_ptr + row * row_length, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
                 EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
@@ -176,8 +186,9 @@ def _triton_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> tor
     meta = _count_meta(rows.dtype, bins, explicit, row_length)
     if meta["IS_CODE"]:
         lo = hi = counts  # unused
-    _wrap(_histogram_counts_kernel)[(n_rows, triton.cdiv(row_length, meta["CHUNK"]))](
-        rows, lo, hi, counts, row_length, bins, **meta)
+    chunks = triton.cdiv(row_length, meta["CHUNK"])
+    launch(_histogram_counts_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
+           traceable=True, **meta)
     return counts
 
 
@@ -300,7 +311,7 @@ def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.con
     f = u - k
     k = tl.where(live, k, 0.0)
     f = tl.where(live, f, 0.0)
-    top = (bins - 1).to(k.dtype)
+    top = tl.zeros([], k.dtype) + (bins - 1)  # not (bins - 1).to(): bins may be the constant 1
     k0 = tl.minimum(tl.maximum(k, 0.0), top).to(tl.int32)
     k1 = tl.minimum(tl.maximum(k + 1.0, 0.0), top).to(tl.int32)
     return valid, live, k0, k1, f
@@ -313,6 +324,7 @@ def _soft_histogram_kernel(
     hi_ptr,
     counts_ptr,  # (rows, bins) float64, zero-filled
     row_length,
+    chunks,  # programs per row (one flat axis of rows x chunks)
     bins,
     EXPLICIT: tl.constexpr,
     ACC: tl.constexpr,
@@ -322,16 +334,17 @@ def _soft_histogram_kernel(
 ):
     # Weighted counts: tl.histogram has no weights, so two float64 global
     # atomics per counted element.
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // chunks
+    chunk = pid % chunks
     row_ptr = x_ptr + row * row_length
     out_ptr = counts_ptr + row * bins
     lo = tl.load(lo_ptr + row)
     hi = tl.load(hi_ptr + row)
     if IS_F64:
-        w = (hi - lo) / bins.to(ACC)
+        w = (hi - lo) / _as_acc(bins, ACC)
     else:
-        w = tl.math.div_rn(hi - lo, bins.to(ACC))
+        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
     for start in tl.range(0, CHUNK, BLOCK):
         offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
         in_row = offsets < row_length
@@ -349,20 +362,22 @@ def _soft_histogram_backward_kernel(
     table_ptr,  # (rows, bins) float64: dL/dcounts
     grad_ptr,  # (rows, row_length) accumulation dtype
     row_length,
+    blocks,  # programs per row (one flat axis of rows x blocks)
     bins,
     EXPLICIT: tl.constexpr,
     ACC: tl.constexpr,
     IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    block = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // blocks
+    block = pid % blocks
     lo = tl.load(lo_ptr + row)
     hi = tl.load(hi_ptr + row)
     if IS_F64:
-        w = (hi - lo) / bins.to(ACC)
+        w = (hi - lo) / _as_acc(bins, ACC)
     else:
-        w = tl.math.div_rn(hi - lo, bins.to(ACC))
+        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
     offsets = block * BLOCK + tl.arange(0, BLOCK)
     in_row = offsets < row_length
     v = tl.load(x_ptr + row * row_length + offsets, mask=in_row, other=0.0).to(ACC)
@@ -381,10 +396,10 @@ def _triton_soft_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -
     acc = reference.compute_dtype(rows.dtype)
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
     chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
-    _wrap(_soft_histogram_kernel)[(n_rows, triton.cdiv(row_length, chunk))](
-        rows, lo, hi, counts, row_length, bins, EXPLICIT=explicit,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block,
-    )
+    chunks = triton.cdiv(row_length, chunk)
+    launch(_soft_histogram_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
+           traceable=True, EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32,
+           IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block)
     return counts
 
 
@@ -395,10 +410,11 @@ def _triton_soft_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) 
     if rows.numel() == 0:
         return grad
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
-    _wrap(_soft_histogram_backward_kernel)[(n_rows, triton.cdiv(row_length, block))](
-        rows, lo, hi, grad_counts.to(torch.float64).contiguous(), grad, row_length, bins, EXPLICIT=explicit,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64, BLOCK=block,
-    )
+    blocks = triton.cdiv(row_length, block)
+    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), rows, lo, hi,
+           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins, traceable=True,
+           EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+           BLOCK=block)
     return grad
 
 
@@ -470,12 +486,12 @@ def _triton_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Te
         if rng is None and not meta["IS_CODE"]:
             part_lo = torch.empty(items, dtype=lo.dtype, device=device)
             part_hi = torch.empty_like(part_lo)
-            _segments_range_partials_kernel[(items,)](
-                flat, first, offset, part_lo, part_hi, segments, steps,
-                ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
-            _segments_range_reduce_kernel[(segments,)](part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
-                                                       BLOCK=128)
-        _segments_counts_kernel[(items,)](flat, first, offset, row, lo, hi, counts, segments, steps, bins, **meta)
+            launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,
+                   ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
+            launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
+                   BLOCK=128)
+        launch(_segments_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
+               **meta)
     return counts
 
 
@@ -496,11 +512,6 @@ def _register_soft_histogram_autograd(namespace: str) -> None:
         return grad_x.to(x.dtype), None, None, None, None
 
     torch.library.register_autograd(f"{namespace}::soft_histogram", backward, setup_context=setup_context)
-
-
-def _wrap(kernel):
-    """torch.library.wrap_triton: the launch stays traceable inside a triton_op."""
-    return torch.library.wrap_triton(kernel)
 
 
 def _register_triton_ops() -> None:

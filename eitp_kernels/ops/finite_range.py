@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import tl, triton, triton_jit
+from eitp_kernels._triton import launch, tl, triton, triton_jit
 
 OP = "finite_minmax"
 
@@ -52,8 +52,10 @@ def _finite_minmax_partials_kernel(
     CHUNK: tl.constexpr,  # elements per program
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    chunk = tl.program_id(1).to(tl.int64)
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    chunk = pid % chunks
     begin = chunk * CHUNK
     end = tl.minimum(begin + CHUNK, row_length)
     lo, hi = _finite_minmax_span(x_ptr + row * row_length, begin, end, ACC, BLOCK)
@@ -68,10 +70,9 @@ def _triton_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     acc = reference.compute_dtype(x2d.dtype)
     lo = torch.empty((rows, chunks), dtype=acc, device=x2d.device)
     hi = torch.empty_like(lo)
-    _finite_minmax_partials_kernel[(rows, chunks)](
-        x2d, lo, hi, row_length, chunks,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, CHUNK=chunk, BLOCK=block,
-    )
+    if rows > 0:
+        launch(_finite_minmax_partials_kernel, (rows * chunks,), x2d, lo, hi, row_length, chunks,
+               ACC=tl.float64 if acc == torch.float64 else tl.float32, CHUNK=chunk, BLOCK=block)
     return lo.amin(dim=1), hi.amax(dim=1)
 
 

@@ -58,7 +58,7 @@ import numbers
 import torch
 
 from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import tl, triton, triton_jit
+from eitp_kernels._triton import launch, tl, triton, triton_jit
 
 OP_QUANTIZE = "quantize_int8"
 OP_DEQUANTIZE = "dequantize_int8"
@@ -241,14 +241,17 @@ def _quant_rows_kernel(
     zp_ptr,  # (rows,) int32: read if STATIC else written (0 when symmetric)
     row_length,
     chunk,  # elements per program along the row (a multiple of BLOCK); row_length when not STATIC
+    chunks,  # programs per row (1 when not STATIC): program p does part p % chunks of row p // chunks
     STATIC: tl.constexpr,
     SYMMETRIC: tl.constexpr,
     FAKE: tl.constexpr,
     IS_FP64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    part = tl.program_id(1).to(tl.int64)
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    part = pid % chunks
     row_x = x_ptr + row * row_length
     if STATIC:
         s = tl.load(scale_ptr + row)
@@ -296,11 +299,14 @@ def _dequant_rows_kernel(
     out_ptr,  # (rows, row_length) float, dtype of the output
     row_length,
     chunk,
+    chunks,
     IS_FP64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1).to(tl.int64)
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    part = pid % chunks
     sa = _to_acc(tl.load(scale_ptr + row), IS_FP64)
     za = _to_acc(tl.load(zp_ptr + row), IS_FP64)
     for start in tl.range(0, chunk, BLOCK):
@@ -320,12 +326,15 @@ def _fake_quant_backward_kernel(
     grad_x_ptr,  # (rows, row_length)
     row_length,
     chunk,
+    chunks,
     SYMMETRIC: tl.constexpr,
     IS_FP64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1).to(tl.int64)
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    part = pid % chunks
     sa = _to_acc(tl.load(scale_ptr + row), IS_FP64)
     za = _to_acc(tl.load(zp_ptr + row), IS_FP64)
     qmin = -127.0 if SYMMETRIC else -128.0
@@ -352,8 +361,10 @@ def _range_partials_kernel(
     IS_FP64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1).to(tl.int64)
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    part = pid % chunks
     lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_FP64)
     hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_FP64)
     for start in tl.range(0, chunk, BLOCK):
@@ -383,8 +394,6 @@ def _params_from_range(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> t
 
 
 def _triton_quant(x, scale, zero_point, symmetric, fake):
-    from torch.library import wrap_triton
-
     x = x.contiguous()
     rows, row_length = x.shape
     is_fp64 = x.dtype == torch.float64
@@ -400,39 +409,34 @@ def _triton_quant(x, scale, zero_point, symmetric, fake):
         lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
         if rows > 0:
-            wrap_triton(_range_partials_kernel)[(rows, chunks)](
-                x, lo, hi, row_length, chunks, chunk, SYMMETRIC=symmetric, IS_FP64=is_fp64, BLOCK=block)
+            launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk, traceable=True,
+                   SYMMETRIC=symmetric, IS_FP64=is_fp64, BLOCK=block)
         s, zp = _params_from_range(lo.amin(dim=1), hi.amax(dim=1), symmetric)
         static = True
     else:
         s = torch.empty((rows,), dtype=torch.float32, device=x.device)
         zp = torch.empty((rows,), dtype=torch.int32, device=x.device)
     if rows > 0:
-        grid = (rows, chunks) if static else (rows, 1)
-        wrap_triton(_quant_rows_kernel)[grid](
-            x, result, result, s, zp, row_length, chunk if static else max(row_length, 1),
-            STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_FP64=is_fp64, BLOCK=block)
+        parts = chunks if static else 1
+        launch(_quant_rows_kernel, (rows * parts,), x, result, result, s, zp, row_length,
+               chunk if static else max(row_length, 1), parts, traceable=True,
+               STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_FP64=is_fp64, BLOCK=block)
     return result, s, zp
 
 
 def _triton_dequant(q, scale, zero_point, dtype):
-    from torch.library import wrap_triton
-
     q = q.contiguous()
     rows, row_length = q.shape
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     zp = zero_point if zero_point is not None else torch.zeros_like(scale, dtype=torch.int32)
     block, chunk, chunks = _triton_blocks(row_length)
     if q.numel() > 0:
-        wrap_triton(_dequant_rows_kernel)[(rows, chunks)](
-            q, scale.contiguous(), zp.contiguous(), out, row_length, chunk,
-            IS_FP64=dtype == torch.float64, BLOCK=block)
+        launch(_dequant_rows_kernel, (rows * chunks,), q, scale.contiguous(), zp.contiguous(), out, row_length,
+               chunk, chunks, traceable=True, IS_FP64=dtype == torch.float64, BLOCK=block)
     return out
 
 
 def _triton_backward(grad, x, scale, zero_point, symmetric):
-    from torch.library import wrap_triton
-
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     rows, row_length = x.shape
@@ -440,9 +444,9 @@ def _triton_backward(grad, x, scale, zero_point, symmetric):
     zp = zero_point if zero_point is not None else torch.zeros_like(scale, dtype=torch.int32)
     block, chunk, chunks = _triton_blocks(row_length)
     if x.numel() > 0:
-        wrap_triton(_fake_quant_backward_kernel)[(rows, chunks)](
-            grad, x, scale.contiguous(), zp.contiguous(), grad_x, row_length, chunk,
-            SYMMETRIC=symmetric, IS_FP64=x.dtype == torch.float64, BLOCK=block)
+        launch(_fake_quant_backward_kernel, (rows * chunks,), grad, x, scale.contiguous(), zp.contiguous(), grad_x,
+               row_length, chunk, chunks, traceable=True, SYMMETRIC=symmetric, IS_FP64=x.dtype == torch.float64,
+               BLOCK=block)
     return grad_x
 
 
