@@ -27,6 +27,7 @@
 // by row blocks instead (backward_cross_rows: no N x D intermediates).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -52,11 +53,17 @@ namespace {
 constexpr int64_t kTileRows = 128;
 constexpr int64_t kTileCols = 1024;
 // Cross-correlation (no symmetry to exploit) takes taller blocks: one
-// single-threaded MKL product of 128 x 1024 (K = 2048) runs 1.2-1.4x slower
-// per multiply-add than one of the whole 1024 x 1024, 256 rows within a few
-// percent of it, 512 rows level (2048 x 1024 fp32, 1 thread, medians of 9
-// interleaved; /tmp script in the commit message).
-constexpr int64_t kCrossTileRows = 256;
+// single-threaded MKL product of 128 x 1024 (K = 2048) took 1.33x the time per
+// multiply-add of the whole 1024 x 1024 product, 256 rows 1.05x, 512 rows
+// 1.02x (2048 x 1024 fp32, 1 thread, thread CPU time, medians of 9
+// interleaved). So up to 512 rows while D still makes four row panels (two
+// per thread on the 2-core target); the height depends on D only.
+constexpr int64_t kCrossMaxTileRows = 512;
+
+int64_t cross_tile_rows(int64_t d) {
+  const int64_t quarter = (d + 3) / 4;
+  return std::clamp((quarter + 63) / 64 * 64, kTileRows, kCrossMaxTileRows);
+}
 // Rows per block of the CPU cross-correlation backward (backward_cross_rows):
 // the two products per block have M = the block's rows. One thread, 2048 x
 // 1024 fp32, W = Zy P^T by row blocks against one whole product: 128 rows
@@ -197,7 +204,7 @@ struct Block {
 // diagonal.
 std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
   std::vector<Block> blocks;
-  const int64_t tile_rows = self ? kTileRows : kCrossTileRows;
+  const int64_t tile_rows = self ? kTileRows : cross_tile_rows(d);
   for (int64_t i0 = 0; i0 < d; i0 += tile_rows)
     for (int64_t c0 = self ? i0 : 0; c0 < dp; c0 += kTileCols)
       blocks.push_back({i0, std::min(tile_rows, d - i0), c0, std::min(kTileCols, dp - c0)});

@@ -48,7 +48,7 @@ Backends and the bytes they move (fp32, self-correlation):
               its multiply-adds) and W = Z (Z^T Z) (N x D); the fused epilogue
               reads Z and W twice and writes dx.
               Cross-correlation (x and y) on the CPU: the forward's blocks
-              are 256 rows tall (no symmetry to halve), and with the kept P
+              are 128-512 rows tall (no symmetry to halve), and with the kept P
               the backward goes by blocks of 128-512 rows shared out to the
               threads: each standardizes its rows of x and y into scratch,
               makes Wx = Zy P^T and Wy = Zx P for them (one single-threaded
