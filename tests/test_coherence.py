@@ -519,9 +519,9 @@ def test_cross_row_block_backward_layouts_and_dtypes_native():
 
 
 def test_cross_row_block_backward_thread_counts_native():
-    # Block heights depend on N only, so from the same forward outputs 1 and
-    # 2 threads give the same bits (the forward's products themselves may
-    # round differently under MKL's threading: tests/test_determinism.py).
+    # Block heights depend on N only: from the same forward outputs 1 and 2
+    # threads give the same bits (the forward's products themselves may round
+    # differently under MKL's threading: tests/test_determinism.py).
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1100, 300, generator=g)
     y = torch.randn(1100, 80, generator=g) + 0.5 * x[:, :80]

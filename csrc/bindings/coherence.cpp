@@ -65,23 +65,19 @@ int64_t cross_tile_rows(int64_t d) {
   return std::clamp((quarter + 63) / 64 * 64, kTileRows, kCrossMaxTileRows);
 }
 // Rows per block of the CPU cross-correlation backward (backward_cross_rows):
-// the two products per block have M = the block's rows. One thread, 2048 x
-// 1024 fp32, W = Zy P^T by row blocks against one whole product: 128 rows
-// +18%, 256 +5%, 512 +1.5% (medians of 9 interleaved, thread CPU time). So
-// blocks up to kBackwardMaxRows tall, at least four of them (two per thread
-// on the 2-core target). The height depends on N only, never on the thread
-// count, so every block is the same product whatever the threads.
-constexpr int64_t kBackwardMinRows = 128;
-constexpr int64_t kBackwardMaxRows = 512;
+// the blocks are made one after the other, each product threaded by BLAS.
+// 2 threads, fwd+bwd against lightly's BarlowTwinsLoss (interleaved, medians
+// of 7, machine nearly idle): blocks shared out to the threads, each a
+// single-threaded product, 1.03x at 2048 x 1024 and 0.98x at 4096 x 2048;
+// one block after the other with threaded products of up to 1024 rows,
+// 1.05x and 1.07x (a 4096 x 2048 P does not fit in one core's L2: two
+// single-threaded products each stream all of it).
+constexpr int64_t kBackwardMaxRows = 1024;
 
-int64_t backward_block_rows(int64_t n) {
-  const int64_t quarter = (n + 3) / 4;
-  return std::clamp((quarter + 63) / 64 * 64, kBackwardMinRows, kBackwardMaxRows);
-}
+int64_t backward_block_rows(int64_t n) { return std::min(n, kBackwardMaxRows); }
 
-// Floats per 64 bytes: scratch regions start on cache lines, so a block's
-// product sees the same operand alignment in every worker (MKL may round
-// differently for different alignments).
+// Floats per 64 bytes: the scratch regions of backward_cross_rows start on
+// cache lines.
 constexpr int64_t kAlignFloats = 16;
 inline int64_t aligned(int64_t count) { return (count + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
 
@@ -298,15 +294,14 @@ void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at
 
 // Cross-correlation backward through the kept P by blocks of rows
 // (backward_block_rows; kernels/coherence.h, CoherenceCrossCoefParams). Per
-// block, the rows of Zx and Zy are standardized into per-worker scratch, Wx =
-// Zy_b P^T and Wy = Zx_b P made by one single-threaded product each, and
-// dx/dy written from them in x's/y's dtype by one affine pass. No N x D
-// buffer besides dx and dy (Z and W stay in a few hundred rows of scratch per
-// worker); x and y are read twice (once for the column means of Z), dx and dy
-// written once. The column means of the standardization's backward come from P
-// (O(D D')) instead of two more passes over dz. Blocks are shared out like the
-// forward's; every row depends only on its own block, whose shape does not
-// depend on the thread count, so neither does the result.
+// block, the rows of Zx and Zy are standardized into scratch, Wx = Zy_b P^T
+// and Wy = Zx_b P made by one (BLAS-threaded) product each, and dx/dy written
+// from them in x's/y's dtype by one affine pass. No N x D buffer besides dx
+// and dy (Z and W stay in at most kBackwardMaxRows rows of scratch); x and y
+// are read twice (once for the column means of Z), dx and dy written once.
+// The column means of the standardization's backward come from P (O(D D'))
+// instead of two more passes over dz. Every row depends only on its own
+// block, whose shape depends on N only.
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
                                                        const at::Tensor& mx, const at::Tensor& rx,
@@ -354,11 +349,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   at::Tensor dx = empty_output({n, d}, s.x.options()), dy = empty_output({n, dp}, s.y.options());
   const int64_t block_rows = backward_block_rows(n);
   const int64_t count = (n + block_rows - 1) / block_rows;
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
   const int64_t wide = std::max(d, dp);
-  // Per worker: Zx rows, Zy rows, W rows (PyTorch's CPU buffers are 64-byte aligned).
+  // Zx rows, Zy rows, W rows (PyTorch's CPU buffers are 64-byte aligned).
   const int64_t zx_size = aligned(block_rows * d), zy_size = aligned(block_rows * dp);
-  at::Tensor scratch = at::empty({workers, aligned(zx_size + zy_size + block_rows * wide)}, product.options());
+  at::Tensor scratch = at::empty({zx_size + zy_size + block_rows * wide}, product.options());
   auto affine = [&](const at::Tensor& w, const at::Tensor& zp, const at::Tensor& z, const at::Tensor& coef,
                     at::Tensor& out, int64_t cols) {
     CoherenceAffineGradParams p;
@@ -378,30 +372,24 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
     p.ld_dx = out.stride(0);
     be.affine_grad_rows(p);
   };
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t wk = w0; wk < w1; ++wk) {
-      at::Tensor mine = scratch[wk];
-      for (int64_t blk = next++; blk < count; blk = next++) {
-        const int64_t r0 = blk * block_rows, rows = std::min(block_rows, n - r0);
-        at::Tensor zx = mine.narrow(0, 0, rows * d).view({rows, d});
-        at::Tensor zy = mine.narrow(0, zx_size, rows * dp).view({rows, dp});
-        at::Tensor w = mine.narrow(0, zx_size + zy_size, rows * wide).view({rows, wide});
-        const at::Tensor xs = s.x.narrow(0, r0, rows), ys = s.y.narrow(0, r0, rows);
-        CoherenceStandardizeParams px = standardize_params(xs, mx, rx), py = standardize_params(ys, my, ry);
-        px.z = zx.data_ptr();
-        py.z = zy.data_ptr();
-        be.standardize_rows(px);
-        be.standardize_rows(py);
-        at::Tensor wx = w.narrow(1, 0, d), wy = w.narrow(1, 0, dp);
-        at::Tensor dxs = dx.narrow(0, r0, rows), dys = dy.narrow(0, r0, rows);
-        at::mm_out(wx, zy, product.t());
-        affine(wx, zy, zx, coef_x, dxs, d);
-        at::mm_out(wy, zx, product);
-        affine(wy, zx, zy, coef_y, dys, dp);
-      }
-    }
-  });
+  for (int64_t blk = 0; blk < count; ++blk) {
+    const int64_t r0 = blk * block_rows, rows = std::min(block_rows, n - r0);
+    at::Tensor zx = scratch.narrow(0, 0, rows * d).view({rows, d});
+    at::Tensor zy = scratch.narrow(0, zx_size, rows * dp).view({rows, dp});
+    at::Tensor w = scratch.narrow(0, zx_size + zy_size, rows * wide).view({rows, wide});
+    const at::Tensor xs = s.x.narrow(0, r0, rows), ys = s.y.narrow(0, r0, rows);
+    CoherenceStandardizeParams px = standardize_params(xs, mx, rx), py = standardize_params(ys, my, ry);
+    px.z = zx.data_ptr();
+    py.z = zy.data_ptr();
+    be.standardize(px);
+    be.standardize(py);
+    at::Tensor wx = w.narrow(1, 0, d), wy = w.narrow(1, 0, dp);
+    at::Tensor dxs = dx.narrow(0, r0, rows), dys = dy.narrow(0, r0, rows);
+    at::mm_out(wx, zy, product.t());
+    affine(wx, zy, zx, coef_x, dxs, d);
+    at::mm_out(wy, zx, product);
+    affine(wy, zx, zy, coef_y, dys, dp);
+  }
   return {dx, dy};
 }
 
@@ -493,9 +481,6 @@ struct CpuBackend {
   static constexpr bool kRowBlockCrossBackward = true;
   void z_column_means(const CoherenceStandardizeParams& p, double* out) { coherence_z_column_means_cpu(p, out); }
   void cross_coefficients(const CoherenceCrossCoefParams& p) { coherence_cross_coefficients_cpu(p); }
-  // Called inside the row-block workers' parallel region, where the kernel's
-  // own OpenMP loop is nested and so runs on the calling thread.
-  void standardize_rows(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
 };
 

@@ -321,6 +321,8 @@ EITP_CPU_HOT void affine_grad_rows(const CoherenceAffineGradParams& p) {
   const A* coef = static_cast<const A*>(p.coef);
   const A *alpha = coef, *beta = coef + p.d, *gamma = coef + 2 * p.d, *delta = coef + 3 * p.d;
   const int64_t m = std::min(p.m, p.d);
+  // The binding calls this once per row block, outside any parallel region.
+#pragma omp parallel for schedule(static) if (p.rows * p.d >= 65536)
   for (int64_t i = 0; i < p.rows; ++i) {
     const A* w = static_cast<const A*>(p.w) + i * p.ld_w;
     const A* zp = static_cast<const A*>(p.zp) + i * p.ld_zp;

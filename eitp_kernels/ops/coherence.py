@@ -49,11 +49,10 @@ Backends and the bytes they move (fp32, self-correlation):
               reads Z and W twice and writes dx.
               Cross-correlation (x and y) on the CPU: the forward's blocks
               are 128-512 rows tall (no symmetry to halve), and with the kept P
-              the backward goes by blocks of 128-512 rows shared out to the
-              threads: each standardizes its rows of x and y into scratch,
-              makes Wx = Zy P^T and Wy = Zx P for them (one single-threaded
-              product each) and writes dx, dy (x's / y's dtype) in one affine
-              pass; the column means the standardization's backward needs
+              the backward goes by blocks of up to 1024 rows: each block's
+              rows of x and y are standardized into scratch, Wx = Zy P^T and
+              Wy = Zx P made for them (one BLAS-threaded product each) and
+              dx, dy (x's / y's dtype) written in one affine pass; the column means the standardization's backward needs
               come from P (mean_n W_j z_j = sum_k P_jk^2 / N). x and y are
               read twice, dx and dy written once, no N x D intermediate.
               The floor is the three N x D x D' products (one forward, two
