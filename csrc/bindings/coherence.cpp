@@ -66,12 +66,15 @@ int64_t cross_tile_rows(int64_t d) {
 }
 // Rows per block of the CPU cross-correlation backward (backward_cross_rows):
 // the blocks are made one after the other, each product threaded by BLAS.
-// 2 threads, fwd+bwd against lightly's BarlowTwinsLoss (interleaved, medians
-// of 7, machine nearly idle): blocks shared out to the threads, each a
+// 2 threads, fwd+bwd against lightly's BarlowTwinsLoss in one process
+// (benchmarks/native/barlow_twins_ab.py-style interleaving, medians of 7,
+// load average about 2): blocks shared out to the threads, each a
 // single-threaded product, 1.03x at 2048 x 1024 and 0.98x at 4096 x 2048;
-// one block after the other with threaded products of up to 1024 rows,
-// 1.05x and 1.07x (a 4096 x 2048 P does not fit in one core's L2: two
-// single-threaded products each stream all of it).
+// one block after the other with threaded products of up to 1024 rows, 1.05x
+// and 1.07x. A 4096 x 2048 P (16 MiB) does not fit in one core's L2, so two
+// single-threaded products each stream all of it. The shared machine varied
+// by more than that between runs (later runs of the same build: 0.95-1.0x at
+// 4096 x 2048); re-measure on an idle one.
 constexpr int64_t kBackwardMaxRows = 1024;
 
 int64_t backward_block_rows(int64_t n) { return std::min(n, kBackwardMaxRows); }
