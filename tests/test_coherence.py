@@ -473,3 +473,105 @@ def test_barlow_twins_rejects_different_widths():
     torch.testing.assert_close(loss(z1, z2), eitp_kernels.coherence_loss(z1, z2.reshape(16, 6), offdiag_weight=0.0051,
                                                                          squared=True))
     assert torch.isfinite(eitp_kernels.coherence_loss(torch.randn(16, 8), torch.randn(16, 6)))
+
+
+# --------------------------------------------------------------------------
+# CPU cross-correlation backward by row blocks (kept P, N >= D: Barlow Twins)
+# --------------------------------------------------------------------------
+
+ROW_BLOCK_SHAPES = [  # (N, D, D'): N >= D, D' (the tile path, so the forward keeps P)
+    (9, 5, 3), (37, 3, 11), (301, 40, 70), (700, 97, 33),
+    (1100, 64, 64),  # several row blocks and a short last one
+]
+
+
+def _barlow_grads(x, y, **kwargs):
+    xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+    loss = _ours("cpp", xs, ys, **kwargs)
+    return (loss, *torch.autograd.grad(loss * 1.5, (xs, ys)))
+
+
+@pytest.mark.parametrize("shape", ROW_BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("squared", [False, True])
+def test_cross_row_block_backward_fp64_native(shape, squared):
+    # The row-block backward (its column means of dz taken from P) against
+    # plain autograd through the fp64 reference, with columns far from zero mean.
+    n, d, dp = shape
+    g = torch.Generator().manual_seed(n + d + dp)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 3 + torch.linspace(-50, 50, d, dtype=torch.float64)
+    y = torch.randn(n, dp, generator=g, dtype=torch.float64) + 0.3 * x[:, torch.arange(dp) % d]
+    kwargs = dict(diag_weight=0.7, offdiag_weight=0.0051, squared=squared)
+    loss, dx, dy = _barlow_grads(x, y, **kwargs)
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    ref = reference.coherence_loss(xr, yr, **kwargs)
+    ex, ey = torch.autograd.grad(ref * 1.5, (xr, yr))
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-11, atol=0)
+    torch.testing.assert_close(dx, ex, rtol=1e-9, atol=1e-12 * ex.abs().max().item())
+    torch.testing.assert_close(dy, ey, rtol=1e-9, atol=1e-12 * ey.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", [(301, 40, 70), (1100, 64, 48)], ids=lambda s: "x".join(map(str, s)))
+def test_cross_row_block_backward_fp32_native(shape):
+    n, d, dp = shape
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g) + torch.linspace(-20, 20, d)
+    y = torch.randn(n, dp, generator=g) + 0.5 * x[:, torch.arange(dp) % d]
+    _grads_vs_reference("cpp", x, y, diag_weight=1.0, offdiag_weight=0.0051, squared=True)
+
+
+def test_cross_row_block_backward_layouts_and_dtypes_native():
+    # Non-contiguous inputs give the contiguous inputs' gradients; a float16 x
+    # with a float32 y gets each gradient in its own dtype (rounded once).
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 24, generator=g)
+    y = torch.randn(300, 17, generator=g) + 0.5 * x[:, :17]
+    kwargs = dict(offdiag_weight=0.0051, squared=True)
+    want = _barlow_grads(x, y, **kwargs)
+    xt, yt = x.t().contiguous().t(), y.t().contiguous().t()
+    assert not xt.is_contiguous() and not yt.is_contiguous()
+    for got, exp in zip(_barlow_grads(xt, yt, **kwargs), want):
+        torch.testing.assert_close(got, exp, rtol=0, atol=0)
+    x16 = x.half()
+    loss, dx, dy = _barlow_grads(x16, y, **kwargs)
+    assert dx.dtype == torch.float16 and dy.dtype == torch.float32
+    _, ex, ey = _barlow_grads(x16.float(), y, **kwargs)
+    torch.testing.assert_close(dx, ex.half(), rtol=0, atol=0)
+    torch.testing.assert_close(dy, ey, rtol=0, atol=0)
+
+
+def test_cross_row_block_backward_thread_counts_native():
+    # Block heights depend on N only: from the same forward outputs 1 and 2
+    # threads give the same bits (the forward's products themselves may round
+    # differently under MKL's threading: tests/test_determinism.py).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1100, 300, generator=g)
+    y = torch.randn(1100, 80, generator=g) + 0.5 * x[:, :80]
+    old = torch.get_num_threads()
+    try:
+        fwd = torch.ops.eitp.coherence_forward(x, y, 1.0, 0.0051, False, 1e-5, True)
+        results = []
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.eitp.coherence_backward(torch.tensor(1.5), fwd[0], x, y, *fwd[1:5], 1.0, 0.0051,
+                                                             False, fwd[5]))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for got, exp in zip(other, results[0]):
+            torch.testing.assert_close(got, exp, rtol=0, atol=0)
+
+
+def test_cross_row_block_backward_matches_whole_matrix_backward_fp32_native():
+    # Columns with a mean 3000x their spread: the standardized columns' means
+    # (about 1e-5, not 0, in fp32) enter the gradient at the 1e-5 level; the
+    # row-block backward accounts for them like the whole-matrix epilogue
+    # (product=None), which sums dz itself.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(700, 40, generator=g) + 3e3
+    y = torch.randn(700, 30, generator=g) + 0.5 * x[:, :30]
+    out = torch.ops.eitp.coherence_forward(x, y, 1.0, 0.0051, True, 1e-5, True)
+    one = torch.tensor(1.0)
+    whole = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:5], 1.0, 0.0051, True, None)
+    rows = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:5], 1.0, 0.0051, True, out[5])
+    for got, exp in zip(rows, whole):
+        assert _rel(got, exp) < 1e-6, _rel(got, exp)

@@ -23,9 +23,11 @@
 // path.
 // Backward: W = Zp (Zp^T Z): with a kept P one product; else by the cheaper
 // association (one D x D' or up to two N x N buffers). Then one fused
-// epilogue pass per side.
+// epilogue pass per side. On the CPU, cross-correlation with a kept P goes
+// by row blocks instead (backward_cross_rows: no N x D intermediates).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -50,6 +52,38 @@ namespace {
 // Re-measure with `eitp-bench --ops coherence_loss` when changing these.
 constexpr int64_t kTileRows = 128;
 constexpr int64_t kTileCols = 1024;
+// Cross-correlation (no symmetry to exploit) takes taller blocks: one
+// single-threaded MKL product of 128 x 1024 (K = 2048) took 1.33x the time per
+// multiply-add of the whole 1024 x 1024 product, 256 rows 1.05x, 512 rows
+// 1.02x (2048 x 1024 fp32, 1 thread, thread CPU time, medians of 9
+// interleaved). So up to 512 rows while D still makes four row panels (two
+// per thread on the 2-core target); the height depends on D only.
+constexpr int64_t kCrossMaxTileRows = 512;
+
+int64_t cross_tile_rows(int64_t d) {
+  const int64_t quarter = (d + 3) / 4;
+  return std::clamp((quarter + 63) / 64 * 64, kTileRows, kCrossMaxTileRows);
+}
+// Rows per block of the CPU cross-correlation backward (backward_cross_rows):
+// the blocks are made one after the other, each product threaded by BLAS.
+// 2 threads, fwd+bwd against lightly's BarlowTwinsLoss in one process
+// (benchmarks/native/barlow_twins_ab.py-style interleaving, medians of 7,
+// load average about 2): blocks shared out to the threads, each a
+// single-threaded product, 1.03x at 2048 x 1024 and 0.98x at 4096 x 2048;
+// one block after the other with threaded products of up to 1024 rows, 1.05x
+// and 1.07x. A 4096 x 2048 P (16 MiB) does not fit in one core's L2, so two
+// single-threaded products each stream all of it. The shared machine varied
+// by more than that between runs (later runs of the same build: 0.95-1.0x at
+// 4096 x 2048); re-measure on an idle one.
+constexpr int64_t kBackwardMaxRows = 1024;
+
+int64_t backward_block_rows(int64_t n) { return std::min(n, kBackwardMaxRows); }
+
+// Floats per 64 bytes: the scratch regions of backward_cross_rows start on
+// cache lines.
+constexpr int64_t kAlignFloats = 16;
+inline int64_t aligned(int64_t count) { return (count + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
+
 // Symmetric Gram matrices larger than this are built from row panels on and
 // right of the diagonal (about half the multiply-adds), smaller ones by one product.
 constexpr int64_t kGramPanel = 256;
@@ -99,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> column_stats(const at::Tensor& x, double eps,
 
 template <typename Backend>
 at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, Backend& be) {
-  at::Tensor z = at::empty(x.sizes(), x.options().dtype(accumulation_dtype(x)));
+  at::Tensor z = empty_output(x.sizes(), x.options().dtype(accumulation_dtype(x)));
   CoherenceStandardizeParams p;
   p.x = x.data_ptr();
   p.dtype = kernel_dtype(x, "coherence");
@@ -169,9 +203,10 @@ struct Block {
 // diagonal.
 std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
   std::vector<Block> blocks;
-  for (int64_t i0 = 0; i0 < d; i0 += kTileRows)
+  const int64_t tile_rows = self ? kTileRows : cross_tile_rows(d);
+  for (int64_t i0 = 0; i0 < d; i0 += tile_rows)
     for (int64_t c0 = self ? i0 : 0; c0 < dp; c0 += kTileCols)
-      blocks.push_back({i0, std::min(kTileRows, d - i0), c0, std::min(kTileCols, dp - c0)});
+      blocks.push_back({i0, std::min(tile_rows, d - i0), c0, std::min(kTileCols, dp - c0)});
   return blocks;
 }
 
@@ -226,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     zy = standardized(s.y, mean_y, rstd_y, be);
   }
   const int64_t dp = zy.size(1);
-  at::Tensor product = keep_product ? at::empty({d, dp}, zx.options()) : at::Tensor();
+  at::Tensor product = keep_product ? empty_output({d, dp}, zx.options()) : at::Tensor();
   // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
   at::Tensor sums = !keep_product && gram_path_is_cheaper(n, d, dp, self) ? gram_sums(zx, zy, self, be)
                                                                            : tile_sums(zx, zy, self, product, be);
@@ -258,6 +293,107 @@ void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at
   p.squared = squared;
   p.symmetric = symmetric;
   be.epilogue(p);
+}
+
+// Cross-correlation backward through the kept P by blocks of rows
+// (backward_block_rows; kernels/coherence.h, CoherenceCrossCoefParams). Per
+// block, the rows of Zx and Zy are standardized into scratch, Wx = Zy_b P^T
+// and Wy = Zx_b P made by one (BLAS-threaded) product each, and dx/dy written
+// from them in x's/y's dtype by one affine pass. No N x D buffer besides dx
+// and dy (Z and W stay in at most kBackwardMaxRows rows of scratch); x and y
+// are read twice (once for the column means of Z), dx and dy written once.
+// The column means of the standardization's backward come from P (O(D D'))
+// instead of two more passes over dz. Every row depends only on its own
+// block, whose shape depends on N only.
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
+                                                       const at::Tensor& mx, const at::Tensor& rx,
+                                                       const at::Tensor& my, const at::Tensor& ry, double a, double b,
+                                                       bool squared, const at::Tensor& product_in, Backend& be) {
+  const at::Tensor product = product_in.contiguous();
+  const int64_t n = s.x.size(0), d = s.x.size(1), dp = s.y.size(1), m = std::min(d, dp);
+  const bool is_double = product.scalar_type() == at::kDouble;
+  auto standardize_params = [&](const at::Tensor& v, const at::Tensor& mean, const at::Tensor& rstd) {
+    CoherenceStandardizeParams p;
+    p.x = v.data_ptr();
+    p.dtype = kernel_dtype(v, "coherence");
+    p.n = v.size(0);
+    p.d = v.size(1);
+    p.mean = mean.data_ptr();
+    p.rstd = rstd.data_ptr();
+    p.z = nullptr;
+    p.ld_z = v.size(1);
+    return p;
+  };
+  const auto dbl = mx.options().dtype(at::kDouble);
+  at::Tensor zmean_x = at::empty({d}, dbl), zmean_y = at::empty({dp}, dbl);
+  be.z_column_means(standardize_params(s.x, mx, rx), zmean_x.data_ptr<double>());
+  be.z_column_means(standardize_params(s.y, my, ry), zmean_y.data_ptr<double>());
+  at::Tensor coef_x = at::empty({4, d}, product.options()), coef_y = at::empty({4, dp}, product.options());
+  CoherenceCrossCoefParams cp;
+  cp.product = product.data_ptr();
+  cp.zmean_x = zmean_x.data_ptr<double>();
+  cp.zmean_y = zmean_y.data_ptr<double>();
+  cp.rstd_x = rx.data_ptr();
+  cp.rstd_y = ry.data_ptr();
+  cp.grad = grad.data_ptr();
+  cp.loss = loss.data_ptr();
+  cp.is_double = is_double;
+  cp.n = n;
+  cp.d = d;
+  cp.dp = dp;
+  cp.a = a;
+  cp.b = b;
+  cp.squared = squared;
+  cp.coef_x = coef_x.data_ptr();
+  cp.coef_y = coef_y.data_ptr();
+  be.cross_coefficients(cp);
+
+  at::Tensor dx = empty_output({n, d}, s.x.options()), dy = empty_output({n, dp}, s.y.options());
+  const int64_t block_rows = backward_block_rows(n);
+  const int64_t count = (n + block_rows - 1) / block_rows;
+  const int64_t wide = std::max(d, dp);
+  // Zx rows, Zy rows, W rows (PyTorch's CPU buffers are 64-byte aligned).
+  const int64_t zx_size = aligned(block_rows * d), zy_size = aligned(block_rows * dp);
+  at::Tensor scratch = at::empty({zx_size + zy_size + block_rows * wide}, product.options());
+  auto affine = [&](const at::Tensor& w, const at::Tensor& zp, const at::Tensor& z, const at::Tensor& coef,
+                    at::Tensor& out, int64_t cols) {
+    CoherenceAffineGradParams p;
+    p.w = w.data_ptr();
+    p.zp = zp.data_ptr();
+    p.z = z.data_ptr();
+    p.ld_w = w.stride(0);
+    p.ld_zp = zp.stride(0);
+    p.ld_z = z.stride(0);
+    p.coef = coef.data_ptr();
+    p.is_double = is_double;
+    p.rows = z.size(0);
+    p.d = cols;
+    p.m = m;
+    p.dx = out.data_ptr();
+    p.dx_dtype = kernel_dtype(out, "coherence");
+    p.ld_dx = out.stride(0);
+    be.affine_grad_rows(p);
+  };
+  for (int64_t blk = 0; blk < count; ++blk) {
+    const int64_t r0 = blk * block_rows, rows = std::min(block_rows, n - r0);
+    at::Tensor zx = scratch.narrow(0, 0, rows * d).view({rows, d});
+    at::Tensor zy = scratch.narrow(0, zx_size, rows * dp).view({rows, dp});
+    at::Tensor w = scratch.narrow(0, zx_size + zy_size, rows * wide).view({rows, wide});
+    const at::Tensor xs = s.x.narrow(0, r0, rows), ys = s.y.narrow(0, r0, rows);
+    CoherenceStandardizeParams px = standardize_params(xs, mx, rx), py = standardize_params(ys, my, ry);
+    px.z = zx.data_ptr();
+    py.z = zy.data_ptr();
+    be.standardize(px);
+    be.standardize(py);
+    at::Tensor wx = w.narrow(1, 0, d), wy = w.narrow(1, 0, dp);
+    at::Tensor dxs = dx.narrow(0, r0, rows), dys = dy.narrow(0, r0, rows);
+    at::mm_out(wx, zy, product.t());
+    affine(wx, zy, zx, coef_x, dxs, d);
+    at::mm_out(wy, zx, product);
+    affine(wy, zx, zy, coef_y, dys, dp);
+  }
+  return {dx, dy};
 }
 
 // product: P = Zx^T Zy (D x D') kept by the forward, or an empty/undefined
@@ -295,6 +431,9 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
   }
   TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp, "coherence_backward: mean_y/rstd_y must have D' entries");
   const at::Tensor my = mean_y.to(acc).contiguous(), ry = rstd_y.to(acc).contiguous();
+  if constexpr (Backend::kRowBlockCrossBackward) {
+    if (product.defined()) return backward_cross_rows(grad, loss, s, mx, rx, my, ry, a, b, squared, product, be);
+  }
   at::Tensor zy = standardized(s.y, my, ry, be);
   at::Tensor wx, wy;
   // Wx = Zy (Zy^T Zx) and Wy = Zx (Zx^T Zy): via one D x D' product (6 N D D'
@@ -342,6 +481,10 @@ struct CpuBackend {
     return out;
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
+  static constexpr bool kRowBlockCrossBackward = true;
+  void z_column_means(const CoherenceStandardizeParams& p, double* out) { coherence_z_column_means_cpu(p, out); }
+  void cross_coefficients(const CoherenceCrossCoefParams& p) { coherence_cross_coefficients_cpu(p); }
+  void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
@@ -378,6 +521,7 @@ struct CudaBackend {
     return acc;
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
+  static constexpr bool kRowBlockCrossBackward = false;  // one stream: whole-matrix products are faster
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(

@@ -20,6 +20,26 @@ constexpr int64_t kColBlock = 64;  // columns per work item
 inline int64_t col_blocks(int64_t d) { return (d + kColBlock - 1) / kColBlock; }
 inline bool worth_threads(int64_t n, int64_t d) { return n * d >= 16384; }
 
+// Column sums over all rows (statistics, column means of z) walk the rows of
+// one wide column range per thread: rows of kColBlock floats at a 4*d-byte
+// stride touch a new page every row (at d = 1024), which made the statistics
+// of a 2048 x 1024 fp32 matrix cost a fifth of its 1024 x 1024 product on one
+// core. Ranges of up to kWideCols columns read long contiguous pieces; each
+// column's sum still has one owner and a fixed row order, so the result does
+// not depend on the thread count (which only sets the range widths).
+constexpr int64_t kWideCols = 1024;
+
+struct ColumnRanges {
+  int64_t width, count;
+};
+
+inline ColumnRanges column_ranges(int64_t n, int64_t d) {
+  const int64_t threads = worth_threads(n, d) ? std::max(1, omp_get_max_threads()) : 1;
+  int64_t width = (d + threads - 1) / threads;
+  width = std::min(kWideCols, std::max(kColBlock, (width + 15) / 16 * 16));
+  return {width, (d + width - 1) / width};
+}
+
 template <typename T>
 EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
   using A = typename AccType<T>::type;
@@ -27,16 +47,16 @@ EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
   A* mean = static_cast<A*>(p.mean);
   A* rstd = static_cast<A*>(p.rstd);
   const int64_t n = p.n, d = p.d;
-#pragma omp parallel for schedule(static) if (worth_threads(n, d))
-  for (int64_t blk = 0; blk < col_blocks(d); ++blk) {
-    const int64_t j0 = blk * kColBlock, j1 = std::min(d, j0 + kColBlock), w = j1 - j0;
-    double acc[kColBlock];
-    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
+  const ColumnRanges ranges = column_ranges(n, d);
+#pragma omp parallel for schedule(static) if (ranges.count > 1)
+  for (int64_t blk = 0; blk < ranges.count; ++blk) {
+    const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
+    std::vector<double> acc(w, 0.0);
     for (int64_t i = 0; i < n; ++i) {
       const T* row = x + i * d + j0;
       for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(load_acc(row[j]));
     }
-    A mu[kColBlock];
+    A* mu = mean + j0;
     for (int64_t j = 0; j < w; ++j) mu[j] = static_cast<A>(acc[j] / static_cast<double>(n));
     for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
     for (int64_t i = 0; i < n; ++i) {
@@ -46,10 +66,7 @@ EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
         acc[j] += static_cast<double>(c * c);  // squared in A, summed in double, as the reference
       }
     }
-    for (int64_t j = 0; j < w; ++j) {
-      mean[j0 + j] = mu[j];
-      rstd[j0 + j] = column_rstd<A>(acc[j] / static_cast<double>(n), p.eps);
-    }
+    for (int64_t j = 0; j < w; ++j) rstd[j0 + j] = column_rstd<A>(acc[j] / static_cast<double>(n), p.eps);
   }
 }
 
@@ -180,6 +197,142 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
   }
 }
 
+template <typename T>
+EITP_CPU_HOT void z_column_means(const CoherenceStandardizeParams& p, double* out) {
+  using A = typename AccType<T>::type;
+  const T* x = static_cast<const T*>(p.x);
+  const A* mean = static_cast<const A*>(p.mean);
+  const A* rstd = static_cast<const A*>(p.rstd);
+  const int64_t n = p.n, d = p.d;
+  const ColumnRanges ranges = column_ranges(n, d);
+#pragma omp parallel for schedule(static) if (ranges.count > 1)
+  for (int64_t blk = 0; blk < ranges.count; ++blk) {
+    const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
+    std::vector<double> acc(w, 0.0);
+    const A* mu = mean + j0;
+    const A* rs = rstd + j0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = x + i * d + j0;
+      for (int64_t j = 0; j < w; ++j) {
+        const A z = (load_acc(row[j]) - mu[j]) * rs[j];  // as standardize writes it
+        acc[j] += static_cast<double>(z);
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) out[j0 + j] = acc[j] / static_cast<double>(n);
+  }
+}
+
+// Row sums of P^2 and of P_jk * m_k (x side: one row of P per output), with
+// kLanes independent accumulators each so the loop vectorizes without
+// reassociating one sum (one dependent chain per row cost about 1 ms at 1024^2).
+template <typename A>
+EITP_CPU_HOT void product_row_sums(const A* pm, int64_t d, int64_t dp, const double* m, double* sq, double* dot) {
+  constexpr int kLanes = 8;
+#pragma omp parallel for schedule(static) if (d * dp >= 65536)
+  for (int64_t j = 0; j < d; ++j) {
+    const A* row = pm + j * dp;
+    double s[kLanes] = {0.0}, t[kLanes] = {0.0};
+    int64_t k = 0;
+    for (; k + kLanes <= dp; k += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        const double v = static_cast<double>(row[k + l]);
+        s[l] += v * v;
+        t[l] += v * m[k + l];
+      }
+    double s_all = 0.0, t_all = 0.0;
+    for (; k < dp; ++k) {
+      const double v = static_cast<double>(row[k]);
+      s_all += v * v;
+      t_all += v * m[k];
+    }
+    for (int l = 0; l < kLanes; ++l) s_all += s[l], t_all += t[l];
+    sq[j] = s_all;
+    dot[j] = t_all;
+  }
+}
+
+// Column sums of P^2 and of P_jk * m_j (y side), by column blocks per thread
+// (each column has one owner and a fixed summation order).
+template <typename A>
+EITP_CPU_HOT void product_col_sums(const A* pm, int64_t d, int64_t dp, const double* m, double* sq, double* dot) {
+#pragma omp parallel for schedule(static) if (d * dp >= 65536)
+  for (int64_t blk = 0; blk < col_blocks(dp); ++blk) {
+    const int64_t k0 = blk * kColBlock, w = std::min(dp, k0 + kColBlock) - k0;
+    double s[kColBlock] = {0.0}, t[kColBlock] = {0.0};
+    for (int64_t j = 0; j < d; ++j) {
+      const A* row = pm + j * dp + k0;
+      for (int64_t k = 0; k < w; ++k) {
+        const double v = static_cast<double>(row[k]);
+        s[k] += v * v;
+        t[k] += v * m[j];
+      }
+    }
+    for (int64_t k = 0; k < w; ++k) sq[k0 + k] = s[k], dot[k0 + k] = t[k];
+  }
+}
+
+// alpha, beta, gamma, delta (kernels/coherence.h) of one side's d columns,
+// from sq_j = sum P^2 and pm_j = mean_n W_j over the side's row/column of P.
+template <typename A>
+void side_coefficients(const CoherenceCrossCoefParams& p, const BackwardFactors<double>& f, const A* pm,
+                       int64_t d, const double* sq, const double* dot, const double* zmean_partner,
+                       const A* rstd, A* coef) {
+  const int64_t m = std::min(p.d, p.dp);
+  const double n = static_cast<double>(p.n);
+  for (int64_t j = 0; j < d; ++j) {
+    double c = 0.0, r = 0.0, mzp = 0.0;
+    if (j < m) {
+      r = static_cast<double>(pm[j * (p.dp + 1)] / static_cast<A>(p.n));  // R_jj = P_jj / N as the forward
+      c = f.diag_coefficient(r);
+      mzp = zmean_partner[j];
+    }
+    const double mean_dz = f.scale * (f.wcoef * dot[j] + c * mzp);
+    const double mean_dzz = f.scale * (f.wcoef * sq[j] / n + c * r);
+    const double rs = static_cast<double>(rstd[j]);
+    coef[j] = static_cast<A>(rs * f.scale * f.wcoef);
+    coef[d + j] = static_cast<A>(rs * f.scale * c);
+    coef[2 * d + j] = static_cast<A>(-rs * mean_dz);
+    coef[3 * d + j] = static_cast<A>(-rs * mean_dzz);
+  }
+}
+
+template <typename A>
+void cross_coefficients(const CoherenceCrossCoefParams& p) {
+  const A* pm = static_cast<const A*>(p.product);
+  CoherenceBackwardParams bp{};
+  bp.n = p.n;
+  bp.a = p.a;
+  bp.b = p.b;
+  bp.squared = p.squared;
+  bp.symmetric = false;
+  const BackwardFactors<double> f(bp, static_cast<double>(*static_cast<const A*>(p.grad)),
+                                  static_cast<double>(*static_cast<const A*>(p.loss)));
+  std::vector<double> sq_x(p.d), dot_x(p.d), sq_y(p.dp), dot_y(p.dp);
+  product_row_sums(pm, p.d, p.dp, p.zmean_y, sq_x.data(), dot_x.data());
+  product_col_sums(pm, p.d, p.dp, p.zmean_x, sq_y.data(), dot_y.data());
+  side_coefficients(p, f, pm, p.d, sq_x.data(), dot_x.data(), p.zmean_y, static_cast<const A*>(p.rstd_x),
+                    static_cast<A*>(p.coef_x));
+  side_coefficients(p, f, pm, p.dp, sq_y.data(), dot_y.data(), p.zmean_x, static_cast<const A*>(p.rstd_y),
+                    static_cast<A*>(p.coef_y));
+}
+
+template <typename T, typename A>
+EITP_CPU_HOT void affine_grad_rows(const CoherenceAffineGradParams& p) {
+  const A* coef = static_cast<const A*>(p.coef);
+  const A *alpha = coef, *beta = coef + p.d, *gamma = coef + 2 * p.d, *delta = coef + 3 * p.d;
+  const int64_t m = std::min(p.m, p.d);
+  // The binding calls this once per row block, outside any parallel region.
+#pragma omp parallel for schedule(static) if (p.rows * p.d >= 65536)
+  for (int64_t i = 0; i < p.rows; ++i) {
+    const A* w = static_cast<const A*>(p.w) + i * p.ld_w;
+    const A* zp = static_cast<const A*>(p.zp) + i * p.ld_zp;
+    const A* z = static_cast<const A*>(p.z) + i * p.ld_z;
+    T* out = static_cast<T*>(p.dx) + i * p.ld_dx;
+    for (int64_t j = 0; j < m; ++j) out[j] = store_acc<T>(alpha[j] * w[j] + beta[j] * zp[j] + gamma[j] + delta[j] * z[j]);
+    for (int64_t j = m; j < p.d; ++j) out[j] = store_acc<T>(alpha[j] * w[j] + gamma[j] + delta[j] * z[j]);
+  }
+}
+
 // By kMirrorBlock x kMirrorBlock blocks below the diagonal, so the column
 // reads of the upper triangle stay within a few cache lines per row.
 constexpr int64_t kMirrorBlock = 64;
@@ -214,6 +367,29 @@ void coherence_tile_reduce_cpu(const CoherenceTileParams& p, double* diag_sum, d
 void coherence_backward_epilogue_cpu(const CoherenceBackwardParams& p) {
   if (p.is_double) backward_epilogue<double>(p);
   else backward_epilogue<float>(p);
+}
+
+void coherence_z_column_means_cpu(const CoherenceStandardizeParams& p, double* out) {
+  dispatch_float(p.dtype, "coherence_z_column_means_cpu", [&](auto tag) { z_column_means<decltype(tag)>(p, out); });
+}
+
+void coherence_cross_coefficients_cpu(const CoherenceCrossCoefParams& p) {
+  if (p.is_double) cross_coefficients<double>(p);
+  else cross_coefficients<float>(p);
+}
+
+void coherence_affine_grad_rows_cpu(const CoherenceAffineGradParams& p) {
+  if (p.is_double) {
+    if (p.dx_dtype != DType::kFloat64) throw std::invalid_argument("coherence_affine_grad_rows_cpu: fp64 sums need fp64 dx");
+    affine_grad_rows<double, double>(p);
+    return;
+  }
+  switch (p.dx_dtype) {
+    case DType::kFloat32: affine_grad_rows<float, float>(p); break;
+    case DType::kFloat16: affine_grad_rows<Half16, float>(p); break;
+    case DType::kBFloat16: affine_grad_rows<BFloat16, float>(p); break;
+    default: throw std::invalid_argument("coherence_affine_grad_rows_cpu: dx must be a float dtype");
+  }
 }
 
 void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d) {

@@ -118,11 +118,59 @@ template <typename A> struct BackwardFactors {
   EITP_HD A diag_coefficient(A r_jj) const { return A(2) * a * (r_jj - A(1)) - A(2) * b * r_jj; }
 };
 
+// Cross-correlation backward with the kept P (CPU): dZx = Zy S^T / N and
+// dZy = Zx S / N are made by row blocks (the binding's products W = Zp P^T /
+// Zp P on a few standardized rows at a time), so every row's gradient needs
+// only its own block. The column means that the standardization's backward
+// subtracts are taken from P instead of from all N rows of dz:
+//   mean_n W_j = sum_k P_jk mzp_k,   mean_n (W_j z_j) = sum_k P_jk^2 / N   (exact: Z^T Zp = P)
+// with mzp the column means of the partner's standardized matrix (as
+// computed: about 0). Per column j of this side, dx_ij is then affine:
+//   dx_ij = alpha_j W_ij + beta_j zp_ij + gamma_j + delta_j z_ij
+//   alpha_j = rstd_j scale wcoef,  beta_j = rstd_j scale c_j (0 for j >= m),
+//   gamma_j = -rstd_j mean_n dz_j,  delta_j = -rstd_j mean_n (dz_j z_j)
+// (scale, wcoef, c_j: BackwardFactors; R_jj = P_jj / N).
+struct CoherenceCrossCoefParams {
+  const void* product;  // (d, dp) P = Zx^T Zy, accumulation dtype, contiguous
+  const double* zmean_x;  // (d,) column means of Zx as standardize writes it
+  const double* zmean_y;  // (dp,)
+  const void* rstd_x;   // (d,)
+  const void* rstd_y;   // (dp,)
+  const void* grad;     // () incoming gradient
+  const void* loss;     // () the forward's loss
+  bool is_double;
+  int64_t n, d, dp;
+  double a, b;
+  bool squared;
+  void* coef_x;  // (4, d) out, accumulation dtype: alpha, beta, gamma, delta rows
+  void* coef_y;  // (4, dp) out
+};
+
+// One block of rows of dx from the coefficients above (serial: the binding
+// shares blocks out to its threads). w, zp, z in the accumulation dtype.
+struct CoherenceAffineGradParams {
+  const void* w;  // (rows, d), row stride ld_w
+  const void* zp; // (rows, >= m) partner's standardized rows, row stride ld_zp
+  const void* z;  // (rows, d) this side's standardized rows, row stride ld_z
+  int64_t ld_w, ld_zp, ld_z;
+  const void* coef;  // (4, d) from CoherenceCrossCoefParams
+  bool is_double;    // accumulation dtype
+  int64_t rows, d, m;
+  void* dx;          // (rows, d) in dx_dtype, row stride ld_dx
+  DType dx_dtype;
+  int64_t ld_dx;
+};
+
 void coherence_stats_cpu(const CoherenceStatsParams& p);
 void coherence_standardize_cpu(const CoherenceStandardizeParams& p);
 // Returns {diag_sum, off_sum} for the tile.
 void coherence_tile_reduce_cpu(const CoherenceTileParams& p, double* diag_sum, double* off_sum);
 void coherence_backward_epilogue_cpu(const CoherenceBackwardParams& p);
+// Column means of z = (x - mean) * rstd exactly as coherence_standardize_cpu
+// writes it, summed in double: (d,) doubles.
+void coherence_z_column_means_cpu(const CoherenceStandardizeParams& p, double* out);
+void coherence_cross_coefficients_cpu(const CoherenceCrossCoefParams& p);
+void coherence_affine_grad_rows_cpu(const CoherenceAffineGradParams& p);
 // Copy the strict upper triangle of a square (d, d) row-major matrix onto its lower one.
 void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d);
 

@@ -47,6 +47,17 @@ Backends and the bytes they move (fp32, self-correlation):
               2048 x 1024), else one Gram (min(N, D)^2 values, symmetric: half
               its multiply-adds) and W = Z (Z^T Z) (N x D); the fused epilogue
               reads Z and W twice and writes dx.
+              Cross-correlation (x and y) on the CPU: the forward's blocks
+              are 128-512 rows tall (no symmetry to halve), and with the kept P
+              the backward goes by blocks of up to 1024 rows: each block's
+              rows of x and y are standardized into scratch, Wx = Zy P^T and
+              Wy = Zx P made for them (one BLAS-threaded product each) and
+              dx, dy (x's / y's dtype) written in one affine pass; the column means the standardization's backward needs
+              come from P (mean_n W_j z_j = sum_k P_jk^2 / N). x and y are
+              read twice, dx and dy written once, no N x D intermediate.
+              The floor is the three N x D x D' products (one forward, two
+              backward), as for eager; the rest is a few passes over x, y
+              and P.
   triton      forward: column statistics (reads x twice), then one program per
               (BLOCK_D x BLOCK_D) tile on or above the diagonal reads its
               column blocks of x and y (2 N BLOCK_D values), normalizes them
