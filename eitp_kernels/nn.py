@@ -168,7 +168,7 @@ class EntropyMonitor(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Quantization-aware training and int8 inference (DESIGN.md section 2.3):
+# Quantization-aware training and int8 inference (docs/design.md §2.3):
 #
 #     FakeQuantLinear / FakeQuantConv1d / FakeQuantConv2d
 #                       nn.Linear / nn.Conv1d / nn.Conv2d whose weight is

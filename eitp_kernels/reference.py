@@ -2,7 +2,7 @@
 
 Every kernel (Triton, C++ CPU, CUDA) is tested against the functions in this
 module, so they are written for clarity and exactness, not speed.  The maths is
-DESIGN.md section 2; the exact arithmetic (operation order, dtypes, rounding)
+docs/design.md §2; the exact arithmetic (operation order, dtypes, rounding)
 is spelled out in each docstring so that kernels can reproduce integer results
 (histogram counts, int8 codes, scales, zero points) bit for bit.
 
@@ -184,7 +184,7 @@ def _entropy_from_counts(c, log_base):
 
 
 def linear_binning_counts(xs, lo, hi, bins, explicit):
-    """Linear-binning (soft) counts of DESIGN 2.1: ``u = (x - lo) / w - 0.5``,
+    """Linear-binning (soft) counts of docs/design.md §2.1: ``u = (x - lo) / w - 0.5``,
     ``k = floor(u)``, ``f = u - k``; x adds ``1 - f`` to bin k and ``f`` to
     bin k + 1 (edges clamp to the end bins).
 
@@ -211,7 +211,7 @@ def linear_binning_counts(xs, lo, hi, bins, explicit):
 
 
 class _LinearBinningEntropy(torch.autograd.Function):
-    """Entropy of linear-binned (soft) counts with the DESIGN 2.1 backward.
+    """Entropy of linear-binned (soft) counts with the docs/design.md §2.1 backward.
 
     ``xs`` is (R, L) in compute dtype, ``lo``/``hi`` are (R, 1) constants.
     """
@@ -261,7 +261,7 @@ def histogram_entropy(x, bins=256, range=None, dim=None, base=None,
     ``clamp(k+1, 0, bins-1)`` (soft counts accumulated in float64).
     Non-finite and (explicit range) out-of-range values are excluded; a slice
     with ``w == 0`` puts its whole weight in bin 0 with zero gradient.  The
-    backward is the DESIGN formula, one elementwise pass:
+    backward is the docs/design.md §2.1 formula, one elementwise pass:
 
         dH/dx = grad_out * (lnp[kc] - lnp[k1c]) / (N * w)   [/ ln(base)]
 
@@ -432,7 +432,7 @@ def int8_params_from_range(lo, hi, symmetric):
 
     ``hi`` is the row's absmax (symmetric) or ``max(finite max, 0)`` and
     ``lo`` is ``min(finite min, 0)`` (affine; ignored when symmetric), both in
-    the compute dtype. float32 arithmetic, as DESIGN §2.3 states it:
+    the compute dtype. float32 arithmetic, as docs/design.md §2.3 states it:
     symmetric ``s = float32(hi) / 127``, ``zero_point = None``; affine
     ``s = (float32(hi) - float32(lo)) / 255``,
     ``zero_point = int32(-128 - round(float32(lo) / s))``; ``s == 0`` becomes 1.

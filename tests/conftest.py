@@ -18,7 +18,7 @@ import torch
 INTERPRETER_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 HAS_CUDA = torch.cuda.is_available()
 
-# (dtype, rtol) for comparisons against fp64 references; see DESIGN.md §5.
+# (dtype, rtol) for comparisons against fp64 references; see docs/design.md §5.
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 

@@ -1,4 +1,4 @@
-"""coherence_loss on every backend against the reference (DESIGN §2.2, issue 4)."""
+"""coherence_loss on every backend against the reference (docs/design.md §2.2, issue 4)."""
 import numpy as np
 import pytest
 import torch
@@ -28,7 +28,7 @@ def _rel(a, b):
 
 def _close(out, x, y=None, **kwargs):
     """|out - ref64| / |ref64| within RTOL, or within 2x eager's own error
-    (DESIGN §5): fp32 cancellation in R_ii - 1 is inherent when var >> eps is
+    (docs/design.md §5): fp32 cancellation in R_ii - 1 is inherent when var >> eps is
     not the case (tiny losses)."""
     ref = _ref64(x, y, **kwargs)
     err = _rel(out, ref)

@@ -1,4 +1,4 @@
-"""histogram_entropy / histogram_entropy_many on every backend against the reference (DESIGN §2.1)."""
+"""histogram_entropy / histogram_entropy_many on every backend against the reference (docs/design.md §2.1)."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
 """Tests of the eager references (eitp_kernels.reference) against independent
-computations: numpy / float64 / pure-python re-implementations of DESIGN.md
+computations: numpy / float64 / pure-python re-implementations of docs/design.md
 section 2, np.histogram, np.corrcoef and finite differences.
 
 Self-contained: every test seeds its own generator.  CPU only, small sizes.
@@ -38,7 +38,7 @@ def _rel(a, b):
 
 
 def np_counts(x, bins, rng=None):
-    """Exact DESIGN 2.1 hard binning of a 1-D float32/float64 numpy array."""
+    """Exact docs/design.md §2.1 hard binning of a 1-D float32/float64 numpy array."""
     x = np.asarray(x).ravel()
     dt = x.dtype.type
     fin = np.isfinite(x)
@@ -72,7 +72,7 @@ def np_entropy(counts, base=None):
 
 
 def np_soft_counts(x, bins, rng=None):
-    """Linear binning (DESIGN 2.1 differentiable mode), float64 numpy."""
+    """Linear binning (docs/design.md §2.1 differentiable mode), float64 numpy."""
     x = np.asarray(x, dtype=np.float64).ravel()
     fin = np.isfinite(x)
     if rng is None:
@@ -92,7 +92,7 @@ def np_soft_counts(x, bins, rng=None):
 
 
 def np_quant(x, granularity, axis, group_size, symmetric, is_f64, scale=None, zp=None):
-    """DESIGN 2.3 quantization with np.round (half to even).
+    """docs/design.md §2.3 quantization with np.round (half to even).
 
     ``x``: numpy array in compute dtype.  Returns (q int8, scale f32, zp i32).
     """
@@ -144,7 +144,7 @@ def np_quant(x, granularity, axis, group_size, symmetric, is_f64, scale=None, zp
 
 
 def np_coherence(x, y, a, b, eps, squared):
-    """Loss and DESIGN 2.2 analytic gradient(s), float64 numpy."""
+    """Loss and docs/design.md §2.2 analytic gradient(s), float64 numpy."""
     n = x.shape[0]
 
     def std(v):
@@ -470,7 +470,7 @@ def test_soft_entropy_grad_formula_and_finite_differences():
     xg = x.clone().requires_grad_()
     h = ref.histogram_entropy(xg, bins=bins, differentiable=True)
     h.backward()
-    # DESIGN formula in numpy
+    # docs/design.md formula in numpy
     c, lo, hi, w = np_soft_counts(x.numpy(), bins)
     n = c.sum()
     lnp = np.log(np.maximum(c / n, ref.ENTROPY_LOG_FLOOR))
@@ -761,7 +761,7 @@ def test_quantize_fp64_range_in_fp64_then_cast():
 
 
 def test_quantize_underflowing_scale_is_one():
-    # decision beyond DESIGN: a scale that underflows to 0 in float32 is 1.0
+    # decision beyond docs/design.md: a scale that underflows to 0 in float32 is 1.0
     x = torch.tensor([1e-44, -1e-45, 0.0])
     q, s, _ = ref.quantize_int8(x)
     assert s.item() == 1.0 and bool((q == 0).all())

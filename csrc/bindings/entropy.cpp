@@ -1,4 +1,4 @@
-// Histogram entropy operators (DESIGN §2.1). Rows are 1-D histograms; the
+// Histogram entropy operators (docs/design.md §2.1). Rows are 1-D histograms; the
 // Python wrapper makes the (rows, row_length) view and the range.
 //
 // eitp::histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor

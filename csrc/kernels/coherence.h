@@ -1,4 +1,4 @@
-// Coherence (correlation-matrix) loss, DESIGN §2.2. Plain kernels: the binding
+// Coherence (correlation-matrix) loss, docs/design.md §2.2. Plain kernels: the binding
 // turns tensors into these parameter structs and does the matrix products
 // (ATen / BLAS / cuBLAS) on blocks of standardized columns; the kernels here do
 // everything around them: column statistics, standardization, the reduction of

@@ -1,4 +1,4 @@
-// Histogram entropy (DESIGN §2.1): hard-binned counts, linear-binned (soft)
+// Histogram entropy (docs/design.md §2.1): hard-binned counts, linear-binned (soft)
 // counts and their backward, and the entropy of a row of counts. Plain
 // structs and host-device maths; no torch headers.
 //

@@ -1,5 +1,5 @@
 // int8 quantize / dequantize / fake-quant over a (rows, row_length) view in
-// which each row shares one scale (DESIGN.md section 2.3). Per tensor is one
+// which each row shares one scale (docs/design.md §2.3). Per tensor is one
 // row; per channel is the channel axis moved to the front; per group is
 // rows of group_size. The maths below is shared by the CPU and CUDA kernels
 // and follows eitp_kernels.reference operation for operation:

@@ -1,4 +1,4 @@
-"""Benchmark cases of coherence_loss (DESIGN §2.2): forward, and forward +
+"""Benchmark cases of coherence_loss (docs/design.md §2.2): forward, and forward +
 backward, for self-correlation (one input, the gradient w.r.t. x) and for
 Barlow Twins ("BT": two inputs x and y, ``offdiag_weight=lambda``,
 ``squared=True``, the gradients w.r.t. x and y).

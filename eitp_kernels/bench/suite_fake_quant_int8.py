@@ -1,4 +1,4 @@
-"""Benchmark cases of int8 quantization (DESIGN §2.3): fake-quant per channel,
+"""Benchmark cases of int8 quantization (docs/design.md §2.3): fake-quant per channel,
 per tensor and per group of 128, quantize and dequantize per channel.
 
 Bytes moved (minimum): fake-quant reads and writes x (2 x 4 B/elem fp32);

@@ -1,4 +1,4 @@
-"""Benchmark cases of histogram_entropy (DESIGN §2.1) and histogram_entropy_many.
+"""Benchmark cases of histogram_entropy (docs/design.md §2.1) and histogram_entropy_many.
 
 Bytes moved: the minimum, the input read once plus the entropies written (the
 automatic range makes the kernels read float input twice: one range pass and

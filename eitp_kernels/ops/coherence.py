@@ -1,4 +1,4 @@
-"""Coherence (correlation-matrix) loss, DESIGN §2.2.
+"""Coherence (correlation-matrix) loss, docs/design.md §2.2.
 
 For x (N, D) (or (N, *) flattened to D columns) and optional y (N, D'):
 
@@ -21,7 +21,7 @@ eps > 0 (R_ii = 0: it contributes a to the loss, and nothing off the
 diagonal); with eps = 0 it gives NaN. The gradient of the non-squared loss is
 infinite/NaN where L = 0; use squared=True where that can happen.
 
-Gradient (DESIGN §2.2): S = dL2/dR, S_ii = 2a(R_ii - 1), S_ij = 2b R_ij (/ 2L
+Gradient (docs/design.md §2.2): S = dL2/dR, S_ii = 2a(R_ii - 1), S_ij = 2b R_ij (/ 2L
 for the sqrt); dZx = Zy S^T / N, dZy = Zx S / N; dx = rstd * (dz - mean_n dz
 - z * mean_n(dz * z)). Since R = Zx^T Zy / N, Zy R^T = Zy (Zy^T Zx) / N =
 (Zy Zy^T) Zx / N: the backward evaluates that product by whichever

@@ -1,4 +1,4 @@
-"""Histogram entropy (DESIGN §2.1): fused, device-side, never syncs with the host.
+"""Histogram entropy (docs/design.md §2.1): fused, device-side, never syncs with the host.
 
     w = (hi - lo) / bins,   b(x) = clamp(floor((x - lo) / w), 0, bins - 1)
     p_b = c_b / sum(c),     H = -sum_{c_b > 0} p_b ln p_b   [/ ln(base)]
@@ -28,7 +28,7 @@ k = floor(u), f = u - k); its backward ``eitp::soft_histogram_backward`` is
 one elementwise pass over x with the bins-long table g = dL/dc of each row:
 dL/dx = (g[k+1] - g[k]) / w. The entropy of the soft counts is a few torch
 ops whose gradient is dH/dc_j = -(ln p_j + H) / N with ln p taken of p
-clamped at ``reference.ENTROPY_LOG_FLOOR``, which gives the DESIGN formula
+clamped at ``reference.ENTROPY_LOG_FLOOR``, which gives the docs/design.md §2.1 formula
 dH/dx = (ln p_k - ln p_{k+1}) / (N w). The range is held constant.
 
 Triton: the hard counts kernel keeps a block-local histogram (``tl.histogram``,
@@ -767,7 +767,7 @@ def histogram_entropy(
             dim to reduce: one entropy per 1-D slice along it (result shape
             ``x.shape`` without ``dim``), each with its own automatic range.
         base: logarithm base (> 0, != 1), or None for natural log.
-        differentiable: linear binning with the DESIGN §2.1 gradient (range
+        differentiable: linear binning with the docs/design.md §2.1 gradient (range
             held constant), for use as a loss term. Float input only.
         process_group: a ``torch.distributed`` group: the automatic range is
             all-reduced (MIN/MAX) and the counts (SUM), so every rank gets the

@@ -1,4 +1,4 @@
-"""int8 quantize, dequantize and fake-quant (DESIGN.md section 2.3).
+"""int8 quantize, dequantize and fake-quant (docs/design.md §2.3).
 
 Granularity: one scale per tensor, per channel (any ``axis``) or per group of
 ``group_size`` consecutive elements along the last dim. Every backend works on
