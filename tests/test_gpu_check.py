@@ -39,14 +39,14 @@ def test_not_gpu():
 
 def _write_bench_json(path):
     """A benchmark JSON as the benchmark CLI itself writes it."""
-    from eitp_kernels.bench import cli, runner
+    from eitp_kernels.bench import report, runner
 
     rows = [runner.Row("histogram_entropy", "(4096, 4096)", "fp32", "cuda", median_ms=0.05, rate=1340.0,
                        pct_copy_bw=71.5, check="ok"),
             runner.Row("coherence_loss", "(256, 1024)", "bf16", "triton", median_ms=0.2, rate=410.0,
                        rate_unit="GFLOP/s", check="ok")]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    cli.write_json(path, {"device": "NVIDIA H200", "copy_gbps": 1875.0}, rows)
+    report.write_json(path, {"device": "NVIDIA H200", "copy_gbps": 1875.0}, rows)
 
 
 def test_arch_list(gpu_check):
