@@ -68,37 +68,27 @@ EITP_ORDER_HD U apply_integer_min_max(U stored, U v, IntegerMinMax op) {
   return v_wins ? v : stored;
 }
 
-// Host/device emulation of atomic_min/atomic_max: min/max of two floats by the rule above.
-template <typename F> EITP_ORDER_HD F ordered_min(F stored, F v);
-template <typename F> EITP_ORDER_HD F ordered_max(F stored, F v);
+// The integer types of a float's bit pattern (unsigned, signed).
+template <typename F> struct PatternInts;
+template <> struct PatternInts<float> { using U = uint32_t; using S = int32_t; };
+template <> struct PatternInts<double> { using U = uint64_t; using S = int64_t; };
 
-template <> EITP_ORDER_HD float ordered_min(float stored, float v) {
-  const uint32_t r = apply_integer_min_max<uint32_t, int32_t>(ordered_bits(stored), ordered_bits(v),
-                                                              float_min_as_integer(sign_bit(v)));
-  float out;
+// Host/device emulation of atomic_min/atomic_max: the float whose pattern the
+// integer operation leaves in memory.
+template <typename F>
+EITP_ORDER_HD F apply_float_min_max(F stored, F v, IntegerMinMax op) {
+  using Ints = PatternInts<F>;
+  const typename Ints::U r =
+      apply_integer_min_max<typename Ints::U, typename Ints::S>(ordered_bits(stored), ordered_bits(v), op);
+  F out;
   memcpy(&out, &r, sizeof(out));
   return out;
 }
-template <> EITP_ORDER_HD float ordered_max(float stored, float v) {
-  const uint32_t r = apply_integer_min_max<uint32_t, int32_t>(ordered_bits(stored), ordered_bits(v),
-                                                              float_max_as_integer(sign_bit(v)));
-  float out;
-  memcpy(&out, &r, sizeof(out));
-  return out;
+template <typename F> EITP_ORDER_HD F ordered_min(F stored, F v) {
+  return apply_float_min_max(stored, v, float_min_as_integer(sign_bit(v)));
 }
-template <> EITP_ORDER_HD double ordered_min(double stored, double v) {
-  const uint64_t r = apply_integer_min_max<uint64_t, int64_t>(ordered_bits(stored), ordered_bits(v),
-                                                              float_min_as_integer(sign_bit(v)));
-  double out;
-  memcpy(&out, &r, sizeof(out));
-  return out;
-}
-template <> EITP_ORDER_HD double ordered_max(double stored, double v) {
-  const uint64_t r = apply_integer_min_max<uint64_t, int64_t>(ordered_bits(stored), ordered_bits(v),
-                                                              float_max_as_integer(sign_bit(v)));
-  double out;
-  memcpy(&out, &r, sizeof(out));
-  return out;
+template <typename F> EITP_ORDER_HD F ordered_max(F stored, F v) {
+  return apply_float_min_max(stored, v, float_max_as_integer(sign_bit(v)));
 }
 
 }  // namespace eitp

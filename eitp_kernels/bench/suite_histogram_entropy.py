@@ -83,16 +83,6 @@ def _model_shapes(quick: bool) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _model_shapes(quick: bool) -> list[tuple[int, ...]]:
-    """The 50 parameter tensors of 25 Linear layers (weights and biases)."""
-    a, b = (128, 64) if quick else (512, 256)
-    shapes = []
-    for i in range(25):
-        fan_in, fan_out = (a, b) if i % 2 else (b, a)
-        shapes += [(fan_out, fan_in), (fan_out,)]
-    return shapes
-
-
 def _many_case(quick: bool) -> Case:
     """The model's parameters in one call. Eager: a loop of references; the
     alternative "loop of calls": a Python loop of single fused
