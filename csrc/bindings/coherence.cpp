@@ -13,11 +13,13 @@
 // the accumulation dtype when keep_product (self: symmetric), else empty (0,).
 // dx/dy: gradients in x's / y's dtype (dy empty for self-correlation).
 //
-// Forward: without keep_product never allocates D x D'. P is produced in
-// blocks of at most kTileRows x kTileCols by one matrix product each (ATen:
-// BLAS / cuBLAS) and every block is reduced to the two partial sums of the
-// loss as it is made; self-correlation computes only the blocks on and right
-// of the diagonal. Short, wide batches (N < D/2) use N x N Gram matrices
+// Forward: P is reduced in blocks of at most kTileRows x kTileCols, each to
+// the two partial sums of the loss. Self-correlation makes only the blocks on
+// and right of the diagonal, each by one matrix product (ATen: BLAS /
+// cuBLAS) reduced as it is made. Cross-correlation on the CPU makes the whole
+// P by one threaded product first when it is kept or no larger than the
+// inputs (whole_product_fits); otherwise block by block as above, so without
+// keep_product a P larger than the inputs is never allocated. Short, wide batches (N < D/2) use N x N Gram matrices
 // instead (far fewer flops). keep_product (asked for when a gradient will be
 // taken) writes the blocks into one D x D' matrix and always takes the block
 // path.
@@ -210,6 +212,23 @@ std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
   return blocks;
 }
 
+// Whether cross-correlation makes the whole D x D' product by one (threaded)
+// matrix product before reducing it block by block: when P is no larger than
+// the inputs (D D' <= N (D + D') / 2), so the memory stays of the inputs'
+// order. One threaded product does less work than single-threaded blocks
+// shared out to the threads (1 thread, thread CPU time, medians of 9:
+// 2048 x 1024 fwd 33.0 vs 34.2 ms, 4096 x 2048 236 vs 251). 2 threads, wall,
+// interleaved in one process against lightly's BarlowTwinsLoss (medians of 11
+// in a quiet spell of the shared 2-core box; one build, the old path behind a
+// temporary switch): 2048 x 1024 fwd 16.0 ms vs 17.4 (lightly 16.0, 1.02x vs
+// 0.96x), fwd+bwd 1.02x vs 0.99x; 4096 x 2048 fwd 1.18x vs 1.11x. While
+// other processes compete for the cores the threaded product loses instead
+// (fwd about 15% slower than the blocks: one descheduled thread stalls it).
+// Command: benchmarks/native/barlow_twins_ab.py --threads 2 (ours vs lightly).
+bool whole_product_fits(int64_t n, int64_t d, int64_t dp) {
+  return 2.0 * double(d) * double(dp) <= double(n) * double(d + dp);
+}
+
 // (2,) double sums of the loss from P = Zx^T Zy, made block by block (one
 // matrix product each) and every block reduced as it is made. product:
 // undefined (blocks go through a small scratch buffer per worker) or a
@@ -217,13 +236,17 @@ std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
 // full symmetric matrix).
 template <typename Backend>
 at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be) {
-  const int64_t n = zx.size(0);
+  const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
   const bool keep = product.defined();
-  const std::vector<Block> blocks = product_blocks(zx.size(1), zy.size(1), self);
+  const bool whole = Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp));
+  at::Tensor full = keep || !whole ? product : at::empty({d, dp}, zx.options());
+  if (whole) at::mm_out(full, zx.t(), zy);
+  const bool has_p = full.defined();
+  const std::vector<Block> blocks = product_blocks(d, dp, self);
   auto make_block = [&](const Block& b, const at::Tensor& scratch) {
-    at::Tensor tile = keep ? product.narrow(0, b.row0, b.rows).narrow(1, b.col0, b.cols)
-                           : scratch.narrow(0, 0, b.rows * b.cols).view({b.rows, b.cols});
-    at::mm_out(tile, zx.narrow(1, b.row0, b.rows).t(), zy.narrow(1, b.col0, b.cols));
+    at::Tensor tile = has_p ? full.narrow(0, b.row0, b.rows).narrow(1, b.col0, b.cols)
+                            : scratch.narrow(0, 0, b.rows * b.cols).view({b.rows, b.cols});
+    if (!whole) at::mm_out(tile, zx.narrow(1, b.row0, b.rows).t(), zy.narrow(1, b.col0, b.cols));
     CoherenceTileParams p;
     p.tile = tile.data_ptr();
     p.is_double = zx.scalar_type() == at::kDouble;
@@ -236,7 +259,7 @@ at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::
     p.symmetric = self;
     return p;
   };
-  const int64_t scratch_numel = keep ? 0 : blocks.front().rows * blocks.front().cols;
+  const int64_t scratch_numel = has_p ? 0 : blocks.front().rows * blocks.front().cols;
   at::Tensor sums = be.reduce_blocks(blocks, make_block, scratch_numel, zx.options());
   if (keep && self) be.mirror(product);
   return sums;
@@ -482,6 +505,7 @@ struct CpuBackend {
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
   static constexpr bool kRowBlockCrossBackward = true;
+  static constexpr bool kWholeCrossProduct = true;
   void z_column_means(const CoherenceStandardizeParams& p, double* out) { coherence_z_column_means_cpu(p, out); }
   void cross_coefficients(const CoherenceCrossCoefParams& p) { coherence_cross_coefficients_cpu(p); }
   void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
@@ -522,6 +546,7 @@ struct CudaBackend {
   }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
   static constexpr bool kRowBlockCrossBackward = false;  // one stream: whole-matrix products are faster
+  static constexpr bool kWholeCrossProduct = false;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
