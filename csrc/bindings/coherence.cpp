@@ -133,9 +133,10 @@ std::tuple<at::Tensor, at::Tensor> column_stats(const at::Tensor& x, double eps,
   return {mean, rstd};
 }
 
-template <typename Backend>
-at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, Backend& be) {
-  at::Tensor z = empty_output(x.sizes(), x.options().dtype(accumulation_dtype(x)));
+// z = (x - mean) * rstd for the (N, D) rows of x, written at z (leading
+// dimension D; nullptr for kernels that read the parameters only).
+CoherenceStandardizeParams standardize_params(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+                                              void* z) {
   CoherenceStandardizeParams p;
   p.x = x.data_ptr();
   p.dtype = kernel_dtype(x, "coherence");
@@ -143,9 +144,15 @@ at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::T
   p.d = x.size(1);
   p.mean = mean.data_ptr();
   p.rstd = rstd.data_ptr();
-  p.z = z.data_ptr();
+  p.z = z;
   p.ld_z = x.size(1);
-  be.standardize(p);
+  return p;
+}
+
+template <typename Backend>
+at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, Backend& be) {
+  at::Tensor z = empty_output(x.sizes(), x.options().dtype(accumulation_dtype(x)));
+  be.standardize(standardize_params(x, mean, rstd, z.data_ptr()));
   return z;
 }
 
@@ -336,22 +343,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   const at::Tensor product = product_in.contiguous();
   const int64_t n = s.x.size(0), d = s.x.size(1), dp = s.y.size(1), m = std::min(d, dp);
   const bool is_double = product.scalar_type() == at::kDouble;
-  auto standardize_params = [&](const at::Tensor& v, const at::Tensor& mean, const at::Tensor& rstd) {
-    CoherenceStandardizeParams p;
-    p.x = v.data_ptr();
-    p.dtype = kernel_dtype(v, "coherence");
-    p.n = v.size(0);
-    p.d = v.size(1);
-    p.mean = mean.data_ptr();
-    p.rstd = rstd.data_ptr();
-    p.z = nullptr;
-    p.ld_z = v.size(1);
-    return p;
-  };
   const auto dbl = mx.options().dtype(at::kDouble);
   at::Tensor zmean_x = at::empty({d}, dbl), zmean_y = at::empty({dp}, dbl);
-  be.z_column_means(standardize_params(s.x, mx, rx), zmean_x.data_ptr<double>());
-  be.z_column_means(standardize_params(s.y, my, ry), zmean_y.data_ptr<double>());
+  be.z_column_means(standardize_params(s.x, mx, rx, nullptr), zmean_x.data_ptr<double>());
+  be.z_column_means(standardize_params(s.y, my, ry, nullptr), zmean_y.data_ptr<double>());
   at::Tensor coef_x = at::empty({4, d}, product.options()), coef_y = at::empty({4, dp}, product.options());
   CoherenceCrossCoefParams cp;
   cp.product = product.data_ptr();
@@ -404,11 +399,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
     at::Tensor zy = scratch.narrow(0, zx_size, rows * dp).view({rows, dp});
     at::Tensor w = scratch.narrow(0, zx_size + zy_size, rows * wide).view({rows, wide});
     const at::Tensor xs = s.x.narrow(0, r0, rows), ys = s.y.narrow(0, r0, rows);
-    CoherenceStandardizeParams px = standardize_params(xs, mx, rx), py = standardize_params(ys, my, ry);
-    px.z = zx.data_ptr();
-    py.z = zy.data_ptr();
-    be.standardize(px);
-    be.standardize(py);
+    be.standardize(standardize_params(xs, mx, rx, zx.data_ptr()));
+    be.standardize(standardize_params(ys, my, ry, zy.data_ptr()));
     at::Tensor wx = w.narrow(1, 0, d), wy = w.narrow(1, 0, dp);
     at::Tensor dxs = dx.narrow(0, r0, rows), dys = dy.narrow(0, r0, rows);
     at::mm_out(wx, zy, product.t());
