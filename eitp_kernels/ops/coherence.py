@@ -85,9 +85,6 @@ from eitp_kernels.triton import coherence as triton_coherence
 
 OP = "coherence_loss"
 
-# Backends per device type, best first.
-IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
-
 
 # --------------------------------------------------------------------------
 # Public functions
@@ -113,12 +110,8 @@ def coherence_loss(x: torch.Tensor, y: torch.Tensor | None = None, *, diag_weigh
     x2, y2 = _as_matrices(x, y)
     if process_group is not None:
         return _DistributedCoherence.apply(x2, y2, a, b, squared, eps, process_group)
-    backend = _backends.resolve(OP, x.device, IMPLEMENTED)
-    if backend == "reference":
-        return reference.coherence_loss(x2, y2, diag_weight=a, offdiag_weight=b, squared=squared, eps=eps)
-    if backend == "triton":
-        return _triton_coherence(x2, y2, a, b, squared, eps)
-    return torch.ops.eitp.coherence_forward(x2, y2, a, b, squared, eps, _keeps_product(x2, y2))[0]
+    backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
+    return _LOSS[backend](x2, y2, a, b, squared, eps)
 
 
 # --------------------------------------------------------------------------
@@ -182,8 +175,19 @@ def _keeps_product(x2, y2):
     return 2 * n * n * (d + dp) >= 2 * n * d * dp
 
 
-def _triton_coherence(x2, y2, a, b, squared, eps):
+def _reference_loss(x2, y2, a, b, squared, eps):
+    return reference.coherence_loss(x2, y2, diag_weight=a, offdiag_weight=b, squared=squared, eps=eps)
+
+
+def _compiled_loss(x2, y2, a, b, squared, eps):
+    return torch.ops.eitp.coherence_forward(x2, y2, a, b, squared, eps, _keeps_product(x2, y2))[0]
+
+
+def _triton_loss(x2, y2, a, b, squared, eps):
     return torch.ops.eitp.coherence_forward_triton(x2, y2, a, b, squared, eps)[0]
+
+
+_LOSS = {"reference": _reference_loss, "cpp": _compiled_loss, "cuda": _compiled_loss, "triton": _triton_loss}
 
 
 # process_group: global-batch statistics

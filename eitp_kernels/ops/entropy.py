@@ -51,17 +51,12 @@ import torch
 
 from eitp_kernels import _backends, _extension, _validation, reference
 from eitp_kernels._triton import triton
+from eitp_kernels.ops.finite_minmax import ROWS as FINITE_MINMAX_ROWS
 from eitp_kernels.triton import entropy as triton_entropy
-from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "histogram_entropy"
 MANY_OP = "histogram_entropy_many"
 MAX_BINS = 1 << 24
-
-# Backends per device type, best first.
-IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
-IMPLEMENTED_DIFFERENTIABLE = IMPLEMENTED
-IMPLEMENTED_MANY = IMPLEMENTED
 
 
 # --------------------------------------------------------------------------
@@ -140,23 +135,18 @@ def histogram_entropy(
 
     acc = reference.compute_dtype(x.dtype)
     if differentiable:
-        backend = _backends.resolve(OP, x.device, IMPLEMENTED_DIFFERENTIABLE)
+        backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
         if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
             return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base, differentiable=True)
         rows, batch = _as_rows(x.to(acc), dim)
         rows = rows.contiguous()
         lo, hi = _range_rows(backend, rows.detach(), rng, process_group)
-        if backend in ("cpp", "cuda"):
-            counts = torch.ops.eitp.soft_histogram(rows, lo, hi, bins, rng is not None)
-        elif backend == "triton":
-            counts = torch.ops.eitp_triton.soft_histogram(rows, lo, hi, bins, rng is not None)
-        else:
-            counts = _soft_counts_torch(rows, lo, hi, bins, rng is not None)
+        counts = _SOFT_COUNTS[backend](rows, lo, hi, bins, rng is not None)
         if process_group is not None:
             counts = _global_soft_counts(counts, process_group)
         return _soft_entropy(counts, log_base).to(acc).reshape(batch)
 
-    backend = _backends.resolve(OP, x.device, IMPLEMENTED)
+    backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
     rows, batch = _as_rows(x, dim)
@@ -223,15 +213,16 @@ def histogram_entropy_many(
         any_code = any_code or t.dtype in _validation.CODE_DTYPES
     bins, rng, log_base = _check_common(MANY_OP, bins, range, base, codes=any_code)
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    backend = _backends.resolve(MANY_OP, tensors[0].device, IMPLEMENTED_MANY)
+    backend = _backends.resolve(MANY_OP, tensors[0].device, _backends.IMPLEMENTED)
     if _validation.range_has_tensor(rng):
         counts = _counts_each_with_tensor_range(backend, list(tensors), bins, rng)
         return _entropy_rows(backend, counts, log_base).to(out_dtype)
-    if backend in ("cpp", "cuda", "triton"):
+    if backend in _COUNTS_MANY:
         counts = _counts_many(backend, list(tensors), bins, rng)
         return _entropy_rows(backend, counts, log_base).to(out_dtype)
     return torch.stack([reference.histogram_entropy(t, bins=bins, range=rng, base=base).to(out_dtype)
                         for t in tensors])
+
 
 # --------------------------------------------------------------------------
 # Validation
@@ -274,6 +265,7 @@ def _as_rows(x: torch.Tensor, dim):
     batch = tuple(moved.shape[:-1])
     return moved.reshape(math.prod(batch), moved.shape[-1]), batch
 
+
 # --------------------------------------------------------------------------
 # Backends (rows = (R, L) contiguous view)
 # --------------------------------------------------------------------------
@@ -288,12 +280,7 @@ def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
         lo = torch.full((rows.shape[0],), float(rng[0]), dtype=acc, device=rows.device)
         hi = torch.full((rows.shape[0],), float(rng[1]), dtype=acc, device=rows.device)
         return lo, hi
-    if backend in ("cpp", "cuda"):
-        lo, hi = torch.ops.eitp.finite_minmax(rows)
-    elif backend == "triton":
-        lo, hi = triton_finite_minmax.finite_minmax_rows(rows)
-    else:
-        lo, hi = reference.finite_minmax(rows, dim=1)
+    lo, hi = FINITE_MINMAX_ROWS[backend](rows)
     if process_group is not None:
         import torch.distributed as dist
 
@@ -333,19 +320,12 @@ def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torc
 
 
 def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    if backend in ("cpp", "cuda"):
-        return torch.ops.eitp.histogram_counts(rows, lo, hi, bins, explicit)
-    if backend == "triton":
-        return torch.ops.eitp_triton.histogram_counts(rows, lo, hi, bins, explicit)
-    return _torch_counts(rows, lo, hi, bins, explicit)
+    return _COUNTS[backend](rows, lo, hi, bins, explicit)
 
 
 def _counts_many(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
     """int64 counts (len(tensors), bins): one histogram of all elements of each tensor."""
-    rng_list = None if rng is None else list(rng)
-    if backend in ("cpp", "cuda"):
-        return torch.ops.eitp.histogram_counts_many(tensors, bins, rng_list)
-    return torch.ops.eitp_triton.histogram_counts_many(tensors, bins, rng_list)
+    return _COUNTS_MANY[backend](tensors, bins, None if rng is None else list(rng))
 
 
 def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
@@ -372,9 +352,7 @@ def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
 
 
 def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
-    if backend in ("cpp", "cuda"):
-        return torch.ops.eitp.entropy_from_counts(counts, log_base)
-    return _entropy_torch(counts, log_base)
+    return _ENTROPY[backend](counts, log_base)
 
 
 def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
@@ -413,6 +391,19 @@ def _soft_entropy(counts: torch.Tensor, log_base) -> torch.Tensor:
     carrier = -(p * lnp).sum(-1)
     h = _entropy_torch(counts.detach(), None) + (carrier - carrier.detach())
     return h if log_base is None else h / log_base
+
+
+# Each step per backend: the compiled backends' ops, their Triton twins, eager torch.
+_op = _backends.op_caller
+_COUNTS = {"reference": _torch_counts, "cpp": _op("eitp", "histogram_counts"),
+           "cuda": _op("eitp", "histogram_counts"), "triton": _op("eitp_triton", "histogram_counts")}
+_COUNTS_MANY = {"cpp": _op("eitp", "histogram_counts_many"), "cuda": _op("eitp", "histogram_counts_many"),
+                "triton": _op("eitp_triton", "histogram_counts_many")}  # reference: one call per tensor
+_SOFT_COUNTS = {"reference": _soft_counts_torch, "cpp": _op("eitp", "soft_histogram"),
+                "cuda": _op("eitp", "soft_histogram"), "triton": _op("eitp_triton", "soft_histogram")}
+_ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts"),
+            "cuda": _op("eitp", "entropy_from_counts"), "triton": _entropy_torch}
+
 
 # --------------------------------------------------------------------------
 # Custom ops: fake kernels, autograd, Triton ops

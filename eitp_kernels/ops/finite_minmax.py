@@ -22,10 +22,6 @@ from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "finite_minmax"
 
-# Backends per device type, best first.
-IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
-
-
 
 # --------------------------------------------------------------------------
 # Public functions
@@ -48,8 +44,8 @@ def finite_minmax(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor
         moved = x.movedim(dim, -1)
         out_shape = tuple(moved.shape[:-1])
         rows = moved.reshape(-1, moved.shape[-1])
-    backend = _backends.resolve(OP, x.device, IMPLEMENTED)
-    lo, hi = _ROWS[backend](rows.contiguous())
+    backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
+    lo, hi = ROWS[backend](rows.contiguous())
     return lo.reshape(out_shape), hi.reshape(out_shape)
 
 
@@ -58,16 +54,13 @@ def finite_minmax(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor
 # --------------------------------------------------------------------------
 
 
-def _compiled_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.ops.eitp.finite_minmax(x2d)
-
-
 def _reference_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reference.finite_minmax(x2d, dim=1)
 
 
-_ROWS = {"reference": _reference_rows, "cpp": _compiled_rows, "cuda": _compiled_rows,
-         "triton": triton_finite_minmax.finite_minmax_rows}
+# (lo, hi), each (R,), of a contiguous (R, L) view, per backend (also histogram_entropy's range step).
+ROWS = {"reference": _reference_rows, "cpp": _backends.op_caller("eitp", "finite_minmax"),
+        "cuda": _backends.op_caller("eitp", "finite_minmax"), "triton": triton_finite_minmax.finite_minmax_rows}
 
 
 # --------------------------------------------------------------------------

@@ -67,9 +67,6 @@ OP_DEQUANTIZE = "dequantize_int8"
 OP_FAKE_QUANT = "fake_quant_int8"
 GRANULARITIES = ("tensor", "channel", "group")
 
-# Backends per device type, best first.
-IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
-
 
 # --------------------------------------------------------------------------
 # Public functions
@@ -103,14 +100,14 @@ def quantize_int8(
     granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
     symmetric = _check_bool(op, "symmetric", symmetric)
     s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
-    backend = _backends.resolve(op, x.device, IMPLEMENTED)
+    backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
     x = x.detach()
     if backend == "reference":
         return reference.quantize_int8(
             x, granularity, axis, group_size, symmetric,
             None if s_rows is None else s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape))
     rows = reference._to_rows(x, granularity, axis, group_size)
-    q, s, zp = _rows_ops(backend)[0](rows, s_rows, zp_rows, symmetric)
+    q, s, zp = _QUANTIZE_ROWS[backend](rows, s_rows, zp_rows, symmetric)
     q = reference._from_rows(q, x.shape, granularity, axis)
     return q, s.reshape(sshape), None if symmetric else zp.reshape(sshape)
 
@@ -143,13 +140,13 @@ def dequantize_int8(
     s_rows = _as_per_row(op, "scale", scale, sshape, q.device, integer=False)
     zp_rows = None if zero_point is None else _as_per_row(op, "zero_point", zero_point, sshape, q.device,
                                                           integer=True)
-    backend = _backends.resolve(op, q.device, IMPLEMENTED)
+    backend = _backends.resolve(op, q.device, _backends.IMPLEMENTED)
     if backend == "reference":
         return reference.dequantize_int8(
             q, s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape),
             granularity, axis, group_size, dtype=dtype)
     rows = reference._to_rows(q, granularity, axis, group_size)
-    out = _rows_ops(backend)[2](rows, s_rows, zp_rows, dtype)
+    out = _DEQUANTIZE_ROWS[backend](rows, s_rows, zp_rows, dtype)
     return reference._from_rows(out, q.shape, granularity, axis)
 
 
@@ -179,13 +176,13 @@ def fake_quant_int8(
     granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
     symmetric = _check_bool(op, "symmetric", symmetric)
     s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
-    backend = _backends.resolve(op, x.device, IMPLEMENTED)
+    backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
     if backend == "reference":
         return reference.fake_quant_int8(
             x, granularity, axis, group_size, symmetric,
             None if s_rows is None else s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape))
     rows = reference._to_rows(x, granularity, axis, group_size)
-    out, _, _ = _rows_ops(backend)[1](rows, s_rows, zp_rows, symmetric)
+    out, _, _ = _FAKE_QUANT_ROWS[backend](rows, s_rows, zp_rows, symmetric)
     return reference._from_rows(out, x.shape, granularity, axis)
 
 
@@ -292,12 +289,15 @@ def _check_scale_layout(op: str, name: str, value, q: torch.Tensor, granularity:
 # --------------------------------------------------------------------------
 
 
-def _rows_ops(backend: str):
-    """(quantize_rows, fake_quant_rows, dequantize_rows) for a non-reference backend."""
-    ops = torch.ops.eitp
-    if backend == "triton":
-        return ops.triton_quantize_int8_rows, ops.triton_fake_quant_int8_rows, ops.triton_dequantize_int8_rows
-    return ops.quantize_int8_rows, ops.fake_quant_int8_rows, ops.dequantize_int8_rows
+# The row op of each backend but the reference (which takes the tensor and its
+# granularity as they are): the compiled ops and their ``triton_`` twins.
+_op = _backends.op_caller
+_QUANTIZE_ROWS = {"cpp": _op("eitp", "quantize_int8_rows"), "cuda": _op("eitp", "quantize_int8_rows"),
+                  "triton": _op("eitp", "triton_quantize_int8_rows")}
+_FAKE_QUANT_ROWS = {"cpp": _op("eitp", "fake_quant_int8_rows"), "cuda": _op("eitp", "fake_quant_int8_rows"),
+                    "triton": _op("eitp", "triton_fake_quant_int8_rows")}
+_DEQUANTIZE_ROWS = {"cpp": _op("eitp", "dequantize_int8_rows"), "cuda": _op("eitp", "dequantize_int8_rows"),
+                    "triton": _op("eitp", "triton_dequantize_int8_rows")}
 
 
 # --------------------------------------------------------------------------
