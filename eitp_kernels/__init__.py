@@ -20,7 +20,7 @@ The reference implementations (the ground truth) live in
 """
 from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
 from eitp_kernels.ops.coherence import coherence_loss
-from eitp_kernels.ops.finite_range import finite_minmax
+from eitp_kernels.ops.finite_minmax import finite_minmax
 from eitp_kernels.ops.entropy import histogram_entropy, histogram_entropy_many
 from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
 from eitp_kernels import nn  # noqa: E402  (EntropyMonitor, QAT modules)

@@ -38,6 +38,9 @@ import torch
 from eitp_kernels import _extension
 
 BACKEND_NAMES = ("reference", "cpp", "cuda", "triton")
+# Backends per device type, best first: every op implements all four (the
+# ops pass it to resolve(); the benchmark suites list what they time from it).
+IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
 ENV_VARIABLE = "EITP_BACKEND"
 
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("eitp_backend", default=None)
@@ -166,3 +169,15 @@ def resolve(op_name: str, device: torch.device, implemented: Mapping[str, Sequen
 
 def _any_device(implemented: Mapping[str, Sequence[str]]) -> set[str]:
     return {name for names in implemented.values() for name in names}
+
+
+def op_caller(namespace: str, name: str):
+    """A function calling ``torch.ops.<namespace>.<name>``, looked up at each call: an op
+    exists only where its backend is built (the extension) or registered (Triton), so
+    the ops' dispatch tables cannot hold the op itself."""
+
+    def call(*args):
+        return getattr(getattr(torch.ops, namespace), name)(*args)
+
+    call.__name__ = call.__qualname__ = f"{namespace}::{name}"
+    return call

@@ -15,8 +15,15 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
     import types
 
     triton = None
-    # Only what kernel signatures mention at definition time.
-    tl = types.SimpleNamespace(constexpr=object)
+
+    class _Constexpr:
+        """Stands in for ``tl.constexpr``: the kernel modules wrap constants in it at import."""
+
+        def __init__(self, value=None):
+            self.value = value
+
+    # Only what the kernel modules evaluate at import (annotations are not evaluated).
+    tl = types.SimpleNamespace(constexpr=_Constexpr)
     TRITON_IMPORT_ERROR = error
 
 

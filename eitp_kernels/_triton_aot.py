@@ -113,7 +113,7 @@ def op_calls():
     divisible by 16) and short rows of odd length (small blocks), without the
     full cross product (each specialisation costs a compile per target).
     """
-    from eitp_kernels.ops import coherence, entropy, finite_range, quant
+    from eitp_kernels.triton import coherence, entropy, finite_minmax, quant
 
     calls = []
 
@@ -132,41 +132,42 @@ def op_calls():
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         for shape in (long, short, one):
             x = torch.randn(shape).to(dtype)
-            add(f"finite_minmax {dtype} {shape}", lambda x=x: finite_range._triton_rows(x))
-            add(f"dequant {dtype} {shape}", lambda shape=shape, d=dtype: quant._triton_dequant(
+            add(f"finite_minmax {dtype} {shape}", lambda x=x: finite_minmax.finite_minmax_rows(x))
+            add(f"dequant {dtype} {shape}", lambda shape=shape, d=dtype: quant.dequantize_int8_rows(
                 torch.zeros(shape, dtype=torch.int8), torch.ones(shape[0]), torch.zeros(shape[0], dtype=torch.int32),
                 d))
         for shape, bins, explicit in hist_cases:
             x = torch.randn(shape).to(dtype)
             lo, hi = torch.zeros(shape[0], dtype=acc), torch.ones(shape[0], dtype=acc)
             tag = f"{dtype} {shape} bins={bins} explicit={explicit}"
-            add(f"counts {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_counts(x, lo, hi, b, e))
+            add(f"counts {tag}",
+                lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.histogram_counts(x, lo, hi, b, e))
             add(f"soft {tag}",
-                lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_soft_counts(x, lo, hi, b, e))
-            add(f"soft backward {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy._triton_soft_backward(
+                lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.soft_histogram(x, lo, hi, b, e))
+            add(f"soft backward {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.soft_histogram_backward(
                 torch.ones(x.shape[0], b, dtype=torch.float64), x, lo, hi, b, e))
         for shape, symmetric, fake, static in quant_cases:
             x = torch.randn(shape).to(dtype)
             scale = torch.full((shape[0],), 0.1) if static else None
             zp = None if symmetric or not static else torch.zeros(shape[0], dtype=torch.int32)
             add(f"quant {dtype} {shape} symmetric={symmetric} fake={fake} static={static}",
-                lambda x=x, sc=scale, z=zp, s=symmetric, f=fake: quant._triton_quant(x, sc, z, s, f))
+                lambda x=x, sc=scale, z=zp, s=symmetric, f=fake: quant.quantize_int8_rows(x, sc, z, s, f))
         for shape, symmetric in ((long, True), (short, False), (one, False)):
             x = torch.randn(shape).to(dtype)
             scale, zp = torch.full((shape[0],), 0.1), None if symmetric else torch.zeros(shape[0], dtype=torch.int32)
             add(f"fake quant backward {dtype} {shape} symmetric={symmetric}",
-                lambda x=x, sc=scale, z=zp, s=symmetric: quant._triton_backward(x, x, sc, z, s))
+                lambda x=x, sc=scale, z=zp, s=symmetric: quant.fake_quant_int8_rows_backward(x, x, sc, z, s))
     for code in (torch.int8, torch.uint8):
         for shape in (long, short, one):
             x = torch.zeros(shape, dtype=code)
-            add(f"counts {code} {shape}", lambda x=x: entropy._triton_counts(x, None, None, 256, False))
+            add(f"counts {code} {shape}", lambda x=x: entropy.histogram_counts(x, None, None, 256, False))
     # many tensors: mixed dtypes and sizes; one tensor (segments == 1); codes; each range mode
     mixed = [torch.randn(3000), torch.randn(5, 7).half(), torch.randn(10).double(), torch.randn(1)]
     for group, bins, rng in ((mixed, 7, None), (mixed, 5000, (0.0, 1.0)), ([torch.randn(1).bfloat16()], 1, None),
                              ([torch.randn(20000)], 1, (0.0, 1.0)),
                              ([torch.zeros(300, dtype=torch.int8), torch.zeros(1, dtype=torch.uint8)], 256, None)):
         add(f"many bins={bins} range={rng} {[t.dtype for t in group]}",
-            lambda g=group, b=bins, r=rng: entropy._triton_counts_many(g, b, r))
+            lambda g=group, b=bins, r=rng: entropy.histogram_counts_many(g, b, r))
     # coherence: self and cross; one row and column; more columns than rows (the other backward order)
     for dtype in FLOATS:
         for n, d, dp, cross, squared in ((16, 40, 24, False, True), (16, 40, 24, True, False), (1, 1, 1, False, False),
@@ -179,8 +180,8 @@ def op_calls():
 
 
 def _coherence_both(coherence, x, y, squared):
-    loss, mx, rx, my, ry = coherence._coherence_forward_triton(x, y, 1.0, 0.5, squared, 1e-5)
-    coherence._coherence_backward_triton(torch.ones(()), loss, x, y, mx, rx, my, ry, 1.0, 0.5, squared)
+    loss, mx, rx, my, ry = coherence.coherence_forward(x, y, 1.0, 0.5, squared, 1e-5)
+    coherence.coherence_backward(torch.ones(()), loss, x, y, mx, rx, my, ry, 1.0, 0.5, squared)
 
 
 def record(calls=None, cc: int = 90) -> list[Launch]:

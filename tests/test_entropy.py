@@ -7,6 +7,8 @@ import torch
 import eitp_kernels
 from eitp_kernels import reference
 from eitp_kernels.ops import entropy as ops
+from eitp_kernels.triton import entropy as triton_entropy
+from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 from conftest import FLOAT_DTYPES, INTERPRETER_ON, cpu_backends
 
@@ -336,9 +338,9 @@ def test_many_triton_launches_do_not_grow_with_the_list(monkeypatch):
     launches = []
     for name in ("_segments_range_partials_kernel", "_segments_range_reduce_kernel", "_segments_counts_kernel",
                  "_histogram_counts_kernel"):
-        monkeypatch.setattr(ops, name, _CountingKernel(getattr(ops, name), name, launches))
-    monkeypatch.setattr(ops.finite_range, "_finite_minmax_partials_kernel",
-                        _CountingKernel(ops.finite_range._finite_minmax_partials_kernel, "minmax", launches))
+        monkeypatch.setattr(triton_entropy, name, _CountingKernel(getattr(triton_entropy, name), name, launches))
+    monkeypatch.setattr(triton_finite_minmax, "_finite_minmax_partials_kernel",
+                        _CountingKernel(triton_finite_minmax._finite_minmax_partials_kernel, "minmax", launches))
 
     def launched(n, rng):
         launches.clear()

@@ -4,7 +4,7 @@ import torch
 
 import eitp_kernels
 from eitp_kernels import reference
-from eitp_kernels.ops import finite_range
+from eitp_kernels.ops import finite_minmax
 
 from conftest import FLOAT_DTYPES, cpu_backends
 

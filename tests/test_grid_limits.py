@@ -16,28 +16,28 @@ import torch
 pytest.importorskip("triton")
 
 from eitp_kernels import _triton  # noqa: E402
-from eitp_kernels.ops import coherence, entropy, finite_range, quant  # noqa: E402
+from eitp_kernels.triton import coherence, entropy, finite_minmax, quant  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIG = 2**31
 # (rows, row length) of 2^31 elements: one row, many rows of medium length, more than 65535 rows, tiny rows
 HUGE_SHAPES = [(1, BIG), (2**11, 2**20), (2**17, 2**14), (2**24, 2**7), (2**30, 2)]
 LAUNCHERS = {
-    "finite_minmax": lambda x, lo, hi: finite_range._triton_rows(x),
-    "counts bins=256": lambda x, lo, hi: entropy._triton_counts(x, lo, hi, 256, False),
-    "counts bins=8192": lambda x, lo, hi: entropy._triton_counts(x, lo, hi, 8192, True),
-    "soft": lambda x, lo, hi: entropy._triton_soft_counts(x, lo, hi, 64, False),
-    "soft backward": lambda x, lo, hi: entropy._triton_soft_backward(
+    "finite_minmax": lambda x, lo, hi: finite_minmax.finite_minmax_rows(x),
+    "counts bins=256": lambda x, lo, hi: entropy.histogram_counts(x, lo, hi, 256, False),
+    "counts bins=8192": lambda x, lo, hi: entropy.histogram_counts(x, lo, hi, 8192, True),
+    "soft": lambda x, lo, hi: entropy.soft_histogram(x, lo, hi, 64, False),
+    "soft backward": lambda x, lo, hi: entropy.soft_histogram_backward(
         torch.empty(x.shape[0], 64, dtype=torch.float64, device="meta"), x, lo, hi, 64, False),
-    "quant dynamic": lambda x, lo, hi: quant._triton_quant(x, None, None, False, False),
-    "quant static": lambda x, lo, hi: quant._triton_quant(
+    "quant dynamic": lambda x, lo, hi: quant.quantize_int8_rows(x, None, None, False, False),
+    "quant static": lambda x, lo, hi: quant.quantize_int8_rows(
         x, torch.ones(x.shape[0], device="meta"), None, True, True),
-    "dequant": lambda x, lo, hi: quant._triton_dequant(
+    "dequant": lambda x, lo, hi: quant.dequantize_int8_rows(
         torch.empty(x.shape, dtype=torch.int8, device="meta"), torch.ones(x.shape[0], device="meta"), None,
         torch.float32),
-    "quant backward": lambda x, lo, hi: quant._triton_backward(x, x, torch.ones(x.shape[0], device="meta"), None,
-                                                              True),
-    "many": lambda x, lo, hi: entropy._triton_counts_many([x.reshape(-1), x[:1].reshape(-1)], 256, None),
+    "quant backward": lambda x, lo, hi: quant.fake_quant_int8_rows_backward(
+        x, x, torch.ones(x.shape[0], device="meta"), None, True),
+    "many": lambda x, lo, hi: entropy.histogram_counts_many([x.reshape(-1), x[:1].reshape(-1)], 256, None),
 }
 
 
@@ -76,8 +76,8 @@ def test_triton_launch_grids_fit_cuda_limits(grids, launcher, shape):
 
 @pytest.mark.parametrize("n, d, dp", [(2**19, 2**12, 0), (2**16, 2**15, 2**15), (2**26, 32, 64)])
 def test_triton_coherence_grids_fit_cuda_limits(grids, n, d, dp):
-    forward = coherence._coherence_forward_triton._init_fn  # the launcher itself, not the fake kernel
-    backward = coherence._coherence_backward_triton._init_fn
+    forward = coherence.coherence_forward
+    backward = coherence.coherence_backward
     x = torch.empty((n, d), device="meta")
     y = torch.empty((n, dp), device="meta") if dp else None
     loss, mx, rx, my, ry = forward(x, y, 1.0, 1.0, False, 1e-5)

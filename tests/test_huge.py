@@ -125,10 +125,10 @@ def test_quantize_fp16_over_2_31():
 
 
 def _triton_kernels():
-    import eitp_kernels.ops.coherence as m1
-    import eitp_kernels.ops.entropy as m2
-    import eitp_kernels.ops.finite_range as m3
-    import eitp_kernels.ops.quant as m4
+    import eitp_kernels.triton.coherence as m1
+    import eitp_kernels.triton.entropy as m2
+    import eitp_kernels.triton.finite_minmax as m3
+    import eitp_kernels.triton.quant as m4
 
     found = {}
     for mod in (m1, m2, m3, m4):

@@ -45,12 +45,12 @@ def test_every_launch_compiles_within_limits(compiled):
 
 
 def test_every_kernel_and_integer_argument_equal_to_one_is_covered(launches):
-    import eitp_kernels.ops.coherence as coherence
-    import eitp_kernels.ops.entropy as entropy
-    import eitp_kernels.ops.finite_range as finite_range
-    import eitp_kernels.ops.quant as quant
+    import eitp_kernels.triton.coherence as coherence
+    import eitp_kernels.triton.entropy as entropy
+    import eitp_kernels.triton.finite_minmax as finite_minmax
+    import eitp_kernels.triton.quant as quant
 
-    kernels = {name for module in (coherence, entropy, finite_range, quant) for name, value in vars(module).items()
+    kernels = {name for module in (coherence, entropy, finite_minmax, quant) for name, value in vars(module).items()
                if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel")}
     recorded = {launch.kernel for launch in launches}
     assert kernels <= recorded, f"kernels no launch reaches: {sorted(kernels - recorded)}"
@@ -64,7 +64,7 @@ def test_every_kernel_and_integer_argument_equal_to_one_is_covered(launches):
         assert not never_one, f"{kernel}: integer arguments never launched equal to 1: {sorted(never_one)}"
 
 
-# Integer arguments that cannot be 1, by the launcher code (quant.py): ``chunk``
+# Integer arguments that cannot be 1, by the launcher code (eitp_kernels/triton/quant.py): ``chunk``
 # is 16 x BLOCK >= 256 in _triton_blocks; the range partials run only when a
 # row has more than one chunk (chunks > 1 and row_length > chunk).
 _NEVER_ONE = {

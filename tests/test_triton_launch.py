@@ -54,10 +54,12 @@ def test_launch_on_cpu_tensors_sets_no_device(monkeypatch):
 
 def test_every_triton_launch_in_the_ops_goes_through_launch():
     # a direct `kernel[grid](...)` would bypass the device guard and the grid check
-    for name in sorted(os.listdir(os.path.join(ROOT, "eitp_kernels", "ops"))):
+    paths = [os.path.join(ROOT, "eitp_kernels", package, name) for package in ("ops", "triton")
+             for name in sorted(os.listdir(os.path.join(ROOT, "eitp_kernels", package)))]
+    for name in paths:
         if not name.endswith(".py"):
             continue
-        tree = ast.parse(open(os.path.join(ROOT, "eitp_kernels", "ops", name)).read())
+        tree = ast.parse(open(name).read())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
                 target = ast.unparse(node.func.value)

@@ -15,9 +15,8 @@ Adding a suite for op ``<op>`` (about 30 lines):
        import torch
 
        import eitp_kernels
-       from eitp_kernels import reference
+       from eitp_kernels import _backends, reference
        from eitp_kernels.bench.cases import Case, randn_inputs, register_suite, size_label
-       from eitp_kernels.ops import <op module>
 
        OP = "<op>"
 
@@ -30,7 +29,7 @@ Adding a suite for op ``<op>`` (about 30 lines):
                    make_inputs=randn_inputs((n,), dtype),
                    fn=functools.partial(eitp_kernels.<op>, bins=256),
                    reference=functools.partial(reference.<op>, bins=256),
-                   implemented=<op module>.IMPLEMENTED,
+                   implemented=_backends.IMPLEMENTED,
                    bytes=n * dtype.itemsize,          # or flops=... (GFLOP/s column)
                ))
            return cases
@@ -149,7 +148,7 @@ class Case:
     make_inputs: Callable[[torch.device], tuple]
     fn: Callable[..., Any]  # the library op, dispatched by eitp_kernels.use_backend
     reference: Callable[..., Any]  # from eitp_kernels.reference: the ground truth
-    implemented: Mapping[str, Sequence[str]]  # the op module's IMPLEMENTED
+    implemented: Mapping[str, Sequence[str]]  # backends per device type: eitp_kernels._backends.IMPLEMENTED
     bytes: int | None = None  # minimum memory traffic: gives GB/s and % of copy bandwidth
     flops: int | None = None  # floating-point operations: gives GFLOP/s instead of GB/s
     rtol: float | None = None  # check tolerance; None: TOLERANCES by output dtype

@@ -25,10 +25,9 @@ import functools
 import torch
 
 import eitp_kernels
-from eitp_kernels import reference
+from eitp_kernels import _backends, reference
 from eitp_kernels.bench import peers
 from eitp_kernels.bench.cases import Case, Target, randn_inputs, register_suite, size_label
-from eitp_kernels.ops import coherence
 
 OP = "coherence_loss"
 BARLOW = {"offdiag_weight": peers.BARLOW_LAMBDA, "squared": True}
@@ -85,7 +84,7 @@ def _self_targets(n: int, d: int) -> dict[str, tuple[Target, ...]]:
 def _self_cases(n: int, d: int, targets) -> list[Case]:
     flops = 2 * n * d * d
     common = dict(op=OP, dtype=torch.float32, make_inputs=randn_inputs((n, d), torch.float32),
-                  implemented=coherence.IMPLEMENTED, rtol=1e-4)
+                  implemented=_backends.IMPLEMENTED, rtol=1e-4)
     return [
         Case(shape=f"{size_label(n, d)} fwd", fn=eitp_kernels.coherence_loss, reference=reference.coherence_loss,
              flops=flops, atol=1e-6, targets=dict(targets).get("fwd", ()), **common),
@@ -107,7 +106,7 @@ def _barlow_cases(n: int, d: int, quick: bool) -> list[Case]:
             targets = (Target("lightly", floor, source="issue 16"), Target("official BT", 1.0, source="issue 16"))
         cases.append(Case(
             op=OP, shape=f"BT {size_label(n, d)} {'fwd+bwd' if backward else 'fwd'}", dtype=torch.float32,
-            make_inputs=two_inputs(n, d), implemented=coherence.IMPLEMENTED,
+            make_inputs=two_inputs(n, d), implemented=_backends.IMPLEMENTED,
             fn=forward_and_grads(ours) if backward else ours, reference=forward_and_grads(ref) if backward else ref,
             flops=3 * flops if backward else flops, rtol=1e-4, atol=1e-7 if backward else 1e-6,
             alternatives=peers.barlow_twins_alternatives(backward), targets=targets,

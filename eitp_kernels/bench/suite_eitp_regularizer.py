@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import eitp_kernels
+from eitp_kernels import _backends
 from eitp_kernels.bench.cases import Case, register_suite
-from eitp_kernels.ops import coherence
 
 OP = "eitp_regularizer"
 
@@ -49,10 +49,10 @@ def build(device: torch.device, quick: bool) -> list[Case]:
     # The plain step: same model and data, no regularizer ('eager' = itself).
     plain = Case(op=OP, shape=f"{label} plain", dtype=torch.float32, make_inputs=make,
                  fn=_step_fn(batch, width, False, None), reference=_step_fn(batch, width, False, None),
-                 implemented=coherence.IMPLEMENTED, rtol=1e-4, atol=1e-6)
+                 implemented=_backends.IMPLEMENTED, rtol=1e-4, atol=1e-6)
     regularized = Case(op=OP, shape=f"{label} +reg", dtype=torch.float32, make_inputs=make,
                        fn=_step_fn(batch, width, True, None), reference=_step_fn(batch, width, True, "reference"),
-                       implemented=coherence.IMPLEMENTED, rtol=1e-3, atol=1e-5)
+                       implemented=_backends.IMPLEMENTED, rtol=1e-3, atol=1e-5)
     return [plain, regularized]
 
 

@@ -17,10 +17,9 @@ import functools
 import torch
 
 import eitp_kernels
-from eitp_kernels import reference
+from eitp_kernels import _backends, reference
 from eitp_kernels.bench import peers
 from eitp_kernels.bench.cases import Alternative, Case, Target, outputs_match, randn_inputs, register_suite, size_label
-from eitp_kernels.ops import quant
 
 OP = "fake_quant_int8"
 GRANULARITIES = (("channel", {"granularity": "channel", "axis": 0}),
@@ -37,7 +36,7 @@ def build(device: torch.device, quick: bool) -> list[Case]:
              make_inputs=randn_inputs(shape, torch.float32),
              fn=functools.partial(eitp_kernels.fake_quant_int8, **kwargs),
              reference=functools.partial(reference.fake_quant_int8, **kwargs),
-             implemented=quant.IMPLEMENTED, bytes=8 * n,
+             implemented=_backends.IMPLEMENTED, bytes=8 * n,
              alternatives=(_torch_fake_quantize(),) if label == "channel" else (),
              targets=(Target("eager", 5.0), Target("compile", 1.5), Target("torch fake_quant", 1.5))
              if full and label == "channel" else ())
@@ -48,14 +47,14 @@ def build(device: torch.device, quick: bool) -> list[Case]:
                       make_inputs=randn_inputs(shape, torch.float32),
                       fn=functools.partial(eitp_kernels.quantize_int8, **channel),
                       reference=functools.partial(reference.quantize_int8, **channel),
-                      implemented=quant.IMPLEMENTED, bytes=5 * n + 4 * side,
+                      implemented=_backends.IMPLEMENTED, bytes=5 * n + 4 * side,
                       alternatives=peers.quantize_alternatives(),
                       targets=(Target("copy", 2.0, metric="copy", copy_bytes=8 * n),) if full else ()))
     cases.append(Case(op="dequantize_int8", shape=f"{size_label(side, side)} channel", dtype=torch.float32,
                       make_inputs=_codes_and_scales(shape),
                       fn=functools.partial(eitp_kernels.dequantize_int8, **channel),
                       reference=functools.partial(reference.dequantize_int8, **channel),
-                      implemented=quant.IMPLEMENTED, bytes=5 * n + 4 * side))
+                      implemented=_backends.IMPLEMENTED, bytes=5 * n + 4 * side))
     return cases
 
 

@@ -9,9 +9,8 @@ import functools
 import torch
 
 import eitp_kernels
-from eitp_kernels import reference
+from eitp_kernels import _backends, reference
 from eitp_kernels.bench.cases import Case, element_bytes, randn_inputs, register_suite, size_label
-from eitp_kernels.ops import finite_range
 
 OP = "finite_minmax"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -35,7 +34,7 @@ def _case(label: str, shape: tuple[int, ...], dtype: torch.dtype, outputs: int, 
         make_inputs=randn_inputs(shape, dtype),
         fn=functools.partial(eitp_kernels.finite_minmax, **kwargs),
         reference=functools.partial(reference.finite_minmax, **kwargs),
-        implemented=finite_range.IMPLEMENTED,
+        implemented=_backends.IMPLEMENTED,
         bytes=element_bytes(shape, dtype) + 2 * element_bytes((outputs,), out_dtype),
     )
 

@@ -19,10 +19,9 @@ import functools
 import torch
 
 import eitp_kernels
-from eitp_kernels import reference
+from eitp_kernels import _backends, reference
 from eitp_kernels.bench import peers
 from eitp_kernels.bench.cases import Alternative, Case, Target, element_bytes, randn_inputs, register_suite, size_label
-from eitp_kernels.ops import entropy
 
 OP = "histogram_entropy"
 MANY_OP = "histogram_entropy_many"
@@ -52,7 +51,7 @@ def _case(label, shape, dtype, outputs, alternatives=(), targets=(), **kwargs) -
         make_inputs=randn_inputs(shape, dtype),
         fn=functools.partial(eitp_kernels.histogram_entropy, **kwargs),
         reference=functools.partial(reference.histogram_entropy, **kwargs),
-        implemented=entropy.IMPLEMENTED,
+        implemented=_backends.IMPLEMENTED,
         bytes=element_bytes(shape, dtype) + element_bytes((outputs,), reference.compute_dtype(dtype)),
         rtol=1e-6,
         alternatives=alternatives,
@@ -69,7 +68,7 @@ def _codes_case(n: int) -> Case:
         op=OP, shape=f"{size_label(n)} codes", dtype=torch.int8, make_inputs=make,
         fn=functools.partial(eitp_kernels.histogram_entropy, base=2),
         reference=functools.partial(reference.histogram_entropy, base=2),
-        implemented=entropy.IMPLEMENTED, bytes=n + 4, rtol=1e-6,
+        implemented=_backends.IMPLEMENTED, bytes=n + 4, rtol=1e-6,
     )
 
 
@@ -105,7 +104,7 @@ def _many_case(quick: bool) -> Case:
     return Case(
         op=MANY_OP, shape=f"50 tensors {elements / 1e6:.2f}M", dtype=torch.float32, make_inputs=make,
         fn=lambda *tensors: eitp_kernels.histogram_entropy_many(list(tensors)),
-        reference=reference_many, implemented=entropy.IMPLEMENTED_MANY,
+        reference=reference_many, implemented=_backends.IMPLEMENTED,
         bytes=4 * elements + 4 * len(shapes), rtol=1e-6, alternatives=(loop,),
         targets=() if quick else (Target("loop of calls", 5.0),),
     )

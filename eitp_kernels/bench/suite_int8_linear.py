@@ -22,8 +22,8 @@ import functools
 import torch
 from torch import nn
 
+from eitp_kernels import _backends
 from eitp_kernels.bench.cases import Alternative, Case, Target, register_suite
-from eitp_kernels.ops import quant
 
 OP = "int8_linear"
 BATCHES = (1, 64, 512)
@@ -76,7 +76,7 @@ def build(device: torch.device, quick: bool) -> list[Case]:
         targets = (Target("eager", 2.0, source="issue 14"),) if batch == 64 and not quick else ()
         cases.append(Case(op=OP, shape=f"b{batch} {side}x{side}", dtype=torch.float32,
                           make_inputs=_inputs(batch, side), fn=_call(side, 1), reference=_call(side, 0),
-                          implemented=quant.IMPLEMENTED, flops=2 * batch * side * side, rtol=0.0, atol=0.05,
+                          implemented=_backends.IMPLEMENTED, flops=2 * batch * side * side, rtol=0.0, atol=0.05,
                           alternatives=(dynamic,), targets=targets))
     return cases
 

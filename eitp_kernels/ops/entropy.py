@@ -31,14 +31,11 @@ ops whose gradient is dH/dc_j = -(ln p_j + H) / N with ln p taken of p
 clamped at ``reference.ENTROPY_LOG_FLOOR``, which gives the docs/design.md §2.1 formula
 dH/dx = (ln p_k - ln p_{k+1}) / (N w). The range is held constant.
 
-Triton: the hard counts kernel keeps a block-local histogram (``tl.histogram``,
-bins <= 4096) and merges it with one atomic per bin per program (above 4096
-bins: one global atomic per element); the soft counts kernel uses two float64
-global atomics per element. They are custom ops (``eitp_triton::*``, via
-``torch.library.triton_op``) so torch.compile can trace them on a GPU;
-``eitp_triton::histogram_counts_many`` is a plain custom op (opaque to
-torch.compile, with a fake kernel) because it builds its segment table on the
-host from the shapes of the list.
+Triton (kernels and launchers in ``eitp_kernels.triton.entropy``): custom
+ops ``eitp_triton::*`` (via ``torch.library.triton_op``) so torch.compile can
+trace them on a GPU; ``eitp_triton::histogram_counts_many`` is a plain custom
+op (opaque to torch.compile, with a fake kernel) because it builds its segment
+table on the host from the shapes of the list.
 
 Many tensors (``histogram_entropy_many``): each tensor is a segment of a flat
 buffer; a work item is one chunk of one segment, and a program finds its
@@ -53,682 +50,13 @@ from typing import Sequence
 import torch
 
 from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import launch, tl, triton, triton_jit
-from eitp_kernels.ops import finite_range
+from eitp_kernels._triton import triton
+from eitp_kernels.ops.finite_minmax import ROWS as FINITE_MINMAX_ROWS
+from eitp_kernels.triton import entropy as triton_entropy
 
 OP = "histogram_entropy"
 MANY_OP = "histogram_entropy_many"
 MAX_BINS = 1 << 24
-
-# Backends per device type, best first.
-IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton", "reference")}
-IMPLEMENTED_DIFFERENTIABLE = IMPLEMENTED
-IMPLEMENTED_MANY = IMPLEMENTED
-
-_TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
-
-
-# --------------------------------------------------------------------------
-# Triton kernels
-# --------------------------------------------------------------------------
-
-
-@triton_jit
-def _as_acc(n, ACC: tl.constexpr):
-    """Integer ``n`` as an ACC scalar. Not ``n.to(ACC)``: Triton's compiler turns an
-    integer argument equal to 1 into a Python int constant, which has no ``.to``."""
-    return tl.zeros([], ACC) + n
-
-
-@triton_jit
-def _count_span(
-    x_ptr,
-    begin,  # counts x[begin, end)
-    end,
-    lo_ptr,  # this histogram's range, ACC (not read for codes)
-    hi_ptr,
-    out_ptr,  # (bins,) int64 counts to add to
-    bins,
-    EXPLICIT: tl.constexpr,  # drop x < lo and x > hi
-    IS_CODE: tl.constexpr,  # int8/uint8 input: bin = code + CODE_OFFSET
-    CODE_OFFSET: tl.constexpr,
-    ACC: tl.constexpr,  # tl.float32 or tl.float64
-    IS_F64: tl.constexpr,
-    NB: tl.constexpr,  # power of two >= bins (block-local histogram length)
-    LOCAL_HIST: tl.constexpr,  # block-local histogram, else one atomic per element
-    BLOCK: tl.constexpr,
-):
-    if not IS_CODE:
-        lo = tl.load(lo_ptr)
-        hi = tl.load(hi_ptr)
-        nb = _as_acc(bins, ACC)
-        if IS_F64:
-            w = (hi - lo) / nb
-        else:
-            w = tl.math.div_rn(hi - lo, nb)  # IEEE division: the reference's w
-    hist = tl.zeros([NB], tl.int32)
-    for start in tl.range(begin, end, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        in_span = offsets < end
-        if IS_CODE:
-            b = tl.load(x_ptr + offsets, mask=in_span, other=0).to(tl.int32) + CODE_OFFSET
-            ok = in_span
-        else:
-            v = tl.load(x_ptr + offsets, mask=in_span, other=0.0).to(ACC)
-            ok = in_span & (v - v == 0)  # finite
-            if EXPLICIT:
-                ok = ok & (v >= lo) & (v <= hi)
-            if IS_F64:
-                q = (v - lo) / w
-            else:
-                q = tl.math.div_rn(v - lo, w)
-            # floor clamped to [0, bins-1] == trunc of q clamped to [0, bins]
-            q = tl.where(q >= 0, q, 0.0)  # also NaN -> 0
-            q = tl.where(q < nb, q, nb)
-            q = tl.where(w == 0, 0.0, q)
-            b = tl.minimum(q.to(tl.int32), bins - 1)
-        if LOCAL_HIST:
-            hist += tl.histogram(b, NB, mask=ok)
-        else:
-            tl.atomic_add(out_ptr + b, tl.full([BLOCK], 1, tl.int64), mask=ok)
-    if LOCAL_HIST:
-        idx = tl.arange(0, NB)
-        tl.atomic_add(out_ptr + idx, hist.to(tl.int64), mask=(idx < bins) & (hist > 0))
-
-
-@triton_jit
-def _histogram_counts_kernel(
-    x_ptr,  # (rows, row_length), contiguous: float dtypes or int8/uint8 codes
-    lo_ptr,  # (rows,) range, accumulation dtype (unused for codes)
-    hi_ptr,  # (rows,)
-    counts_ptr,  # (rows, bins) int64, zero-filled
-    row_length,
-    chunks,  # programs per row: program p counts chunk p % chunks of row p // chunks
-    bins,
-    EXPLICIT: tl.constexpr,
-    IS_CODE: tl.constexpr,
-    CODE_OFFSET: tl.constexpr,
-    ACC: tl.constexpr,
-    IS_F64: tl.constexpr,
-    NB: tl.constexpr,
-    LOCAL_HIST: tl.constexpr,
-    CHUNK: tl.constexpr,  # elements per program
-    BLOCK: tl.constexpr,
-):
-    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    row = pid // chunks
-    begin = (pid % chunks) * CHUNK
-    end = tl.minimum(begin + CHUNK, row_length)
-    _count_span(x_ptr + row * row_length, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
-                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
-
-
-def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
-    """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
-    local = bins <= _TRITON_HIST_MAX_BINS
-    acc = reference.compute_dtype(dtype)
-    # short spans (many of them): one program each, no idle loop steps
-    block = min(1024, max(16, triton.next_power_of_2(max_span)))
-    chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(max_span)))
-    return dict(
-        EXPLICIT=explicit, IS_CODE=dtype in _validation.CODE_DTYPES, CODE_OFFSET=128 if dtype == torch.int8 else 0,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
-        NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
-    )
-
-
-def _triton_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=rows.device)
-    if rows.numel() == 0:
-        return counts
-    meta = _count_meta(rows.dtype, bins, explicit, row_length)
-    if meta["IS_CODE"]:
-        lo = hi = counts  # unused
-    chunks = triton.cdiv(row_length, meta["CHUNK"])
-    launch(_histogram_counts_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
-           traceable=True, **meta)
-    return counts
-
-
-# ---- many tensors: one flat buffer per dtype, segments found by binary search
-
-
-@triton_jit
-def _segment_work_item(
-    first_item_ptr,  # (segments + 1,) exclusive prefix sum of the work items of each segment
-    offset_ptr,  # (segments + 1,) element offset of each segment in the flat buffer
-    segments,
-    search_steps,  # >= ceil(log2(segments))
-    CHUNK: tl.constexpr,  # elements per work item
-):
-    """(segment, begin, end) of this program's work item: chunk
-    ``item - first_item[s]`` of the last segment ``s`` with ``first_item[s] <= item``
-    (an empty segment owns no item, so a tie resolves to the non-empty one after it)."""
-    item = tl.program_id(0).to(tl.int64)
-    lo = item * 0
-    hi = lo + segments - 1
-    for _ in range(search_steps):
-        mid = (lo + hi + 1) >> 1
-        go = tl.load(first_item_ptr + mid) <= item
-        lo = tl.where(go, mid, lo)
-        hi = tl.where(go, hi, mid - 1)
-    begin = tl.load(offset_ptr + lo) + (item - tl.load(first_item_ptr + lo)) * CHUNK
-    end = tl.minimum(begin + CHUNK, tl.load(offset_ptr + lo + 1))
-    return lo, begin, end
-
-
-@triton_jit
-def _segments_range_partials_kernel(
-    x_ptr,  # flat buffer: the segments one after another, one float dtype
-    first_item_ptr,
-    offset_ptr,
-    part_lo_ptr,  # (items,) finite min of each work item, accumulation dtype
-    part_hi_ptr,  # (items,) finite max
-    segments,
-    search_steps,
-    ACC: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    _, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
-    lo, hi = finite_range._finite_minmax_span(x_ptr, begin, end, ACC, BLOCK)
-    item = tl.program_id(0).to(tl.int64)
-    tl.store(part_lo_ptr + item, lo)
-    tl.store(part_hi_ptr + item, hi)
-
-
-@triton_jit
-def _segments_range_reduce_kernel(
-    part_lo_ptr,  # (items,) from _segments_range_partials_kernel
-    part_hi_ptr,
-    first_item_ptr,  # (segments + 1,)
-    row_ptr,  # (segments,) output row of each segment
-    lo_ptr,  # (rows,) range per output row, accumulation dtype
-    hi_ptr,
-    ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    # One program per segment folds the partials of its work items (none for
-    # an empty segment: (+inf, -inf), and nothing is counted).
-    seg = tl.program_id(0).to(tl.int64)
-    first = tl.load(first_item_ptr + seg)
-    last = tl.load(first_item_ptr + seg + 1)
-    lo = tl.full([BLOCK], float("inf"), ACC)
-    hi = tl.full([BLOCK], float("-inf"), ACC)
-    for start in tl.range(first, last, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        mask = offsets < last
-        lo = tl.minimum(lo, tl.load(part_lo_ptr + offsets, mask=mask, other=float("inf")))
-        hi = tl.maximum(hi, tl.load(part_hi_ptr + offsets, mask=mask, other=float("-inf")))
-    row = tl.load(row_ptr + seg)
-    tl.store(lo_ptr + row, tl.min(lo, axis=0))
-    tl.store(hi_ptr + row, tl.max(hi, axis=0))
-
-
-@triton_jit
-def _segments_counts_kernel(
-    x_ptr,  # flat buffer: the segments one after another, one dtype
-    first_item_ptr,
-    offset_ptr,
-    row_ptr,  # (segments,) output row of each segment
-    lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
-    hi_ptr,
-    counts_ptr,  # (rows, bins) int64, zero-filled
-    segments,
-    search_steps,
-    bins,
-    EXPLICIT: tl.constexpr,
-    IS_CODE: tl.constexpr,
-    CODE_OFFSET: tl.constexpr,
-    ACC: tl.constexpr,
-    IS_F64: tl.constexpr,
-    NB: tl.constexpr,
-    LOCAL_HIST: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
-    row = tl.load(row_ptr + seg)
-    _count_span(x_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
-                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
-
-
-@triton_jit
-def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.constexpr):
-    """Linear binning in the reference's arithmetic: (valid, live, k0, k1, f)."""
-    valid = in_row & (v - v == 0)
-    if EXPLICIT:
-        valid = valid & (v >= lo) & (v <= hi)
-    live = valid & ((tl.zeros_like(v) + w) != 0)  # broadcast first: the interpreter wants two blocks
-    if IS_F64:
-        u = (v - lo) / w - 0.5
-    else:
-        u = tl.math.div_rn(v - lo, w) - 0.5
-    live = live & (u == u)  # NaN u (inf/inf: hi - lo overflowed) is not live, as in the reference
-    k = tl.floor(u)
-    f = u - k
-    k = tl.where(live, k, 0.0)
-    f = tl.where(live, f, 0.0)
-    top = tl.zeros([], k.dtype) + (bins - 1)  # not (bins - 1).to(): bins may be the constant 1
-    k0 = tl.minimum(tl.maximum(k, 0.0), top).to(tl.int32)
-    k1 = tl.minimum(tl.maximum(k + 1.0, 0.0), top).to(tl.int32)
-    return valid, live, k0, k1, f
-
-
-@triton_jit
-def _soft_histogram_kernel(
-    x_ptr,  # (rows, row_length), contiguous, float dtypes
-    lo_ptr,  # (rows,) accumulation dtype
-    hi_ptr,
-    counts_ptr,  # (rows, bins) float64, zero-filled
-    row_length,
-    chunks,  # programs per row (one flat axis of rows x chunks)
-    bins,
-    EXPLICIT: tl.constexpr,
-    ACC: tl.constexpr,
-    IS_F64: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    # Weighted counts: tl.histogram has no weights, so two float64 global
-    # atomics per counted element.
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // chunks
-    chunk = pid % chunks
-    row_ptr = x_ptr + row * row_length
-    out_ptr = counts_ptr + row * bins
-    lo = tl.load(lo_ptr + row)
-    hi = tl.load(hi_ptr + row)
-    if IS_F64:
-        w = (hi - lo) / _as_acc(bins, ACC)
-    else:
-        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
-    for start in tl.range(0, CHUNK, BLOCK):
-        offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
-        in_row = offsets < row_length
-        v = tl.load(row_ptr + offsets, mask=in_row, other=0.0).to(ACC)
-        valid, live, k0, k1, f = _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT, IS_F64)
-        tl.atomic_add(out_ptr + k0, (1.0 - f).to(tl.float64), mask=valid)
-        tl.atomic_add(out_ptr + k1, f.to(tl.float64), mask=live)
-
-
-@triton_jit
-def _soft_histogram_backward_kernel(
-    x_ptr,  # (rows, row_length)
-    lo_ptr,
-    hi_ptr,
-    table_ptr,  # (rows, bins) float64: dL/dcounts
-    grad_ptr,  # (rows, row_length) accumulation dtype
-    row_length,
-    blocks,  # programs per row (one flat axis of rows x blocks)
-    bins,
-    EXPLICIT: tl.constexpr,
-    ACC: tl.constexpr,
-    IS_F64: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // blocks
-    block = pid % blocks
-    lo = tl.load(lo_ptr + row)
-    hi = tl.load(hi_ptr + row)
-    if IS_F64:
-        w = (hi - lo) / _as_acc(bins, ACC)
-    else:
-        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
-    offsets = block * BLOCK + tl.arange(0, BLOCK)
-    in_row = offsets < row_length
-    v = tl.load(x_ptr + row * row_length + offsets, mask=in_row, other=0.0).to(ACC)
-    valid, live, k0, k1, f = _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT, IS_F64)
-    t0 = tl.load(table_ptr + row * bins + k0, mask=live, other=0.0)
-    t1 = tl.load(table_ptr + row * bins + k1, mask=live, other=0.0)
-    g = (t1 - t0) / w.to(tl.float64)  # float64 division is IEEE in Triton
-    tl.store(grad_ptr + row * row_length + offsets, tl.where(live, g, 0.0).to(ACC), mask=in_row)
-
-
-def _triton_soft_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=rows.device)
-    if rows.numel() == 0:
-        return counts
-    acc = reference.compute_dtype(rows.dtype)
-    block = min(1024, max(16, triton.next_power_of_2(row_length)))
-    chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
-    chunks = triton.cdiv(row_length, chunk)
-    launch(_soft_histogram_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
-           traceable=True, EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32,
-           IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block)
-    return counts
-
-
-def _triton_soft_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    acc = reference.compute_dtype(rows.dtype)
-    grad = torch.empty(rows.shape, dtype=acc, device=rows.device)
-    if rows.numel() == 0:
-        return grad
-    block = min(1024, max(16, triton.next_power_of_2(row_length)))
-    blocks = triton.cdiv(row_length, block)
-    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), rows, lo, hi,
-           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins, traceable=True,
-           EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
-           BLOCK=block)
-    return grad
-
-
-def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
-    """Per dtype group, the int64 (first_item, offset, row) arrays of its segments (each
-    (segments + 1,), row padded), all views of one tensor built on the host and copied
-    to the device once (pinned, asynchronous: no sync); and the work items per group."""
-    values: list[int] = []
-    items = []
-    for idx, chunk in zip(groups, chunks):
-        first, offset = [0], [0]
-        for i in idx:
-            n = tensors[i].numel()
-            first.append(first[-1] + -(-n // chunk))
-            offset.append(offset[-1] + n)
-        values += first + offset + idx + [0]
-        items.append(first[-1])
-    table = torch.tensor(values, dtype=torch.int64)
-    if device.type == "cuda":
-        table = table.pin_memory().to(device, non_blocking=True)
-    views, at = [], 0
-    for idx in groups:
-        width = len(idx) + 1
-        views.append(table[at:at + 3 * width].view(3, width))
-        at += 3 * width
-    return views, items
-
-
-def _group_ranges(tensors, groups, rng, device) -> dict:
-    """accumulation dtype -> (lo, hi) arrays (one slot per tensor): the explicit range, or
-    empty arrays the range kernels fill for the tensors of the float groups."""
-    ranges = {}
-    for idx in groups:
-        dtype = tensors[idx[0]].dtype
-        acc = reference.compute_dtype(dtype)
-        if dtype in _validation.CODE_DTYPES or acc in ranges:
-            continue
-        n = len(tensors)
-        if rng is None:
-            ranges[acc] = (torch.empty(n, dtype=acc, device=device), torch.empty(n, dtype=acc, device=device))
-        else:
-            ranges[acc] = (torch.full((n,), rng[0], dtype=acc, device=device),
-                           torch.full((n,), rng[1], dtype=acc, device=device))
-    return ranges
-
-
-def _triton_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
-    """int64 counts (len(tensors), bins) of every tensor in a fixed number of launches
-    per dtype group: one torch.cat of the group's tensors (skipped for a lone
-    contiguous tensor), range partials + range fold (automatic range only), counts."""
-    device = tensors[0].device
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(tensors):
-        by_dtype.setdefault(t.dtype, []).append(i)
-    groups = list(by_dtype.values())
-    metas = [_count_meta(tensors[idx[0]].dtype, bins, rng is not None, max(tensors[i].numel() for i in idx))
-             for idx in groups]
-    tables, group_items = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
-    ranges = _group_ranges(tensors, groups, rng, device)
-    counts = torch.zeros((len(tensors), bins), dtype=torch.int64, device=device)
-    for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
-        if items == 0:
-            continue  # only empty tensors: zero counts
-        # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
-            tensors[idx[0]].reshape(-1).contiguous()
-        segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
-        lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
-        if rng is None and not meta["IS_CODE"]:
-            part_lo = torch.empty(items, dtype=lo.dtype, device=device)
-            part_hi = torch.empty_like(part_lo)
-            launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,
-                   ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
-            launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
-                   BLOCK=128)
-        launch(_segments_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
-               **meta)
-    return counts
-
-
-def _register_soft_histogram_autograd(namespace: str) -> None:
-    """Autograd of ``<namespace>::soft_histogram`` through its ``soft_histogram_backward``
-    op (the compiled and the Triton backends register the same pair)."""
-    backward_op = getattr(torch.ops, namespace).soft_histogram_backward
-
-    def setup_context(ctx, inputs, output):
-        x, lo, hi, bins, explicit_range = inputs
-        ctx.save_for_backward(x, lo, hi)
-        ctx.bins = bins
-        ctx.explicit_range = explicit_range
-
-    def backward(ctx, grad_counts):
-        x, lo, hi = ctx.saved_tensors
-        grad_x = backward_op(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
-        return grad_x.to(x.dtype), None, None, None, None
-
-    torch.library.register_autograd(f"{namespace}::soft_histogram", backward, setup_context=setup_context)
-
-
-def _register_triton_ops() -> None:
-    """Triton kernels as custom ops (namespace eitp_triton) so torch.compile traces them."""
-    from torch.library import triton_op
-
-    @triton_op("eitp_triton::histogram_counts", mutates_args=())
-    def _counts_op(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
-                   explicit_range: bool) -> torch.Tensor:
-        return _triton_counts(x, lo, hi, bins, explicit_range)
-
-    @triton_op("eitp_triton::soft_histogram", mutates_args=())
-    def _soft_op(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
-                 explicit_range: bool) -> torch.Tensor:
-        return _triton_soft_counts(x, lo, hi, bins, explicit_range)
-
-    @triton_op("eitp_triton::soft_histogram_backward", mutates_args=())
-    def _soft_backward_op(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                          bins: int, explicit_range: bool) -> torch.Tensor:
-        return _triton_soft_backward(grad_counts, x, lo, hi, bins, explicit_range)
-
-    _register_soft_histogram_autograd("eitp_triton")
-
-    # A plain custom op (opaque to torch.compile, with a fake): its launcher
-    # builds the segment table on the host from the list's shapes, and copies
-    # it from pinned memory reused after the call, hence not CUDA-graph safe.
-    @torch.library.custom_op("eitp_triton::histogram_counts_many", mutates_args=(),
-                             tags=(torch.Tag.cudagraph_unsafe,))
-    def _counts_many_op(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:
-        return _triton_counts_many(xs, bins, range)
-
-    @_counts_many_op.register_fake
-    def _(xs, bins, range):
-        return xs[0].new_empty((len(xs), bins), dtype=torch.int64)
-
-
-# --------------------------------------------------------------------------
-# Backend building blocks (rows = (R, L) contiguous view)
-# --------------------------------------------------------------------------
-
-
-def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
-    """(lo, hi), each (R,) in the accumulation dtype: finite min/max or the given range."""
-    acc = reference.compute_dtype(rows.dtype)
-    if _validation.range_has_tensor(rng):
-        return _tensor_range(rng, rows.shape[0], acc, rows.device)
-    if rng is not None:
-        lo = torch.full((rows.shape[0],), float(rng[0]), dtype=acc, device=rows.device)
-        hi = torch.full((rows.shape[0],), float(rng[1]), dtype=acc, device=rows.device)
-        return lo, hi
-    if backend in ("cpp", "cuda"):
-        lo, hi = torch.ops.eitp.finite_minmax(rows)
-    elif backend == "triton":
-        lo, hi = finite_range._triton_rows(rows)
-    else:
-        lo, hi = reference.finite_minmax(rows, dim=1)
-    if process_group is not None:
-        import torch.distributed as dist
-
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=process_group)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=process_group)
-    return lo, hi
-
-
-def _tensor_range(rng, rows: int, acc: torch.dtype, device: torch.device):
-    """(lo, hi), each (rows,) in ``acc`` on ``device``, from a range with 0-d tensor bounds.
-
-    Converted on the device (a copy when a bound lives elsewhere; no host
-    sync), rounded to ``acc`` as a Python bound would be. lo < hi and
-    finiteness cannot be checked on the host without a sync: a range that
-    fails them becomes (NaN, NaN), which counts nothing, so the entropy is NaN.
-    """
-    lo, hi = (v.detach().to(device=device, dtype=acc) if isinstance(v, torch.Tensor)
-              else torch.full((), v, dtype=acc, device=device) for v in rng)
-    bad = ~((lo < hi) & torch.isfinite(lo) & torch.isfinite(hi))
-    nan = torch.full_like(lo, math.nan)
-    lo, hi = torch.where(bad, nan, lo), torch.where(bad, nan, hi)
-    return lo.reshape(1).expand(rows).contiguous(), hi.reshape(1).expand(rows).contiguous()
-
-
-def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    """int64 counts with the reference's arithmetic, for tensor-valued ranges."""
-    if rows.dtype in _validation.CODE_DTYPES:
-        return reference.histogram_counts(rows, bins=256, dim=1).to(torch.int64)
-    xc = rows.to(reference.compute_dtype(rows.dtype))
-    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
-    valid = reference._counted(xc, lo, hi, explicit)
-    w = (hi - lo) / bins
-    t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
-    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
-    t = torch.where(valid, t, 0.0)
-    return reference._bincount_rows(t.to(torch.int64), valid, bins)
-
-
-def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    if backend in ("cpp", "cuda"):
-        return torch.ops.eitp.histogram_counts(rows, lo, hi, bins, explicit)
-    if backend == "triton":
-        return torch.ops.eitp_triton.histogram_counts(rows, lo, hi, bins, explicit)
-    return _torch_counts(rows, lo, hi, bins, explicit)
-
-
-def _counts_many(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
-    """int64 counts (len(tensors), bins): one histogram of all elements of each tensor."""
-    rng_list = None if rng is None else list(rng)
-    if backend in ("cpp", "cuda"):
-        return torch.ops.eitp.histogram_counts_many(tensors, bins, rng_list)
-    return torch.ops.eitp_triton.histogram_counts_many(tensors, bins, rng_list)
-
-
-def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
-    """int64 counts (len(tensors), bins) for a range with tensor bounds: the
-    many-tensor kernels take the range as host numbers, so each tensor is
-    counted by the single-tensor op (one counting launch per tensor)."""
-    counts = []
-    for t in tensors:
-        row = t.reshape(1, t.numel()).contiguous()
-        lo, hi = _tensor_range(rng, 1, reference.compute_dtype(t.dtype), t.device)
-        counts.append(_counts_rows(backend, row, lo, hi, bins, True))
-    return torch.cat(counts)
-
-
-def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
-    """H per row of counts (float64), the reference's formula; NaN for an empty row."""
-    c = counts.to(torch.float64)
-    total = c.sum(-1, keepdim=True)
-    p = c / total
-    plogp = torch.where(c > 0, p * torch.log(torch.where(c > 0, p, 1.0)), 0.0)
-    h = -plogp.sum(-1) + 0.0
-    h = torch.where(total.squeeze(-1) > 0, h, math.nan)
-    return h if log_base is None else h / log_base
-
-
-def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
-    if backend in ("cpp", "cuda"):
-        return torch.ops.eitp.entropy_from_counts(counts, log_base)
-    return _entropy_torch(counts, log_base)
-
-
-def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    """Linear-binning counts (float64) as in the reference, differentiable by autograd."""
-    return reference.linear_binning_counts(xs, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)[0]
-
-
-def _global_soft_counts(counts: torch.Tensor, process_group) -> torch.Tensor:
-    """The all-reduced (SUM) soft counts, with the gradient that DDP's averaging expects.
-
-    Value: the counts of every rank's data. Gradient: ``world_size * dL/dc``
-    flows back to this rank's own counts (and so to its x). H depends on the
-    local counts only through the global ones (dH/dc_rank = dH/dc_global), so
-    the exact gradient of this rank's slice is dL/dc; DDP then averages the
-    ranks' parameter gradients, ``(1/world) sum_r``, which would leave
-    ``1/world`` of the single-process gradient on the concatenated batch
-    without the factor (coherence_loss applies the same factor).
-    """
-    import torch.distributed as dist
-
-    world = dist.get_world_size(process_group)
-    total = counts.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
-    return total + world * (counts - counts.detach())
-
-
-def _soft_entropy(counts: torch.Tensor, log_base) -> torch.Tensor:
-    """H of soft counts; value of the reference formula, gradient dH/dc_j = -(lnp_j + H)/N.
-
-    ``lnp = ln(clamp(p, ENTROPY_LOG_FLOOR))`` is held constant in the gradient
-    carrier ``-sum p * lnp``, whose derivative is exactly that table.
-    """
-    n = counts.sum(-1, keepdim=True)
-    p = counts / n
-    lnp = torch.log(p.detach().clamp(min=reference.ENTROPY_LOG_FLOOR))
-    carrier = -(p * lnp).sum(-1)
-    h = _entropy_torch(counts.detach(), None) + (carrier - carrier.detach())
-    return h if log_base is None else h / log_base
-
-
-# --------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------
-
-
-def _check_common(op, bins, range, base, *, codes: bool):
-    bins = _validation.check_int(op, "bins", bins, minimum=1)
-    if bins > MAX_BINS:
-        raise ValueError(f"{op}: bins must be <= {MAX_BINS}, got {bins}")
-    rng = _validation.check_range(op, "range", range, allow_tensors=True)
-    log_base = None
-    if base is not None:
-        base = _validation.check_float(op, "base", base, positive=True)
-        if base == 1.0:
-            raise ValueError(f"{op}: base must not be 1 (log base 1 is undefined)")
-        log_base = math.log(base)
-    if codes:
-        if bins != 256:
-            raise ValueError(f"{op}: int8/uint8 codes have 256 bins (one per code); bins must be 256, got {bins}")
-        if rng is not None:
-            raise ValueError(f"{op}: int8/uint8 codes take no range (each code is its own bin), got range={range!r}")
-    return bins, rng, log_base
-
-
-def _check_process_group(op, process_group):
-    if process_group is None:
-        return
-    import torch.distributed as dist
-
-    if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
-        raise TypeError(f"{op}: process_group must be None or a torch.distributed.ProcessGroup, "
-                        f"got {type(process_group).__name__}")
-
-
-def _as_rows(x: torch.Tensor, dim):
-    if dim is None:
-        return x.reshape(1, x.numel()), ()
-    moved = x.movedim(dim, -1)
-    batch = tuple(moved.shape[:-1])
-    return moved.reshape(math.prod(batch), moved.shape[-1]), batch
 
 
 # --------------------------------------------------------------------------
@@ -807,23 +135,18 @@ def histogram_entropy(
 
     acc = reference.compute_dtype(x.dtype)
     if differentiable:
-        backend = _backends.resolve(OP, x.device, IMPLEMENTED_DIFFERENTIABLE)
+        backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
         if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
             return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base, differentiable=True)
         rows, batch = _as_rows(x.to(acc), dim)
         rows = rows.contiguous()
         lo, hi = _range_rows(backend, rows.detach(), rng, process_group)
-        if backend in ("cpp", "cuda"):
-            counts = torch.ops.eitp.soft_histogram(rows, lo, hi, bins, rng is not None)
-        elif backend == "triton":
-            counts = torch.ops.eitp_triton.soft_histogram(rows, lo, hi, bins, rng is not None)
-        else:
-            counts = _soft_counts_torch(rows, lo, hi, bins, rng is not None)
+        counts = _SOFT_COUNTS[backend](rows, lo, hi, bins, rng is not None)
         if process_group is not None:
             counts = _global_soft_counts(counts, process_group)
         return _soft_entropy(counts, log_base).to(acc).reshape(batch)
 
-    backend = _backends.resolve(OP, x.device, IMPLEMENTED)
+    backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
     rows, batch = _as_rows(x, dim)
@@ -852,7 +175,7 @@ def histogram_entropy_many(
     is float64, else float32. Each tensor gets its own automatic range unless
     ``range`` is given (numbers, or 0-d tensors as in ``histogram_entropy``:
     then each tensor is counted by its own launch, since the many-tensor
-    kernels below take the range as host numbers). The tensors may differ in shape and dtype (int8/uint8
+    kernels take the range as host numbers). The tensors may differ in shape and dtype (int8/uint8
     codes need bins == 256 and no range) and must share a device.
 
     Launches do not grow with the number of tensors; nothing syncs with the host:
@@ -890,11 +213,11 @@ def histogram_entropy_many(
         any_code = any_code or t.dtype in _validation.CODE_DTYPES
     bins, rng, log_base = _check_common(MANY_OP, bins, range, base, codes=any_code)
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    backend = _backends.resolve(MANY_OP, tensors[0].device, IMPLEMENTED_MANY)
+    backend = _backends.resolve(MANY_OP, tensors[0].device, _backends.IMPLEMENTED)
     if _validation.range_has_tensor(rng):
         counts = _counts_each_with_tensor_range(backend, list(tensors), bins, rng)
         return _entropy_rows(backend, counts, log_base).to(out_dtype)
-    if backend in ("cpp", "cuda", "triton"):
+    if backend in _COUNTS_MANY:
         counts = _counts_many(backend, list(tensors), bins, rng)
         return _entropy_rows(backend, counts, log_base).to(out_dtype)
     return torch.stack([reference.histogram_entropy(t, bins=bins, range=rng, base=base).to(out_dtype)
@@ -902,11 +225,192 @@ def histogram_entropy_many(
 
 
 # --------------------------------------------------------------------------
-# Fake kernels and autograd of the compiled ops
+# Validation
 # --------------------------------------------------------------------------
 
 
-def _register() -> None:
+def _check_common(op, bins, range, base, *, codes: bool):
+    bins = _validation.check_int(op, "bins", bins, minimum=1)
+    if bins > MAX_BINS:
+        raise ValueError(f"{op}: bins must be <= {MAX_BINS}, got {bins}")
+    rng = _validation.check_range(op, "range", range, allow_tensors=True)
+    log_base = None
+    if base is not None:
+        base = _validation.check_float(op, "base", base, positive=True)
+        if base == 1.0:
+            raise ValueError(f"{op}: base must not be 1 (log base 1 is undefined)")
+        log_base = math.log(base)
+    if codes:
+        if bins != 256:
+            raise ValueError(f"{op}: int8/uint8 codes have 256 bins (one per code); bins must be 256, got {bins}")
+        if rng is not None:
+            raise ValueError(f"{op}: int8/uint8 codes take no range (each code is its own bin), got range={range!r}")
+    return bins, rng, log_base
+
+
+def _check_process_group(op, process_group):
+    if process_group is None:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
+        raise TypeError(f"{op}: process_group must be None or a torch.distributed.ProcessGroup, "
+                        f"got {type(process_group).__name__}")
+
+
+def _as_rows(x: torch.Tensor, dim):
+    if dim is None:
+        return x.reshape(1, x.numel()), ()
+    moved = x.movedim(dim, -1)
+    batch = tuple(moved.shape[:-1])
+    return moved.reshape(math.prod(batch), moved.shape[-1]), batch
+
+
+# --------------------------------------------------------------------------
+# Backends (rows = (R, L) contiguous view)
+# --------------------------------------------------------------------------
+
+
+def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
+    """(lo, hi), each (R,) in the accumulation dtype: finite min/max or the given range."""
+    acc = reference.compute_dtype(rows.dtype)
+    if _validation.range_has_tensor(rng):
+        return _tensor_range(rng, rows.shape[0], acc, rows.device)
+    if rng is not None:
+        lo = torch.full((rows.shape[0],), float(rng[0]), dtype=acc, device=rows.device)
+        hi = torch.full((rows.shape[0],), float(rng[1]), dtype=acc, device=rows.device)
+        return lo, hi
+    lo, hi = FINITE_MINMAX_ROWS[backend](rows)
+    if process_group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=process_group)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=process_group)
+    return lo, hi
+
+
+def _tensor_range(rng, rows: int, acc: torch.dtype, device: torch.device):
+    """(lo, hi), each (rows,) in ``acc`` on ``device``, from a range with 0-d tensor bounds.
+
+    Converted on the device (a copy when a bound lives elsewhere; no host
+    sync), rounded to ``acc`` as a Python bound would be. lo < hi and
+    finiteness cannot be checked on the host without a sync: a range that
+    fails them becomes (NaN, NaN), which counts nothing, so the entropy is NaN.
+    """
+    lo, hi = (v.detach().to(device=device, dtype=acc) if isinstance(v, torch.Tensor)
+              else torch.full((), v, dtype=acc, device=device) for v in rng)
+    bad = ~((lo < hi) & torch.isfinite(lo) & torch.isfinite(hi))
+    nan = torch.full_like(lo, math.nan)
+    lo, hi = torch.where(bad, nan, lo), torch.where(bad, nan, hi)
+    return lo.reshape(1).expand(rows).contiguous(), hi.reshape(1).expand(rows).contiguous()
+
+
+def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    """int64 counts with the reference's arithmetic, for tensor-valued ranges."""
+    if rows.dtype in _validation.CODE_DTYPES:
+        return reference.histogram_counts(rows, bins=256, dim=1).to(torch.int64)
+    xc = rows.to(reference.compute_dtype(rows.dtype))
+    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
+    valid = reference._counted(xc, lo, hi, explicit)
+    w = (hi - lo) / bins
+    t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
+    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
+    t = torch.where(valid, t, 0.0)
+    return reference._bincount_rows(t.to(torch.int64), valid, bins)
+
+
+def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    return _COUNTS[backend](rows, lo, hi, bins, explicit)
+
+
+def _counts_many(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
+    """int64 counts (len(tensors), bins): one histogram of all elements of each tensor."""
+    return _COUNTS_MANY[backend](tensors, bins, None if rng is None else list(rng))
+
+
+def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
+    """int64 counts (len(tensors), bins) for a range with tensor bounds: the
+    many-tensor kernels take the range as host numbers, so each tensor is
+    counted by the single-tensor op (one counting launch per tensor)."""
+    counts = []
+    for t in tensors:
+        row = t.reshape(1, t.numel()).contiguous()
+        lo, hi = _tensor_range(rng, 1, reference.compute_dtype(t.dtype), t.device)
+        counts.append(_counts_rows(backend, row, lo, hi, bins, True))
+    return torch.cat(counts)
+
+
+def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
+    """H per row of counts (float64), the reference's formula; NaN for an empty row."""
+    c = counts.to(torch.float64)
+    total = c.sum(-1, keepdim=True)
+    p = c / total
+    plogp = torch.where(c > 0, p * torch.log(torch.where(c > 0, p, 1.0)), 0.0)
+    h = -plogp.sum(-1) + 0.0
+    h = torch.where(total.squeeze(-1) > 0, h, math.nan)
+    return h if log_base is None else h / log_base
+
+
+def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
+    return _ENTROPY[backend](counts, log_base)
+
+
+def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    """Linear-binning counts (float64) as in the reference, differentiable by autograd."""
+    return reference.linear_binning_counts(xs, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)[0]
+
+
+def _global_soft_counts(counts: torch.Tensor, process_group) -> torch.Tensor:
+    """The all-reduced (SUM) soft counts, with the gradient that DDP's averaging expects.
+
+    Value: the counts of every rank's data. Gradient: ``world_size * dL/dc``
+    flows back to this rank's own counts (and so to its x). H depends on the
+    local counts only through the global ones (dH/dc_rank = dH/dc_global), so
+    the exact gradient of this rank's slice is dL/dc; DDP then averages the
+    ranks' parameter gradients, ``(1/world) sum_r``, which would leave
+    ``1/world`` of the single-process gradient on the concatenated batch
+    without the factor (coherence_loss applies the same factor).
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size(process_group)
+    total = counts.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
+    return total + world * (counts - counts.detach())
+
+
+def _soft_entropy(counts: torch.Tensor, log_base) -> torch.Tensor:
+    """H of soft counts; value of the reference formula, gradient dH/dc_j = -(lnp_j + H)/N.
+
+    ``lnp = ln(clamp(p, ENTROPY_LOG_FLOOR))`` is held constant in the gradient
+    carrier ``-sum p * lnp``, whose derivative is exactly that table.
+    """
+    n = counts.sum(-1, keepdim=True)
+    p = counts / n
+    lnp = torch.log(p.detach().clamp(min=reference.ENTROPY_LOG_FLOOR))
+    carrier = -(p * lnp).sum(-1)
+    h = _entropy_torch(counts.detach(), None) + (carrier - carrier.detach())
+    return h if log_base is None else h / log_base
+
+
+# Each step per backend: the compiled backends' ops, their Triton twins, eager torch.
+_op = _backends.op_caller
+_COUNTS = {"reference": _torch_counts, "cpp": _op("eitp", "histogram_counts"),
+           "cuda": _op("eitp", "histogram_counts"), "triton": _op("eitp_triton", "histogram_counts")}
+_COUNTS_MANY = {"cpp": _op("eitp", "histogram_counts_many"), "cuda": _op("eitp", "histogram_counts_many"),
+                "triton": _op("eitp_triton", "histogram_counts_many")}  # reference: one call per tensor
+_SOFT_COUNTS = {"reference": _soft_counts_torch, "cpp": _op("eitp", "soft_histogram"),
+                "cuda": _op("eitp", "soft_histogram"), "triton": _op("eitp_triton", "soft_histogram")}
+_ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts"),
+            "cuda": _op("eitp", "entropy_from_counts"), "triton": _entropy_torch}
+
+
+# --------------------------------------------------------------------------
+# Custom ops: fake kernels, autograd, Triton ops
+# --------------------------------------------------------------------------
+
+
+def _register_compiled() -> None:
     @torch.library.register_fake("eitp::histogram_counts")
     def _(x, lo, hi, bins, explicit_range):
         return x.new_empty((x.shape[0], bins), dtype=torch.int64)
@@ -930,7 +434,60 @@ def _register() -> None:
     _register_soft_histogram_autograd("eitp")
 
 
+def _register_soft_histogram_autograd(namespace: str) -> None:
+    """Autograd of ``<namespace>::soft_histogram`` through its ``soft_histogram_backward``
+    op (the compiled and the Triton backends register the same pair)."""
+    backward_op = getattr(torch.ops, namespace).soft_histogram_backward
+
+    def setup_context(ctx, inputs, output):
+        x, lo, hi, bins, explicit_range = inputs
+        ctx.save_for_backward(x, lo, hi)
+        ctx.bins = bins
+        ctx.explicit_range = explicit_range
+
+    def backward(ctx, grad_counts):
+        x, lo, hi = ctx.saved_tensors
+        grad_x = backward_op(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
+        return grad_x.to(x.dtype), None, None, None, None
+
+    torch.library.register_autograd(f"{namespace}::soft_histogram", backward, setup_context=setup_context)
+
+
+def _register_triton_ops() -> None:
+    """Triton kernels as custom ops (namespace eitp_triton) so torch.compile traces them."""
+    from torch.library import triton_op
+
+    @triton_op("eitp_triton::histogram_counts", mutates_args=())
+    def _counts_op(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
+                   explicit_range: bool) -> torch.Tensor:
+        return triton_entropy.histogram_counts(x, lo, hi, bins, explicit_range)
+
+    @triton_op("eitp_triton::soft_histogram", mutates_args=())
+    def _soft_op(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
+                 explicit_range: bool) -> torch.Tensor:
+        return triton_entropy.soft_histogram(x, lo, hi, bins, explicit_range)
+
+    @triton_op("eitp_triton::soft_histogram_backward", mutates_args=())
+    def _soft_backward_op(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                          bins: int, explicit_range: bool) -> torch.Tensor:
+        return triton_entropy.soft_histogram_backward(grad_counts, x, lo, hi, bins, explicit_range)
+
+    _register_soft_histogram_autograd("eitp_triton")
+
+    # A plain custom op (opaque to torch.compile, with a fake): its launcher
+    # builds the segment table on the host from the list's shapes, and copies
+    # it from pinned memory reused after the call, hence not CUDA-graph safe.
+    @torch.library.custom_op("eitp_triton::histogram_counts_many", mutates_args=(),
+                             tags=(torch.Tag.cudagraph_unsafe,))
+    def _counts_many_op(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:
+        return triton_entropy.histogram_counts_many(xs, bins, range)
+
+    @_counts_many_op.register_fake
+    def _(xs, bins, range):
+        return xs[0].new_empty((len(xs), bins), dtype=torch.int64)
+
+
 if _extension.load()[0]:
-    _register()
+    _register_compiled()
 if triton is not None:
     _register_triton_ops()

@@ -1,0 +1,447 @@
+"""Triton kernels and launchers of histogram entropy: the ``triton`` backend of
+:mod:`eitp_kernels.ops.entropy`, which validates, dispatches and registers them
+as custom ops.
+
+The hard counts kernel keeps a block-local histogram (``tl.histogram``,
+bins <= 4096) and merges it with one atomic per bin per program (above 4096
+bins: one global atomic per element); the soft counts kernel uses two float64
+global atomics per element. Many tensors: each tensor is a segment of a flat
+buffer per dtype; a work item is one chunk of one segment, found by binary
+search in the prefix sum of work items per segment, so one launch covers every
+tensor of a dtype.
+
+Launchers (rows = a contiguous (R, L) view, as ``torch.ops.eitp.<name>`` takes):
+``histogram_counts``, ``soft_histogram``, ``soft_histogram_backward``,
+``histogram_counts_many``.
+"""
+from __future__ import annotations
+
+import torch
+
+from eitp_kernels import _validation, reference
+from eitp_kernels._triton import launch, tl, triton, triton_jit
+from eitp_kernels.triton import finite_minmax
+
+_TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
+
+
+@triton_jit
+def _as_acc(n, ACC: tl.constexpr):
+    """Integer ``n`` as an ACC scalar. Not ``n.to(ACC)``: Triton's compiler turns an
+    integer argument equal to 1 into a Python int constant, which has no ``.to``."""
+    return tl.zeros([], ACC) + n
+
+
+@triton_jit
+def _count_span(
+    x_ptr,
+    begin,  # counts x[begin, end)
+    end,
+    lo_ptr,  # this histogram's range, ACC (not read for codes)
+    hi_ptr,
+    out_ptr,  # (bins,) int64 counts to add to
+    bins,
+    EXPLICIT: tl.constexpr,  # drop x < lo and x > hi
+    IS_CODE: tl.constexpr,  # int8/uint8 input: bin = code + CODE_OFFSET
+    CODE_OFFSET: tl.constexpr,
+    ACC: tl.constexpr,  # tl.float32 or tl.float64
+    IS_F64: tl.constexpr,
+    NB: tl.constexpr,  # power of two >= bins (block-local histogram length)
+    LOCAL_HIST: tl.constexpr,  # block-local histogram, else one atomic per element
+    BLOCK: tl.constexpr,
+):
+    if not IS_CODE:
+        lo = tl.load(lo_ptr)
+        hi = tl.load(hi_ptr)
+        nb = _as_acc(bins, ACC)
+        if IS_F64:
+            w = (hi - lo) / nb
+        else:
+            w = tl.math.div_rn(hi - lo, nb)  # IEEE division: the reference's w
+    hist = tl.zeros([NB], tl.int32)
+    for start in tl.range(begin, end, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        in_span = offsets < end
+        if IS_CODE:
+            b = tl.load(x_ptr + offsets, mask=in_span, other=0).to(tl.int32) + CODE_OFFSET
+            ok = in_span
+        else:
+            v = tl.load(x_ptr + offsets, mask=in_span, other=0.0).to(ACC)
+            ok = in_span & (v - v == 0)  # finite
+            if EXPLICIT:
+                ok = ok & (v >= lo) & (v <= hi)
+            if IS_F64:
+                q = (v - lo) / w
+            else:
+                q = tl.math.div_rn(v - lo, w)
+            # floor clamped to [0, bins-1] == trunc of q clamped to [0, bins]
+            q = tl.where(q >= 0, q, 0.0)  # also NaN -> 0
+            q = tl.where(q < nb, q, nb)
+            q = tl.where(w == 0, 0.0, q)
+            b = tl.minimum(q.to(tl.int32), bins - 1)
+        if LOCAL_HIST:
+            hist += tl.histogram(b, NB, mask=ok)
+        else:
+            tl.atomic_add(out_ptr + b, tl.full([BLOCK], 1, tl.int64), mask=ok)
+    if LOCAL_HIST:
+        idx = tl.arange(0, NB)
+        tl.atomic_add(out_ptr + idx, hist.to(tl.int64), mask=(idx < bins) & (hist > 0))
+
+
+@triton_jit
+def _histogram_counts_kernel(
+    x_ptr,  # (rows, row_length), contiguous: float dtypes or int8/uint8 codes
+    lo_ptr,  # (rows,) range, accumulation dtype (unused for codes)
+    hi_ptr,  # (rows,)
+    counts_ptr,  # (rows, bins) int64, zero-filled
+    row_length,
+    chunks,  # programs per row: program p counts chunk p % chunks of row p // chunks
+    bins,
+    EXPLICIT: tl.constexpr,
+    IS_CODE: tl.constexpr,
+    CODE_OFFSET: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    NB: tl.constexpr,
+    LOCAL_HIST: tl.constexpr,
+    CHUNK: tl.constexpr,  # elements per program
+    BLOCK: tl.constexpr,
+):
+    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // chunks
+    begin = (pid % chunks) * CHUNK
+    end = tl.minimum(begin + CHUNK, row_length)
+    _count_span(x_ptr + row * row_length, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
+                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
+
+
+def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
+    """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
+    local = bins <= _TRITON_HIST_MAX_BINS
+    acc = reference.compute_dtype(dtype)
+    # short spans (many of them): one program each, no idle loop steps
+    block = min(1024, max(16, triton.next_power_of_2(max_span)))
+    chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(max_span)))
+    return dict(
+        EXPLICIT=explicit, IS_CODE=dtype in _validation.CODE_DTYPES, CODE_OFFSET=128 if dtype == torch.int8 else 0,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+        NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
+    )
+
+
+def histogram_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    n_rows, row_length = rows.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=rows.device)
+    if rows.numel() == 0:
+        return counts
+    meta = _count_meta(rows.dtype, bins, explicit, row_length)
+    if meta["IS_CODE"]:
+        lo = hi = counts  # unused
+    chunks = triton.cdiv(row_length, meta["CHUNK"])
+    launch(_histogram_counts_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
+           traceable=True, **meta)
+    return counts
+
+
+# ---- many tensors: one flat buffer per dtype, segments found by binary search
+
+
+@triton_jit
+def _segment_work_item(
+    first_item_ptr,  # (segments + 1,) exclusive prefix sum of the work items of each segment
+    offset_ptr,  # (segments + 1,) element offset of each segment in the flat buffer
+    segments,
+    search_steps,  # >= ceil(log2(segments))
+    CHUNK: tl.constexpr,  # elements per work item
+):
+    """(segment, begin, end) of this program's work item: chunk
+    ``item - first_item[s]`` of the last segment ``s`` with ``first_item[s] <= item``
+    (an empty segment owns no item, so a tie resolves to the non-empty one after it)."""
+    item = tl.program_id(0).to(tl.int64)
+    lo = item * 0
+    hi = lo + segments - 1
+    for _ in range(search_steps):
+        mid = (lo + hi + 1) >> 1
+        go = tl.load(first_item_ptr + mid) <= item
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    begin = tl.load(offset_ptr + lo) + (item - tl.load(first_item_ptr + lo)) * CHUNK
+    end = tl.minimum(begin + CHUNK, tl.load(offset_ptr + lo + 1))
+    return lo, begin, end
+
+
+@triton_jit
+def _segments_range_partials_kernel(
+    x_ptr,  # flat buffer: the segments one after another, one float dtype
+    first_item_ptr,
+    offset_ptr,
+    part_lo_ptr,  # (items,) finite min of each work item, accumulation dtype
+    part_hi_ptr,  # (items,) finite max
+    segments,
+    search_steps,
+    ACC: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    _, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
+    lo, hi = finite_minmax._finite_minmax_span(x_ptr, begin, end, ACC, BLOCK)
+    item = tl.program_id(0).to(tl.int64)
+    tl.store(part_lo_ptr + item, lo)
+    tl.store(part_hi_ptr + item, hi)
+
+
+@triton_jit
+def _segments_range_reduce_kernel(
+    part_lo_ptr,  # (items,) from _segments_range_partials_kernel
+    part_hi_ptr,
+    first_item_ptr,  # (segments + 1,)
+    row_ptr,  # (segments,) output row of each segment
+    lo_ptr,  # (rows,) range per output row, accumulation dtype
+    hi_ptr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per segment folds the partials of its work items (none for
+    # an empty segment: (+inf, -inf), and nothing is counted).
+    seg = tl.program_id(0).to(tl.int64)
+    first = tl.load(first_item_ptr + seg)
+    last = tl.load(first_item_ptr + seg + 1)
+    lo = tl.full([BLOCK], float("inf"), ACC)
+    hi = tl.full([BLOCK], float("-inf"), ACC)
+    for start in tl.range(first, last, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < last
+        lo = tl.minimum(lo, tl.load(part_lo_ptr + offsets, mask=mask, other=float("inf")))
+        hi = tl.maximum(hi, tl.load(part_hi_ptr + offsets, mask=mask, other=float("-inf")))
+    row = tl.load(row_ptr + seg)
+    tl.store(lo_ptr + row, tl.min(lo, axis=0))
+    tl.store(hi_ptr + row, tl.max(hi, axis=0))
+
+
+@triton_jit
+def _segments_counts_kernel(
+    x_ptr,  # flat buffer: the segments one after another, one dtype
+    first_item_ptr,
+    offset_ptr,
+    row_ptr,  # (segments,) output row of each segment
+    lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
+    hi_ptr,
+    counts_ptr,  # (rows, bins) int64, zero-filled
+    segments,
+    search_steps,
+    bins,
+    EXPLICIT: tl.constexpr,
+    IS_CODE: tl.constexpr,
+    CODE_OFFSET: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    NB: tl.constexpr,
+    LOCAL_HIST: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
+    row = tl.load(row_ptr + seg)
+    _count_span(x_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
+                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
+
+
+@triton_jit
+def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.constexpr):
+    """Linear binning in the reference's arithmetic: (valid, live, k0, k1, f)."""
+    valid = in_row & (v - v == 0)
+    if EXPLICIT:
+        valid = valid & (v >= lo) & (v <= hi)
+    live = valid & ((tl.zeros_like(v) + w) != 0)  # broadcast first: the interpreter wants two blocks
+    if IS_F64:
+        u = (v - lo) / w - 0.5
+    else:
+        u = tl.math.div_rn(v - lo, w) - 0.5
+    live = live & (u == u)  # NaN u (inf/inf: hi - lo overflowed) is not live, as in the reference
+    k = tl.floor(u)
+    f = u - k
+    k = tl.where(live, k, 0.0)
+    f = tl.where(live, f, 0.0)
+    top = tl.zeros([], k.dtype) + (bins - 1)  # not (bins - 1).to(): bins may be the constant 1
+    k0 = tl.minimum(tl.maximum(k, 0.0), top).to(tl.int32)
+    k1 = tl.minimum(tl.maximum(k + 1.0, 0.0), top).to(tl.int32)
+    return valid, live, k0, k1, f
+
+
+@triton_jit
+def _soft_histogram_kernel(
+    x_ptr,  # (rows, row_length), contiguous, float dtypes
+    lo_ptr,  # (rows,) accumulation dtype
+    hi_ptr,
+    counts_ptr,  # (rows, bins) float64, zero-filled
+    row_length,
+    chunks,  # programs per row (one flat axis of rows x chunks)
+    bins,
+    EXPLICIT: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Weighted counts: tl.histogram has no weights, so two float64 global
+    # atomics per counted element.
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // chunks
+    chunk = pid % chunks
+    row_ptr = x_ptr + row * row_length
+    out_ptr = counts_ptr + row * bins
+    lo = tl.load(lo_ptr + row)
+    hi = tl.load(hi_ptr + row)
+    if IS_F64:
+        w = (hi - lo) / _as_acc(bins, ACC)
+    else:
+        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
+    for start in tl.range(0, CHUNK, BLOCK):
+        offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
+        in_row = offsets < row_length
+        v = tl.load(row_ptr + offsets, mask=in_row, other=0.0).to(ACC)
+        valid, live, k0, k1, f = _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT, IS_F64)
+        tl.atomic_add(out_ptr + k0, (1.0 - f).to(tl.float64), mask=valid)
+        tl.atomic_add(out_ptr + k1, f.to(tl.float64), mask=live)
+
+
+@triton_jit
+def _soft_histogram_backward_kernel(
+    x_ptr,  # (rows, row_length)
+    lo_ptr,
+    hi_ptr,
+    table_ptr,  # (rows, bins) float64: dL/dcounts
+    grad_ptr,  # (rows, row_length) accumulation dtype
+    row_length,
+    blocks,  # programs per row (one flat axis of rows x blocks)
+    bins,
+    EXPLICIT: tl.constexpr,
+    ACC: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // blocks
+    block = pid % blocks
+    lo = tl.load(lo_ptr + row)
+    hi = tl.load(hi_ptr + row)
+    if IS_F64:
+        w = (hi - lo) / _as_acc(bins, ACC)
+    else:
+        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
+    offsets = block * BLOCK + tl.arange(0, BLOCK)
+    in_row = offsets < row_length
+    v = tl.load(x_ptr + row * row_length + offsets, mask=in_row, other=0.0).to(ACC)
+    valid, live, k0, k1, f = _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT, IS_F64)
+    t0 = tl.load(table_ptr + row * bins + k0, mask=live, other=0.0)
+    t1 = tl.load(table_ptr + row * bins + k1, mask=live, other=0.0)
+    g = (t1 - t0) / w.to(tl.float64)  # float64 division is IEEE in Triton
+    tl.store(grad_ptr + row * row_length + offsets, tl.where(live, g, 0.0).to(ACC), mask=in_row)
+
+
+def soft_histogram(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    n_rows, row_length = rows.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=rows.device)
+    if rows.numel() == 0:
+        return counts
+    acc = reference.compute_dtype(rows.dtype)
+    block = min(1024, max(16, triton.next_power_of_2(row_length)))
+    chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
+    chunks = triton.cdiv(row_length, chunk)
+    launch(_soft_histogram_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
+           traceable=True, EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32,
+           IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block)
+    return counts
+
+
+def soft_histogram_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
+    n_rows, row_length = rows.shape
+    acc = reference.compute_dtype(rows.dtype)
+    grad = torch.empty(rows.shape, dtype=acc, device=rows.device)
+    if rows.numel() == 0:
+        return grad
+    block = min(1024, max(16, triton.next_power_of_2(row_length)))
+    blocks = triton.cdiv(row_length, block)
+    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), rows, lo, hi,
+           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins, traceable=True,
+           EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+           BLOCK=block)
+    return grad
+
+
+def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
+    """Per dtype group, the int64 (first_item, offset, row) arrays of its segments (each
+    (segments + 1,), row padded), all views of one tensor built on the host and copied
+    to the device once (pinned, asynchronous: no sync); and the work items per group."""
+    values: list[int] = []
+    items = []
+    for idx, chunk in zip(groups, chunks):
+        first, offset = [0], [0]
+        for i in idx:
+            n = tensors[i].numel()
+            first.append(first[-1] + -(-n // chunk))
+            offset.append(offset[-1] + n)
+        values += first + offset + idx + [0]
+        items.append(first[-1])
+    table = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        table = table.pin_memory().to(device, non_blocking=True)
+    views, at = [], 0
+    for idx in groups:
+        width = len(idx) + 1
+        views.append(table[at:at + 3 * width].view(3, width))
+        at += 3 * width
+    return views, items
+
+
+def _group_ranges(tensors, groups, rng, device) -> dict:
+    """accumulation dtype -> (lo, hi) arrays (one slot per tensor): the explicit range, or
+    empty arrays the range kernels fill for the tensors of the float groups."""
+    ranges = {}
+    for idx in groups:
+        dtype = tensors[idx[0]].dtype
+        acc = reference.compute_dtype(dtype)
+        if dtype in _validation.CODE_DTYPES or acc in ranges:
+            continue
+        n = len(tensors)
+        if rng is None:
+            ranges[acc] = (torch.empty(n, dtype=acc, device=device), torch.empty(n, dtype=acc, device=device))
+        else:
+            ranges[acc] = (torch.full((n,), rng[0], dtype=acc, device=device),
+                           torch.full((n,), rng[1], dtype=acc, device=device))
+    return ranges
+
+
+def histogram_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
+    """int64 counts (len(tensors), bins) of every tensor in a fixed number of launches
+    per dtype group: one torch.cat of the group's tensors (skipped for a lone
+    contiguous tensor), range partials + range fold (automatic range only), counts."""
+    device = tensors[0].device
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    groups = list(by_dtype.values())
+    metas = [_count_meta(tensors[idx[0]].dtype, bins, rng is not None, max(tensors[i].numel() for i in idx))
+             for idx in groups]
+    tables, group_items = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
+    ranges = _group_ranges(tensors, groups, rng, device)
+    counts = torch.zeros((len(tensors), bins), dtype=torch.int64, device=device)
+    for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
+        if items == 0:
+            continue  # only empty tensors: zero counts
+        # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
+            tensors[idx[0]].reshape(-1).contiguous()
+        segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
+        lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
+        if rng is None and not meta["IS_CODE"]:
+            part_lo = torch.empty(items, dtype=lo.dtype, device=device)
+            part_hi = torch.empty_like(part_lo)
+            launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,
+                   ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
+            launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
+                   BLOCK=128)
+        launch(_segments_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
+               **meta)
+    return counts
