@@ -42,24 +42,18 @@ namespace {
 // Blocks of P = Zx^T Zy: kTileRows x kTileCols per matrix product.
 // Self-correlation then costs 1/2 + kTileRows / (2D) of the multiply-adds of
 // Zx^T Zx. On the CPU whole blocks go to the threads (CpuBackend), so the
-// row count trades block efficiency against load balance. 2048 x 1024 fp32
-// forward on the 2-core AMD EPYC dev box (shared; min of 30 interleaved
-// samples taken only while the CPUs were idle, tile sizes from a scratch
-// build): 256 rows 15.8 ms, 128 rows 15.4, 96 rows 14.8, 64 rows 15.4 (eager
-// 26.0); 1024 x 2048: 256 rows 27.7, 128 rows 27.0, 64 rows 29.1. 128: the
-// best of those within the noise with 8 blocks per 1024 columns (balanced over
-// 2 threads). One full product Zx^T Zx there takes 22.4 ms; the 128-row upper
-// blocks 15.5 ms with BLAS threading inside each product, 27.9 ms of one
-// core's time single-threaded (so about 14 ms shared out to 2 threads).
-// Re-measure with `eitp-bench --ops coherence_loss` when changing these.
+// row count trades block efficiency against load balance: 128 rows give 8
+// blocks per 1024 columns (balanced over 2 threads) and were the fastest
+// within the noise (2048 x 1024 fp32 forward, 2 threads: 15.4 ms against 26.0
+// eager). Re-measure with `eitp-bench --ops coherence_loss` when changing these.
 constexpr int64_t kTileRows = 128;
 constexpr int64_t kTileCols = 1024;
-// Cross-correlation (no symmetry to exploit) takes taller blocks: one
-// single-threaded MKL product of 128 x 1024 (K = 2048) took 1.33x the time per
-// multiply-add of the whole 1024 x 1024 product, 256 rows 1.05x, 512 rows
-// 1.02x (2048 x 1024 fp32, 1 thread, thread CPU time, medians of 9
-// interleaved). So up to 512 rows while D still makes four row panels (two
-// per thread on the 2-core target); the height depends on D only.
+// Cross-correlation (no symmetry to exploit) takes taller blocks: a
+// single-threaded 128 x 1024 product (K = 2048) costs 1.33x the time per
+// multiply-add of the whole 1024 x 1024 product, a 512-row one 1.02x
+// (`benchmarks/native/barlow_twins_ab.py --threads 1 --cpu-time`). So up to
+// 512 rows while D still makes four row panels (two per thread on the 2-core
+// target); the height depends on D only.
 constexpr int64_t kCrossMaxTileRows = 512;
 
 int64_t cross_tile_rows(int64_t d) {
@@ -67,16 +61,13 @@ int64_t cross_tile_rows(int64_t d) {
   return std::clamp((quarter + 63) / 64 * 64, kTileRows, kCrossMaxTileRows);
 }
 // Rows per block of the CPU cross-correlation backward (backward_cross_rows):
-// the blocks are made one after the other, each product threaded by BLAS.
-// 2 threads, fwd+bwd against lightly's BarlowTwinsLoss in one process
-// (benchmarks/native/barlow_twins_ab.py-style interleaving, medians of 7,
-// load average about 2): blocks shared out to the threads, each a
-// single-threaded product, 1.03x at 2048 x 1024 and 0.98x at 4096 x 2048;
-// one block after the other with threaded products of up to 1024 rows, 1.05x
-// and 1.07x. A 4096 x 2048 P (16 MiB) does not fit in one core's L2, so two
-// single-threaded products each stream all of it. The shared machine varied
-// by more than that between runs (later runs of the same build: 0.95-1.0x at
-// 4096 x 2048); re-measure on an idle one.
+// the blocks are made one after the other, each product threaded by BLAS,
+// rather than shared out to the threads as single-threaded products: a
+// 4096 x 2048 P (16 MiB) does not fit in one core's L2, so two
+// single-threaded products would each stream all of it. The two ways are
+// within the shared machine's noise (fwd+bwd against lightly, 1.07x against
+// 0.98x at 4096 x 2048, `benchmarks/native/barlow_twins_ab.py --threads 2`);
+// re-measure on an idle machine.
 constexpr int64_t kBackwardMaxRows = 1024;
 
 int64_t backward_block_rows(int64_t n) { return std::min(n, kBackwardMaxRows); }
@@ -223,15 +214,10 @@ std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
 // matrix product before reducing it block by block: when P is no larger than
 // the inputs (D D' <= N (D + D') / 2), so the memory stays of the inputs'
 // order. One threaded product does less work than single-threaded blocks
-// shared out to the threads (1 thread, thread CPU time, medians of 9:
-// 2048 x 1024 fwd 33.0 vs 34.2 ms, 4096 x 2048 236 vs 251). 2 threads, wall,
-// interleaved in one process against lightly's BarlowTwinsLoss (medians of 11
-// in a quiet spell of the shared 2-core box; one build, the old path behind a
-// temporary switch): 2048 x 1024 fwd 16.0 ms vs 17.4 (lightly 16.0, 1.02x vs
-// 0.96x), fwd+bwd 1.02x vs 0.99x; 4096 x 2048 fwd 1.18x vs 1.11x. While
-// other processes compete for the cores the threaded product loses instead
-// (fwd about 15% slower than the blocks: one descheduled thread stalls it).
-// Command: benchmarks/native/barlow_twins_ab.py --threads 2 (ours vs lightly).
+// shared out to the threads (2048 x 1024 fwd, 2 threads: 16.0 ms against
+// 17.4, `benchmarks/native/barlow_twins_ab.py --threads 2`), though it loses
+// about 15% while other processes compete for the cores (one descheduled
+// thread stalls it).
 bool whole_product_fits(int64_t n, int64_t d, int64_t dp) {
   return 2.0 * double(d) * double(dp) <= double(n) * double(d + dp);
 }

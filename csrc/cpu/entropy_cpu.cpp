@@ -96,11 +96,10 @@ inline void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset =
 // block are issued next to the index arithmetic of the following one (which
 // the core overlaps), and each index buffer is read back a block after it was
 // written (a vector store read back at once by scalar loads stalls on
-// store-to-load forwarding). One thread, 256K fp32 values in cache, 256
-// bins: 0.35 ns/value; 0.45 when each 256-value block was binned, then
-// counted; 0.37 / 0.39 with 32- / 128-value blocks; the increments alone
-// take 0.29 (2-core AMD EPYC dev box, standalone timing loop calling
-// histogram_counts_cpu, best of 400).
+// store-to-load forwarding). 64-value blocks: 0.35 ns/value against 0.45
+// binning then counting each block (one thread, 256K fp32 values in cache,
+// 256 bins, best of 400 calls of histogram_counts_cpu, 2-core dev box); the
+// increments alone take 0.29 (benchmarks/native/histogram_floor.cpp).
 constexpr int kCountBlock = 64;
 
 template <typename Fill>
@@ -179,9 +178,9 @@ EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::
   }
 }
 
-// Codes index the histogram directly: no index buffer (0.28 ns/code against
-// 0.33 through count_blocks; one thread, 256K int8 codes in cache, 2-core
-// AMD EPYC dev box, standalone timing loop).
+// Codes index the histogram directly: no index buffer to write and read back
+// (0.28 ns/code against 0.33 through count_blocks; one thread, 256K int8
+// codes in cache).
 template <typename T>
 EITP_CPU_HOT void count_code_range(const T* x, int64_t n, PrivateHist h) {
   add_indices(x, n, h, std::is_signed<T>::value ? 128 : 0);
@@ -466,20 +465,13 @@ void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
 }
 
 void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
-  // q ln q through vector_log (csrc/kernels/vector_log.h); rows it cannot take
-  // (a count >= 2^52, soft counts with a subnormal q or an infinite total)
-  // through std::log. std::log per bin -> vector_log, median of 200 calls on
-  // randint(0, 1000) int64 counts, 2-core AMD EPYC dev box, idle, A/B back to
-  // back: (50, 256) 62 -> 21.6 us (one thread), (4096, 256) 2.5-3.4 -> 0.81-0.84
-  // ms (two threads), with
-  //   python -c "import time,statistics as st,torch,eitp_kernels;f=torch.ops.eitp.entropy_from_counts;
-  //   c=torch.randint(0,1000,(50,256));T=[(time.perf_counter(),f(c,None),time.perf_counter())
-  //   for _ in range(200)];print(st.median(b-a for a,_,b in T))"
-  // and `eitp-bench --ops histogram_entropy --no-compile`, row 4096x4096 dim=1
-  // fp32 cpp: 10.8 -> 8.5 ms and 12.1 -> 9.9 ms (two A/B pairs, noisy).
-  // Two threads from 2^13 elements made (50, 256) 12.6-17 us (median) but
-  // stalled calls for 4-8 ms while other processes kept the cores busy: it
-  // keeps kParallelThreshold.
+  // q ln q through vector_log (csrc/kernels/vector_log.h): about 3x faster
+  // than std::log per bin ((50, 256) int64 counts, one thread: 21.6 us
+  // against 62, median of 200 calls of torch.ops.eitp.entropy_from_counts on
+  // the 2-core dev box). Rows it cannot take (a count >= 2^52, soft counts
+  // with a subnormal q or an infinite total) go through std::log. Small
+  // inputs stay on one thread (kParallelThreshold): a parallel region stalls
+  // calls for milliseconds while other processes keep the cores busy.
 #pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)
   for (int64_t r = 0; r < p.rows; ++r) {
     const QLogQ row = p.counts_are_int ? sum_q_log_q(static_cast<const int64_t*>(p.counts) + r * p.bins, p.bins)

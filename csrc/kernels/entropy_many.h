@@ -1,4 +1,4 @@
-// histogram_counts_many on the GPU (issue #3): one histogram per tensor of a
+// histogram_counts_many on the GPU: one histogram per tensor of a
 // list, in a fixed number of launches whatever the list's length. The binding
 // packs every tensor into one int64 table (struct of arrays) that reaches the
 // device in one copy; work item k (one CUDA block) is chunk

@@ -112,7 +112,7 @@ struct CountsTotal {
 };
 
 EITP_CPU_HOT inline CountsTotal count_total(const int64_t* c, int64_t n) {
-  int64_t total = 0;  // exact below 2^63 (wraps beyond, as it always did)
+  int64_t total = 0;  // exact below 2^63, wraps beyond
   uint64_t bits = 0;
   for (int64_t i = 0; i < n; ++i) total += c[i], bits |= static_cast<uint64_t>(c[i]);
   return {static_cast<double>(total), bits < (uint64_t(1) << 52)};

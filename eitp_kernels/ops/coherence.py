@@ -12,68 +12,17 @@ squared=True is the Barlow Twins loss (its batch norm without affine is exactly
 this standardization, eps = 1e-5). The result is dimensionless, float64 for
 float64 inputs and float32 otherwise (fp16/bf16 accumulate in fp32).
 
-NaN/Inf: a non-finite value in a column makes that column's statistics, and
-so the loss, NaN (as the reference). The column sums are taken in float64 on
-every backend; a squared deviation or a variance beyond the compute dtype's
-range (fp32: |x - mean| beyond about 1.8e19) gives NaN too
-(reference.standardize_columns). A zero-variance column has z = 0 for
-eps > 0 (R_ii = 0: it contributes a to the loss, and nothing off the
-diagonal); with eps = 0 it gives NaN. The gradient of the non-squared loss is
-infinite/NaN where L = 0; use squared=True where that can happen.
+Gradient: S = dL2/dR, S_ii = 2a(R_ii - 1), S_ij = 2b R_ij (/ 2L for the
+sqrt); dZx = Zy S^T / N, dZy = Zx S / N; dx = rstd * (dz - mean_n dz - z *
+mean_n(dz * z)).
 
-Gradient (docs/design.md §2.2): S = dL2/dR, S_ii = 2a(R_ii - 1), S_ij = 2b R_ij (/ 2L
-for the sqrt); dZx = Zy S^T / N, dZy = Zx S / N; dx = rstd * (dz - mean_n dz
-- z * mean_n(dz * z)). Since R = Zx^T Zy / N, Zy R^T = Zy (Zy^T Zx) / N =
-(Zy Zy^T) Zx / N: the backward evaluates that product by whichever
-association is cheaper for the shape (a D x D' or N x N intermediate).
-
-Backends and the bytes they move (fp32, self-correlation):
-  cpp / cuda  forward: read x twice (stats) + once (standardize), write and
-              read Z (4ND bytes each), then P = Zx^T Zy in blocks of at most
-              128 x 1024 on and right of the diagonal, each reduced to the
-              loss sums as it is made (about D^2/2 values written and read,
-              never D x D at once; 128-row blocks give 1/2 + 64/D of the
-              multiply-adds of Zx^T Zx; on the CPU whole blocks go to the
-              threads, each a single-threaded product). Extra memory: Z (N x
-              D) and one block per thread (512 KiB). Short, wide batches (2N <
-              D for self, N (D + D') < D D' for cross) use the N x N Gram
-              matrices instead: ||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F / N^2, about
-              N^2 D multiply-adds and N^2 extra values.
-              With a gradient to take (and the block path) the blocks go into
-              one D x D' matrix P kept for the backward (self: mirrored), the
-              only D x D' buffer (_keeps_product).
-              backward: x read once, Z written; W = Z P with the kept P (one
-              product: fwd + bwd = about 1.56 products of eager's 3 at
-              2048 x 1024), else one Gram (min(N, D)^2 values, symmetric: half
-              its multiply-adds) and W = Z (Z^T Z) (N x D); the fused epilogue
-              reads Z and W twice and writes dx.
-              Cross-correlation (x and y) on the CPU: the forward's blocks
-              are 128-512 rows tall (no symmetry to halve), and with the kept P
-              the backward goes by blocks of up to 1024 rows: each block's
-              rows of x and y are standardized into scratch, Wx = Zy P^T and
-              Wy = Zx P made for them (one BLAS-threaded product each) and
-              dx, dy (x's / y's dtype) written in one affine pass; the column means the standardization's backward needs
-              come from P (mean_n W_j z_j = sum_k P_jk^2 / N). x and y are
-              read twice, dx and dy written once, no N x D intermediate.
-              The floor is the three N x D x D' products (one forward, two
-              backward), as for eager; the rest is a few passes over x, y
-              and P.
-  triton      forward: column statistics (reads x twice), then one program per
-              (BLOCK_D x BLOCK_D) tile on or above the diagonal reads its
-              column blocks of x and y (2 N BLOCK_D values), normalizes them
-              on the fly, multiplies them with tl.dot and reduces the tile
-              straight to one partial sum: no Z and no R in memory; writes one
-              float per tile. backward: Z materialized, Gram and W products as
-              Triton GEMMs, then the same fused epilogue.
-  reference   eager PyTorch (materializes R, an identity mask, and R^2).
-
-``process_group``: every rank passes its own slice of the global batch; the
-column sums, sums of squared deviations and the D x D' product are
-all-reduced, so every rank gets the loss of the concatenated batch. The
-gradient a rank receives for its x is world_size * dL/dx_rank, so that DDP's
-gradient averaging yields exactly the parameter gradients of single-process
-training on the global batch. This path runs on ATen ops on any device and
-materializes R (D x D').
+Memory: the cpp / cuda backends reduce P = Zx^T Zy block by block (one block
+per thread, plus Z), or use the N x N Gram matrices for short, wide batches;
+the only D x D' buffer is the P kept for the backward when a gradient will be
+taken (_keeps_product). The triton forward keeps neither Z nor P; the
+reference and the ``process_group`` path materialize R. How each backend
+evaluates the products: csrc/bindings/coherence.cpp and
+``eitp_kernels.triton.coherence``.
 """
 from __future__ import annotations
 
@@ -102,9 +51,24 @@ def coherence_loss(x: torch.Tensor, y: torch.Tensor | None = None, *, diag_weigh
     ``sqrt(L2)``. ``x``: (N, D) or (N, *) (flattened to D features), N >= 2;
     ``y``: same N, or None for self-correlation. Returns a 0-d tensor,
     dimensionless, float64 if x or y is float64 else float32. Differentiable
-    in x and y. No host sync. See the module docstring for the gradient, NaN
-    behaviour, memory, and ``process_group`` (global-batch statistics; the
-    gradient is scaled for DDP's averaging).
+    in x and y. No host sync. Gradient and memory: see the module docstring.
+
+    NaN/Inf: a non-finite value in a column makes that column's statistics,
+    and so the loss, NaN (as the reference). The column sums are taken in
+    float64 on every backend; a squared deviation or a variance beyond the
+    compute dtype's range (fp32: |x - mean| beyond about 1.8e19) gives NaN too
+    (reference.standardize_columns). A zero-variance column has z = 0 for
+    eps > 0 (R_ii = 0: it contributes diag_weight to the loss, and nothing off
+    the diagonal); with eps = 0 it gives NaN. The gradient of the non-squared
+    loss is infinite/NaN where L = 0; use squared=True where that can happen.
+
+    ``process_group``: every rank passes its own slice of the global batch;
+    the column sums, sums of squared deviations and the D x D' product are
+    all-reduced, so every rank gets the loss of the concatenated batch. The
+    gradient a rank receives for its x is world_size * dL/dx_rank, so that
+    DDP's gradient averaging yields exactly the parameter gradients of
+    single-process training on the global batch. This path runs on ATen ops
+    on any device and materializes R (D x D').
     """
     a, b, eps = _check(x, y, diag_weight, offdiag_weight, squared, eps, process_group)
     x2, y2 = _as_matrices(x, y)

@@ -1,46 +1,23 @@
 """Histogram entropy (docs/design.md §2.1): fused, device-side, never syncs with the host.
 
     w = (hi - lo) / bins,   b(x) = clamp(floor((x - lo) / w), 0, bins - 1)
-    p_b = c_b / sum(c),     H = -sum_{c_b > 0} p_b ln p_b   [/ ln(base)]
+    p_b = c_b / sum(c),     H = -sum_{c_b > 0} p_b ln p_b   [/ ln(base)]   (nats, or bits for base 2)
 
 ``(lo, hi)`` is the finite min/max of each slice (computed on the device) or
-the given ``range``; non-finite values are never counted, and with an explicit
-range values outside ``[lo, hi]`` are not counted. int8/uint8 codes: one bin
-per code (256 bins). Exactly the arithmetic of ``reference.histogram_counts``
-(true division in the accumulation dtype, float64 for fp64 input and float32
-otherwise), so float32 counts match the reference bit for bit.
+the given ``range``. int8/uint8 codes: one bin per code (256 bins). Exactly
+the arithmetic of ``reference.histogram_counts`` (true division in the
+accumulation dtype, float64 for fp64 input and float32 otherwise), so float32
+counts match the reference bit for bit.
 
-Pipeline per call (rows = 1-D slices):
-  1. range: ``eitp::finite_minmax`` (reads x once; skipped for an explicit
-     range and for codes);
-  2. counts: ``eitp::histogram_counts`` (reads x once, writes rows x bins int64);
-  3. entropy: ``eitp::entropy_from_counts`` (reads the counts, writes rows
-     float64).
-So a float call moves 2 x (bytes of x) + 8 x rows x bins x 2; with an explicit
-range or int8 codes, 1 x (bytes of x). With ``process_group`` the range is
-all-reduced (MIN/MAX) before counting and the counts (SUM) before the entropy;
-the differentiable mode scales the gradient by world_size for DDP's averaging
-(``_global_soft_counts``).
-
-Differentiable mode (linear binning): ``eitp::soft_histogram`` makes float64
-soft counts (x adds 1-f to bin k and f to bin k+1, u = (x-lo)/w - 0.5,
-k = floor(u), f = u - k); its backward ``eitp::soft_histogram_backward`` is
-one elementwise pass over x with the bins-long table g = dL/dc of each row:
-dL/dx = (g[k+1] - g[k]) / w. The entropy of the soft counts is a few torch
-ops whose gradient is dH/dc_j = -(ln p_j + H) / N with ln p taken of p
-clamped at ``reference.ENTROPY_LOG_FLOOR``, which gives the docs/design.md §2.1 formula
-dH/dx = (ln p_k - ln p_{k+1}) / (N w). The range is held constant.
-
-Triton (kernels and launchers in ``eitp_kernels.triton.entropy``): custom
-ops ``eitp_triton::*`` (via ``torch.library.triton_op``) so torch.compile can
-trace them on a GPU; ``eitp_triton::histogram_counts_many`` is a plain custom
-op (opaque to torch.compile, with a fake kernel) because it builds its segment
-table on the host from the shapes of the list.
-
-Many tensors (``histogram_entropy_many``): each tensor is a segment of a flat
-buffer; a work item is one chunk of one segment, and a program finds its
-segment by binary search in the prefix sum of work items per segment, so one
-launch covers every tensor (CUDA: of all dtypes; Triton: of one dtype).
+Each call is three compiled ops on (rows, length) views: ``finite_minmax``
+(the range; skipped for an explicit range and for codes),
+``histogram_counts`` (rows x bins int64) and ``entropy_from_counts``.
+Differentiable mode (linear binning): ``soft_histogram`` makes float64 soft
+counts (x adds 1-f to bin k and f to bin k+1, u = (x-lo)/w - 0.5, k =
+floor(u), f = u - k), and the entropy's gradient dH/dc_j = -(ln p_j + H) / N
+(ln p of p clamped at ``reference.ENTROPY_LOG_FLOOR``) gives dH/dx = (ln p_k -
+ln p_{k+1}) / (N w); the range is held constant. The Triton kernels are in
+``eitp_kernels.triton.entropy``.
 """
 from __future__ import annotations
 

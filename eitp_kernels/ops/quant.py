@@ -2,9 +2,7 @@
 
 Granularity: one scale per tensor, per channel (any ``axis``) or per group of
 ``group_size`` consecutive elements along the last dim. Every backend works on
-a (rows, row_length) view in which each row shares one scale (per tensor: one
-row; per channel: the channel axis moved to the front, a copy unless axis is
-0; per group: rows of group_size):
+a (rows, row_length) view in which each row shares one scale:
 
     symmetric: scale = float32(absmax) / 127,  q = clamp(rint(x / scale), -127, 127)
     affine:    mn = min(finite min, 0), mx = max(finite max, 0) (float32),
@@ -21,35 +19,12 @@ rint rounds half to even: codes are bit-identical to
 ``eitp_kernels.reference``. Units: scale is in units of x per code step;
 codes and zero points are dimensionless.
 
-NaN and Inf: +Inf quantizes to the max code (127), -Inf to the min code
-(-127 symmetric, -128 affine), NaN to the code of 0 (0, or the zero point).
-fake-quant returns NaN for NaN inputs and the extreme codes times scale for
-+-Inf. Backward (straight-through estimator): the incoming gradient where x
-is finite and its unclamped code lies in [qmin, qmax], 0 elsewhere (clipping
-needs a static scale, or an infinite input). No gradient for scale.
-
-Static quantization (``scale`` given, plus ``zero_point`` for affine): the
-scale is used as given. Its positivity can only be checked by looking at its
-values, so it is checked for Python numbers and for CPU tensors (no device
-sync; skipped while torch.compile traces), never for CUDA tensors: a
-non-positive or non-finite CUDA scale gives what the reference gives,
-clamp(rint(x / scale)) (+-Inf and NaN quotients clamp to the extreme codes
-or, for NaN, to an unspecified code).
-
-Bytes moved per element (s = input element size, 2/4/8 bytes), per call:
-    quantize, per channel / group:  s read + 1 written (scale reduced in cache / registers)
-    quantize, per tensor:           2s read + 1 written (reduction pass, then quantization)
-    fake-quant:                     as quantize with s written instead of 1
-    dequantize:                     1 read + s' written (s' = output element size)
-    fake-quant backward:            2s read (grad, x) + s written
-plus (rows,) scales and zero points. Channel granularity with axis != 0 first
-copies x into the (channel, rest) layout (one more s read + s written).
-
-Compiled ops (cpp / cuda backends): ``torch.ops.eitp.quantize_int8_rows``,
-``dequantize_int8_rows``, ``fake_quant_int8_rows`` and
-``fake_quant_int8_rows_backward``; Triton ops (triton backend, CUDA tensors or
-CPU tensors under TRITON_INTERPRET=1) are the same with a ``triton_`` prefix;
-their kernels and launchers are in ``eitp_kernels.triton.quant``.
+Bytes moved per element (s = input element size): quantize s read + 1
+written (per tensor 2s read: a reduction pass first); fake-quant as quantize
+with s written instead of 1; dequantize 1 read + the output's size written;
+fake-quant backward 2s read + s written. Channel granularity with axis != 0
+first copies x into the (channel, rest) layout. The Triton kernels are in
+``eitp_kernels.triton.quant``.
 """
 from __future__ import annotations
 
@@ -90,10 +65,21 @@ def quantize_int8(
     storage, as the reference returns); ``scale`` float32 and ``zero_point``
     int32 (None when symmetric) of shape ``()`` per tensor, ``(x.shape[axis],)``
     per channel, ``x.shape[:-1] + (x.shape[-1] // group_size,)`` per group.
-    Formulas, NaN/Inf handling and bytes moved: see the module docstring.
-    ``scale`` (and ``zero_point`` when ``symmetric=False``) given: static
-    quantization with those values (values beyond the range are clipped).
+    Formulas and bytes moved: see the module docstring.
     Not differentiable (use :func:`fake_quant_int8` for training).
+
+    NaN/Inf: +Inf quantizes to the max code (127), -Inf to the min code
+    (-127 symmetric, -128 affine), NaN to the code of 0 (0, or the zero
+    point).
+
+    Static quantization (``scale`` given, plus ``zero_point`` when
+    ``symmetric=False``): the scale is used as given (values beyond the range
+    are clipped). Its positivity can only be checked by looking at its values,
+    so it is checked for Python numbers and for CPU tensors (no device sync;
+    skipped while torch.compile traces), never for CUDA tensors: a
+    non-positive or non-finite CUDA scale gives what the reference gives,
+    clamp(rint(x / scale)) (+-Inf and NaN quotients clamp to the extreme codes
+    or, for NaN, to an unspecified code).
     """
     op = OP_QUANTIZE
     _validation.check_tensor(op, "x", x, allow_empty=True)
