@@ -50,6 +50,24 @@ def check_same_device(op: str, name_a: str, a: torch.Tensor, name_b: str, b: tor
         raise ValueError(f"{op}: {name_a} is on {a.device} but {name_b} is on {b.device}; they must share a device")
 
 
+def check_bool(op: str, name: str, value) -> bool:
+    """A Python bool (not an int, not a 0-d tensor)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_process_group(op: str, process_group) -> None:
+    """None or a ``torch.distributed.ProcessGroup``."""
+    if process_group is None:
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
+        raise TypeError(f"{op}: process_group must be None or a torch.distributed.ProcessGroup, "
+                        f"got {type(process_group).__name__}")
+
+
 def check_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
     """A Python int (not bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

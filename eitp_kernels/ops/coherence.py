@@ -96,15 +96,9 @@ def _check(x, y, diag_weight, offdiag_weight, squared, eps, process_group):
             raise ValueError(f"{OP}: y must have the same batch size as x ({x.shape[0]}), got shape {tuple(y.shape)}")
     a = _validation.check_float(OP, "diag_weight", diag_weight, non_negative=True)
     b = _validation.check_float(OP, "offdiag_weight", offdiag_weight, non_negative=True)
-    if not isinstance(squared, bool):
-        raise TypeError(f"{OP}: squared must be a bool, got {type(squared).__name__}")
+    _validation.check_bool(OP, "squared", squared)
     eps = _validation.check_float(OP, "eps", eps, non_negative=True)
-    if process_group is not None:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
-            raise TypeError(f"{OP}: process_group must be None or a torch.distributed.ProcessGroup, "
-                            f"got {type(process_group).__name__}")
+    _validation.check_process_group(OP, process_group)
     return a, b, eps
 
 

@@ -104,11 +104,10 @@ def histogram_entropy(
     bins, rng, log_base = _check_common(OP, bins, range, base, codes=is_code)
     if dim is not None:
         dim = _validation.check_dim(OP, "dim", dim, x.dim())
-    if not isinstance(differentiable, bool):
-        raise TypeError(f"{OP}: differentiable must be a bool, got {type(differentiable).__name__}")
+    _validation.check_bool(OP, "differentiable", differentiable)
     if differentiable and is_code:
         raise TypeError(f"{OP}: differentiable=True needs a floating-point x, got {x.dtype}")
-    _check_process_group(OP, process_group)
+    _validation.check_process_group(OP, process_group)
 
     acc = reference.compute_dtype(x.dtype)
     if differentiable:
@@ -223,16 +222,6 @@ def _check_common(op, bins, range, base, *, codes: bool):
         if rng is not None:
             raise ValueError(f"{op}: int8/uint8 codes take no range (each code is its own bin), got range={range!r}")
     return bins, rng, log_base
-
-
-def _check_process_group(op, process_group):
-    if process_group is None:
-        return
-    import torch.distributed as dist
-
-    if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
-        raise TypeError(f"{op}: process_group must be None or a torch.distributed.ProcessGroup, "
-                        f"got {type(process_group).__name__}")
 
 
 def _as_rows(x: torch.Tensor, dim):

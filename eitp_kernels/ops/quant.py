@@ -84,7 +84,7 @@ def quantize_int8(
     op = OP_QUANTIZE
     _validation.check_tensor(op, "x", x, allow_empty=True)
     granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
-    symmetric = _check_bool(op, "symmetric", symmetric)
+    symmetric = _validation.check_bool(op, "symmetric", symmetric)
     s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
     backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
     x = x.detach()
@@ -160,7 +160,7 @@ def fake_quant_int8(
     op = OP_FAKE_QUANT
     _validation.check_tensor(op, "x", x, allow_empty=True)
     granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
-    symmetric = _check_bool(op, "symmetric", symmetric)
+    symmetric = _validation.check_bool(op, "symmetric", symmetric)
     s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
     backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
     if backend == "reference":
@@ -192,12 +192,6 @@ def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_
         group_size = _validation.check_group_size(op, group_size, x.shape[-1])
     sshape = reference._scale_shape(x.shape, granularity, axis, group_size)
     return granularity, axis, group_size, sshape
-
-
-def _check_bool(op: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _values_readable(t: torch.Tensor) -> bool:

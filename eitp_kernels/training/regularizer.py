@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from eitp_kernels import _validation
 from eitp_kernels.training import formulas
 
 
@@ -62,12 +63,7 @@ class EITPRegularizer:
                  energy_in_joules: bool = False,
                  lyapunov_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  process_group=None):
-        if process_group is not None:
-            import torch.distributed as dist
-
-            if not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
-                raise TypeError("EITPRegularizer: process_group must be None or a torch.distributed.ProcessGroup, "
-                                f"got {type(process_group).__name__}")
+        _validation.check_process_group("EITPRegularizer", process_group)
         self.process_group = process_group
         modules = dict(model.named_modules())
         self.layers = list(layers)
