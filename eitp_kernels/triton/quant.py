@@ -27,9 +27,9 @@ def _round_half_even(v):
 
 
 @triton_jit
-def _div(a, b, IS_FP64: tl.constexpr):
+def _div(a, b, IS_F64: tl.constexpr):
     # Correctly rounded division (fp32 `/` may be approximate on a GPU).
-    if IS_FP64:
+    if IS_F64:
         out = a / b
     else:
         out = tl.math.div_rn(a, b)
@@ -37,8 +37,8 @@ def _div(a, b, IS_FP64: tl.constexpr):
 
 
 @triton_jit
-def _to_acc(v, IS_FP64: tl.constexpr):
-    if IS_FP64:
+def _to_acc(v, IS_F64: tl.constexpr):
+    if IS_F64:
         out = v.to(tl.float64)
     else:
         out = v.to(tl.float32)
@@ -106,7 +106,7 @@ def _quant_rows_kernel(
     STATIC: tl.constexpr,
     SYMMETRIC: tl.constexpr,
     FAKE: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
@@ -119,11 +119,11 @@ def _quant_rows_kernel(
         zpf = tl.load(zp_ptr + row).to(tl.float32)
     else:
         # The row's scale: a reduction held in registers, then the same row again.
-        lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_FP64)
-        hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_FP64)
+        lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
+        hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
         for start in tl.range(0, row_length, BLOCK):
             offsets = start + tl.arange(0, BLOCK)
-            v = _to_acc(tl.load(row_x + offsets, mask=offsets < row_length, other=0.0), IS_FP64)
+            v = _to_acc(tl.load(row_x + offsets, mask=offsets < row_length, other=0.0), IS_F64)
             f = tl.where(v - v == 0, v, 0.0)  # non-finite -> 0 (neutral)
             if SYMMETRIC:
                 hi = tl.maximum(hi, tl.abs(f))
@@ -133,16 +133,16 @@ def _quant_rows_kernel(
         s, zpf = _row_scale_params(tl.min(lo, axis=0), tl.max(hi, axis=0), SYMMETRIC)
         tl.store(scale_ptr + row, s)
         tl.store(zp_ptr + row, zpf.to(tl.int32))
-    sa = _to_acc(s, IS_FP64)
-    za = _to_acc(zpf, IS_FP64)
+    sa = _to_acc(s, IS_F64)
+    za = _to_acc(zpf, IS_F64)
     qmin = -127.0 if SYMMETRIC else -128.0
     begin = part * chunk
     for start in tl.range(0, chunk, BLOCK):
         offsets = begin + start + tl.arange(0, BLOCK)
         mask = offsets < row_length
         xv = tl.load(row_x + offsets, mask=mask, other=0.0)
-        v = _to_acc(xv, IS_FP64)
-        r = _round_half_even(_div(v, sa, IS_FP64))
+        v = _to_acc(xv, IS_F64)
+        r = _round_half_even(_div(v, sa, IS_F64))
         r = tl.where(v != v, 0.0, r) + za
         r = tl.minimum(tl.maximum(r, qmin), 127.0)
         if FAKE:
@@ -161,19 +161,19 @@ def _dequant_rows_kernel(
     row_length,
     chunk,
     chunks,
-    IS_FP64: tl.constexpr,
+    IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
     pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
     row = pid // chunks
     part = pid % chunks
-    sa = _to_acc(tl.load(scale_ptr + row), IS_FP64)
-    za = _to_acc(tl.load(zp_ptr + row), IS_FP64)
+    sa = _to_acc(tl.load(scale_ptr + row), IS_F64)
+    za = _to_acc(tl.load(zp_ptr + row), IS_F64)
     for start in tl.range(0, chunk, BLOCK):
         offsets = part * chunk + start + tl.arange(0, BLOCK)
         mask = offsets < row_length
-        q = _to_acc(tl.load(q_ptr + row * row_length + offsets, mask=mask, other=0), IS_FP64)
+        q = _to_acc(tl.load(q_ptr + row * row_length + offsets, mask=mask, other=0), IS_F64)
         out = (q - za) * sa
         tl.store(out_ptr + row * row_length + offsets, _cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
 
@@ -189,22 +189,22 @@ def _fake_quant_backward_kernel(
     chunk,
     chunks,
     SYMMETRIC: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
     pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
     row = pid // chunks
     part = pid % chunks
-    sa = _to_acc(tl.load(scale_ptr + row), IS_FP64)
-    za = _to_acc(tl.load(zp_ptr + row), IS_FP64)
+    sa = _to_acc(tl.load(scale_ptr + row), IS_F64)
+    za = _to_acc(tl.load(zp_ptr + row), IS_F64)
     qmin = -127.0 if SYMMETRIC else -128.0
     for start in tl.range(0, chunk, BLOCK):
         offsets = part * chunk + start + tl.arange(0, BLOCK)
         mask = offsets < row_length
-        v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=mask, other=0.0), IS_FP64)
+        v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=mask, other=0.0), IS_F64)
         g = tl.load(grad_ptr + row * row_length + offsets, mask=mask, other=0.0)
-        r = _round_half_even(_div(v, sa, IS_FP64))
+        r = _round_half_even(_div(v, sa, IS_F64))
         r = tl.where(v != v, 0.0, r) + za
         keep = (v - v == 0) & (r >= qmin) & (r <= 127.0)
         tl.store(grad_x_ptr + row * row_length + offsets, tl.where(keep, g, 0.0).to(g.dtype), mask=mask)
@@ -219,18 +219,18 @@ def _range_partials_kernel(
     chunks,
     chunk,
     SYMMETRIC: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
     pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
     row = pid // chunks
     part = pid % chunks
-    lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_FP64)
-    hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_FP64)
+    lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
+    hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
     for start in tl.range(0, chunk, BLOCK):
         offsets = part * chunk + start + tl.arange(0, BLOCK)
-        v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=offsets < row_length, other=0.0), IS_FP64)
+        v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=offsets < row_length, other=0.0), IS_F64)
         f = tl.where(v - v == 0, v, 0.0)
         if SYMMETRIC:
             hi = tl.maximum(hi, tl.abs(f))
@@ -271,7 +271,7 @@ def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
         hi = torch.empty_like(lo)
         if rows > 0:
             launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk, traceable=True,
-                   SYMMETRIC=symmetric, IS_FP64=is_fp64, BLOCK=block)
+                   SYMMETRIC=symmetric, IS_F64=is_fp64, BLOCK=block)
         s, zp = _params_from_range(lo.amin(dim=1), hi.amax(dim=1), symmetric)
         static = True
     else:
@@ -281,7 +281,7 @@ def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
         parts = chunks if static else 1
         launch(_quant_rows_kernel, (rows * parts,), x, result, result, s, zp, row_length,
                chunk if static else max(row_length, 1), parts, traceable=True,
-               STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_FP64=is_fp64, BLOCK=block)
+               STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64, BLOCK=block)
     return result, s, zp
 
 
@@ -293,7 +293,7 @@ def dequantize_int8_rows(q, scale, zero_point, dtype):
     block, chunk, chunks = _triton_blocks(row_length)
     if q.numel() > 0:
         launch(_dequant_rows_kernel, (rows * chunks,), q, scale.contiguous(), zp.contiguous(), out, row_length,
-               chunk, chunks, traceable=True, IS_FP64=dtype == torch.float64, BLOCK=block)
+               chunk, chunks, traceable=True, IS_F64=dtype == torch.float64, BLOCK=block)
     return out
 
 
@@ -306,6 +306,6 @@ def fake_quant_int8_rows_backward(grad, x, scale, zero_point, symmetric):
     block, chunk, chunks = _triton_blocks(row_length)
     if x.numel() > 0:
         launch(_fake_quant_backward_kernel, (rows * chunks,), grad, x, scale.contiguous(), zp.contiguous(), grad_x,
-               row_length, chunk, chunks, traceable=True, SYMMETRIC=symmetric, IS_FP64=x.dtype == torch.float64,
+               row_length, chunk, chunks, traceable=True, SYMMETRIC=symmetric, IS_F64=x.dtype == torch.float64,
                BLOCK=block)
     return grad_x
