@@ -32,6 +32,18 @@ def triton_jit(fn):
     return triton.jit(fn) if triton is not None else fn
 
 
+@triton_jit
+def exact_div(a, b, IS_F64: tl.constexpr):
+    """a / b correctly rounded, a and b of one float dtype (float64 when IS_F64,
+    else float32): Triton's fp32 ``/`` compiles to the approximate
+    ``div.full.f32``, and the other backends divide exactly."""
+    if IS_F64:
+        out = a / b
+    else:
+        out = tl.math.div_rn(a, b)
+    return out
+
+
 # CUDA's launch limits: gridDim.x < 2^31, gridDim.y and gridDim.z <= 65535.
 # Every launcher flattens its work items onto axis 0; launch() checks all three.
 MAX_GRID = (2**31 - 1, 65535, 65535)

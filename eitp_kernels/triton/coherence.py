@@ -18,18 +18,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import reference
-from eitp_kernels._triton import launch, tl, triton, triton_jit
-
-
-@triton_jit
-def _div(a, b, ACC: tl.constexpr):
-    """a / b correctly rounded in ACC: Triton's fp32 ``/`` compiles to the approximate
-    ``div.full.f32``, and the other backends divide exactly."""
-    if ACC == tl.float64:
-        out = a / b
-    else:
-        out = tl.math.div_rn(a, tl.zeros_like(a) + b)
-    return out
+from eitp_kernels._triton import exact_div, launch, tl, triton, triton_jit
 
 
 @triton_jit
@@ -71,7 +60,7 @@ def _col_stats_kernel(
     else:
         beyond = (var <= 3.4028234663852886e38) == 0
         # not the approximate fp32 sqrt and division
-        rstd = _div(tl.full([BLOCK_D], 1.0, tl.float32), tl.sqrt_rn(var.to(tl.float32) + eps_acc), ACC)
+        rstd = exact_div(tl.full([BLOCK_D], 1.0, tl.float32), tl.sqrt_rn(var.to(tl.float32) + eps_acc), False)
     rstd = tl.where(beyond, float("nan"), rstd)  # no standardization in ACC: NaN loss, as the reference
     tl.store(mean_ptr + cols, mean, mask=col_ok)
     tl.store(rstd_ptr + cols, rstd, mask=col_ok)
@@ -118,7 +107,7 @@ def _corr_tile_kernel(
             zx = tl.where(mi, (xv - mxi[None, :]) * rxi[None, :], 0.0)
             zy = tl.where(mj, (yv - myj[None, :]) * ryj[None, :], 0.0)
             acc += tl.dot(tl.trans(zx), zy, input_precision="ieee")
-        r = _div(acc, N, ACC)
+        r = exact_div(acc, tl.zeros([], ACC) + N, ACC == tl.float64)
         valid = ok_i[:, None] & ok_j[None, :]
         on_diag = valid & (ci[:, None] == cj[None, :])
         d_diag = tl.sum(tl.sum(tl.where(on_diag, (r - 1.0) * (r - 1.0), 0.0), axis=1), axis=0)
@@ -203,12 +192,12 @@ def _backward_epilogue_kernel(
     if SQUARED:
         k = g
     else:
-        k = _div(g, 2.0 * tl.load(loss_ptr).to(ACC), ACC)
+        k = exact_div(g, 2.0 * tl.load(loss_ptr).to(ACC), ACC == tl.float64)
     if SYMMETRIC:
-        scale = _div(2.0 * k, N, ACC)
+        scale = exact_div(2.0 * k, tl.zeros([], ACC) + N, ACC == tl.float64)
     else:
-        scale = _div(k, N, ACC)
-    wcoef = _div(2.0 * b, N, ACC)
+        scale = exact_div(k, tl.zeros([], ACC) + N, ACC == tl.float64)
+    wcoef = exact_div(2.0 * b, tl.zeros([], ACC) + N, ACC == tl.float64)
     rdiag = tl.zeros([BLOCK_D], ACC)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -216,7 +205,7 @@ def _backward_epilogue_kernel(
         zv = tl.load(z_ptr + rows[:, None] * D + cols[None, :], mask=md, other=0.0)
         pv = tl.load(zp_ptr + rows[:, None] * DP + cols[None, :], mask=md, other=0.0)
         rdiag += tl.sum(zv * pv, axis=0)
-    rdiag = _div(rdiag, N, ACC)
+    rdiag = exact_div(rdiag, tl.zeros([], ACC) + N, ACC == tl.float64)
     c = tl.where(has_diag, 2.0 * a * (rdiag - 1.0) - 2.0 * b * rdiag, 0.0)
     s_dz = tl.zeros([BLOCK_D], ACC)
     s_dzz = tl.zeros([BLOCK_D], ACC)
@@ -231,8 +220,8 @@ def _backward_epilogue_kernel(
         tl.store(w_ptr + rows[:, None] * D + cols[None, :], dz, mask=m)
         s_dz += tl.sum(dz, axis=0)
         s_dzz += tl.sum(dz * zv, axis=0)
-    mdz = _div(s_dz, N, ACC)
-    mdzz = _div(s_dzz, N, ACC)
+    mdz = exact_div(s_dz, tl.zeros([], ACC) + N, ACC == tl.float64)
+    mdzz = exact_div(s_dzz, tl.zeros([], ACC) + N, ACC == tl.float64)
     rstd = tl.load(rstd_ptr + cols, mask=col_ok, other=0.0)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)

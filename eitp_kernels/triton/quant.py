@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import reference
-from eitp_kernels._triton import launch, tl, triton, triton_jit
+from eitp_kernels._triton import exact_div, launch, tl, triton, triton_jit
 
 
 @triton_jit
@@ -24,16 +24,6 @@ def _round_half_even(v):
     half = f * 0.5
     odd = tl.floor(half) != half
     return tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f)
-
-
-@triton_jit
-def _div(a, b, IS_F64: tl.constexpr):
-    # Correctly rounded division (fp32 `/` may be approximate on a GPU).
-    if IS_F64:
-        out = a / b
-    else:
-        out = tl.math.div_rn(a, b)
-    return out
 
 
 @triton_jit
@@ -81,13 +71,13 @@ def _row_scale_params(lo, hi, SYMMETRIC: tl.constexpr):
         steps = 255.0
     s = tl.math.div_rn(mx - mn, tl.full([], steps, tl.float32))
     fast = fits & (s - s == 0)
-    wide_s = tl.minimum(_div(hi64 - lo64, tl.full([], steps, tl.float64), True), _FLOAT32_MAX).to(tl.float32)
+    wide_s = tl.minimum(exact_div(hi64 - lo64, tl.full([], steps, tl.float64), True), _FLOAT32_MAX).to(tl.float32)
     s = tl.where(fast, tl.where(s == 0.0, 1.0, s), wide_s)
     if SYMMETRIC:
         zpf = tl.full([], 0.0, tl.float32)
     else:
         fast_zp = -128.0 - _round_half_even(tl.math.div_rn(mn, s))
-        wide_zp = -128.0 - _round_half_even(_div(lo64, s.to(tl.float64), True))
+        wide_zp = -128.0 - _round_half_even(exact_div(lo64, s.to(tl.float64), True))
         wide_zp = tl.minimum(tl.maximum(wide_zp, -128.0), 127.0).to(tl.float32)
         zpf = tl.where(fast, fast_zp, wide_zp)
     return s, zpf
@@ -142,7 +132,7 @@ def _quant_rows_kernel(
         mask = offsets < row_length
         xv = tl.load(row_x + offsets, mask=mask, other=0.0)
         v = _to_acc(xv, IS_F64)
-        r = _round_half_even(_div(v, sa, IS_F64))
+        r = _round_half_even(exact_div(v, sa, IS_F64))
         r = tl.where(v != v, 0.0, r) + za
         r = tl.minimum(tl.maximum(r, qmin), 127.0)
         if FAKE:
@@ -204,7 +194,7 @@ def _fake_quant_backward_kernel(
         mask = offsets < row_length
         v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=mask, other=0.0), IS_F64)
         g = tl.load(grad_ptr + row * row_length + offsets, mask=mask, other=0.0)
-        r = _round_half_even(_div(v, sa, IS_F64))
+        r = _round_half_even(exact_div(v, sa, IS_F64))
         r = tl.where(v != v, 0.0, r) + za
         keep = (v - v == 0) & (r >= qmin) & (r <= 127.0)
         tl.store(grad_x_ptr + row * row_length + offsets, tl.where(keep, g, 0.0).to(g.dtype), mask=mask)
