@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import _backends, _extension, _validation, reference
+from eitp_kernels import _backends, _registration, _validation, reference
 from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "finite_minmax"
@@ -59,21 +59,19 @@ def _reference_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # (lo, hi), each (R,), of a contiguous (R, L) view, per backend (also histogram_entropy's range step).
-ROWS = {"reference": _reference_rows, "cpp": _backends.op_caller("eitp", "finite_minmax"),
-        "cuda": _backends.op_caller("eitp", "finite_minmax"), "triton": triton_finite_minmax.finite_minmax_rows}
+_op = _backends.op_caller
+ROWS = {"reference": _reference_rows, "cpp": _op("eitp", "finite_minmax"), "cuda": _op("eitp", "finite_minmax"),
+        "triton": _op("eitp_triton", "finite_minmax")}
 
 
 # --------------------------------------------------------------------------
-# Custom ops: fake kernels
+# Custom ops: fake kernels, for eitp:: and eitp_triton::
 # --------------------------------------------------------------------------
 
 
-def _register_compiled() -> None:
-    @torch.library.register_fake("eitp::finite_minmax")
-    def _(x):
-        acc = reference.compute_dtype(x.dtype)
-        return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
+def _finite_minmax_fake(x):
+    acc = reference.compute_dtype(x.dtype)
+    return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
 
 
-if _extension.load()[0]:
-    _register_compiled()
+_registration.register("finite_minmax", triton_finite_minmax.finite_minmax, _finite_minmax_fake)

@@ -33,8 +33,7 @@ import numbers
 
 import torch
 
-from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import triton
+from eitp_kernels import _backends, _registration, _validation, reference
 from eitp_kernels.triton import quant as triton_quant
 
 OP_QUANTIZE = "quantize_int8"
@@ -270,96 +269,57 @@ def _check_scale_layout(op: str, name: str, value, q: torch.Tensor, granularity:
 
 
 # The row op of each backend but the reference (which takes the tensor and its
-# granularity as they are): the compiled ops and their ``triton_`` twins.
+# granularity as they are): the compiled ops and their eitp_triton:: twins.
 _op = _backends.op_caller
 _QUANTIZE_ROWS = {"cpp": _op("eitp", "quantize_int8_rows"), "cuda": _op("eitp", "quantize_int8_rows"),
-                  "triton": _op("eitp", "triton_quantize_int8_rows")}
+                  "triton": _op("eitp_triton", "quantize_int8_rows")}
 _FAKE_QUANT_ROWS = {"cpp": _op("eitp", "fake_quant_int8_rows"), "cuda": _op("eitp", "fake_quant_int8_rows"),
-                    "triton": _op("eitp", "triton_fake_quant_int8_rows")}
+                    "triton": _op("eitp_triton", "fake_quant_int8_rows")}
 _DEQUANTIZE_ROWS = {"cpp": _op("eitp", "dequantize_int8_rows"), "cuda": _op("eitp", "dequantize_int8_rows"),
-                    "triton": _op("eitp", "triton_dequantize_int8_rows")}
+                    "triton": _op("eitp_triton", "dequantize_int8_rows")}
 
 
 # --------------------------------------------------------------------------
-# Custom ops: fake kernels, autograd, Triton ops
+# Custom ops: fake kernels and autograd, for eitp:: and eitp_triton::
 # --------------------------------------------------------------------------
 
 
-def _register_autograd(op_name: str, backward_op: str) -> None:
-    def setup_context(ctx, inputs, output):
-        x, _scale, _zero_point, symmetric = inputs
-        _out, s, zp = output
-        ctx.save_for_backward(x, s, zp)
-        ctx.symmetric = symmetric
-
-    def backward(ctx, grad_out, _grad_scale, _grad_zero_point):
-        x, s, zp = ctx.saved_tensors
-        grad_x = getattr(torch.ops.eitp, backward_op)(grad_out, x, s, None if ctx.symmetric else zp, ctx.symmetric)
-        return grad_x, None, None, None
-
-    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
+def _quantize_rows_fake(x, scale, zero_point, symmetric):
+    rows = x.shape[0]
+    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((rows,), dtype=torch.float32),
+            x.new_empty((rows,), dtype=torch.int32))
 
 
-def _register_fakes(prefix: str) -> None:
-    """Fake (meta) kernels of the four row ops ``eitp::<prefix>...``: shapes and dtypes only."""
-
-    @torch.library.register_fake(f"eitp::{prefix}quantize_int8_rows")
-    def _(x, scale, zero_point, symmetric):
-        rows = x.shape[0]
-        return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((rows,), dtype=torch.float32),
-                x.new_empty((rows,), dtype=torch.int32))
-
-    @torch.library.register_fake(f"eitp::{prefix}fake_quant_int8_rows")
-    def _(x, scale, zero_point, symmetric):
-        rows = x.shape[0]
-        return (torch.empty_like(x, memory_format=torch.contiguous_format),
-                x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.int32))
-
-    @torch.library.register_fake(f"eitp::{prefix}dequantize_int8_rows")
-    def _(q, scale, zero_point, dtype):
-        return q.new_empty(q.shape, dtype=dtype)
-
-    @torch.library.register_fake(f"eitp::{prefix}fake_quant_int8_rows_backward")
-    def _(grad, x, scale, zero_point, symmetric):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _fake_quant_rows_fake(x, scale, zero_point, symmetric):
+    rows = x.shape[0]
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.int32))
 
 
-def _register_compiled() -> None:
-    _register_fakes("")
-    _register_autograd("eitp::fake_quant_int8_rows", "fake_quant_int8_rows_backward")
+def _dequantize_rows_fake(q, scale, zero_point, dtype):
+    return q.new_empty(q.shape, dtype=dtype)
 
 
-def _register_triton_ops() -> None:
-    from torch.library import triton_op
-
-    @triton_op("eitp::triton_quantize_int8_rows", mutates_args=())
-    def _triton_quantize_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
-                              symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return triton_quant.quantize_int8_rows(x, scale, zero_point, symmetric, fake=False)
-
-    @triton_op("eitp::triton_fake_quant_int8_rows", mutates_args=())
-    def _triton_fake_quant_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
-                                symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return triton_quant.quantize_int8_rows(x, scale, zero_point, symmetric, fake=True)
-
-    @triton_op("eitp::triton_dequantize_int8_rows", mutates_args=())
-    def _triton_dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
-                                dtype: torch.dtype) -> torch.Tensor:
-        return triton_quant.dequantize_int8_rows(q, scale, zero_point, dtype)
-
-    @triton_op("eitp::triton_fake_quant_int8_rows_backward", mutates_args=())
-    def _triton_fake_quant_rows_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
-                                         zero_point: torch.Tensor | None, symmetric: bool) -> torch.Tensor:
-        return triton_quant.fake_quant_int8_rows_backward(grad, x, scale, zero_point, symmetric)
-
-    # triton_op traces its body for fake tensors; under the interpreter that
-    # would launch kernels on fake tensors, so the interpreter gets the plain fakes.
-    if _backends._triton_interpreter_requested():
-        _register_fakes("triton_")
-    _register_autograd("eitp::triton_fake_quant_int8_rows", "triton_fake_quant_int8_rows_backward")
+def _fake_quant_rows_backward_fake(grad, x, scale, zero_point, symmetric):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-if _extension.load()[0]:
-    _register_compiled()
-if triton is not None:
-    _register_triton_ops()
+def _fake_quant_setup_context(ctx, inputs, output):
+    x, _scale, _zero_point, symmetric = inputs
+    _out, s, zp = output
+    ctx.save_for_backward(x, s, zp)
+    ctx.symmetric = symmetric
+
+
+def _fake_quant_backward(ops, ctx, grad_out, _grad_scale, _grad_zero_point):
+    x, s, zp = ctx.saved_tensors
+    grad_x = ops.fake_quant_int8_rows_backward(grad_out, x, s, None if ctx.symmetric else zp, ctx.symmetric)
+    return grad_x, None, None, None
+
+
+_registration.register("quantize_int8_rows", triton_quant.quantize_int8_rows, _quantize_rows_fake)
+_registration.register("fake_quant_int8_rows", triton_quant.fake_quant_int8_rows, _fake_quant_rows_fake,
+                       autograd=(_fake_quant_setup_context, _fake_quant_backward))
+_registration.register("dequantize_int8_rows", triton_quant.dequantize_int8_rows, _dequantize_rows_fake)
+_registration.register("fake_quant_int8_rows_backward", triton_quant.fake_quant_int8_rows_backward,
+                       _fake_quant_rows_backward_fake)

@@ -1,7 +1,7 @@
 """Triton kernels and launchers of the coherence loss: the ``triton`` backend
 of :mod:`eitp_kernels.ops.coherence`, which validates, dispatches and
-registers them as custom ops (``eitp::coherence_forward_triton``,
-``eitp::coherence_backward_triton``).
+registers them as the custom ops ``eitp_triton::coherence_forward`` and
+``eitp_triton::coherence_backward``.
 
 Forward: column statistics (reads x twice), then one program per
 (BLOCK_D x BLOCK_D) tile on or above the diagonal reads its column blocks of x

@@ -10,7 +10,8 @@ buffer per dtype; a work item is one chunk of one segment, found by binary
 search in the prefix sum of work items per segment, so one launch covers every
 tensor of a dtype.
 
-Launchers (rows = a contiguous (R, L) view, as ``torch.ops.eitp.<name>`` takes):
+Launchers, one per op ``eitp_triton::<name>`` with the arguments of its
+compiled twin ``eitp::<name>`` (rows: a contiguous (R, L) view):
 ``histogram_counts``, ``soft_histogram``, ``soft_histogram_backward``,
 ``histogram_counts_many``.
 """
@@ -130,17 +131,17 @@ def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) ->
     )
 
 
-def histogram_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=rows.device)
-    if rows.numel() == 0:
+def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
+                     explicit_range: bool) -> torch.Tensor:
+    n_rows, row_length = x.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
+    if x.numel() == 0:
         return counts
-    meta = _count_meta(rows.dtype, bins, explicit, row_length)
+    meta = _count_meta(x.dtype, bins, explicit_range, row_length)
     if meta["IS_CODE"]:
         lo = hi = counts  # unused
     chunks = triton.cdiv(row_length, meta["CHUNK"])
-    launch(_histogram_counts_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
-           traceable=True, **meta)
+    launch(_histogram_counts_kernel, (n_rows * chunks,), x, lo, hi, counts, row_length, chunks, bins, **meta)
     return counts
 
 
@@ -340,32 +341,34 @@ def _soft_histogram_backward_kernel(
     tl.store(grad_ptr + row * row_length + offsets, tl.where(live, g, 0.0).to(ACC), mask=in_row)
 
 
-def soft_histogram(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=rows.device)
-    if rows.numel() == 0:
+def soft_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
+                   explicit_range: bool) -> torch.Tensor:
+    n_rows, row_length = x.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=x.device)
+    if x.numel() == 0:
         return counts
-    acc = reference.compute_dtype(rows.dtype)
+    acc = reference.compute_dtype(x.dtype)
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
     chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
     chunks = triton.cdiv(row_length, chunk)
-    launch(_soft_histogram_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
-           traceable=True, EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32,
+    launch(_soft_histogram_kernel, (n_rows * chunks,), x, lo, hi, counts, row_length, chunks, bins,
+           EXPLICIT=explicit_range, ACC=tl.float64 if acc == torch.float64 else tl.float32,
            IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block)
     return counts
 
 
-def soft_histogram_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    acc = reference.compute_dtype(rows.dtype)
-    grad = torch.empty(rows.shape, dtype=acc, device=rows.device)
-    if rows.numel() == 0:
+def soft_histogram_backward(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
+                            explicit_range: bool) -> torch.Tensor:
+    n_rows, row_length = x.shape
+    acc = reference.compute_dtype(x.dtype)
+    grad = torch.empty(x.shape, dtype=acc, device=x.device)
+    if x.numel() == 0:
         return grad
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
     blocks = triton.cdiv(row_length, block)
-    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), rows, lo, hi,
-           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins, traceable=True,
-           EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), x, lo, hi,
+           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins,
+           EXPLICIT=explicit_range, ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
            BLOCK=block)
     return grad
 
@@ -413,29 +416,29 @@ def _group_ranges(tensors, groups, rng, device) -> dict:
     return ranges
 
 
-def histogram_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
-    """int64 counts (len(tensors), bins) of every tensor in a fixed number of launches
+def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:  # noqa: A002
+    """int64 counts (len(xs), bins) of every tensor in a fixed number of launches
     per dtype group: one torch.cat of the group's tensors (skipped for a lone
     contiguous tensor), range partials + range fold (automatic range only), counts."""
-    device = tensors[0].device
+    device = xs[0].device
     by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(tensors):
+    for i, t in enumerate(xs):
         by_dtype.setdefault(t.dtype, []).append(i)
     groups = list(by_dtype.values())
-    metas = [_count_meta(tensors[idx[0]].dtype, bins, rng is not None, max(tensors[i].numel() for i in idx))
+    metas = [_count_meta(xs[idx[0]].dtype, bins, range is not None, max(xs[i].numel() for i in idx))
              for idx in groups]
-    tables, group_items = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
-    ranges = _group_ranges(tensors, groups, rng, device)
-    counts = torch.zeros((len(tensors), bins), dtype=torch.int64, device=device)
+    tables, group_items = _segment_table(groups, xs, [m["CHUNK"] for m in metas], device)
+    ranges = _group_ranges(xs, groups, range, device)
+    counts = torch.zeros((len(xs), bins), dtype=torch.int64, device=device)
     for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
         if items == 0:
             continue  # only empty tensors: zero counts
         # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
-            tensors[idx[0]].reshape(-1).contiguous()
+        flat = torch.cat([xs[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
+            xs[idx[0]].reshape(-1).contiguous()
         segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
         lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
-        if rng is None and not meta["IS_CODE"]:
+        if range is None and not meta["IS_CODE"]:
             part_lo = torch.empty(items, dtype=lo.dtype, device=device)
             part_hi = torch.empty_like(part_lo)
             launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,

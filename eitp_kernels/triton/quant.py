@@ -3,8 +3,9 @@ the ``triton`` backend of :mod:`eitp_kernels.ops.quant`, which validates,
 dispatches and registers them as custom ops. Same arithmetic as
 ``eitp_kernels.reference`` (true division, round half to even).
 
-Launchers (on the (rows, row_length) view in which each row shares one scale):
-``quantize_int8_rows`` (codes, or with ``fake`` the dequantized values),
+Launchers, one per op ``eitp_triton::<name>`` with the arguments of its
+compiled twin ``eitp::<name>`` (on the (rows, row_length) view in which each
+row shares one scale): ``quantize_int8_rows``, ``fake_quant_int8_rows``,
 ``dequantize_int8_rows``, ``fake_quant_int8_rows_backward``.
 """
 from __future__ import annotations
@@ -244,7 +245,19 @@ def _params_from_range(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> t
     return s, torch.zeros_like(s, dtype=torch.int32) if zp is None else zp
 
 
-def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
+def quantize_int8_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
+                       symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 codes, scale, zero point) of each row."""
+    return _quantize_rows(x, scale, zero_point, symmetric, fake=False)
+
+
+def fake_quant_int8_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
+                         symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dequantized codes in x's dtype, scale, zero point) of each row."""
+    return _quantize_rows(x, scale, zero_point, symmetric, fake=True)
+
+
+def _quantize_rows(x, scale, zero_point, symmetric, fake):
     x = x.contiguous()
     rows, row_length = x.shape
     is_fp64 = x.dtype == torch.float64
@@ -260,7 +273,7 @@ def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
         lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
         if rows > 0:
-            launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk, traceable=True,
+            launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk,
                    SYMMETRIC=symmetric, IS_F64=is_fp64, BLOCK=block)
         s, zp = _params_from_range(lo.amin(dim=1), hi.amax(dim=1), symmetric)
         static = True
@@ -270,12 +283,13 @@ def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
     if rows > 0:
         parts = chunks if static else 1
         launch(_quant_rows_kernel, (rows * parts,), x, result, result, s, zp, row_length,
-               chunk if static else max(row_length, 1), parts, traceable=True,
+               chunk if static else max(row_length, 1), parts,
                STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64, BLOCK=block)
     return result, s, zp
 
 
-def dequantize_int8_rows(q, scale, zero_point, dtype):
+def dequantize_int8_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
     q = q.contiguous()
     rows, row_length = q.shape
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
@@ -283,11 +297,12 @@ def dequantize_int8_rows(q, scale, zero_point, dtype):
     block, chunk, chunks = _triton_blocks(row_length)
     if q.numel() > 0:
         launch(_dequant_rows_kernel, (rows * chunks,), q, scale.contiguous(), zp.contiguous(), out, row_length,
-               chunk, chunks, traceable=True, IS_F64=dtype == torch.float64, BLOCK=block)
+               chunk, chunks, IS_F64=dtype == torch.float64, BLOCK=block)
     return out
 
 
-def fake_quant_int8_rows_backward(grad, x, scale, zero_point, symmetric):
+def fake_quant_int8_rows_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+                                  zero_point: torch.Tensor | None, symmetric: bool) -> torch.Tensor:
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     rows, row_length = x.shape
@@ -296,6 +311,6 @@ def fake_quant_int8_rows_backward(grad, x, scale, zero_point, symmetric):
     block, chunk, chunks = _triton_blocks(row_length)
     if x.numel() > 0:
         launch(_fake_quant_backward_kernel, (rows * chunks,), grad, x, scale.contiguous(), zp.contiguous(), grad_x,
-               row_length, chunk, chunks, traceable=True, SYMMETRIC=symmetric, IS_F64=x.dtype == torch.float64,
+               row_length, chunk, chunks, SYMMETRIC=symmetric, IS_F64=x.dtype == torch.float64,
                BLOCK=block)
     return grad_x
