@@ -32,6 +32,14 @@ def triton_jit(fn):
     return triton.jit(fn) if triton is not None else fn
 
 
+def acc_tl(dtype):
+    """The Triton accumulation dtype for tensors of ``dtype``: ``tl.float64`` for
+    float64, ``tl.float32`` otherwise (``reference.compute_dtype``)."""
+    import torch
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 @triton_jit
 def exact_div(a, b, IS_F64: tl.constexpr):
     """a / b correctly rounded, a and b of one float dtype (float64 when IS_F64,

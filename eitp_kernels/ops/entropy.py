@@ -113,7 +113,7 @@ def histogram_entropy(
         backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
         if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
             return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base, differentiable=True)
-        rows, batch = _as_rows(x.to(acc), dim)
+        rows, batch = reference.slices_as_rows(x.to(acc), dim)
         rows = rows.contiguous()
         lo, hi = _range_rows(backend, rows.detach(), rng, process_group)
         counts = _SOFT_COUNTS[backend](rows, lo, hi, bins, rng is not None)
@@ -124,7 +124,7 @@ def histogram_entropy(
     backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
-    rows, batch = _as_rows(x, dim)
+    rows, batch = reference.slices_as_rows(x, dim)
     rows = rows.contiguous()
     if is_code:
         lo = hi = None
@@ -223,14 +223,6 @@ def _check_common(op, bins, range, base, *, codes: bool):
     return bins, rng, log_base
 
 
-def _as_rows(x: torch.Tensor, dim):
-    if dim is None:
-        return x.reshape(1, x.numel()), ()
-    moved = x.movedim(dim, -1)
-    batch = tuple(moved.shape[:-1])
-    return moved.reshape(math.prod(batch), moved.shape[-1]), batch
-
-
 # --------------------------------------------------------------------------
 # Backends (rows = (R, L) contiguous view)
 # --------------------------------------------------------------------------
@@ -275,13 +267,7 @@ def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torc
     if rows.dtype in _validation.CODE_DTYPES:
         return reference.histogram_counts(rows, bins=256, dim=1).to(torch.int64)
     xc = rows.to(reference.compute_dtype(rows.dtype))
-    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
-    valid = reference._counted(xc, lo, hi, explicit)
-    w = (hi - lo) / bins
-    t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
-    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
-    t = torch.where(valid, t, 0.0)
-    return reference._bincount_rows(t.to(torch.int64), valid, bins)
+    return reference.bin_counts(xc, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)
 
 
 def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
@@ -307,13 +293,7 @@ def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bi
 
 def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
     """H per row of counts (float64), the reference's formula; NaN for an empty row."""
-    c = counts.to(torch.float64)
-    total = c.sum(-1, keepdim=True)
-    p = c / total
-    plogp = torch.where(c > 0, p * torch.log(torch.where(c > 0, p, 1.0)), 0.0)
-    h = -plogp.sum(-1) + 0.0
-    h = torch.where(total.squeeze(-1) > 0, h, math.nan)
-    return h if log_base is None else h / log_base
+    return reference.entropy_from_counts(counts.to(torch.float64), log_base)
 
 
 def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:

@@ -36,14 +36,9 @@ def finite_minmax(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor
     finite value. Never syncs with the device.
     """
     _validation.check_tensor(OP, "x", x)
-    if dim is None:
-        rows = x.reshape(1, -1)
-        out_shape: tuple[int, ...] = ()
-    else:
+    if dim is not None:
         dim = _validation.check_dim(OP, "dim", dim, x.dim())
-        moved = x.movedim(dim, -1)
-        out_shape = tuple(moved.shape[:-1])
-        rows = moved.reshape(-1, moved.shape[-1])
+    rows, out_shape = reference.slices_as_rows(x, dim)
     backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     lo, hi = ROWS[backend](rows.contiguous())
     return lo.reshape(out_shape), hi.reshape(out_shape)

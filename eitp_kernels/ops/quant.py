@@ -28,8 +28,10 @@ first copies x into the (channel, rest) layout. The Triton kernels are in
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 
@@ -47,16 +49,10 @@ GRANULARITIES = ("tensor", "channel", "group")
 # --------------------------------------------------------------------------
 
 
-def quantize_int8(
-    x: torch.Tensor,
-    *,
-    granularity: str = "tensor",
-    axis: int = 0,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale: torch.Tensor | float | None = None,
-    zero_point: torch.Tensor | int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def quantize_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int = 0, group_size: int = 128,
+                  symmetric: bool = True, scale: torch.Tensor | float | None = None,
+                  zero_point: torch.Tensor | int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a float tensor (fp16/bf16/fp32/fp64, any rank) to int8 codes.
 
     Returns ``(q, scale, zero_point)``: ``q`` int8 with x's shape (for
@@ -80,21 +76,13 @@ def quantize_int8(
     clamp(rint(x / scale)) (+-Inf and NaN quotients clamp to the extreme codes
     or, for NaN, to an unspecified code).
     """
-    op = OP_QUANTIZE
-    _validation.check_tensor(op, "x", x, allow_empty=True)
-    granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
-    symmetric = _validation.check_bool(op, "symmetric", symmetric)
-    s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
-    backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
+    call = _check_quantize(OP_QUANTIZE, x, granularity, axis, group_size, symmetric, scale, zero_point)
     x = x.detach()
-    if backend == "reference":
-        return reference.quantize_int8(
-            x, granularity, axis, group_size, symmetric,
-            None if s_rows is None else s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape))
-    rows = reference._to_rows(x, granularity, axis, group_size)
-    q, s, zp = _QUANTIZE_ROWS[backend](rows, s_rows, zp_rows, symmetric)
-    q = reference._from_rows(q, x.shape, granularity, axis)
-    return q, s.reshape(sshape), None if symmetric else zp.reshape(sshape)
+    if call.backend == "reference":
+        return reference.quantize_int8(x, *call.reference_args())
+    q, s, zp = _QUANTIZE_ROWS[call.backend](call.rows(x), call.scale, call.zero_point, call.symmetric)
+    sshape = call.layout.sshape
+    return call.from_rows(q, x), s.reshape(sshape), None if call.symmetric else zp.reshape(sshape)
 
 
 def dequantize_int8(
@@ -130,21 +118,14 @@ def dequantize_int8(
         return reference.dequantize_int8(
             q, s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape),
             granularity, axis, group_size, dtype=dtype)
-    rows = reference._to_rows(q, granularity, axis, group_size)
+    rows = reference.to_rows(q, granularity, axis, group_size)
     out = _DEQUANTIZE_ROWS[backend](rows, s_rows, zp_rows, dtype)
-    return reference._from_rows(out, q.shape, granularity, axis)
+    return reference.from_rows(out, q.shape, granularity, axis)
 
 
-def fake_quant_int8(
-    x: torch.Tensor,
-    *,
-    granularity: str = "tensor",
-    axis: int = 0,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale: torch.Tensor | float | None = None,
-    zero_point: torch.Tensor | int | None = None,
-) -> torch.Tensor:
+def fake_quant_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int = 0, group_size: int = 128,
+                    symmetric: bool = True, scale: torch.Tensor | float | None = None,
+                    zero_point: torch.Tensor | int | None = None) -> torch.Tensor:
     """``dequantize_int8(*quantize_int8(x, ...), dtype=x.dtype)`` in one pass,
     differentiable with the straight-through estimator.
 
@@ -156,19 +137,11 @@ def fake_quant_int8(
     output per call (two reads per tensor); the backward reads grad and x and
     writes grad_x.
     """
-    op = OP_FAKE_QUANT
-    _validation.check_tensor(op, "x", x, allow_empty=True)
-    granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
-    symmetric = _validation.check_bool(op, "symmetric", symmetric)
-    s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
-    backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
-    if backend == "reference":
-        return reference.fake_quant_int8(
-            x, granularity, axis, group_size, symmetric,
-            None if s_rows is None else s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape))
-    rows = reference._to_rows(x, granularity, axis, group_size)
-    out, _, _ = _FAKE_QUANT_ROWS[backend](rows, s_rows, zp_rows, symmetric)
-    return reference._from_rows(out, x.shape, granularity, axis)
+    call = _check_quantize(OP_FAKE_QUANT, x, granularity, axis, group_size, symmetric, scale, zero_point)
+    if call.backend == "reference":
+        return reference.fake_quant_int8(x, *call.reference_args())
+    out, _, _ = _FAKE_QUANT_ROWS[call.backend](call.rows(x), call.scale, call.zero_point, call.symmetric)
+    return call.from_rows(out, x)
 
 
 # --------------------------------------------------------------------------
@@ -176,7 +149,47 @@ def fake_quant_int8(
 # --------------------------------------------------------------------------
 
 
-def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_size):
+class _Layout(NamedTuple):
+    granularity: str
+    axis: int
+    group_size: int
+    sshape: tuple  # shape of the scale and zero point
+
+
+@dataclasses.dataclass(frozen=True)
+class _QuantizeCall:
+    """A checked quantize / fake-quant call: its layout, its static scale and zero
+    point as flat per-row tensors (None: dynamic) and its backend."""
+    layout: _Layout
+    symmetric: bool
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    backend: str
+
+    def reference_args(self) -> tuple:
+        """The reference function's arguments after x."""
+        lay = self.layout
+        scale = None if self.scale is None else self.scale.reshape(lay.sshape)
+        zero_point = None if self.zero_point is None else self.zero_point.reshape(lay.sshape)
+        return lay.granularity, lay.axis, lay.group_size, self.symmetric, scale, zero_point
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.to_rows(x, self.layout.granularity, self.layout.axis, self.layout.group_size)
+
+    def from_rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return reference.from_rows(rows, x.shape, self.layout.granularity, self.layout.axis)
+
+
+def _check_quantize(op, x, granularity, axis, group_size, symmetric, scale, zero_point) -> _QuantizeCall:
+    """The checks and backend choice that quantize_int8 and fake_quant_int8 share."""
+    _validation.check_tensor(op, "x", x, allow_empty=True)
+    layout = _check_layout(op, "x", x, granularity, axis, group_size)
+    symmetric = _validation.check_bool(op, "symmetric", symmetric)
+    s_rows, zp_rows = _check_static(op, x, layout.sshape, symmetric, scale, zero_point)
+    return _QuantizeCall(layout, symmetric, s_rows, zp_rows, _backends.resolve(op, x.device, _backends.IMPLEMENTED))
+
+
+def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_size) -> _Layout:
     """Normalized (granularity, axis, group_size, scale shape) for tensor ``x``."""
     granularity = _validation.check_choice(op, "granularity", granularity, GRANULARITIES)
     axis = _validation.check_int(op, "axis", axis)
@@ -189,8 +202,8 @@ def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_
         if x.dim() == 0:
             raise ValueError(f"{op}: granularity='group' needs {name} with at least 1 dimension, got a 0-d tensor")
         group_size = _validation.check_group_size(op, group_size, x.shape[-1])
-    sshape = reference._scale_shape(x.shape, granularity, axis, group_size)
-    return granularity, axis, group_size, sshape
+    sshape = reference.scale_shape(x.shape, granularity, axis, group_size)
+    return _Layout(granularity, axis, group_size, sshape)
 
 
 def _values_readable(t: torch.Tensor) -> bool:

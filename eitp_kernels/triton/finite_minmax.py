@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import reference
-from eitp_kernels._triton import launch, tl, triton, triton_jit
+from eitp_kernels._triton import acc_tl, launch, tl, triton, triton_jit
 
 
 @triton_jit
@@ -59,5 +59,5 @@ def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hi = torch.empty_like(lo)
     if rows > 0:
         launch(_finite_minmax_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks,
-               ACC=tl.float64 if acc == torch.float64 else tl.float32, CHUNK=chunk, BLOCK=block)
+               ACC=acc_tl(acc), CHUNK=chunk, BLOCK=block)
     return lo.amin(dim=1), hi.amax(dim=1)
