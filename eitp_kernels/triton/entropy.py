@@ -23,7 +23,11 @@ from eitp_kernels import _validation, reference
 from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
 from eitp_kernels.triton import finite_minmax
 
-_TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
+# The block-local histogram holds next_power_of_2(bins) int32 counters per
+# program on chip, and on-chip memory per block is bounded (each kernel's
+# shared memory: python -m eitp_kernels._triton_aot); above this many bins each
+# element takes one global atomic instead.
+_LOCAL_HIST_MAX_BINS = 4096
 
 
 @triton_jit
@@ -130,7 +134,7 @@ def _histogram_counts_kernel(
 
 def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
     """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
-    local = bins <= _TRITON_HIST_MAX_BINS
+    local = bins <= _LOCAL_HIST_MAX_BINS
     acc = reference.compute_dtype(dtype)
     # short spans (many of them): one program each, no idle loop steps
     block = min(1024, max(16, triton.next_power_of_2(max_span)))

@@ -273,8 +273,9 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
         s = scale.to(torch.float32).contiguous().clone()
         zp = (torch.zeros_like(s, dtype=torch.int32) if symmetric else zero_point.to(torch.int32).contiguous().clone())
     elif chunks > 1 and rows < 64:
-        # Few long rows (per tensor): the range from chunk partials, then a static pass.
-        acc = torch.float64 if is_fp64 else torch.float32
+        # Few long rows (per tensor): one program per row would leave most of the
+        # GPU idle, so the range comes from chunk partials, then a static pass.
+        acc = reference.compute_dtype(x.dtype)
         lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
         if rows > 0:
