@@ -67,11 +67,11 @@ def _define_triton_op(name: str, launcher: Callable, fake: Callable, tags: tuple
     else:
         from torch._library.triton import set_wrap_triton_enabled
 
-        def run(*args):
+        def run(*args, **kwargs):
             # Launch the kernels directly, as a triton_op does outside tracing
             # (_triton.launch wraps them for tracing).
             with set_wrap_triton_enabled(False):
-                return launcher(*args)
+                return launcher(*args, **kwargs)
 
         op = torch.library.custom_op(qualname, run, mutates_args=(), schema=schema, tags=tags)
     op.register_fake(fake)  # the explicit fake in both cases (a triton_op's default is its traced body)
