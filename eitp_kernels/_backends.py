@@ -63,7 +63,7 @@ class BackendStatus:
         return f"{self.name}: {state}{where}" + (f" ({self.reason})" if self.reason else "")
 
 
-def _triton_interpreter_requested() -> bool:
+def triton_interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
@@ -81,7 +81,7 @@ def _probe_triton() -> BackendStatus:
         import triton  # noqa: F401
     except ImportError as error:
         return BackendStatus("triton", False, (), f"triton is not installed ({error})")
-    if _triton_interpreter_requested():
+    if triton_interpreter_requested():
         return BackendStatus("triton", True, ("cpu",), "interpreter only (TRITON_INTERPRET=1): correct but slow")
     if torch.cuda.is_available():
         return BackendStatus("triton", True, ("cuda",), "")

@@ -32,6 +32,14 @@ def triton_jit(fn):
     return triton.jit(fn) if triton is not None else fn
 
 
+def acc_tl(dtype):
+    """The Triton accumulation dtype for tensors of ``dtype``: ``tl.float64`` for
+    float64, ``tl.float32`` otherwise (``reference.compute_dtype``)."""
+    import torch
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 @triton_jit
 def exact_div(a, b, IS_F64: tl.constexpr):
     """a / b correctly rounded, a and b of one float dtype (float64 when IS_F64,
@@ -66,14 +74,16 @@ def check_grid(kernel_name: str, grid) -> tuple:
     return grid
 
 
-def launch(kernel, grid, *args, traceable: bool = False, **meta):
+def launch(kernel, grid, *args, **meta):
     """``kernel[grid](*args, **meta)`` on the device of its first tensor argument.
 
     Triton launches on the *current* CUDA device; a tensor on another device
     would be an illegal address there, so the launch runs under
     ``torch.cuda.device(tensor.device)`` (the CUDA backend's CUDAGuard).
-    ``traceable``: through ``torch.library.wrap_triton``, for launches inside a
-    ``triton_op`` that torch.compile traces.
+    Every launch is inside a Triton op (eitp_kernels._registration): a JIT
+    kernel goes through ``torch.library.wrap_triton``, so that torch.compile,
+    tracing a ``triton_op``, records the kernel (outside tracing it is the
+    kernel itself); an interpreted kernel, or a test's stand-in, runs as given.
     """
     import torch
 
@@ -82,7 +92,8 @@ def launch(kernel, grid, *args, traceable: bool = False, **meta):
     for observer in launch_observers:
         if observer(kernel, grid, args, meta):
             return
-    runner = torch.library.wrap_triton(kernel) if traceable else kernel
+    is_jit = triton is not None and isinstance(kernel, triton.runtime.jit.JITFunction)
+    runner = torch.library.wrap_triton(kernel) if is_jit else kernel
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
     if device is not None and device.type == "cuda":
         with torch.cuda.device(device):

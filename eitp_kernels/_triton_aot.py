@@ -132,7 +132,7 @@ def op_calls():
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         for shape in (long, short, one):
             x = torch.randn(shape).to(dtype)
-            add(f"finite_minmax {dtype} {shape}", lambda x=x: finite_minmax.finite_minmax_rows(x))
+            add(f"finite_minmax {dtype} {shape}", lambda x=x: finite_minmax.finite_minmax(x))
             add(f"dequant {dtype} {shape}", lambda shape=shape, d=dtype: quant.dequantize_int8_rows(
                 torch.zeros(shape, dtype=torch.int8), torch.ones(shape[0]), torch.zeros(shape[0], dtype=torch.int32),
                 d))
@@ -151,7 +151,8 @@ def op_calls():
             scale = torch.full((shape[0],), 0.1) if static else None
             zp = None if symmetric or not static else torch.zeros(shape[0], dtype=torch.int32)
             add(f"quant {dtype} {shape} symmetric={symmetric} fake={fake} static={static}",
-                lambda x=x, sc=scale, z=zp, s=symmetric, f=fake: quant.quantize_int8_rows(x, sc, z, s, f))
+                lambda x=x, sc=scale, z=zp, s=symmetric, f=fake:
+                (quant.fake_quant_int8_rows if f else quant.quantize_int8_rows)(x, sc, z, s))
         for shape, symmetric in ((long, True), (short, False), (one, False)):
             x = torch.randn(shape).to(dtype)
             scale, zp = torch.full((shape[0],), 0.1), None if symmetric else torch.zeros(shape[0], dtype=torch.int32)

@@ -19,7 +19,10 @@ Public names
 ------------
 ENTROPY_LOG_FLOOR, compute_dtype, finite_minmax, histogram_counts,
 histogram_entropy, standardize_columns, correlation_matrix, coherence_loss,
-quantize_int8, dequantize_int8, fake_quant_int8.
+quantize_int8, dequantize_int8, fake_quant_int8; and the steps the op modules
+share with them: slices_as_rows, bin_counts, entropy_from_counts,
+linear_binning_counts, column_rstd, to_rows, from_rows, scale_shape,
+int8_params_from_range.
 """
 
 import math
@@ -38,6 +41,15 @@ __all__ = [
     "quantize_int8",
     "dequantize_int8",
     "fake_quant_int8",
+    "slices_as_rows",
+    "bin_counts",
+    "entropy_from_counts",
+    "linear_binning_counts",
+    "column_rstd",
+    "to_rows",
+    "from_rows",
+    "scale_shape",
+    "int8_params_from_range",
 ]
 
 #: Floor applied to bin probabilities before taking ``ln p`` in the backward
@@ -89,8 +101,10 @@ def finite_minmax(x, dim=None):
     return lo_src.amin(dim=d), hi_src.amax(dim=d)
 
 
-def _as_rows(x, dim):
-    """View ``x`` as (R, L): one row per histogram; also return batch shape."""
+def slices_as_rows(x, dim):
+    """``x`` as (R, L): one row per 1-D slice along ``dim`` (one row of all
+    elements for ``dim=None`` or a 0-d x); also the batch shape (x.shape
+    without ``dim``) the R results reshape to."""
     if dim is None or x.dim() == 0:
         return x.reshape(1, x.numel()), ()
     d = dim % x.dim()
@@ -116,6 +130,17 @@ def _counted(xc, lo, hi, explicit):
     if explicit:
         valid = valid & (xc >= lo) & (xc <= hi)
     return valid
+
+
+def bin_counts(xc, lo, hi, bins, explicit):
+    """Exact int64 counts (R, bins) of the float rows ``xc`` (R, L) in the compute
+    dtype, over the range ``lo``, ``hi`` (R, 1): the binning of :func:`histogram_counts`."""
+    valid = _counted(xc, lo, hi, explicit)
+    w = (hi - lo) / bins
+    t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
+    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
+    t = torch.where(valid, t, 0.0)
+    return _bincount_rows(t.to(torch.int64), valid, bins)
 
 
 def _bincount_rows(b, valid, bins):
@@ -153,7 +178,7 @@ def histogram_counts(x, bins=256, range=None, dim=None):
     as a float tensor of dtype ``cd``.
     """
     cd = compute_dtype(x.dtype)
-    xs, batch = _as_rows(x, dim)
+    xs, batch = slices_as_rows(x, dim)
     if x.dtype in _CODE_DTYPES:
         b = xs.to(torch.int64)
         if x.dtype == torch.int8:
@@ -162,17 +187,13 @@ def histogram_counts(x, bins=256, range=None, dim=None):
         return counts.to(cd).reshape(batch + (256,))
     xc = xs.to(cd)
     lo, hi = _row_range(xc, range)
-    valid = _counted(xc, lo, hi, range is not None)
-    w = (hi - lo) / bins
-    t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
-    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
-    t = torch.where(valid, t, 0.0)
-    counts = _bincount_rows(t.to(torch.int64), valid, bins)
+    counts = bin_counts(xc, lo, hi, bins, range is not None)
     return counts.to(cd).reshape(batch + (bins,))
 
 
-def _entropy_from_counts(c, log_base):
-    """H = -sum_{c_b>0} p_b ln p_b per row of c (float64), NaN for empty rows."""
+def entropy_from_counts(c, log_base):
+    """H = -sum_{c_b>0} p_b ln p_b per row of c (float64), NaN for empty rows;
+    divided by ``log_base`` (ln of the base) unless it is None."""
     total = c.sum(-1, keepdim=True)
     p = c / total
     plogp = torch.where(c > 0, p * torch.log(p), 0.0)
@@ -219,7 +240,7 @@ class _LinearBinningEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xs, lo, hi, bins, explicit, log_base):
         counts, kc, k1c, live, w = linear_binning_counts(xs, lo, hi, bins, explicit)
-        h = _entropy_from_counts(counts, log_base)
+        h = entropy_from_counts(counts, log_base)
         n = counts.sum(-1, keepdim=True)
         lnp = torch.log((counts / n).clamp(min=ENTROPY_LOG_FLOOR))
         ctx.save_for_backward(kc, k1c, live, lnp, n, w)
@@ -275,12 +296,12 @@ def histogram_entropy(x, bins=256, range=None, dim=None, base=None,
     if differentiable:
         if not x.is_floating_point():
             raise TypeError("differentiable entropy needs a floating-point input")
-        xs, batch = _as_rows(x.to(cd), dim)
+        xs, batch = slices_as_rows(x.to(cd), dim)
         lo, hi = _row_range(xs.detach(), range)
         h = _LinearBinningEntropy.apply(xs, lo, hi, bins, range is not None, log_base)
         return h.reshape(batch)
     counts = histogram_counts(x, bins=bins, range=range, dim=dim)
-    return _entropy_from_counts(counts.to(torch.float64), log_base).to(cd)
+    return entropy_from_counts(counts.to(torch.float64), log_base).to(cd)
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +408,7 @@ def coherence_loss(x, y=None, diag_weight=1.0, offdiag_weight=1.0,
 # --------------------------------------------------------------------------
 
 
-def _to_rows(t, granularity, axis, group_size):
+def to_rows(t, granularity, axis, group_size):
     """View t as (M, K): one row per scale, in the scale's C order."""
     shape = tuple(t.shape)
     if granularity == "tensor":
@@ -401,8 +422,8 @@ def _to_rows(t, granularity, axis, group_size):
     raise ValueError(f"unknown granularity {granularity!r}")
 
 
-def _from_rows(rows, shape, granularity, axis):
-    """Inverse of _to_rows."""
+def from_rows(rows, shape, granularity, axis):
+    """Inverse of to_rows."""
     shape = tuple(shape)
     if granularity == "channel":
         a = axis % len(shape)
@@ -411,7 +432,8 @@ def _from_rows(rows, shape, granularity, axis):
     return rows.reshape(shape)
 
 
-def _scale_shape(shape, granularity, axis, group_size):
+def scale_shape(shape, granularity, axis, group_size):
+    """Shape of the scale (and zero point) of a tensor of ``shape`` at this granularity."""
     shape = tuple(shape)
     if granularity == "tensor":
         return ()
@@ -462,9 +484,9 @@ def int8_params_from_range(lo, hi, symmetric):
 def _quantize_rows(x, granularity, axis, group_size, symmetric, scale, zero_point):
     """Codes as rows plus scale, zero point, and the unclamped codes r (+ zp)."""
     cd = compute_dtype(x.dtype)
-    rows = _to_rows(x.detach(), granularity, axis, group_size).to(cd)
+    rows = to_rows(x.detach(), granularity, axis, group_size).to(cd)
     m = rows.shape[0]
-    sshape = _scale_shape(x.shape, granularity, axis, group_size)
+    sshape = scale_shape(x.shape, granularity, axis, group_size)
     if scale is None:
         finite = torch.isfinite(rows)
         zero_col = torch.zeros(m, 1, dtype=cd, device=rows.device)
@@ -534,7 +556,7 @@ def quantize_int8(x, granularity="tensor", axis=0, group_size=128,
     """
     q, s, zp, _, _ = _quantize_rows(x, granularity, axis, group_size, symmetric,
                                     scale, zero_point)
-    return _from_rows(q, x.shape, granularity, axis), s, zp
+    return from_rows(q, x.shape, granularity, axis), s, zp
 
 
 def dequantize_int8(q, scale, zero_point=None, granularity="tensor", axis=0,
@@ -546,14 +568,14 @@ def dequantize_int8(q, scale, zero_point=None, granularity="tensor", axis=0,
     (``zero_point=None``: symmetric).  Units of ``x`` are those of ``scale``.
     """
     cd = compute_dtype(dtype)
-    rows = _to_rows(q, granularity, axis, group_size).to(cd)
+    rows = to_rows(q, granularity, axis, group_size).to(cd)
     m = rows.shape[0]
     if zero_point is not None:
         zp = torch.as_tensor(zero_point, device=q.device).reshape(m, 1)
         rows = rows - zp.to(cd)
     s = torch.as_tensor(scale, device=q.device).reshape(m, 1)
     out = (rows * s.to(cd)).to(dtype)
-    return _from_rows(out, q.shape, granularity, axis)
+    return from_rows(out, q.shape, granularity, axis)
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -562,11 +584,11 @@ class _FakeQuantSTE(torch.autograd.Function):
         q, s, zp, r, rows = _quantize_rows(x, granularity, axis, group_size,
                                            symmetric, scale, zero_point)
         qmin, qmax = _qrange(symmetric)
-        q = _from_rows(q, x.shape, granularity, axis)
+        q = from_rows(q, x.shape, granularity, axis)
         out = dequantize_int8(q, s, zp, granularity, axis, group_size, dtype=x.dtype)
         out = torch.where(torch.isnan(x), x, out)
         keep = torch.isfinite(rows) & (r >= qmin) & (r <= qmax)
-        ctx.save_for_backward(_from_rows(keep, x.shape, granularity, axis))
+        ctx.save_for_backward(from_rows(keep, x.shape, granularity, axis))
         return out
 
     @staticmethod

@@ -370,11 +370,11 @@ def test_opcheck_triton_ops(with_y):
 
     x = torch.randn(9, 5, requires_grad=True)
     y = torch.randn(9, 4, requires_grad=True) if with_y else None
-    torch.library.opcheck(torch.ops.eitp.coherence_forward_triton.default, (x, y, 0.5, 2.0, True, 1e-5))
-    loss, mx, rx, my, ry = torch.ops.eitp.coherence_forward_triton(x.detach(), None if y is None else y.detach(),
+    torch.library.opcheck(torch.ops.eitp_triton.coherence_forward.default, (x, y, 0.5, 2.0, True, 1e-5))
+    loss, mx, rx, my, ry = torch.ops.eitp_triton.coherence_forward(x.detach(), None if y is None else y.detach(),
                                                                    0.5, 2.0, True, 1e-5)
     args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, True)
-    torch.library.opcheck(torch.ops.eitp.coherence_backward_triton.default, args)
+    torch.library.opcheck(torch.ops.eitp_triton.coherence_backward.default, args)
 
 
 def _train_step_matches(backend_name, compile_backend):

@@ -6,6 +6,7 @@ import torch
 
 import eitp_kernels
 from eitp_kernels import reference
+from eitp_kernels._triton import triton
 from eitp_kernels.ops import entropy as ops
 from eitp_kernels.triton import entropy as triton_entropy
 from eitp_kernels.triton import finite_minmax as triton_finite_minmax
@@ -59,7 +60,7 @@ CASES = list(_cases())
 
 
 def _counts(backend, x, bins, rng, dim):
-    rows, _ = ops._as_rows(x, dim)
+    rows, _ = reference.slices_as_rows(x, dim)
     rows = rows.contiguous()
     with eitp_kernels.use_backend(backend):
         lo, hi = (None, None) if x.dtype in (torch.int8, torch.uint8) else ops._range_rows(backend, rows, rng, None)
@@ -248,7 +249,7 @@ def _assert_many_matches_reference(backend, tensors, bins, rng, base=None):
         h = eitp_kernels.histogram_entropy_many(tensors, bins=bins, range=rng, base=base)
     out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     # the entropy of the exact counts in float64, then rounded once to the result dtype
-    ref = reference._entropy_from_counts(ref_counts, None if base is None else math.log(base)).to(out_dtype)
+    ref = reference.entropy_from_counts(ref_counts, None if base is None else math.log(base)).to(out_dtype)
     assert h.dtype == out_dtype
     torch.testing.assert_close(h, ref, rtol=_rtol(out_dtype), atol=0, equal_nan=True)
 
@@ -336,8 +337,7 @@ class _CountingKernel:
 @pytest.mark.triton_interpret
 def test_many_triton_launches_do_not_grow_with_the_list(monkeypatch):
     launches = []
-    for name in ("_segments_range_partials_kernel", "_segments_range_reduce_kernel", "_segments_counts_kernel",
-                 "_histogram_counts_kernel"):
+    for name in ("_segments_range_partials_kernel", "_segments_range_reduce_kernel", "_histogram_counts_kernel"):
         monkeypatch.setattr(triton_entropy, name, _CountingKernel(getattr(triton_entropy, name), name, launches))
     monkeypatch.setattr(triton_finite_minmax, "_finite_minmax_partials_kernel",
                         _CountingKernel(triton_finite_minmax._finite_minmax_partials_kernel, "minmax", launches))
@@ -350,9 +350,9 @@ def test_many_triton_launches_do_not_grow_with_the_list(monkeypatch):
         return sorted(launches)
 
     two_groups_auto = sorted(["_segments_range_partials_kernel", "_segments_range_reduce_kernel",
-                              "_segments_counts_kernel"] * 2)
+                              "_histogram_counts_kernel"] * 2)
     assert launched(2, None) == launched(40, None) == two_groups_auto
-    assert launched(2, (-1.0, 1.0)) == launched(40, (-1.0, 1.0)) == ["_segments_counts_kernel"] * 2
+    assert launched(2, (-1.0, 1.0)) == launched(40, (-1.0, 1.0)) == ["_histogram_counts_kernel"] * 2
 
 
 def test_entropy_monitor_returns_every_parameter():
@@ -534,35 +534,38 @@ def test_entropy_from_counts_independent_of_thread_count():
 # ---------------------------------------------------------------- registration, compile
 
 
-def test_opcheck_every_compiled_op():
+def _opcheck_cases(namespace):
+    """(op, args) for every op of ``namespace`` that the Triton backend twins: tiny sizes."""
+    o = getattr(torch.ops, namespace)
     x = torch.randn(3, 41)
     lo, hi = x.amin(1), x.amax(1)
-    torch.library.opcheck(torch.ops.eitp.histogram_counts.default, (x, lo, hi, 16, False))
-    torch.library.opcheck(torch.ops.eitp.histogram_counts.default,
-                          (torch.randint(0, 256, (2, 9), dtype=torch.uint8), None, None, 256, False))
-    torch.library.opcheck(torch.ops.eitp.histogram_counts_many.default, ([x, x[0].double()], 16, [-1.0, 1.0]))
-    xg = x.clone().requires_grad_()
-    torch.library.opcheck(torch.ops.eitp.soft_histogram.default, (xg, lo, hi, 16, False))
-    g = torch.randn(3, 16, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.eitp.soft_histogram_backward.default, (g, x, lo, hi, 16, True))
+    return [
+        (o.histogram_counts.default, (x, lo, hi, 16, False)),
+        (o.histogram_counts.default, (torch.randint(0, 256, (2, 9), dtype=torch.uint8), None, None, 256, False)),
+        (o.histogram_counts_many.default, ([x, x[0].double(), torch.empty(0)], 16, [-1.0, 1.0])),
+        (o.histogram_counts_many.default, ([x.half(), torch.randint(0, 256, (7,), dtype=torch.uint8)], 256, None)),
+        (o.soft_histogram.default, (x.clone().requires_grad_(), lo, hi, 16, False)),
+        (o.soft_histogram_backward.default, (torch.randn(3, 16, dtype=torch.float64), x, lo, hi, 16, True)),
+    ]
+
+
+def test_opcheck_every_compiled_op():
+    for op, args in _opcheck_cases("eitp"):
+        torch.library.opcheck(op, args)
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.randint(0, 5, (4, 8)), 2.0))
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))
 
 
 @pytest.mark.triton_interpret
-def test_opcheck_triton_many_op():
-    x = torch.randn(3, 41)
-    # test_aot_dispatch_dynamic needs a GPU under the interpreter (see test_quant.py)
-    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
-    for args in (([x, x[0].double(), torch.empty(0)], 16, [-1.0, 1.0]),
-                 ([x.half(), torch.randint(0, 256, (7,), dtype=torch.uint8)], 256, None)):
-        torch.library.opcheck(torch.ops.eitp_triton.histogram_counts_many.default, args, test_utils=utils)
+def test_opcheck_every_triton_op():
+    for op, args in _opcheck_cases("eitp_triton"):
+        torch.library.opcheck(op, args)
 
 
 def test_many_ops_are_cudagraph_unsafe():
     # both copy a host-built table of data addresses per call: CUDA graphs must leave them out
     assert torch.Tag.cudagraph_unsafe in torch.ops.eitp.histogram_counts_many.default.tags
-    if ops.triton is not None:
+    if triton is not None:
         assert torch.Tag.cudagraph_unsafe in torch.ops.eitp_triton.histogram_counts_many.default.tags
 
 

@@ -88,6 +88,12 @@ def test_opcheck_compiled_op():
     torch.library.opcheck(torch.ops.eitp.finite_minmax.default, (x,))
 
 
+@pytest.mark.triton_interpret
+def test_opcheck_triton_op():
+    for x in (torch.randn(5, 37), torch.randn(2, 9, dtype=torch.float64), torch.randn(1, 3).half()):
+        torch.library.opcheck(torch.ops.eitp_triton.finite_minmax.default, (x,))
+
+
 def test_compiled_op_checks_rank_itself():
     with pytest.raises(ValueError, match="must be 2-D"):
         torch.ops.eitp.finite_minmax(torch.randn(3))

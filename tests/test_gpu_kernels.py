@@ -77,7 +77,7 @@ def test_code_histograms_exact(backend, code):
     x = torch.randint(lo, hi, (5, 300007), dtype=code, device="cuda")
     x[1] = lo  # one code only: entropy 0
     ref_counts = reference.histogram_counts(x, bins=256, dim=1)
-    rows, _ = ops._as_rows(x, 1)
+    rows, _ = reference.slices_as_rows(x, 1)
     with eitp_kernels.use_backend(backend):
         counts = ops._counts_rows(backend, rows.contiguous(), None, None, 256, False)
         h = eitp_kernels.histogram_entropy(x, dim=1, base=2.0)
@@ -100,17 +100,24 @@ def test_bins_one(backend, dtype):
     assert torch.equal(many, torch.zeros_like(many))
 
 
+def _minmax_entropy_and_soft_grad(x, bins):
+    """finite_minmax, histogram_entropy and the differentiable entropy with its
+    gradient, per row of x (dim=1), on the backend in use."""
+    lo, hi = eitp_kernels.finite_minmax(x, dim=1)
+    h = eitp_kernels.histogram_entropy(x, bins=bins, dim=1)
+    xd = x.clone().requires_grad_()
+    hs = eitp_kernels.histogram_entropy(xd, bins=bins, dim=1, differentiable=True)
+    hs.sum().backward()
+    return lo, hi, h, hs, xd.grad
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_more_than_65535_rows(backend):
     # the CUDA launchers' row slicing and the Triton flat grids
     x = torch.randn(70001, 33, device="cuda")
     x[-1] = -torch.relu(x[-1])  # -0.0 maxima in the last slice
     with eitp_kernels.use_backend(backend):
-        lo, hi = eitp_kernels.finite_minmax(x, dim=1)
-        h = eitp_kernels.histogram_entropy(x, bins=16, dim=1)
-        xd = x.clone().requires_grad_()
-        hs = eitp_kernels.histogram_entropy(xd, bins=16, dim=1, differentiable=True)
-        hs.sum().backward()
+        lo, hi, h, hs, grad = _minmax_entropy_and_soft_grad(x, 16)
         q, s, zp = eitp_kernels.quantize_int8(x, granularity="channel", symmetric=False)
     rlo, rhi = reference.finite_minmax(x, dim=1)
     assert torch.equal(lo, rlo) and torch.equal(hi, rhi)
@@ -119,7 +126,7 @@ def test_more_than_65535_rows(backend):
     hsr = reference.histogram_entropy(xr, bins=16, dim=1, differentiable=True)
     hsr.sum().backward()
     torch.testing.assert_close(hs, hsr, rtol=1e-5, atol=1e-12)
-    torch.testing.assert_close(xd.grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
+    torch.testing.assert_close(grad, xr.grad, rtol=0, atol=float(xr.grad.abs().max()) * 1e-5)
     rq, rs, rzp = reference.quantize_int8(x, granularity="channel", symmetric=False)
     assert torch.equal(q, rq) and torch.equal(s, rs) and torch.equal(zp, rzp)
 
@@ -218,16 +225,12 @@ def test_tensor_on_a_non_current_device(backend):
     torch.cuda.set_device(0)
     x = torch.randn(7, 50001, device="cuda:1")
     with eitp_kernels.use_backend(backend):
-        lo, hi = eitp_kernels.finite_minmax(x, dim=1)
-        h = eitp_kernels.histogram_entropy(x, bins=100, dim=1)
-        xd = x.clone().requires_grad_()
-        hs = eitp_kernels.histogram_entropy(xd, bins=100, dim=1, differentiable=True)
-        hs.sum().backward()
+        lo, hi, h, _, grad = _minmax_entropy_and_soft_grad(x, 100)
         q = eitp_kernels.quantize_int8(x, granularity="channel")[0]
         c = eitp_kernels.coherence_loss(x[:, :300].t().contiguous())
     torch.cuda.synchronize(1)
     assert torch.cuda.current_device() == 0
-    assert h.device == x.device and xd.grad.device == x.device
+    assert h.device == x.device and grad.device == x.device
     rlo, rhi = reference.finite_minmax(x, dim=1)
     assert torch.equal(lo, rlo) and torch.equal(hi, rhi)
     torch.testing.assert_close(h, reference.histogram_entropy(x, bins=100, dim=1), rtol=1e-6, atol=0)

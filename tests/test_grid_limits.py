@@ -23,15 +23,15 @@ BIG = 2**31
 # (rows, row length) of 2^31 elements: one row, many rows of medium length, more than 65535 rows, tiny rows
 HUGE_SHAPES = [(1, BIG), (2**11, 2**20), (2**17, 2**14), (2**24, 2**7), (2**30, 2)]
 LAUNCHERS = {
-    "finite_minmax": lambda x, lo, hi: finite_minmax.finite_minmax_rows(x),
+    "finite_minmax": lambda x, lo, hi: finite_minmax.finite_minmax(x),
     "counts bins=256": lambda x, lo, hi: entropy.histogram_counts(x, lo, hi, 256, False),
     "counts bins=8192": lambda x, lo, hi: entropy.histogram_counts(x, lo, hi, 8192, True),
     "soft": lambda x, lo, hi: entropy.soft_histogram(x, lo, hi, 64, False),
     "soft backward": lambda x, lo, hi: entropy.soft_histogram_backward(
         torch.empty(x.shape[0], 64, dtype=torch.float64, device="meta"), x, lo, hi, 64, False),
-    "quant dynamic": lambda x, lo, hi: quant.quantize_int8_rows(x, None, None, False, False),
-    "quant static": lambda x, lo, hi: quant.quantize_int8_rows(
-        x, torch.ones(x.shape[0], device="meta"), None, True, True),
+    "quant dynamic": lambda x, lo, hi: quant.quantize_int8_rows(x, None, None, False),
+    "quant static": lambda x, lo, hi: quant.fake_quant_int8_rows(
+        x, torch.ones(x.shape[0], device="meta"), None, True),
     "dequant": lambda x, lo, hi: quant.dequantize_int8_rows(
         torch.empty(x.shape, dtype=torch.int8, device="meta"), torch.ones(x.shape[0], device="meta"), None,
         torch.float32),

@@ -65,7 +65,7 @@ def test_every_kernel_and_integer_argument_equal_to_one_is_covered(launches):
 
 
 # Integer arguments that cannot be 1, by the launcher code (eitp_kernels/triton/quant.py): ``chunk``
-# is 16 x BLOCK >= 256 in _triton_blocks; the range partials run only when a
+# is 16 x BLOCK >= 256 in _blocks; the range partials run only when a
 # row has more than one chunk (chunks > 1 and row_length > chunk).
 _NEVER_ONE = {
     "_dequant_rows_kernel": ("chunk",),

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import triton
+from eitp_kernels import _backends, _registration, _validation, reference
 from eitp_kernels.triton import coherence as triton_coherence
 
 OP = "coherence_loss"
@@ -141,8 +140,11 @@ def _compiled_loss(x2, y2, a, b, squared, eps):
     return torch.ops.eitp.coherence_forward(x2, y2, a, b, squared, eps, _keeps_product(x2, y2))[0]
 
 
+_triton_forward = _backends.op_caller("eitp_triton", "coherence_forward")
+
+
 def _triton_loss(x2, y2, a, b, squared, eps):
-    return torch.ops.eitp.coherence_forward_triton(x2, y2, a, b, squared, eps)[0]
+    return _triton_forward(x2, y2, a, b, squared, eps)[0]
 
 
 _LOSS = {"reference": _reference_loss, "cpp": _compiled_loss, "cuda": _compiled_loss, "triton": _triton_loss}
@@ -223,85 +225,57 @@ class _DistributedCoherence(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------
-# Custom ops: fake kernels, autograd, Triton ops
+# Custom ops: fake kernels and autograd, for eitp:: and eitp_triton::
 # --------------------------------------------------------------------------
 
 
-def _register_coherence_autograd(forward_op: str, backward_op) -> None:
-    """Autograd of a coherence forward op (compiled or Triton) through its
-    backward op (``backward_op()`` returns it; looked up at backward time)."""
-
-    def setup_context(ctx, inputs, output):
-        x, y, a, b, squared = inputs[:5]
-        loss, mean_x, rstd_x, mean_y, rstd_y = output[:5]
-        kept = output[5:]  # the native op's kept product (empty unless asked for)
-        # Only what the backward needs: the inputs (alive anyway), the (D,)
-        # statistics, the scalar loss and any kept product; Z is recomputed (O(ND)).
-        ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept)
-        ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y, *kept)
-        ctx.set_materialize_grads(False)  # no zero "gradients" for those (a D x D' one for the product)
-        ctx.weights = (a, b, squared)
-        ctx.num_inputs = len(inputs)
-
-    def backward(ctx, grad_loss, *unused):
-        if grad_loss is None:
-            return (None,) * ctx.num_inputs
-        x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept = ctx.saved_tensors
-        a, b, squared = ctx.weights
-        dx, dy = backward_op()(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, *kept)
-        return (dx, None if y is None else dy) + (None,) * (ctx.num_inputs - 2)
-
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=None):
+    """(loss, mean_x, rstd_x, mean_y, rstd_y), plus the kept product when
+    ``keep_product`` is given (the compiled op's flag: (D, D') when True, (0,)
+    when False; the Triton op has neither the flag nor the product)."""
+    acc = reference.compute_dtype(x.dtype)
+    d = x.shape[1]
+    dp = 0 if y is None else y.shape[1]
+    outputs = (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),
+               x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc))
+    if keep_product is None:
+        return outputs
+    return outputs + (x.new_empty((d, dp or d) if keep_product else (0,), dtype=acc),)
 
 
-def _register_compiled() -> None:
-    @torch.library.register_fake("eitp::coherence_forward")
-    def _(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=False):
-        acc = reference.compute_dtype(x.dtype)
-        d = x.shape[1]
-        dp = 0 if y is None else y.shape[1]
-        product = x.new_empty((d, dp or d) if keep_product else (0,), dtype=acc)
-        return (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),
-                x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc), product)
-
-    @torch.library.register_fake("eitp::coherence_backward")
-    def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared, product=None):
-        # contiguous, like the real kernels (whatever the inputs' strides)
-        return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
-
-    _register_coherence_autograd("eitp::coherence_forward", lambda: torch.ops.eitp.coherence_backward)
+def _compiled_forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=False):
+    # The dispatcher does not fill in schema defaults for a fake: an omitted flag is False.
+    return _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product)
 
 
-def _register_triton_ops() -> None:
-    # Opaque custom ops (not triton_op): under the interpreter the kernels cannot
-    # be traced with fake tensors, so each op carries an explicit fake kernel.
-    @torch.library.custom_op("eitp::coherence_forward_triton", mutates_args=())
-    def _forward(x: torch.Tensor, y: torch.Tensor | None, diag_weight: float, offdiag_weight: float, squared: bool,
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return triton_coherence.coherence_forward(x, y, diag_weight, offdiag_weight, squared, eps)
-
-    @torch.library.custom_op("eitp::coherence_backward_triton", mutates_args=())
-    def _backward(grad: torch.Tensor, loss: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
-                  mean_x: torch.Tensor, rstd_x: torch.Tensor, mean_y: torch.Tensor, rstd_y: torch.Tensor,
-                  diag_weight: float, offdiag_weight: float, squared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return triton_coherence.coherence_backward(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight,
-                                                   offdiag_weight, squared)
-
-    @_forward.register_fake
-    def _(x, y, diag_weight, offdiag_weight, squared, eps):
-        acc = reference.compute_dtype(x.dtype)
-        dp = 0 if y is None else y.shape[1]
-        return (x.new_empty((), dtype=acc), x.new_empty((x.shape[1],), dtype=acc),
-                x.new_empty((x.shape[1],), dtype=acc), x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc))
-
-    @_backward.register_fake
-    def _(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared):
-        return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
-
-    _register_coherence_autograd("eitp::coherence_forward_triton", lambda: torch.ops.eitp.coherence_backward_triton)
+def _backward_fake(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared,
+                   product=None):
+    # contiguous, like the real kernels (whatever the inputs' strides)
+    return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
 
-if _extension.load()[0]:
-    _register_compiled()
-if triton is not None:
-    _register_triton_ops()
+def _forward_setup_context(ctx, inputs, output):
+    x, y, a, b, squared = inputs[:5]
+    loss, mean_x, rstd_x, mean_y, rstd_y = output[:5]
+    kept = output[5:]  # the compiled op's kept product (empty unless asked for)
+    # Only what the backward needs: the inputs (alive anyway), the (D,)
+    # statistics, the scalar loss and any kept product; Z is recomputed (O(ND)).
+    ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept)
+    ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y, *kept)
+    ctx.set_materialize_grads(False)  # no zero "gradients" for those (a D x D' one for the product)
+    ctx.weights = (a, b, squared)
+    ctx.num_inputs = len(inputs)
+
+
+def _forward_backward(ops, ctx, grad_loss, *unused):
+    if grad_loss is None:
+        return (None,) * ctx.num_inputs
+    x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept = ctx.saved_tensors
+    a, b, squared = ctx.weights
+    dx, dy = ops.coherence_backward(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, *kept)
+    return (dx, None if y is None else dy) + (None,) * (ctx.num_inputs - 2)
+
+
+_registration.register("coherence_forward", triton_coherence.coherence_forward, _forward_fake,
+                       compiled_fake=_compiled_forward_fake, autograd=(_forward_setup_context, _forward_backward))
+_registration.register("coherence_backward", triton_coherence.coherence_backward, _backward_fake)

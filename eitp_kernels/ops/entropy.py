@@ -26,8 +26,7 @@ from typing import Sequence
 
 import torch
 
-from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import triton
+from eitp_kernels import _backends, _registration, _validation, reference
 from eitp_kernels.ops.finite_minmax import ROWS as FINITE_MINMAX_ROWS
 from eitp_kernels.triton import entropy as triton_entropy
 
@@ -114,7 +113,7 @@ def histogram_entropy(
         backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
         if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
             return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base, differentiable=True)
-        rows, batch = _as_rows(x.to(acc), dim)
+        rows, batch = reference.slices_as_rows(x.to(acc), dim)
         rows = rows.contiguous()
         lo, hi = _range_rows(backend, rows.detach(), rng, process_group)
         counts = _SOFT_COUNTS[backend](rows, lo, hi, bins, rng is not None)
@@ -125,7 +124,7 @@ def histogram_entropy(
     backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
-    rows, batch = _as_rows(x, dim)
+    rows, batch = reference.slices_as_rows(x, dim)
     rows = rows.contiguous()
     if is_code:
         lo = hi = None
@@ -224,14 +223,6 @@ def _check_common(op, bins, range, base, *, codes: bool):
     return bins, rng, log_base
 
 
-def _as_rows(x: torch.Tensor, dim):
-    if dim is None:
-        return x.reshape(1, x.numel()), ()
-    moved = x.movedim(dim, -1)
-    batch = tuple(moved.shape[:-1])
-    return moved.reshape(math.prod(batch), moved.shape[-1]), batch
-
-
 # --------------------------------------------------------------------------
 # Backends (rows = (R, L) contiguous view)
 # --------------------------------------------------------------------------
@@ -276,13 +267,7 @@ def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torc
     if rows.dtype in _validation.CODE_DTYPES:
         return reference.histogram_counts(rows, bins=256, dim=1).to(torch.int64)
     xc = rows.to(reference.compute_dtype(rows.dtype))
-    lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
-    valid = reference._counted(xc, lo, hi, explicit)
-    w = (hi - lo) / bins
-    t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
-    t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
-    t = torch.where(valid, t, 0.0)
-    return reference._bincount_rows(t.to(torch.int64), valid, bins)
+    return reference.bin_counts(xc, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)
 
 
 def _counts_rows(backend: str, rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
@@ -308,13 +293,7 @@ def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bi
 
 def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
     """H per row of counts (float64), the reference's formula; NaN for an empty row."""
-    c = counts.to(torch.float64)
-    total = c.sum(-1, keepdim=True)
-    p = c / total
-    plogp = torch.where(c > 0, p * torch.log(torch.where(c > 0, p, 1.0)), 0.0)
-    h = -plogp.sum(-1) + 0.0
-    h = torch.where(total.squeeze(-1) > 0, h, math.nan)
-    return h if log_base is None else h / log_base
+    return reference.entropy_from_counts(counts.to(torch.float64), log_base)
 
 
 def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
@@ -372,88 +351,51 @@ _ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts
 
 
 # --------------------------------------------------------------------------
-# Custom ops: fake kernels, autograd, Triton ops
+# Custom ops: fake kernels and autograd, for eitp:: and eitp_triton::
 # --------------------------------------------------------------------------
 
 
-def _register_compiled() -> None:
-    @torch.library.register_fake("eitp::histogram_counts")
-    def _(x, lo, hi, bins, explicit_range):
-        return x.new_empty((x.shape[0], bins), dtype=torch.int64)
-
-    @torch.library.register_fake("eitp::histogram_counts_many")
-    def _(xs, bins, range):
-        return xs[0].new_empty((len(xs), bins), dtype=torch.int64)
-
-    @torch.library.register_fake("eitp::soft_histogram")
-    def _(x, lo, hi, bins, explicit_range):
-        return x.new_empty((x.shape[0], bins), dtype=torch.float64)
-
-    @torch.library.register_fake("eitp::soft_histogram_backward")
-    def _(grad_counts, x, lo, hi, bins, explicit_range):
-        return x.new_empty(x.shape, dtype=reference.compute_dtype(x.dtype))
-
-    @torch.library.register_fake("eitp::entropy_from_counts")
-    def _(counts, log_base):
-        return counts.new_empty((counts.shape[0],), dtype=torch.float64)
-
-    _register_soft_histogram_autograd("eitp")
+def _counts_fake(x, lo, hi, bins, explicit_range):
+    return x.new_empty((x.shape[0], bins), dtype=torch.int64)
 
 
-def _register_soft_histogram_autograd(namespace: str) -> None:
-    """Autograd of ``<namespace>::soft_histogram`` through its ``soft_histogram_backward``
-    op (the compiled and the Triton backends register the same pair)."""
-    backward_op = getattr(torch.ops, namespace).soft_histogram_backward
-
-    def setup_context(ctx, inputs, output):
-        x, lo, hi, bins, explicit_range = inputs
-        ctx.save_for_backward(x, lo, hi)
-        ctx.bins = bins
-        ctx.explicit_range = explicit_range
-
-    def backward(ctx, grad_counts):
-        x, lo, hi = ctx.saved_tensors
-        grad_x = backward_op(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
-        return grad_x.to(x.dtype), None, None, None, None
-
-    torch.library.register_autograd(f"{namespace}::soft_histogram", backward, setup_context=setup_context)
+def _counts_many_fake(xs, bins, range):
+    return xs[0].new_empty((len(xs), bins), dtype=torch.int64)
 
 
-def _register_triton_ops() -> None:
-    """Triton kernels as custom ops (namespace eitp_triton) so torch.compile traces them."""
-    from torch.library import triton_op
-
-    @triton_op("eitp_triton::histogram_counts", mutates_args=())
-    def _counts_op(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
-                   explicit_range: bool) -> torch.Tensor:
-        return triton_entropy.histogram_counts(x, lo, hi, bins, explicit_range)
-
-    @triton_op("eitp_triton::soft_histogram", mutates_args=())
-    def _soft_op(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
-                 explicit_range: bool) -> torch.Tensor:
-        return triton_entropy.soft_histogram(x, lo, hi, bins, explicit_range)
-
-    @triton_op("eitp_triton::soft_histogram_backward", mutates_args=())
-    def _soft_backward_op(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                          bins: int, explicit_range: bool) -> torch.Tensor:
-        return triton_entropy.soft_histogram_backward(grad_counts, x, lo, hi, bins, explicit_range)
-
-    _register_soft_histogram_autograd("eitp_triton")
-
-    # A plain custom op (opaque to torch.compile, with a fake): its launcher
-    # builds the segment table on the host from the list's shapes, and copies
-    # it from pinned memory reused after the call, hence not CUDA-graph safe.
-    @torch.library.custom_op("eitp_triton::histogram_counts_many", mutates_args=(),
-                             tags=(torch.Tag.cudagraph_unsafe,))
-    def _counts_many_op(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:
-        return triton_entropy.histogram_counts_many(xs, bins, range)
-
-    @_counts_many_op.register_fake
-    def _(xs, bins, range):
-        return xs[0].new_empty((len(xs), bins), dtype=torch.int64)
+def _soft_histogram_fake(x, lo, hi, bins, explicit_range):
+    return x.new_empty((x.shape[0], bins), dtype=torch.float64)
 
 
-if _extension.load()[0]:
-    _register_compiled()
-if triton is not None:
-    _register_triton_ops()
+def _soft_histogram_backward_fake(grad_counts, x, lo, hi, bins, explicit_range):
+    return x.new_empty(x.shape, dtype=reference.compute_dtype(x.dtype))
+
+
+def _entropy_from_counts_fake(counts, log_base):
+    return counts.new_empty((counts.shape[0],), dtype=torch.float64)
+
+
+def _soft_histogram_setup_context(ctx, inputs, output):
+    x, lo, hi, bins, explicit_range = inputs
+    ctx.save_for_backward(x, lo, hi)
+    ctx.bins = bins
+    ctx.explicit_range = explicit_range
+
+
+def _soft_histogram_backward(ops, ctx, grad_counts):
+    x, lo, hi = ctx.saved_tensors
+    grad_x = ops.soft_histogram_backward(grad_counts, x, lo, hi, ctx.bins, ctx.explicit_range)
+    return grad_x.to(x.dtype), None, None, None, None
+
+
+_registration.register("histogram_counts", triton_entropy.histogram_counts, _counts_fake)
+# cudagraph_unsafe (as the compiled op's schema): the launcher copies a segment
+# table built on the host from pinned memory reused after the call.
+_registration.register("histogram_counts_many", triton_entropy.histogram_counts_many, _counts_many_fake,
+                       tags=(torch.Tag.cudagraph_unsafe,))
+_registration.register("soft_histogram", triton_entropy.soft_histogram, _soft_histogram_fake,
+                       autograd=(_soft_histogram_setup_context, _soft_histogram_backward))
+_registration.register("soft_histogram_backward", triton_entropy.soft_histogram_backward,
+                       _soft_histogram_backward_fake)
+# No Triton twin: the triton backend takes the entropy of the counts in eager torch (_entropy_torch).
+_registration.register("entropy_from_counts", None, _entropy_from_counts_fake)

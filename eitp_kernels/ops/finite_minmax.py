@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import _backends, _extension, _validation, reference
+from eitp_kernels import _backends, _registration, _validation, reference
 from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "finite_minmax"
@@ -36,14 +36,9 @@ def finite_minmax(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor
     finite value. Never syncs with the device.
     """
     _validation.check_tensor(OP, "x", x)
-    if dim is None:
-        rows = x.reshape(1, -1)
-        out_shape: tuple[int, ...] = ()
-    else:
+    if dim is not None:
         dim = _validation.check_dim(OP, "dim", dim, x.dim())
-        moved = x.movedim(dim, -1)
-        out_shape = tuple(moved.shape[:-1])
-        rows = moved.reshape(-1, moved.shape[-1])
+    rows, out_shape = reference.slices_as_rows(x, dim)
     backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     lo, hi = ROWS[backend](rows.contiguous())
     return lo.reshape(out_shape), hi.reshape(out_shape)
@@ -59,21 +54,19 @@ def _reference_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # (lo, hi), each (R,), of a contiguous (R, L) view, per backend (also histogram_entropy's range step).
-ROWS = {"reference": _reference_rows, "cpp": _backends.op_caller("eitp", "finite_minmax"),
-        "cuda": _backends.op_caller("eitp", "finite_minmax"), "triton": triton_finite_minmax.finite_minmax_rows}
+_op = _backends.op_caller
+ROWS = {"reference": _reference_rows, "cpp": _op("eitp", "finite_minmax"), "cuda": _op("eitp", "finite_minmax"),
+        "triton": _op("eitp_triton", "finite_minmax")}
 
 
 # --------------------------------------------------------------------------
-# Custom ops: fake kernels
+# Custom ops: fake kernels, for eitp:: and eitp_triton::
 # --------------------------------------------------------------------------
 
 
-def _register_compiled() -> None:
-    @torch.library.register_fake("eitp::finite_minmax")
-    def _(x):
-        acc = reference.compute_dtype(x.dtype)
-        return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
+def _finite_minmax_fake(x):
+    acc = reference.compute_dtype(x.dtype)
+    return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
 
 
-if _extension.load()[0]:
-    _register_compiled()
+_registration.register("finite_minmax", triton_finite_minmax.finite_minmax, _finite_minmax_fake)

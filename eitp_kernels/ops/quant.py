@@ -28,13 +28,14 @@ first copies x into the (channel, rest) layout. The Triton kernels are in
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 
-from eitp_kernels import _backends, _extension, _validation, reference
-from eitp_kernels._triton import triton
+from eitp_kernels import _backends, _registration, _validation, reference
 from eitp_kernels.triton import quant as triton_quant
 
 OP_QUANTIZE = "quantize_int8"
@@ -48,16 +49,10 @@ GRANULARITIES = ("tensor", "channel", "group")
 # --------------------------------------------------------------------------
 
 
-def quantize_int8(
-    x: torch.Tensor,
-    *,
-    granularity: str = "tensor",
-    axis: int = 0,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale: torch.Tensor | float | None = None,
-    zero_point: torch.Tensor | int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def quantize_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int = 0, group_size: int = 128,
+                  symmetric: bool = True, scale: torch.Tensor | float | None = None,
+                  zero_point: torch.Tensor | int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a float tensor (fp16/bf16/fp32/fp64, any rank) to int8 codes.
 
     Returns ``(q, scale, zero_point)``: ``q`` int8 with x's shape (for
@@ -81,21 +76,13 @@ def quantize_int8(
     clamp(rint(x / scale)) (+-Inf and NaN quotients clamp to the extreme codes
     or, for NaN, to an unspecified code).
     """
-    op = OP_QUANTIZE
-    _validation.check_tensor(op, "x", x, allow_empty=True)
-    granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
-    symmetric = _validation.check_bool(op, "symmetric", symmetric)
-    s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
-    backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
+    call = _check_quantize(OP_QUANTIZE, x, granularity, axis, group_size, symmetric, scale, zero_point)
     x = x.detach()
-    if backend == "reference":
-        return reference.quantize_int8(
-            x, granularity, axis, group_size, symmetric,
-            None if s_rows is None else s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape))
-    rows = reference._to_rows(x, granularity, axis, group_size)
-    q, s, zp = _QUANTIZE_ROWS[backend](rows, s_rows, zp_rows, symmetric)
-    q = reference._from_rows(q, x.shape, granularity, axis)
-    return q, s.reshape(sshape), None if symmetric else zp.reshape(sshape)
+    if call.backend == "reference":
+        return reference.quantize_int8(x, *call.reference_args())
+    q, s, zp = _QUANTIZE_ROWS[call.backend](call.rows(x), call.scale, call.zero_point, call.symmetric)
+    sshape = call.layout.sshape
+    return call.from_rows(q, x), s.reshape(sshape), None if call.symmetric else zp.reshape(sshape)
 
 
 def dequantize_int8(
@@ -131,21 +118,14 @@ def dequantize_int8(
         return reference.dequantize_int8(
             q, s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape),
             granularity, axis, group_size, dtype=dtype)
-    rows = reference._to_rows(q, granularity, axis, group_size)
+    rows = reference.to_rows(q, granularity, axis, group_size)
     out = _DEQUANTIZE_ROWS[backend](rows, s_rows, zp_rows, dtype)
-    return reference._from_rows(out, q.shape, granularity, axis)
+    return reference.from_rows(out, q.shape, granularity, axis)
 
 
-def fake_quant_int8(
-    x: torch.Tensor,
-    *,
-    granularity: str = "tensor",
-    axis: int = 0,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale: torch.Tensor | float | None = None,
-    zero_point: torch.Tensor | int | None = None,
-) -> torch.Tensor:
+def fake_quant_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int = 0, group_size: int = 128,
+                    symmetric: bool = True, scale: torch.Tensor | float | None = None,
+                    zero_point: torch.Tensor | int | None = None) -> torch.Tensor:
     """``dequantize_int8(*quantize_int8(x, ...), dtype=x.dtype)`` in one pass,
     differentiable with the straight-through estimator.
 
@@ -157,19 +137,11 @@ def fake_quant_int8(
     output per call (two reads per tensor); the backward reads grad and x and
     writes grad_x.
     """
-    op = OP_FAKE_QUANT
-    _validation.check_tensor(op, "x", x, allow_empty=True)
-    granularity, axis, group_size, sshape = _check_layout(op, "x", x, granularity, axis, group_size)
-    symmetric = _validation.check_bool(op, "symmetric", symmetric)
-    s_rows, zp_rows = _check_static(op, x, sshape, symmetric, scale, zero_point)
-    backend = _backends.resolve(op, x.device, _backends.IMPLEMENTED)
-    if backend == "reference":
-        return reference.fake_quant_int8(
-            x, granularity, axis, group_size, symmetric,
-            None if s_rows is None else s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape))
-    rows = reference._to_rows(x, granularity, axis, group_size)
-    out, _, _ = _FAKE_QUANT_ROWS[backend](rows, s_rows, zp_rows, symmetric)
-    return reference._from_rows(out, x.shape, granularity, axis)
+    call = _check_quantize(OP_FAKE_QUANT, x, granularity, axis, group_size, symmetric, scale, zero_point)
+    if call.backend == "reference":
+        return reference.fake_quant_int8(x, *call.reference_args())
+    out, _, _ = _FAKE_QUANT_ROWS[call.backend](call.rows(x), call.scale, call.zero_point, call.symmetric)
+    return call.from_rows(out, x)
 
 
 # --------------------------------------------------------------------------
@@ -177,7 +149,47 @@ def fake_quant_int8(
 # --------------------------------------------------------------------------
 
 
-def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_size):
+class _Layout(NamedTuple):
+    granularity: str
+    axis: int
+    group_size: int
+    sshape: tuple  # shape of the scale and zero point
+
+
+@dataclasses.dataclass(frozen=True)
+class _QuantizeCall:
+    """A checked quantize / fake-quant call: its layout, its static scale and zero
+    point as flat per-row tensors (None: dynamic) and its backend."""
+    layout: _Layout
+    symmetric: bool
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    backend: str
+
+    def reference_args(self) -> tuple:
+        """The reference function's arguments after x."""
+        lay = self.layout
+        scale = None if self.scale is None else self.scale.reshape(lay.sshape)
+        zero_point = None if self.zero_point is None else self.zero_point.reshape(lay.sshape)
+        return lay.granularity, lay.axis, lay.group_size, self.symmetric, scale, zero_point
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.to_rows(x, self.layout.granularity, self.layout.axis, self.layout.group_size)
+
+    def from_rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return reference.from_rows(rows, x.shape, self.layout.granularity, self.layout.axis)
+
+
+def _check_quantize(op, x, granularity, axis, group_size, symmetric, scale, zero_point) -> _QuantizeCall:
+    """The checks and backend choice that quantize_int8 and fake_quant_int8 share."""
+    _validation.check_tensor(op, "x", x, allow_empty=True)
+    layout = _check_layout(op, "x", x, granularity, axis, group_size)
+    symmetric = _validation.check_bool(op, "symmetric", symmetric)
+    s_rows, zp_rows = _check_static(op, x, layout.sshape, symmetric, scale, zero_point)
+    return _QuantizeCall(layout, symmetric, s_rows, zp_rows, _backends.resolve(op, x.device, _backends.IMPLEMENTED))
+
+
+def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_size) -> _Layout:
     """Normalized (granularity, axis, group_size, scale shape) for tensor ``x``."""
     granularity = _validation.check_choice(op, "granularity", granularity, GRANULARITIES)
     axis = _validation.check_int(op, "axis", axis)
@@ -190,8 +202,8 @@ def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_
         if x.dim() == 0:
             raise ValueError(f"{op}: granularity='group' needs {name} with at least 1 dimension, got a 0-d tensor")
         group_size = _validation.check_group_size(op, group_size, x.shape[-1])
-    sshape = reference._scale_shape(x.shape, granularity, axis, group_size)
-    return granularity, axis, group_size, sshape
+    sshape = reference.scale_shape(x.shape, granularity, axis, group_size)
+    return _Layout(granularity, axis, group_size, sshape)
 
 
 def _values_readable(t: torch.Tensor) -> bool:
@@ -270,96 +282,57 @@ def _check_scale_layout(op: str, name: str, value, q: torch.Tensor, granularity:
 
 
 # The row op of each backend but the reference (which takes the tensor and its
-# granularity as they are): the compiled ops and their ``triton_`` twins.
+# granularity as they are): the compiled ops and their eitp_triton:: twins.
 _op = _backends.op_caller
 _QUANTIZE_ROWS = {"cpp": _op("eitp", "quantize_int8_rows"), "cuda": _op("eitp", "quantize_int8_rows"),
-                  "triton": _op("eitp", "triton_quantize_int8_rows")}
+                  "triton": _op("eitp_triton", "quantize_int8_rows")}
 _FAKE_QUANT_ROWS = {"cpp": _op("eitp", "fake_quant_int8_rows"), "cuda": _op("eitp", "fake_quant_int8_rows"),
-                    "triton": _op("eitp", "triton_fake_quant_int8_rows")}
+                    "triton": _op("eitp_triton", "fake_quant_int8_rows")}
 _DEQUANTIZE_ROWS = {"cpp": _op("eitp", "dequantize_int8_rows"), "cuda": _op("eitp", "dequantize_int8_rows"),
-                    "triton": _op("eitp", "triton_dequantize_int8_rows")}
+                    "triton": _op("eitp_triton", "dequantize_int8_rows")}
 
 
 # --------------------------------------------------------------------------
-# Custom ops: fake kernels, autograd, Triton ops
+# Custom ops: fake kernels and autograd, for eitp:: and eitp_triton::
 # --------------------------------------------------------------------------
 
 
-def _register_autograd(op_name: str, backward_op: str) -> None:
-    def setup_context(ctx, inputs, output):
-        x, _scale, _zero_point, symmetric = inputs
-        _out, s, zp = output
-        ctx.save_for_backward(x, s, zp)
-        ctx.symmetric = symmetric
-
-    def backward(ctx, grad_out, _grad_scale, _grad_zero_point):
-        x, s, zp = ctx.saved_tensors
-        grad_x = getattr(torch.ops.eitp, backward_op)(grad_out, x, s, None if ctx.symmetric else zp, ctx.symmetric)
-        return grad_x, None, None, None
-
-    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
+def _quantize_rows_fake(x, scale, zero_point, symmetric):
+    rows = x.shape[0]
+    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((rows,), dtype=torch.float32),
+            x.new_empty((rows,), dtype=torch.int32))
 
 
-def _register_fakes(prefix: str) -> None:
-    """Fake (meta) kernels of the four row ops ``eitp::<prefix>...``: shapes and dtypes only."""
-
-    @torch.library.register_fake(f"eitp::{prefix}quantize_int8_rows")
-    def _(x, scale, zero_point, symmetric):
-        rows = x.shape[0]
-        return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((rows,), dtype=torch.float32),
-                x.new_empty((rows,), dtype=torch.int32))
-
-    @torch.library.register_fake(f"eitp::{prefix}fake_quant_int8_rows")
-    def _(x, scale, zero_point, symmetric):
-        rows = x.shape[0]
-        return (torch.empty_like(x, memory_format=torch.contiguous_format),
-                x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.int32))
-
-    @torch.library.register_fake(f"eitp::{prefix}dequantize_int8_rows")
-    def _(q, scale, zero_point, dtype):
-        return q.new_empty(q.shape, dtype=dtype)
-
-    @torch.library.register_fake(f"eitp::{prefix}fake_quant_int8_rows_backward")
-    def _(grad, x, scale, zero_point, symmetric):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _fake_quant_rows_fake(x, scale, zero_point, symmetric):
+    rows = x.shape[0]
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.int32))
 
 
-def _register_compiled() -> None:
-    _register_fakes("")
-    _register_autograd("eitp::fake_quant_int8_rows", "fake_quant_int8_rows_backward")
+def _dequantize_rows_fake(q, scale, zero_point, dtype):
+    return q.new_empty(q.shape, dtype=dtype)
 
 
-def _register_triton_ops() -> None:
-    from torch.library import triton_op
-
-    @triton_op("eitp::triton_quantize_int8_rows", mutates_args=())
-    def _triton_quantize_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
-                              symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return triton_quant.quantize_int8_rows(x, scale, zero_point, symmetric, fake=False)
-
-    @triton_op("eitp::triton_fake_quant_int8_rows", mutates_args=())
-    def _triton_fake_quant_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
-                                symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return triton_quant.quantize_int8_rows(x, scale, zero_point, symmetric, fake=True)
-
-    @triton_op("eitp::triton_dequantize_int8_rows", mutates_args=())
-    def _triton_dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
-                                dtype: torch.dtype) -> torch.Tensor:
-        return triton_quant.dequantize_int8_rows(q, scale, zero_point, dtype)
-
-    @triton_op("eitp::triton_fake_quant_int8_rows_backward", mutates_args=())
-    def _triton_fake_quant_rows_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
-                                         zero_point: torch.Tensor | None, symmetric: bool) -> torch.Tensor:
-        return triton_quant.fake_quant_int8_rows_backward(grad, x, scale, zero_point, symmetric)
-
-    # triton_op traces its body for fake tensors; under the interpreter that
-    # would launch kernels on fake tensors, so the interpreter gets the plain fakes.
-    if _backends._triton_interpreter_requested():
-        _register_fakes("triton_")
-    _register_autograd("eitp::triton_fake_quant_int8_rows", "triton_fake_quant_int8_rows_backward")
+def _fake_quant_rows_backward_fake(grad, x, scale, zero_point, symmetric):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-if _extension.load()[0]:
-    _register_compiled()
-if triton is not None:
-    _register_triton_ops()
+def _fake_quant_setup_context(ctx, inputs, output):
+    x, _scale, _zero_point, symmetric = inputs
+    _out, s, zp = output
+    ctx.save_for_backward(x, s, zp)
+    ctx.symmetric = symmetric
+
+
+def _fake_quant_backward(ops, ctx, grad_out, _grad_scale, _grad_zero_point):
+    x, s, zp = ctx.saved_tensors
+    grad_x = ops.fake_quant_int8_rows_backward(grad_out, x, s, None if ctx.symmetric else zp, ctx.symmetric)
+    return grad_x, None, None, None
+
+
+_registration.register("quantize_int8_rows", triton_quant.quantize_int8_rows, _quantize_rows_fake)
+_registration.register("fake_quant_int8_rows", triton_quant.fake_quant_int8_rows, _fake_quant_rows_fake,
+                       autograd=(_fake_quant_setup_context, _fake_quant_backward))
+_registration.register("dequantize_int8_rows", triton_quant.dequantize_int8_rows, _dequantize_rows_fake)
+_registration.register("fake_quant_int8_rows_backward", triton_quant.fake_quant_int8_rows_backward,
+                       _fake_quant_rows_backward_fake)

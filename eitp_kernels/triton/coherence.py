@@ -1,7 +1,7 @@
 """Triton kernels and launchers of the coherence loss: the ``triton`` backend
 of :mod:`eitp_kernels.ops.coherence`, which validates, dispatches and
-registers them as custom ops (``eitp::coherence_forward_triton``,
-``eitp::coherence_backward_triton``).
+registers them as the custom ops ``eitp_triton::coherence_forward`` and
+``eitp_triton::coherence_backward``.
 
 Forward: column statistics (reads x twice), then one program per
 (BLOCK_D x BLOCK_D) tile on or above the diagonal reads its column blocks of x
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import reference
-from eitp_kernels._triton import exact_div, launch, tl, triton, triton_jit
+from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
 
 
 @triton_jit
@@ -122,6 +122,15 @@ def _corr_tile_kernel(
 
 
 @triton_jit
+def _tile(col_blocks, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(row indices, column indices) of this program's BLOCK_R x BLOCK_C tile: one
+    flat axis of row blocks x column blocks (CUDA's grid axes 1 and 2 stop at 65535)."""
+    pid = tl.program_id(0).to(tl.int64)
+    return ((pid // col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R),
+            (pid % col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C))
+
+
+@triton_jit
 def _standardize_kernel(
     x_ptr, mean_ptr, rstd_ptr, z_ptr,  # x (N, D) row stride sx; z (N, D) contiguous ACC
     N, D, sx,
@@ -130,10 +139,7 @@ def _standardize_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    # One flat axis of row blocks x column blocks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)
-    rows = (pid // col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = (pid % col_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows, cols = _tile(col_blocks, BLOCK_N, BLOCK_D)
     mask = (rows[:, None] < N) & (cols[None, :] < D)
     v = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(ACC)
     mean = tl.load(mean_ptr + cols, mask=cols < D, other=0.0)
@@ -152,10 +158,7 @@ def _matmul_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    # One flat axis of M blocks x P blocks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)
-    rm = (pid // p_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rp = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    rm, rp = _tile(p_blocks, BLOCK_M, BLOCK_P)
     acc = tl.zeros([BLOCK_M, BLOCK_P], ACC)
     for k0 in tl.range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
@@ -237,46 +240,55 @@ _TILE_BLOCK_N, _TILE_BLOCK_D = 32, 32
 _MM_BLOCK = 32
 
 
-def _acc_tl(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _tr_stats(x2, eps):
+def _column_stats(x2, eps):
     n, d = x2.shape
     acc = reference.compute_dtype(x2.dtype)
     mean = torch.empty(d, dtype=acc, device=x2.device)
     rstd = torch.empty(d, dtype=acc, device=x2.device)
     launch(_col_stats_kernel, (triton.cdiv(d, _STATS_BLOCK_D),), x2, mean, rstd, n, d, x2.stride(0), float(eps),
-           ACC=_acc_tl(acc), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+           ACC=acc_tl(acc), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
     return mean, rstd
 
 
-def _tr_standardize(x2, mean, rstd):
+def _standardize(x2, mean, rstd):
     n, d = x2.shape
     z = torch.empty((n, d), dtype=mean.dtype, device=x2.device)
     col_blocks = triton.cdiv(d, _STATS_BLOCK_D)
     launch(_standardize_kernel, (triton.cdiv(n, _STATS_BLOCK_N) * col_blocks,), x2, mean, rstd, z, n, d,
-           x2.stride(0), col_blocks, ACC=_acc_tl(mean.dtype), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+           x2.stride(0), col_blocks, ACC=acc_tl(mean.dtype), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
     return z
 
 
-def _tr_mm(a, b):
+def _matmul(a, b):
     m, k = a.shape
     p = b.shape[1]
     c = torch.empty((m, p), dtype=a.dtype, device=a.device)
     p_blocks = triton.cdiv(p, _MM_BLOCK)
     launch(_matmul_kernel, (triton.cdiv(m, _MM_BLOCK) * p_blocks,), a, b, c, m, p, k, a.stride(0), a.stride(1),
            b.stride(0), b.stride(1), c.stride(0), c.stride(1), p_blocks,
-           ACC=_acc_tl(a.dtype), BLOCK_M=_MM_BLOCK, BLOCK_P=_MM_BLOCK, BLOCK_K=_MM_BLOCK)
+           ACC=acc_tl(a.dtype), BLOCK_M=_MM_BLOCK, BLOCK_P=_MM_BLOCK, BLOCK_K=_MM_BLOCK)
     return c
 
 
-def _tr_epilogue(z, zp, w, rstd, grad, loss, m_diag, coef, squared, symmetric):
+def _backward_epilogue(z, zp, w, rstd, grad, loss, m_diag, coef, squared, symmetric):
     n, d = z.shape
     launch(_backward_epilogue_kernel, (triton.cdiv(d, _STATS_BLOCK_D),),
            z, zp, w, rstd, grad, loss, coef, n, d, zp.shape[1], m_diag,
-           SQUARED=squared, SYMMETRIC=symmetric, ACC=_acc_tl(z.dtype),
+           SQUARED=squared, SYMMETRIC=symmetric, ACC=acc_tl(z.dtype),
            BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+
+
+def _gram_first(n: int, d: int, dp: int | None) -> bool:
+    """Whether the backward's W products take fewer multiply-adds through the N x N
+    Gram matrices than through the D x D' product M = Zx^T Zy.
+
+    Self-correlation (``dp`` None), W = (Z Z^T) Z or Z (Z^T Z): 2 N^2 D against
+    2 N D^2. Cross: (Zy Zy^T) Zx and (Zx Zx^T) Zy cost 2 N^2 (D + D'); M = Zx^T Zy,
+    then Zy M^T and Zx M, cost 3 N D D'.
+    """
+    if dp is None:
+        return n < d
+    return 3 * n * d * dp > 2 * n * n * (d + dp)
 
 
 def _x_and_y_contiguous_rows(x2, y2):
@@ -291,18 +303,18 @@ def coherence_forward(x: torch.Tensor, y: torch.Tensor | None, diag_weight: floa
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x, y = _x_and_y_contiguous_rows(x, y)
     n, d = x.shape
-    mean_x, rstd_x = _tr_stats(x, eps)
+    mean_x, rstd_x = _column_stats(x, eps)
     if y is None:
         yy, mean_y, rstd_y = x, mean_x, rstd_x
     else:
         yy = y
-        mean_y, rstd_y = _tr_stats(y, eps)
+        mean_y, rstd_y = _column_stats(y, eps)
     dp = yy.shape[1]
     tiles_i, tiles_j = triton.cdiv(d, _TILE_BLOCK_D), triton.cdiv(dp, _TILE_BLOCK_D)
     partials = torch.empty((tiles_i * tiles_j, 2), dtype=mean_x.dtype, device=x.device)
     launch(_corr_tile_kernel, (tiles_i * tiles_j,),
            x, yy, mean_x, rstd_x, mean_y, rstd_y, partials, n, d, dp, x.stride(0), yy.stride(0), tiles_j,
-           int(y is None), SYMMETRIC=y is None, ACC=_acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N,
+           int(y is None), SYMMETRIC=y is None, ACC=acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N,
            BLOCK_D=_TILE_BLOCK_D)
     sums = partials.to(torch.float64).sum(0)
     l2 = diag_weight * sums[0] + offdiag_weight * sums[1]
@@ -325,21 +337,20 @@ def coherence_backward(grad: torch.Tensor, loss: torch.Tensor, x: torch.Tensor, 
     coef = torch.empty(2, dtype=acc, device=x.device)  # filled on the device: no host sync
     coef[0] = diag_weight
     coef[1] = offdiag_weight
-    zx = _tr_standardize(x, mean_x, rstd_x)
+    zx = _standardize(x, mean_x, rstd_x)
     if y is None:
-        # W = Z (Z^T Z) = (Z Z^T) Z: the cheaper association by shape
-        w = _tr_mm(_tr_mm(zx, zx.t()), zx) if n < d else _tr_mm(zx, _tr_mm(zx.t(), zx))
-        _tr_epilogue(zx, zx, w, rstd_x, grad, loss, d, coef, squared, True)
+        w = _matmul(_matmul(zx, zx.t()), zx) if _gram_first(n, d, None) else _matmul(zx, _matmul(zx.t(), zx))
+        _backward_epilogue(zx, zx, w, rstd_x, grad, loss, d, coef, squared, True)
         return w.to(x.dtype), x.new_empty((0,))
-    zy = _tr_standardize(y, mean_y, rstd_y)
+    zy = _standardize(y, mean_y, rstd_y)
     dp = y.shape[1]
-    if 6.0 * n * d * dp <= 4.0 * n * n * (d + dp):
-        m = _tr_mm(zx.t(), zy)
-        wx, wy = _tr_mm(zy, m.t()), _tr_mm(zx, m)
+    if _gram_first(n, d, dp):
+        wx = _matmul(_matmul(zy, zy.t()), zx)
+        wy = _matmul(_matmul(zx, zx.t()), zy)
     else:
-        wx = _tr_mm(_tr_mm(zy, zy.t()), zx)
-        wy = _tr_mm(_tr_mm(zx, zx.t()), zy)
+        m = _matmul(zx.t(), zy)
+        wx, wy = _matmul(zy, m.t()), _matmul(zx, m)
     m_diag = min(d, dp)
-    _tr_epilogue(zx, zy, wx, rstd_x, grad, loss, m_diag, coef, squared, False)
-    _tr_epilogue(zy, zx, wy, rstd_y, grad, loss, m_diag, coef, squared, False)
+    _backward_epilogue(zx, zy, wx, rstd_x, grad, loss, m_diag, coef, squared, False)
+    _backward_epilogue(zy, zx, wy, rstd_y, grad, loss, m_diag, coef, squared, False)
     return wx.to(x.dtype), wy.to(y.dtype)

@@ -10,7 +10,8 @@ buffer per dtype; a work item is one chunk of one segment, found by binary
 search in the prefix sum of work items per segment, so one launch covers every
 tensor of a dtype.
 
-Launchers (rows = a contiguous (R, L) view, as ``torch.ops.eitp.<name>`` takes):
+Launchers, one per op ``eitp_triton::<name>`` with the arguments of its
+compiled twin ``eitp::<name>`` (rows: a contiguous (R, L) view):
 ``histogram_counts``, ``soft_histogram``, ``soft_histogram_backward``,
 ``histogram_counts_many``.
 """
@@ -19,10 +20,14 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _validation, reference
-from eitp_kernels._triton import launch, tl, triton, triton_jit
+from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
 from eitp_kernels.triton import finite_minmax
 
-_TRITON_HIST_MAX_BINS = 4096  # above: one global atomic per element
+# The block-local histogram holds next_power_of_2(bins) int32 counters per
+# program on chip, and on-chip memory per block is bounded (each kernel's
+# shared memory: python -m eitp_kernels._triton_aot); above this many bins each
+# element takes one global atomic instead.
+_LOCAL_HIST_MAX_BINS = 4096
 
 
 @triton_jit
@@ -30,6 +35,15 @@ def _as_acc(n, ACC: tl.constexpr):
     """Integer ``n`` as an ACC scalar. Not ``n.to(ACC)``: Triton's compiler turns an
     integer argument equal to 1 into a Python int constant, which has no ``.to``."""
     return tl.zeros([], ACC) + n
+
+
+@triton_jit
+def _bin_width(lo_ptr, hi_ptr, bins, ACC: tl.constexpr, IS_F64: tl.constexpr):
+    """(lo, hi, bins, w) of one histogram as ACC scalars: w = (hi - lo) / bins, the reference's division."""
+    lo = tl.load(lo_ptr)
+    hi = tl.load(hi_ptr)
+    nb = _as_acc(bins, ACC)
+    return lo, hi, nb, exact_div(hi - lo, nb, IS_F64)
 
 
 @triton_jit
@@ -51,13 +65,7 @@ def _count_span(
     BLOCK: tl.constexpr,
 ):
     if not IS_CODE:
-        lo = tl.load(lo_ptr)
-        hi = tl.load(hi_ptr)
-        nb = _as_acc(bins, ACC)
-        if IS_F64:
-            w = (hi - lo) / nb
-        else:
-            w = tl.math.div_rn(hi - lo, nb)  # IEEE division: the reference's w
+        lo, hi, nb, w = _bin_width(lo_ptr, hi_ptr, bins, ACC, IS_F64)
     hist = tl.zeros([NB], tl.int32)
     for start in tl.range(begin, end, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
@@ -70,10 +78,7 @@ def _count_span(
             ok = in_span & (v - v == 0)  # finite
             if EXPLICIT:
                 ok = ok & (v >= lo) & (v <= hi)
-            if IS_F64:
-                q = (v - lo) / w
-            else:
-                q = tl.math.div_rn(v - lo, w)
+            q = exact_div(v - lo, w, IS_F64)
             # floor clamped to [0, bins-1] == trunc of q clamped to [0, bins]
             q = tl.where(q >= 0, q, 0.0)  # also NaN -> 0
             q = tl.where(q < nb, q, nb)
@@ -90,13 +95,18 @@ def _count_span(
 
 @triton_jit
 def _histogram_counts_kernel(
-    x_ptr,  # (rows, row_length), contiguous: float dtypes or int8/uint8 codes
-    lo_ptr,  # (rows,) range, accumulation dtype (unused for codes)
+    x_ptr,  # rows: (rows, row_length) contiguous; SEGMENTED: the segments one after another. Float or int8/uint8
+    first_item_ptr,  # SEGMENTED: (segments + 1,) exclusive prefix sum of the work items per segment
+    offset_ptr,  # SEGMENTED: (segments + 1,) element offset of each segment in x
+    row_ptr,  # SEGMENTED: (segments,) output row of each segment
+    lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
     hi_ptr,  # (rows,)
     counts_ptr,  # (rows, bins) int64, zero-filled
-    row_length,
-    chunks,  # programs per row: program p counts chunk p % chunks of row p // chunks
+    length,  # rows: row_length; SEGMENTED: segments
+    steps,  # rows: programs per row (program p counts chunk p % steps of row p // steps);
+            # SEGMENTED: binary-search steps, >= ceil(log2(segments))
     bins,
+    SEGMENTED: tl.constexpr,  # work items from the segment table (many tensors), else rows x chunks
     EXPLICIT: tl.constexpr,
     IS_CODE: tl.constexpr,
     CODE_OFFSET: tl.constexpr,
@@ -107,40 +117,47 @@ def _histogram_counts_kernel(
     CHUNK: tl.constexpr,  # elements per program
     BLOCK: tl.constexpr,
 ):
-    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    row = pid // chunks
-    begin = (pid % chunks) * CHUNK
-    end = tl.minimum(begin + CHUNK, row_length)
-    _count_span(x_ptr + row * row_length, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
+    if SEGMENTED:
+        seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, length, steps, CHUNK)
+        row = tl.load(row_ptr + seg)
+        span_ptr = x_ptr
+    else:
+        # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
+        pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+        row = pid // steps
+        begin = (pid % steps) * CHUNK
+        end = tl.minimum(begin + CHUNK, length)
+        span_ptr = x_ptr + row * length
+    _count_span(span_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
                 EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
 
 
 def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
     """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
-    local = bins <= _TRITON_HIST_MAX_BINS
+    local = bins <= _LOCAL_HIST_MAX_BINS
     acc = reference.compute_dtype(dtype)
     # short spans (many of them): one program each, no idle loop steps
     block = min(1024, max(16, triton.next_power_of_2(max_span)))
     chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(max_span)))
     return dict(
         EXPLICIT=explicit, IS_CODE=dtype in _validation.CODE_DTYPES, CODE_OFFSET=128 if dtype == torch.int8 else 0,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+        ACC=acc_tl(acc), IS_F64=acc == torch.float64,
         NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
     )
 
 
-def histogram_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=rows.device)
-    if rows.numel() == 0:
+def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
+                     explicit_range: bool) -> torch.Tensor:
+    n_rows, row_length = x.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
+    if x.numel() == 0:
         return counts
-    meta = _count_meta(rows.dtype, bins, explicit, row_length)
+    meta = _count_meta(x.dtype, bins, explicit_range, row_length)
     if meta["IS_CODE"]:
         lo = hi = counts  # unused
     chunks = triton.cdiv(row_length, meta["CHUNK"])
-    launch(_histogram_counts_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
-           traceable=True, **meta)
+    launch(_histogram_counts_kernel, (n_rows * chunks,), x, counts, counts, counts, lo, hi, counts, row_length, chunks,
+           bins, SEGMENTED=False, **meta)  # counts: the segment table, unused
     return counts
 
 
@@ -220,44 +237,13 @@ def _segments_range_reduce_kernel(
 
 
 @triton_jit
-def _segments_counts_kernel(
-    x_ptr,  # flat buffer: the segments one after another, one dtype
-    first_item_ptr,
-    offset_ptr,
-    row_ptr,  # (segments,) output row of each segment
-    lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
-    hi_ptr,
-    counts_ptr,  # (rows, bins) int64, zero-filled
-    segments,
-    search_steps,
-    bins,
-    EXPLICIT: tl.constexpr,
-    IS_CODE: tl.constexpr,
-    CODE_OFFSET: tl.constexpr,
-    ACC: tl.constexpr,
-    IS_F64: tl.constexpr,
-    NB: tl.constexpr,
-    LOCAL_HIST: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, segments, search_steps, CHUNK)
-    row = tl.load(row_ptr + seg)
-    _count_span(x_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
-                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
-
-
-@triton_jit
 def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.constexpr):
     """Linear binning in the reference's arithmetic: (valid, live, k0, k1, f)."""
     valid = in_row & (v - v == 0)
     if EXPLICIT:
         valid = valid & (v >= lo) & (v <= hi)
     live = valid & ((tl.zeros_like(v) + w) != 0)  # broadcast first: the interpreter wants two blocks
-    if IS_F64:
-        u = (v - lo) / w - 0.5
-    else:
-        u = tl.math.div_rn(v - lo, w) - 0.5
+    u = exact_div(v - lo, w, IS_F64) - 0.5
     live = live & (u == u)  # NaN u (inf/inf: hi - lo overflowed) is not live, as in the reference
     k = tl.floor(u)
     f = u - k
@@ -267,6 +253,16 @@ def _soft_bin(v, lo, hi, w, bins, in_row, EXPLICIT: tl.constexpr, IS_F64: tl.con
     k0 = tl.minimum(tl.maximum(k, 0.0), top).to(tl.int32)
     k1 = tl.minimum(tl.maximum(k + 1.0, 0.0), top).to(tl.int32)
     return valid, live, k0, k1, f
+
+
+@triton_jit
+def _soft_row(lo_ptr, hi_ptr, parts, bins, ACC: tl.constexpr, IS_F64: tl.constexpr):
+    """(row, part, lo, hi, w) of this program: part ``pid % parts`` of row ``pid // parts``
+    (one flat axis of rows x parts), with the row's range and bin width."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // parts
+    lo, hi, _, w = _bin_width(lo_ptr + row, hi_ptr + row, bins, ACC, IS_F64)
+    return row, pid % parts, lo, hi, w
 
 
 @triton_jit
@@ -286,17 +282,9 @@ def _soft_histogram_kernel(
 ):
     # Weighted counts: tl.histogram has no weights, so two float64 global
     # atomics per counted element.
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // chunks
-    chunk = pid % chunks
+    row, chunk, lo, hi, w = _soft_row(lo_ptr, hi_ptr, chunks, bins, ACC, IS_F64)
     row_ptr = x_ptr + row * row_length
     out_ptr = counts_ptr + row * bins
-    lo = tl.load(lo_ptr + row)
-    hi = tl.load(hi_ptr + row)
-    if IS_F64:
-        w = (hi - lo) / _as_acc(bins, ACC)
-    else:
-        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
     for start in tl.range(0, CHUNK, BLOCK):
         offsets = chunk * CHUNK + start + tl.arange(0, BLOCK)
         in_row = offsets < row_length
@@ -321,15 +309,7 @@ def _soft_histogram_backward_kernel(
     IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // blocks
-    block = pid % blocks
-    lo = tl.load(lo_ptr + row)
-    hi = tl.load(hi_ptr + row)
-    if IS_F64:
-        w = (hi - lo) / _as_acc(bins, ACC)
-    else:
-        w = tl.math.div_rn(hi - lo, _as_acc(bins, ACC))
+    row, block, lo, hi, w = _soft_row(lo_ptr, hi_ptr, blocks, bins, ACC, IS_F64)
     offsets = block * BLOCK + tl.arange(0, BLOCK)
     in_row = offsets < row_length
     v = tl.load(x_ptr + row * row_length + offsets, mask=in_row, other=0.0).to(ACC)
@@ -340,32 +320,34 @@ def _soft_histogram_backward_kernel(
     tl.store(grad_ptr + row * row_length + offsets, tl.where(live, g, 0.0).to(ACC), mask=in_row)
 
 
-def soft_histogram(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=rows.device)
-    if rows.numel() == 0:
+def soft_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
+                   explicit_range: bool) -> torch.Tensor:
+    n_rows, row_length = x.shape
+    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=x.device)
+    if x.numel() == 0:
         return counts
-    acc = reference.compute_dtype(rows.dtype)
+    acc = reference.compute_dtype(x.dtype)
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
     chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
     chunks = triton.cdiv(row_length, chunk)
-    launch(_soft_histogram_kernel, (n_rows * chunks,), rows, lo, hi, counts, row_length, chunks, bins,
-           traceable=True, EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32,
+    launch(_soft_histogram_kernel, (n_rows * chunks,), x, lo, hi, counts, row_length, chunks, bins,
+           EXPLICIT=explicit_range, ACC=acc_tl(acc),
            IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block)
     return counts
 
 
-def soft_histogram_backward(grad_counts, rows, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
-    n_rows, row_length = rows.shape
-    acc = reference.compute_dtype(rows.dtype)
-    grad = torch.empty(rows.shape, dtype=acc, device=rows.device)
-    if rows.numel() == 0:
+def soft_histogram_backward(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
+                            explicit_range: bool) -> torch.Tensor:
+    n_rows, row_length = x.shape
+    acc = reference.compute_dtype(x.dtype)
+    grad = torch.empty(x.shape, dtype=acc, device=x.device)
+    if x.numel() == 0:
         return grad
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
     blocks = triton.cdiv(row_length, block)
-    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), rows, lo, hi,
-           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins, traceable=True,
-           EXPLICIT=explicit, ACC=tl.float64 if acc == torch.float64 else tl.float32, IS_F64=acc == torch.float64,
+    launch(_soft_histogram_backward_kernel, (n_rows * blocks,), x, lo, hi,
+           grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins,
+           EXPLICIT=explicit_range, ACC=acc_tl(acc), IS_F64=acc == torch.float64,
            BLOCK=block)
     return grad
 
@@ -413,35 +395,35 @@ def _group_ranges(tensors, groups, rng, device) -> dict:
     return ranges
 
 
-def histogram_counts_many(tensors: list[torch.Tensor], bins: int, rng) -> torch.Tensor:
-    """int64 counts (len(tensors), bins) of every tensor in a fixed number of launches
+def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:  # noqa: A002
+    """int64 counts (len(xs), bins) of every tensor in a fixed number of launches
     per dtype group: one torch.cat of the group's tensors (skipped for a lone
     contiguous tensor), range partials + range fold (automatic range only), counts."""
-    device = tensors[0].device
+    device = xs[0].device
     by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(tensors):
+    for i, t in enumerate(xs):
         by_dtype.setdefault(t.dtype, []).append(i)
     groups = list(by_dtype.values())
-    metas = [_count_meta(tensors[idx[0]].dtype, bins, rng is not None, max(tensors[i].numel() for i in idx))
+    metas = [_count_meta(xs[idx[0]].dtype, bins, range is not None, max(xs[i].numel() for i in idx))
              for idx in groups]
-    tables, group_items = _segment_table(groups, tensors, [m["CHUNK"] for m in metas], device)
-    ranges = _group_ranges(tensors, groups, rng, device)
-    counts = torch.zeros((len(tensors), bins), dtype=torch.int64, device=device)
+    tables, group_items = _segment_table(groups, xs, [m["CHUNK"] for m in metas], device)
+    ranges = _group_ranges(xs, groups, range, device)
+    counts = torch.zeros((len(xs), bins), dtype=torch.int64, device=device)
     for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
         if items == 0:
             continue  # only empty tensors: zero counts
         # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
-            tensors[idx[0]].reshape(-1).contiguous()
+        flat = torch.cat([xs[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
+            xs[idx[0]].reshape(-1).contiguous()
         segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
         lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
-        if rng is None and not meta["IS_CODE"]:
+        if range is None and not meta["IS_CODE"]:
             part_lo = torch.empty(items, dtype=lo.dtype, device=device)
             part_hi = torch.empty_like(part_lo)
             launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,
                    ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
             launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
                    BLOCK=128)
-        launch(_segments_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
-               **meta)
+        launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
+               SEGMENTED=True, **meta)
     return counts

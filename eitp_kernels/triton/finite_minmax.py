@@ -1,5 +1,6 @@
 """Triton kernels and launcher of finite min/max: the ``triton`` backend of
-:mod:`eitp_kernels.ops.finite_minmax`. Per-chunk partials, folded by one small
+:mod:`eitp_kernels.ops.finite_minmax` (launcher ``finite_minmax``, the op
+``eitp_triton::finite_minmax``). Per-chunk partials, folded by one small
 torch reduction; ``_finite_minmax_span`` is also the range step of the
 many-tensor histogram (:mod:`eitp_kernels.triton.entropy`).
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import reference
-from eitp_kernels._triton import launch, tl, triton, triton_jit
+from eitp_kernels._triton import acc_tl, launch, tl, triton, triton_jit
 
 
 @triton_jit
@@ -48,14 +49,15 @@ def _finite_minmax_partials_kernel(
     tl.store(hi_ptr + row * chunks + chunk, hi)
 
 
-def finite_minmax_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, row_length = x2d.shape
+def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi), each (rows,), of a contiguous (rows, row_length) x."""
+    rows, row_length = x.shape
     block, chunk = 1024, 16384
     chunks = max(1, triton.cdiv(row_length, chunk))
-    acc = reference.compute_dtype(x2d.dtype)
-    lo = torch.empty((rows, chunks), dtype=acc, device=x2d.device)
+    acc = reference.compute_dtype(x.dtype)
+    lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
     hi = torch.empty_like(lo)
     if rows > 0:
-        launch(_finite_minmax_partials_kernel, (rows * chunks,), x2d, lo, hi, row_length, chunks,
-               ACC=tl.float64 if acc == torch.float64 else tl.float32, CHUNK=chunk, BLOCK=block)
+        launch(_finite_minmax_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks,
+               ACC=acc_tl(acc), CHUNK=chunk, BLOCK=block)
     return lo.amin(dim=1), hi.amax(dim=1)

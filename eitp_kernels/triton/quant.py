@@ -3,8 +3,9 @@ the ``triton`` backend of :mod:`eitp_kernels.ops.quant`, which validates,
 dispatches and registers them as custom ops. Same arithmetic as
 ``eitp_kernels.reference`` (true division, round half to even).
 
-Launchers (on the (rows, row_length) view in which each row shares one scale):
-``quantize_int8_rows`` (codes, or with ``fake`` the dequantized values),
+Launchers, one per op ``eitp_triton::<name>`` with the arguments of its
+compiled twin ``eitp::<name>`` (on the (rows, row_length) view in which each
+row shares one scale): ``quantize_int8_rows``, ``fake_quant_int8_rows``,
 ``dequantize_int8_rows``, ``fake_quant_int8_rows_backward``.
 """
 from __future__ import annotations
@@ -84,6 +85,39 @@ def _row_scale_params(lo, hi, SYMMETRIC: tl.constexpr):
 
 
 @triton_jit
+def _row_part(chunks):
+    """(row, part) of this program: part ``pid % chunks`` of row ``pid // chunks``
+    (one flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535)."""
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    return pid // chunks, pid % chunks
+
+
+@triton_jit
+def _span_range(x_ptr, begin, end, SYMMETRIC: tl.constexpr, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+    """(min(finite, 0), max(finite, 0)) of x[begin, end) in the accumulation dtype;
+    (0, absmax) when SYMMETRIC. Non-finite values count as 0 (neutral)."""
+    lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
+    hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
+    for start in tl.range(begin, end, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        v = _to_acc(tl.load(x_ptr + offsets, mask=offsets < end, other=0.0), IS_F64)
+        f = tl.where(v - v == 0, v, 0.0)
+        if SYMMETRIC:
+            hi = tl.maximum(hi, tl.abs(f))
+        else:
+            lo = tl.minimum(lo, f)
+            hi = tl.maximum(hi, f)
+    return tl.min(lo, axis=0), tl.max(hi, axis=0)
+
+
+@triton_jit
+def _unclamped_code(v, sa, za, IS_F64: tl.constexpr):
+    """rint(v / scale) + zero point in the accumulation dtype (NaN -> the zero point), before the clamp."""
+    r = _round_half_even(exact_div(v, sa, IS_F64))
+    return tl.where(v != v, 0.0, r) + za
+
+
+@triton_jit
 def _quant_rows_kernel(
     x_ptr,  # (rows, row_length) contiguous, float
     q_ptr,  # (rows, row_length) int8 codes (written unless FAKE)
@@ -99,28 +133,15 @@ def _quant_rows_kernel(
     IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    row = pid // chunks
-    part = pid % chunks
+    row, part = _row_part(chunks)
     row_x = x_ptr + row * row_length
     if STATIC:
         s = tl.load(scale_ptr + row)
         zpf = tl.load(zp_ptr + row).to(tl.float32)
     else:
         # The row's scale: a reduction held in registers, then the same row again.
-        lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
-        hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
-        for start in tl.range(0, row_length, BLOCK):
-            offsets = start + tl.arange(0, BLOCK)
-            v = _to_acc(tl.load(row_x + offsets, mask=offsets < row_length, other=0.0), IS_F64)
-            f = tl.where(v - v == 0, v, 0.0)  # non-finite -> 0 (neutral)
-            if SYMMETRIC:
-                hi = tl.maximum(hi, tl.abs(f))
-            else:
-                lo = tl.minimum(lo, f)
-                hi = tl.maximum(hi, f)
-        s, zpf = _row_scale_params(tl.min(lo, axis=0), tl.max(hi, axis=0), SYMMETRIC)
+        lo, hi = _span_range(row_x, 0, row_length, SYMMETRIC, IS_F64, BLOCK)
+        s, zpf = _row_scale_params(lo, hi, SYMMETRIC)
         tl.store(scale_ptr + row, s)
         tl.store(zp_ptr + row, zpf.to(tl.int32))
     sa = _to_acc(s, IS_F64)
@@ -132,14 +153,21 @@ def _quant_rows_kernel(
         mask = offsets < row_length
         xv = tl.load(row_x + offsets, mask=mask, other=0.0)
         v = _to_acc(xv, IS_F64)
-        r = _round_half_even(exact_div(v, sa, IS_F64))
-        r = tl.where(v != v, 0.0, r) + za
+        r = _unclamped_code(v, sa, za, IS_F64)
         r = tl.minimum(tl.maximum(r, qmin), 127.0)
         if FAKE:
             d = _cast_rne((r - za) * sa, xv.dtype)
             tl.store(out_ptr + row * row_length + offsets, tl.where(v != v, xv, d), mask=mask)
         else:
             tl.store(q_ptr + row * row_length + offsets, r.to(tl.int8), mask=mask)
+
+
+@triton_jit
+def _row_part_scale(scale_ptr, zp_ptr, chunks, IS_F64: tl.constexpr):
+    """(row, part) of this program (:func:`_row_part`) and the row's scale and
+    zero point in the accumulation dtype."""
+    row, part = _row_part(chunks)
+    return row, part, _to_acc(tl.load(scale_ptr + row), IS_F64), _to_acc(tl.load(zp_ptr + row), IS_F64)
 
 
 @triton_jit
@@ -154,12 +182,7 @@ def _dequant_rows_kernel(
     IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    row = pid // chunks
-    part = pid % chunks
-    sa = _to_acc(tl.load(scale_ptr + row), IS_F64)
-    za = _to_acc(tl.load(zp_ptr + row), IS_F64)
+    row, part, sa, za = _row_part_scale(scale_ptr, zp_ptr, chunks, IS_F64)
     for start in tl.range(0, chunk, BLOCK):
         offsets = part * chunk + start + tl.arange(0, BLOCK)
         mask = offsets < row_length
@@ -182,20 +205,14 @@ def _fake_quant_backward_kernel(
     IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    row = pid // chunks
-    part = pid % chunks
-    sa = _to_acc(tl.load(scale_ptr + row), IS_F64)
-    za = _to_acc(tl.load(zp_ptr + row), IS_F64)
+    row, part, sa, za = _row_part_scale(scale_ptr, zp_ptr, chunks, IS_F64)
     qmin = -127.0 if SYMMETRIC else -128.0
     for start in tl.range(0, chunk, BLOCK):
         offsets = part * chunk + start + tl.arange(0, BLOCK)
         mask = offsets < row_length
         v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=mask, other=0.0), IS_F64)
         g = tl.load(grad_ptr + row * row_length + offsets, mask=mask, other=0.0)
-        r = _round_half_even(exact_div(v, sa, IS_F64))
-        r = tl.where(v != v, 0.0, r) + za
+        r = _unclamped_code(v, sa, za, IS_F64)
         keep = (v - v == 0) & (r >= qmin) & (r <= 127.0)
         tl.store(grad_x_ptr + row * row_length + offsets, tl.where(keep, g, 0.0).to(g.dtype), mask=mask)
 
@@ -212,26 +229,15 @@ def _range_partials_kernel(
     IS_F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # One flat axis of rows x chunks: CUDA's grid axes 1 and 2 stop at 65535.
-    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
-    row = pid // chunks
-    part = pid % chunks
-    lo = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
-    hi = _to_acc(tl.zeros([BLOCK], tl.float32), IS_F64)
-    for start in tl.range(0, chunk, BLOCK):
-        offsets = part * chunk + start + tl.arange(0, BLOCK)
-        v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=offsets < row_length, other=0.0), IS_F64)
-        f = tl.where(v - v == 0, v, 0.0)
-        if SYMMETRIC:
-            hi = tl.maximum(hi, tl.abs(f))
-        else:
-            lo = tl.minimum(lo, f)
-            hi = tl.maximum(hi, f)
-    tl.store(lo_ptr + row * chunks + part, tl.min(lo, axis=0))
-    tl.store(hi_ptr + row * chunks + part, tl.max(hi, axis=0))
+    row, part = _row_part(chunks)
+    begin = part * chunk
+    lo, hi = _span_range(x_ptr + row * row_length, begin, tl.minimum(begin + chunk, row_length), SYMMETRIC, IS_F64,
+                         BLOCK)
+    tl.store(lo_ptr + row * chunks + part, lo)
+    tl.store(hi_ptr + row * chunks + part, hi)
 
 
-def _triton_blocks(row_length: int) -> tuple[int, int, int]:
+def _blocks(row_length: int) -> tuple[int, int, int]:
     """(BLOCK, chunk, chunks) for a row of row_length elements."""
     block = min(1024, max(16, triton.next_power_of_2(max(row_length, 1))))
     chunk = block * 16
@@ -244,23 +250,36 @@ def _params_from_range(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> t
     return s, torch.zeros_like(s, dtype=torch.int32) if zp is None else zp
 
 
-def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
+def quantize_int8_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
+                       symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 codes, scale, zero point) of each row."""
+    return _quantize_rows(x, scale, zero_point, symmetric, fake=False)
+
+
+def fake_quant_int8_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
+                         symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dequantized codes in x's dtype, scale, zero point) of each row."""
+    return _quantize_rows(x, scale, zero_point, symmetric, fake=True)
+
+
+def _quantize_rows(x, scale, zero_point, symmetric, fake):
     x = x.contiguous()
     rows, row_length = x.shape
     is_fp64 = x.dtype == torch.float64
-    block, chunk, chunks = _triton_blocks(row_length)
+    block, chunk, chunks = _blocks(row_length)
     result = torch.empty_like(x) if fake else torch.empty(x.shape, dtype=torch.int8, device=x.device)
     static = scale is not None
     if static:
         s = scale.to(torch.float32).contiguous().clone()
         zp = (torch.zeros_like(s, dtype=torch.int32) if symmetric else zero_point.to(torch.int32).contiguous().clone())
     elif chunks > 1 and rows < 64:
-        # Few long rows (per tensor): the range from chunk partials, then a static pass.
-        acc = torch.float64 if is_fp64 else torch.float32
+        # Few long rows (per tensor): one program per row would leave most of the
+        # GPU idle, so the range comes from chunk partials, then a static pass.
+        acc = reference.compute_dtype(x.dtype)
         lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
         if rows > 0:
-            launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk, traceable=True,
+            launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk,
                    SYMMETRIC=symmetric, IS_F64=is_fp64, BLOCK=block)
         s, zp = _params_from_range(lo.amin(dim=1), hi.amax(dim=1), symmetric)
         static = True
@@ -270,32 +289,34 @@ def quantize_int8_rows(x, scale, zero_point, symmetric, fake):
     if rows > 0:
         parts = chunks if static else 1
         launch(_quant_rows_kernel, (rows * parts,), x, result, result, s, zp, row_length,
-               chunk if static else max(row_length, 1), parts, traceable=True,
+               chunk if static else max(row_length, 1), parts,
                STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64, BLOCK=block)
     return result, s, zp
 
 
-def dequantize_int8_rows(q, scale, zero_point, dtype):
+def dequantize_int8_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
     q = q.contiguous()
     rows, row_length = q.shape
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     zp = zero_point if zero_point is not None else torch.zeros_like(scale, dtype=torch.int32)
-    block, chunk, chunks = _triton_blocks(row_length)
+    block, chunk, chunks = _blocks(row_length)
     if q.numel() > 0:
         launch(_dequant_rows_kernel, (rows * chunks,), q, scale.contiguous(), zp.contiguous(), out, row_length,
-               chunk, chunks, traceable=True, IS_F64=dtype == torch.float64, BLOCK=block)
+               chunk, chunks, IS_F64=dtype == torch.float64, BLOCK=block)
     return out
 
 
-def fake_quant_int8_rows_backward(grad, x, scale, zero_point, symmetric):
+def fake_quant_int8_rows_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+                                  zero_point: torch.Tensor | None, symmetric: bool) -> torch.Tensor:
     x = x.contiguous()
     grad = grad.to(x.dtype).contiguous()
     rows, row_length = x.shape
     grad_x = torch.empty_like(x)
     zp = zero_point if zero_point is not None else torch.zeros_like(scale, dtype=torch.int32)
-    block, chunk, chunks = _triton_blocks(row_length)
+    block, chunk, chunks = _blocks(row_length)
     if x.numel() > 0:
         launch(_fake_quant_backward_kernel, (rows * chunks,), grad, x, scale.contiguous(), zp.contiguous(), grad_x,
-               row_length, chunk, chunks, traceable=True, SYMMETRIC=symmetric, IS_F64=x.dtype == torch.float64,
+               row_length, chunk, chunks, SYMMETRIC=symmetric, IS_F64=x.dtype == torch.float64,
                BLOCK=block)
     return grad_x
