@@ -261,7 +261,8 @@ at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b, bool squared, double eps,
-    bool keep_product, Backend& be) {
+    bool keep_product) {
+  Backend be(x_in);
   Sides s = check_inputs(x_in, y_in, "coherence_forward");
   const bool self = !s.y.defined();
   const int64_t n = s.x.size(0), d = s.x.size(1);
@@ -404,8 +405,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
                                                  const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
                                                  const at::Tensor& mean_x, const at::Tensor& rstd_x,
                                                  const at::Tensor& mean_y, const at::Tensor& rstd_y, double a,
-                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in,
-                                                 Backend& be) {
+                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in) {
+  Backend be(x_in);
   Sides s = check_inputs(x_in, y_in, "coherence_backward");
   const bool self = !s.y.defined();
   const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
@@ -454,7 +455,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
   return {wx.to(s.x.scalar_type()), wy.to(s.y.scalar_type())};
 }
 
-struct CpuBackend {
+struct CpuBackend : CpuDevice {
+  using CpuDevice::CpuDevice;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
@@ -489,25 +491,9 @@ struct CpuBackend {
   void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
-    bool keep_product) {
-  CpuBackend be;
-  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
-                                                const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
-                                                const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                const at::Tensor& rstd_y, double a, double b, bool squared,
-                                                const c10::optional<at::Tensor>& product) {
-  CpuBackend be;
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
-}
-
 #ifdef EITP_WITH_CUDA
-struct CudaBackend {
-  cudaStream_t stream;
+struct CudaBackend : CudaDevice {
+  using CudaDevice::CudaDevice;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
   void mirror(at::Tensor& m) {
@@ -527,23 +513,6 @@ struct CudaBackend {
   static constexpr bool kWholeCrossProduct = false;
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
-    bool keep_product) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
-  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
-                                                 const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
-                                                 const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                 const at::Tensor& rstd_y, double a, double b, bool squared,
-                                                 const c10::optional<at::Tensor>& product) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
-}
 #endif
 
 }  // namespace
@@ -558,13 +527,13 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
       "-> (Tensor, Tensor)");
 }
 TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("coherence_forward", &forward_cpu);
-  m.impl("coherence_backward", &backward_cpu);
+  m.impl("coherence_forward", &forward_impl<CpuBackend>);
+  m.impl("coherence_backward", &backward_impl<CpuBackend>);
 }
 #ifdef EITP_WITH_CUDA
 TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("coherence_forward", &forward_cuda);
-  m.impl("coherence_backward", &backward_cuda);
+  m.impl("coherence_forward", &forward_impl<CudaBackend>);
+  m.impl("coherence_backward", &backward_impl<CudaBackend>);
 }
 #endif
 

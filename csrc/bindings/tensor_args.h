@@ -17,6 +17,28 @@
 
 namespace eitp {
 
+// The bindings' one device-dispatch style: each op's implementation is a
+// template over a Backend struct (CpuBackend / CudaBackend in its binding
+// file) that names the kernels of its device; the schema's CPU and CUDA
+// registrations are the two instantiations. A Backend derives from one of
+// these and is made first, from the tensor that decides the device: the CUDA
+// one holds the device guard and the stream the launches go to (the current
+// stream of that device), the CPU one nothing.
+struct CpuDevice {
+  explicit CpuDevice(const at::Tensor&) {}
+  explicit CpuDevice(at::TensorList) {}
+};
+
+#ifdef EITP_WITH_CUDA
+struct CudaDevice {
+  explicit CudaDevice(const at::Tensor& t) : guard(t.device()), stream(c10::cuda::getCurrentCUDAStream().stream()) {}
+  // The dispatcher picks CUDA only for a list with a CUDA tensor in it.
+  explicit CudaDevice(at::TensorList ts) : CudaDevice(ts[0]) {}
+  c10::cuda::CUDAGuard guard;  // before stream: members are made in this order
+  cudaStream_t stream;
+};
+#endif
+
 inline DType kernel_dtype(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {
     case at::kHalf: return DType::kFloat16;
