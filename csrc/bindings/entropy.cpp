@@ -28,7 +28,7 @@ namespace {
 bool is_code_dtype(const at::Tensor& t) { return t.scalar_type() == at::kChar || t.scalar_type() == at::kByte; }
 
 void check_bins(int64_t bins, const char* op) {
-  TORCH_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), op, ": bins must be in [1, 2^24], got ", bins);
+  TORCH_CHECK_VALUE(bins >= 1 && bins <= kMaxBins, op, ": bins must be in [1, ", kMaxBins, "], got ", bins);
 }
 
 void check_range_tensor(const at::Tensor& x, const at::Tensor& r, const char* name, const char* op) {
