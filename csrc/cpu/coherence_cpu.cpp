@@ -40,34 +40,45 @@ inline ColumnRanges column_ranges(int64_t n, int64_t d) {
   return {width, (d + width - 1) / width};
 }
 
-template <typename T>
-EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
-  using A = typename AccType<T>::type;
-  const T* x = static_cast<const T*>(p.x);
-  A* mean = static_cast<A*>(p.mean);
-  A* rstd = static_cast<A*>(p.rstd);
-  const int64_t n = p.n, d = p.d;
+// Runs body(j0, w, column_sums) once per column range [j0, j0 + w) of the
+// row-major (n, d) x (column_ranges: one range per thread). column_sums(term)
+// sums static_cast<double>(term(v, j)) over the n rows in row order, v =
+// x[i][j0 + j] in the accumulation type, for every j < w, and returns the w
+// sums (valid until its next call). EITP_CPU_HOT itself: the parallel
+// region is outlined from this function, so its loops are cloned with it.
+template <typename T, typename Body>
+EITP_CPU_HOT void for_column_ranges(const T* x, int64_t n, int64_t d, Body body) {
   const ColumnRanges ranges = column_ranges(n, d);
 #pragma omp parallel for schedule(static) if (ranges.count > 1)
   for (int64_t blk = 0; blk < ranges.count; ++blk) {
     const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
-    std::vector<double> acc(w, 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(load_acc(row[j]));
-    }
-    A* mu = mean + j0;
-    for (int64_t j = 0; j < w; ++j) mu[j] = static_cast<A>(acc[j] / static_cast<double>(n));
-    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      for (int64_t j = 0; j < w; ++j) {
-        const A c = load_acc(row[j]) - mu[j];
-        acc[j] += static_cast<double>(c * c);  // squared in A, summed in double, as the reference
+    std::vector<double> acc(w);
+    auto column_sums = [&](auto term) -> const double* {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = x + i * d + j0;
+        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(term(load_acc(row[j]), j));
       }
-    }
-    for (int64_t j = 0; j < w; ++j) rstd[j0 + j] = column_rstd<A>(acc[j] / static_cast<double>(n), p.eps);
+      return acc.data();
+    };
+    body(j0, w, column_sums);
   }
+}
+
+template <typename T>
+void stats(const CoherenceStatsParams& p) {
+  using A = typename AccType<T>::type;
+  A* mean = static_cast<A*>(p.mean);
+  A* rstd = static_cast<A*>(p.rstd);
+  const double n = static_cast<double>(p.n);
+  for_column_ranges(static_cast<const T*>(p.x), p.n, p.d, [&](int64_t j0, int64_t w, auto column_sums) {
+    A* mu = mean + j0;
+    const double* sums = column_sums([](A v, int64_t) { return v; });
+    for (int64_t j = 0; j < w; ++j) mu[j] = static_cast<A>(sums[j] / n);
+    // squared in A, summed in double, as the reference
+    const double* squares = column_sums([&](A v, int64_t j) { const A c = v - mu[j]; return c * c; });
+    for (int64_t j = 0; j < w; ++j) rstd[j0 + j] = column_rstd<A>(squares[j] / n, p.eps);
+  });
 }
 
 template <typename T>
@@ -198,28 +209,18 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
 }
 
 template <typename T>
-EITP_CPU_HOT void z_column_means(const CoherenceStandardizeParams& p, double* out) {
+void z_column_means(const CoherenceStandardizeParams& p, double* out) {
   using A = typename AccType<T>::type;
-  const T* x = static_cast<const T*>(p.x);
   const A* mean = static_cast<const A*>(p.mean);
   const A* rstd = static_cast<const A*>(p.rstd);
-  const int64_t n = p.n, d = p.d;
-  const ColumnRanges ranges = column_ranges(n, d);
-#pragma omp parallel for schedule(static) if (ranges.count > 1)
-  for (int64_t blk = 0; blk < ranges.count; ++blk) {
-    const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
-    std::vector<double> acc(w, 0.0);
+  const double n = static_cast<double>(p.n);
+  for_column_ranges(static_cast<const T*>(p.x), p.n, p.d, [&](int64_t j0, int64_t w, auto column_sums) {
     const A* mu = mean + j0;
     const A* rs = rstd + j0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      for (int64_t j = 0; j < w; ++j) {
-        const A z = (load_acc(row[j]) - mu[j]) * rs[j];  // as standardize writes it
-        acc[j] += static_cast<double>(z);
-      }
-    }
-    for (int64_t j = 0; j < w; ++j) out[j0 + j] = acc[j] / static_cast<double>(n);
-  }
+    // z as standardize writes it
+    const double* sums = column_sums([&](A v, int64_t j) { return (v - mu[j]) * rs[j]; });
+    for (int64_t j = 0; j < w; ++j) out[j0 + j] = sums[j] / n;
+  });
 }
 
 // Row sums of P^2 and of P_jk * m_k (x side: one row of P per output), with
