@@ -153,11 +153,7 @@ void tile_reduce(const CoherenceTileParams& p, double* diag_out, double* off_out
 
 template <typename A>
 EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
-  const A* z = static_cast<const A*>(p.z);
-  const A* zp = static_cast<const A*>(p.zp);
-  A* w = static_cast<A*>(p.w);
-  const A* rstd = static_cast<const A*>(p.rstd);
-  const BackwardFactors<A> f(p, *static_cast<const A*>(p.grad), *static_cast<const A*>(p.loss));
+  const auto [z, zp, w, rstd, f] = BackwardEpilogueArgs<A>(p);
   const int64_t n = p.n, d = p.d;
 #pragma omp parallel for schedule(static) if (worth_threads(n, d))
   for (int64_t blk = 0; blk < col_blocks(d); ++blk) {
