@@ -232,8 +232,8 @@ std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
 // order. One threaded product does less work than single-threaded blocks
 // shared out to the threads (2048 x 1024 fwd, 2 threads: 16.0 ms against
 // 17.4, `benchmarks/native/barlow_twins_ab.py --threads 2`), though it loses
-// about 15% while other processes compete for the cores (one descheduled
-// thread stalls it).
+// while other processes compete for the cores (one descheduled thread stalls
+// it).
 bool whole_product_fits(int64_t n, int64_t d, int64_t dp) {
   return 2.0 * double(d) * double(dp) <= double(n) * double(d + dp);
 }

@@ -63,8 +63,8 @@ inline at::ScalarType accumulation_dtype(const at::Tensor& t) {
 
 // A large CPU output that our kernel writes first: at::empty maps fresh pages
 // (glibc mmaps blocks this large on every call), so the kernel's first
-// touch page-faults once per 4 KiB; 64 MiB is 16384 faults, which measured
-// about as long as the fake-quant kernel itself. Advising transparent huge
+// touch page-faults once per 4 KiB (64 MiB: 16384 faults), a cost of the
+// order of a memory-bound kernel's own. Advising transparent huge
 // pages (MADV_HUGEPAGE, the same advice PyTorch's THP_MEM_ALLOC_ENABLE=1
 // gives) on the 2 MiB-aligned interior makes that one fault per 2 MiB.
 // madvise is advice: where THP is disabled it fails and nothing changes.

@@ -22,11 +22,11 @@ inline bool worth_threads(int64_t n, int64_t d) { return n * d >= 16384; }
 
 // Column sums over all rows (statistics, column means of z) walk the rows of
 // one wide column range per thread: rows of kColBlock floats at a 4*d-byte
-// stride touch a new page every row (at d = 1024), which made the statistics
-// of a 2048 x 1024 fp32 matrix cost a fifth of its 1024 x 1024 product on one
-// core. Ranges of up to kWideCols columns read long contiguous pieces; each
-// column's sum still has one owner and a fixed row order, so the result does
-// not depend on the thread count (which only sets the range widths).
+// stride touch a new page every row (at d = 1024), slow next to the matrix
+// product they precede. Ranges of up to kWideCols columns read long
+// contiguous pieces; each column's sum still has one owner and a fixed row
+// order, so the result does not depend on the thread count (which only sets
+// the range widths).
 constexpr int64_t kWideCols = 1024;
 
 struct ColumnRanges {
@@ -123,9 +123,11 @@ void tile_reduce(const CoherenceTileParams& p, double* diag_out, double* off_out
   const A* t = static_cast<const A*>(p.tile);
   const A n = static_cast<A>(p.n);
   double diag = 0.0, off = 0.0;
-// A tile is at most 256 x 1024 values, a fraction of a millisecond of vector
-// work: threads only for unusually large tiles (a parallel region costs more
-// than that on a loaded machine, where both threads must be scheduled).
+// The binding's tiles (at most kCrossMaxTileRows x kTileCols = 512 x 1024,
+// csrc/bindings/coherence.cpp) are already shared out to the threads, and
+// each is little vector work: threads here only for far larger tiles (a
+// parallel region costs more than a small tile on a loaded machine, where
+// both threads must be scheduled).
 #pragma omp parallel for schedule(dynamic, 8) reduction(+ : diag, off) if (p.rows * p.cols >= (int64_t(1) << 22))
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t gi = p.row0 + r;
@@ -221,7 +223,8 @@ void z_column_means(const CoherenceStandardizeParams& p, double* out) {
 
 // Row sums of P^2 and of P_jk * m_k (x side: one row of P per output), with
 // kLanes independent accumulators each so the loop vectorizes without
-// reassociating one sum (one dependent chain per row cost about 1 ms at 1024^2).
+// reassociating one sum (one dependent chain per row would bound the loop by
+// the add latency).
 template <typename A>
 EITP_CPU_HOT void product_row_sums(const A* pm, int64_t d, int64_t dp, const double* m, double* sq, double* dot) {
   constexpr int kLanes = 8;

@@ -8,7 +8,9 @@
 // (bins atomics per chunk of >= 64K elements). Float values: the bin indices
 // of a block of 64 are computed in a branch-free loop the compiler
 // vectorizes, next to the increments of the previous block (count_blocks).
-// The increments bound the speed: about one per cycle and core.
+// The increments bound the speed: one scattered store per value and cycle is
+// the floor (benchmarks/native/histogram_floor.cpp measures it; the command
+// is in its header).
 #include <omp.h>
 
 #include <algorithm>
@@ -96,11 +98,8 @@ inline void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset =
 // block are issued next to the index arithmetic of the following one (which
 // the core overlaps), and each index buffer is read back a block after it was
 // written (a vector store read back at once by scalar loads stalls on
-// store-to-load forwarding). 64-value blocks: 0.35 ns/value against 0.45
-// binning then counting each block (one thread, 256K fp32 values in cache,
-// 256 bins, best of 400 calls of histogram_counts_cpu, 2-core dev box); the
-// increments alone take 0.29, the floor benchmarks/native/histogram_floor.cpp
-// measures.
+// store-to-load forwarding), which beats binning then counting each block in
+// turn.
 constexpr int kCountBlock = 64;
 
 template <typename Fill>
@@ -124,8 +123,7 @@ inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
 // Slots of a block for a finite, nonzero bin width: the reference's
 // arithmetic (hist_bin) without its w == 0 and NaN guards, which cannot
 // trigger here; uncounted values go to slot bins + 1. Branch-free: the
-// compiler vectorizes it (about 12 vector instructions per 8 fp32 values
-// under x86-64-v3).
+// compiler vectorizes it.
 template <bool kExplicitRange, typename T, typename A>
 inline void block_bins(const T* x, int m, A lo, A hi, A w, int32_t bins, int32_t* idx) {
   const A top = static_cast<A>(bins);
@@ -179,9 +177,8 @@ EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::
   }
 }
 
-// Codes index the histogram directly: no index buffer to write and read back
-// (0.28 ns/code against 0.33 through count_blocks; one thread, 256K int8
-// codes in cache).
+// Codes index the histogram directly: no index buffer to write and read
+// back, as count_blocks needs for computed bins.
 template <typename T>
 EITP_CPU_HOT void count_code_range(const T* x, int64_t n, PrivateHist h) {
   add_indices(x, n, h, std::is_signed<T>::value ? 128 : 0);
@@ -268,8 +265,8 @@ void auto_ranges(std::vector<HistSegment>& segs, int64_t min_length) {
 }
 
 // Adds the private histogram to the row it alone writes and zeroes it for the
-// next item, in one vectorized pass (a row of 4096 values is counted in about
-// 1.4 us: a per-bin branch here cost a quarter of that).
+// next item, in one vectorized pass: for short rows this merge is a real
+// share of the work, so it takes no per-bin branch.
 EITP_CPU_HOT void merge_whole(PrivateHist h, int32_t bins, int64_t* out) {
   if (h.copies == 4) {
     uint32_t* c0 = h.slots;
@@ -466,11 +463,10 @@ void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
 }
 
 void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
-  // q ln q through vector_log (csrc/kernels/vector_log.h): about 3x faster
-  // than std::log per bin ((50, 256) int64 counts, one thread: 21.6 us
-  // against 62, median of 200 calls of torch.ops.eitp.entropy_from_counts on
-  // the 2-core dev box). Rows it cannot take (a count >= 2^52, soft counts
-  // with a subnormal q or an infinite total) go through std::log. Small
+  // q ln q through vector_log (csrc/kernels/vector_log.h), which vectorizes
+  // where std::log is one library call per bin. Rows it cannot take (a count
+  // >= 2^52, soft counts with a subnormal q or an infinite total) go through
+  // std::log. Small
   // inputs stay on one thread (kParallelThreshold): a parallel region stalls
   // calls for milliseconds while other processes keep the cores busy.
 #pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)
