@@ -387,6 +387,51 @@ void soft_backward_item(const HistSegment& seg, const WorkItem& it, bool explici
   }
 }
 
+// One soft histogram per row, rows cut into work items (make_items).
+template <typename T>
+void soft_rows(const SoftHistogramParams& p) {
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  const std::vector<WorkItem> items = make_items(segs, chunk_for(p.bins));
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
+  {
+    std::vector<double> hist(static_cast<size_t>(p.bins));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_items; ++i) {
+      const WorkItem& it = items[i];
+      std::fill(hist.begin(), hist.end(), 0.0);
+      const HistSegment& seg = segs[it.seg];
+      soft_item<T>(seg, it, p.explicit_range, p.bins, hist.data());
+      double* out = p.counts + it.seg * p.bins;
+      for (int64_t b = 0; b < p.bins; ++b) {
+        if (hist[b] == 0.0) continue;
+        if (it.whole) {
+          out[b] += hist[b];
+        } else {
+#pragma omp atomic
+          out[b] += hist[b];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void soft_backward_rows(const SoftHistogramBackwardParams& p) {
+  using A = typename AccType<T>::type;
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  const std::vector<WorkItem> items = make_items(segs, kMinChunk);
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel for schedule(dynamic, 1) if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
+  for (int64_t i = 0; i < n_items; ++i) {
+    const WorkItem& it = items[i];
+    const HistSegment& seg = segs[it.seg];
+    const double* table = p.grad_counts + it.seg * p.bins;
+    const int64_t row_offset = it.seg * p.row_length;
+    soft_backward_item<T>(seg, it, p.explicit_range, p.bins, table, static_cast<A*>(p.grad_x) + row_offset);
+  }
+}
+
 }  // namespace
 
 void histogram_counts_segments_cpu(std::vector<HistSegment>& segments, int64_t bins, bool explicit_range,
@@ -402,64 +447,11 @@ void histogram_counts_cpu(const HistogramParams& p) {
 }
 
 void soft_histogram_cpu(const SoftHistogramParams& p) {
-  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
-  const std::vector<WorkItem> items = make_items(segs, chunk_for(p.bins));
-  const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
-  {
-    std::vector<double> hist(static_cast<size_t>(p.bins));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_items; ++i) {
-      const WorkItem& it = items[i];
-      std::fill(hist.begin(), hist.end(), 0.0);
-      const HistSegment& seg = segs[it.seg];
-      switch (seg.dtype) {
-        case DType::kFloat16: soft_item<Half16>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        case DType::kBFloat16: soft_item<BFloat16>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        case DType::kFloat32: soft_item<float>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        case DType::kFloat64: soft_item<double>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        default: break;
-      }
-      double* out = p.counts + it.seg * p.bins;
-      for (int64_t b = 0; b < p.bins; ++b) {
-        if (hist[b] == 0.0) continue;
-        if (it.whole) {
-          out[b] += hist[b];
-        } else {
-#pragma omp atomic
-          out[b] += hist[b];
-        }
-      }
-    }
-  }
+  dispatch_float(p.dtype, "soft_histogram_cpu", [&](auto tag) { soft_rows<decltype(tag)>(p); });
 }
 
 void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
-  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
-  const std::vector<WorkItem> items = make_items(segs, kMinChunk);
-  const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1) if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
-  for (int64_t i = 0; i < n_items; ++i) {
-    const WorkItem& it = items[i];
-    const HistSegment& seg = segs[it.seg];
-    const double* table = p.grad_counts + it.seg * p.bins;
-    const int64_t row_offset = it.seg * p.row_length;
-    switch (seg.dtype) {
-      case DType::kFloat16:
-        soft_backward_item<Half16>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
-        break;
-      case DType::kBFloat16:
-        soft_backward_item<BFloat16>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
-        break;
-      case DType::kFloat32:
-        soft_backward_item<float>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
-        break;
-      case DType::kFloat64:
-        soft_backward_item<double>(seg, it, p.explicit_range, p.bins, table, static_cast<double*>(p.grad_x) + row_offset);
-        break;
-      default: break;
-    }
-  }
+  dispatch_float(p.dtype, "soft_histogram_backward_cpu", [&](auto tag) { soft_backward_rows<decltype(tag)>(p); });
 }
 
 void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
