@@ -531,6 +531,13 @@ struct CudaBackend : CudaDevice {
 
 #endif
 
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("coherence_forward", &forward_impl<Backend>);
+  m.impl("coherence_backward", &backward_impl<Backend>);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
@@ -544,15 +551,9 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
   // No tensor argument: one kernel for every device, callable under fake tensors.
   m.def("coherence_forward_keeps_product(int n, int d, int? d_y) -> bool", &forward_keeps_product);
 }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("coherence_forward", &forward_impl<CpuBackend>);
-  m.impl("coherence_backward", &backward_impl<CpuBackend>);
-}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("coherence_forward", &forward_impl<CudaBackend>);
-  m.impl("coherence_backward", &backward_impl<CudaBackend>);
-}
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

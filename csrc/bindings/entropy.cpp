@@ -337,6 +337,16 @@ at::Tensor entropy_from_counts_impl(const at::Tensor& counts_in, std::optional<d
   return out;
 }
 
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("histogram_counts", &histogram_counts_impl<Backend>);
+  m.impl("histogram_counts_many", &histogram_counts_many_impl<Backend>);
+  m.impl("soft_histogram", &soft_histogram_impl<Backend>);
+  m.impl("soft_histogram_backward", &soft_histogram_backward_impl<Backend>);
+  m.impl("entropy_from_counts", &entropy_from_counts_impl<Backend>);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
@@ -351,21 +361,9 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
       "-> Tensor");
   m.def("entropy_from_counts(Tensor counts, float? log_base) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("histogram_counts", &histogram_counts_impl<CpuBackend>);
-  m.impl("histogram_counts_many", &histogram_counts_many_impl<CpuBackend>);
-  m.impl("soft_histogram", &soft_histogram_impl<CpuBackend>);
-  m.impl("soft_histogram_backward", &soft_histogram_backward_impl<CpuBackend>);
-  m.impl("entropy_from_counts", &entropy_from_counts_impl<CpuBackend>);
-}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("histogram_counts", &histogram_counts_impl<CudaBackend>);
-  m.impl("histogram_counts_many", &histogram_counts_many_impl<CudaBackend>);
-  m.impl("soft_histogram", &soft_histogram_impl<CudaBackend>);
-  m.impl("soft_histogram_backward", &soft_histogram_backward_impl<CudaBackend>);
-  m.impl("entropy_from_counts", &entropy_from_counts_impl<CudaBackend>);
-}
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

@@ -47,12 +47,18 @@ std::tuple<at::Tensor, at::Tensor> finite_minmax_impl(const at::Tensor& x_in) {
   return {lo, hi};
 }
 
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("finite_minmax", &finite_minmax_impl<Backend>);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) { m.def("finite_minmax(Tensor x) -> (Tensor, Tensor)"); }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) { m.impl("finite_minmax", &finite_minmax_impl<CpuBackend>); }
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) { m.impl("finite_minmax", &finite_minmax_impl<CudaBackend>); }
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

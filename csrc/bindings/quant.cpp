@@ -171,6 +171,15 @@ at::Tensor backward_impl(const at::Tensor& grad_in, const at::Tensor& x_in, cons
   return grad_x;
 }
 
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("quantize_int8_rows", &quant_impl<false, Backend>);
+  m.impl("fake_quant_int8_rows", &quant_impl<true, Backend>);
+  m.impl("dequantize_int8_rows", &dequant_impl<Backend>);
+  m.impl("fake_quant_int8_rows_backward", &backward_impl<Backend>);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
@@ -179,19 +188,9 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def("dequantize_int8_rows(Tensor q, Tensor scale, Tensor? zero_point, ScalarType dtype) -> Tensor");
   m.def("fake_quant_int8_rows_backward(Tensor grad, Tensor x, Tensor scale, Tensor? zero_point, bool symmetric) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("quantize_int8_rows", &quant_impl<false, CpuBackend>);
-  m.impl("fake_quant_int8_rows", &quant_impl<true, CpuBackend>);
-  m.impl("dequantize_int8_rows", &dequant_impl<CpuBackend>);
-  m.impl("fake_quant_int8_rows_backward", &backward_impl<CpuBackend>);
-}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("quantize_int8_rows", &quant_impl<false, CudaBackend>);
-  m.impl("fake_quant_int8_rows", &quant_impl<true, CudaBackend>);
-  m.impl("dequantize_int8_rows", &dequant_impl<CudaBackend>);
-  m.impl("fake_quant_int8_rows_backward", &backward_impl<CudaBackend>);
-}
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp
