@@ -5,12 +5,18 @@
 //                          Tensor rstd_x, Tensor mean_y, Tensor rstd_y, float diag_weight,
 //                          float offdiag_weight, bool squared, Tensor? product=None)
 //     -> (Tensor dx, Tensor dy)
+// eitp::coherence_forward_keeps_product(int n, int d, int? d_y) -> bool
+//     whether coherence_forward with keep_product returns the (D, D') product
+//     for x (n, d) and y (n, d_y) (None: self-correlation), else an empty one
 //
 // x: (N, D), y: (N, D') or None (self-correlation), float dtypes with the same
 // accumulation dtype (fp64, or fp32 for fp16/bf16/fp32). loss: () in the
 // accumulation dtype; mean/rstd: (D,) column statistics (mean_y/rstd_y are
-// empty (0,) tensors for self-correlation). product: P = Zx^T Zy (D, D') in
-// the accumulation dtype when keep_product (self: symmetric), else empty (0,).
+// empty (0,) tensors for self-correlation). keep_product: a backward will
+// follow (the caller takes a gradient), so a P the forward makes is kept for
+// it. product: P = Zx^T Zy (D, D') in the accumulation dtype
+// (self: symmetric) when keep_product and the forward takes the block path,
+// else empty (0,) (the Gram path makes no P; coherence_backward recomputes).
 // dx/dy: gradients in x's / y's dtype (dy empty for self-correlation).
 //
 // Forward: P is reduced in blocks of at most kTileRows x kTileCols, each to
@@ -19,10 +25,11 @@
 // cuBLAS) reduced as it is made. Cross-correlation on the CPU makes the whole
 // P by one threaded product first when it is kept or no larger than the
 // inputs (whole_product_fits); otherwise block by block as above, so without
-// keep_product a P larger than the inputs is never allocated. Short, wide batches (N < D/2) use N x N Gram matrices
-// instead (far fewer flops). keep_product (asked for when a gradient will be
-// taken) writes the blocks into one D x D' matrix and always takes the block
-// path.
+// keep_product a P larger than the inputs is never allocated. Short, wide
+// batches (N < D/2) use N x N Gram matrices instead (far fewer flops;
+// gram_path_is_cheaper, the one place that decides the path). With
+// keep_product the block path writes its blocks into one D x D' matrix that
+// the backward reuses.
 // Backward: W = Zp (Zp^T Z): with a kept P one product; else by the cheaper
 // association (one D x D' or up to two N x N buffers). Then one fused
 // epilogue pass per side. On the CPU, cross-correlation with a kept P goes
@@ -165,12 +172,21 @@ at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
 
 // Whether the forward reduces N x N Gram matrices instead of blocks of the
 // D x D' product: when that costs less than half the multiply-adds (self:
-// N^2 D vs N D^2 / 2 .. N D^2, i.e. 2N < D). ops/coherence.py
-// (_keeps_product) asks for the kept product only when this is false.
+// N^2 D vs N D^2 / 2 .. N D^2, i.e. 2N < D). The Gram path keeps no product
+// even when keep_product: making P there would cost the flops it saves.
 bool gram_path_is_cheaper(int64_t n, int64_t d, int64_t dp, bool self) {
   const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
   const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
   return 2.0 * gram_cost < tile_cost;
+}
+
+// The same rule as an op (coherence_forward_keeps_product), for the forward's
+// fake kernel (ops/coherence.py), which gives the outputs' shapes without
+// running the forward: whether coherence_forward(x (n, d), y (n, d_y) or
+// None for self-correlation, keep_product=True) returns the (D, D') product
+// rather than an empty one.
+bool forward_keeps_product(int64_t n, int64_t d, std::optional<int64_t> d_y) {
+  return !gram_path_is_cheaper(n, d, d_y.value_or(d), !d_y.has_value());
 }
 
 // (2,) double: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2 from N x N
@@ -216,8 +232,8 @@ std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
 // order. One threaded product does less work than single-threaded blocks
 // shared out to the threads (2048 x 1024 fwd, 2 threads: 16.0 ms against
 // 17.4, `benchmarks/native/barlow_twins_ab.py --threads 2`), though it loses
-// about 15% while other processes compete for the cores (one descheduled
-// thread stalls it).
+// while other processes compete for the cores (one descheduled thread stalls
+// it).
 bool whole_product_fits(int64_t n, int64_t d, int64_t dp) {
   return 2.0 * double(d) * double(dp) <= double(n) * double(d + dp);
 }
@@ -261,7 +277,8 @@ at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b, bool squared, double eps,
-    bool keep_product, Backend& be) {
+    bool keep_product) {
+  Backend be(x_in);
   Sides s = check_inputs(x_in, y_in, "coherence_forward");
   const bool self = !s.y.defined();
   const int64_t n = s.x.size(0), d = s.x.size(1);
@@ -277,13 +294,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     zy = standardized(s.y, mean_y, rstd_y, be);
   }
   const int64_t dp = zy.size(1);
-  at::Tensor product = keep_product ? empty_output({d, dp}, zx.options()) : at::Tensor();
+  const bool gram = gram_path_is_cheaper(n, d, dp, self);
+  at::Tensor product = keep_product && !gram ? empty_output({d, dp}, zx.options()) : at::Tensor();
   // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
-  at::Tensor sums = !keep_product && gram_path_is_cheaper(n, d, dp, self) ? gram_sums(zx, zy, self, be)
-                                                                           : tile_sums(zx, zy, self, product, be);
+  at::Tensor sums = gram ? gram_sums(zx, zy, self, be) : tile_sums(zx, zy, self, product, be);
   at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
   at::Tensor loss = (squared ? l2 : l2.sqrt()).to(zx.scalar_type());
-  if (!keep_product) product = at::empty({0}, zx.options());
+  if (!product.defined()) product = at::empty({0}, zx.options());
   return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
 }
 
@@ -404,8 +421,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
                                                  const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
                                                  const at::Tensor& mean_x, const at::Tensor& rstd_x,
                                                  const at::Tensor& mean_y, const at::Tensor& rstd_y, double a,
-                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in,
-                                                 Backend& be) {
+                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in) {
+  Backend be(x_in);
   Sides s = check_inputs(x_in, y_in, "coherence_backward");
   const bool self = !s.y.defined();
   const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
@@ -454,7 +471,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
   return {wx.to(s.x.scalar_type()), wy.to(s.y.scalar_type())};
 }
 
-struct CpuBackend {
+struct CpuBackend : CpuDevice {
+  using CpuDevice::CpuDevice;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
@@ -489,25 +507,9 @@ struct CpuBackend {
   void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
-    bool keep_product) {
-  CpuBackend be;
-  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
-                                                const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
-                                                const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                const at::Tensor& rstd_y, double a, double b, bool squared,
-                                                const c10::optional<at::Tensor>& product) {
-  CpuBackend be;
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
-}
-
 #ifdef EITP_WITH_CUDA
-struct CudaBackend {
-  cudaStream_t stream;
+struct CudaBackend : CudaDevice {
+  using CudaDevice::CudaDevice;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
   void mirror(at::Tensor& m) {
@@ -527,24 +529,14 @@ struct CudaBackend {
   static constexpr bool kWholeCrossProduct = false;
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda(
-    const at::Tensor& x, const c10::optional<at::Tensor>& y, double a, double b, bool squared, double eps,
-    bool keep_product) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
-  return forward_impl(x, y, a, b, squared, eps, keep_product, be);
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& x,
-                                                 const c10::optional<at::Tensor>& y, const at::Tensor& mean_x,
-                                                 const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                                                 const at::Tensor& rstd_y, double a, double b, bool squared,
-                                                 const c10::optional<at::Tensor>& product) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  CudaBackend be{c10::cuda::getCurrentCUDAStream().stream()};
-  return backward_impl(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, product, be);
-}
 #endif
+
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("coherence_forward", &forward_impl<Backend>);
+  m.impl("coherence_backward", &backward_impl<Backend>);
+}
 
 }  // namespace
 
@@ -556,16 +548,12 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
       "coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x, Tensor rstd_x, "
       "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared, Tensor? product=None) "
       "-> (Tensor, Tensor)");
+  // No tensor argument: one kernel for every device, callable under fake tensors.
+  m.def("coherence_forward_keeps_product(int n, int d, int? d_y) -> bool", &forward_keeps_product);
 }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("coherence_forward", &forward_cpu);
-  m.impl("coherence_backward", &backward_cpu);
-}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("coherence_forward", &forward_cuda);
-  m.impl("coherence_backward", &backward_cuda);
-}
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

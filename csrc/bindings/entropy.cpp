@@ -28,7 +28,7 @@ namespace {
 bool is_code_dtype(const at::Tensor& t) { return t.scalar_type() == at::kChar || t.scalar_type() == at::kByte; }
 
 void check_bins(int64_t bins, const char* op) {
-  TORCH_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), op, ": bins must be in [1, 2^24], got ", bins);
+  TORCH_CHECK_VALUE(bins >= 1 && bins <= kMaxBins, op, ": bins must be in [1, ", kMaxBins, "], got ", bins);
 }
 
 void check_range_tensor(const at::Tensor& x, const at::Tensor& r, const char* name, const char* op) {
@@ -81,13 +81,6 @@ HistogramParams counts_params(const CountsArgs& a, int64_t bins, bool explicit_r
   return p;
 }
 
-at::Tensor histogram_counts_cpu_impl(const at::Tensor& x, const std::optional<at::Tensor>& lo,
-                                     const std::optional<at::Tensor>& hi, int64_t bins, bool explicit_range) {
-  CountsArgs a = prepare_counts(x, lo, hi, bins, explicit_range);
-  if (a.x.numel() > 0) histogram_counts_cpu(counts_params(a, bins, explicit_range));
-  return a.counts;
-}
-
 // ---------------------------------------------------------------- histogram_counts_many
 
 void check_many(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
@@ -111,9 +104,8 @@ double range_in_acc(double v, const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? v : static_cast<double>(static_cast<float>(v));
 }
 
-at::Tensor histogram_counts_many_cpu_impl(const at::TensorList xs, int64_t bins,
-                                          std::optional<at::ArrayRef<double>> range) {
-  check_many(xs, bins, range);
+// Every tensor of xs as one segment of the threaded CPU counting pass.
+at::Tensor counts_many_cpu(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
   std::vector<at::Tensor> keep;
   keep.reserve(xs.size());
   std::vector<HistSegment> segs(xs.size());
@@ -162,14 +154,6 @@ SoftHistogramParams soft_params(const SoftArgs& a, int64_t bins, bool explicit_r
   return p;
 }
 
-at::Tensor soft_histogram_cpu_impl(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi, int64_t bins,
-                                   bool explicit_range) {
-  SoftArgs a = prepare_soft("soft_histogram", x, lo, hi, bins);
-  at::Tensor counts = at::zeros({x.size(0), bins}, x.options().dtype(at::kDouble));
-  if (a.x.numel() > 0) soft_histogram_cpu(soft_params(a, bins, explicit_range, counts));
-  return counts;
-}
-
 struct SoftBackwardArgs {
   SoftArgs a;
   at::Tensor grad_counts, grad_x;
@@ -205,13 +189,6 @@ SoftHistogramBackwardParams soft_backward_params(SoftBackwardArgs& b, int64_t bi
   return p;
 }
 
-at::Tensor soft_histogram_backward_cpu_impl(const at::Tensor& grad_counts, const at::Tensor& x, const at::Tensor& lo,
-                                            const at::Tensor& hi, int64_t bins, bool explicit_range) {
-  SoftBackwardArgs b = prepare_soft_backward(grad_counts, x, lo, hi, bins);
-  if (x.numel() > 0) soft_histogram_backward_cpu(soft_backward_params(b, bins, explicit_range));
-  return b.grad_x;
-}
-
 // ---------------------------------------------------------------- entropy_from_counts
 
 EntropyFromCountsParams entropy_params(const at::Tensor& counts, std::optional<double> log_base, at::Tensor& out) {
@@ -233,25 +210,20 @@ at::Tensor check_counts(const at::Tensor& counts) {
   return counts.contiguous();
 }
 
-at::Tensor entropy_from_counts_cpu_impl(const at::Tensor& counts_in, std::optional<double> log_base) {
-  const at::Tensor counts = check_counts(counts_in);
-  at::Tensor out = at::empty({counts.size(0)}, counts.options().dtype(at::kDouble));
-  if (counts.size(0) > 0) entropy_from_counts_cpu(entropy_params(counts, log_base, out));
-  return out;
-}
+// ---------------------------------------------------------------- backends
 
-// ---------------------------------------------------------------- CUDA
+struct CpuBackend : CpuDevice {
+  using CpuDevice::CpuDevice;
+  void counts(const HistogramParams& p) { histogram_counts_cpu(p); }
+  at::Tensor counts_many(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
+    return counts_many_cpu(xs, bins, range);
+  }
+  void soft(const SoftHistogramParams& p) { soft_histogram_cpu(p); }
+  void soft_backward(const SoftHistogramBackwardParams& p) { soft_histogram_backward_cpu(p); }
+  void entropy(const EntropyFromCountsParams& p) { entropy_from_counts_cpu(p); }
+};
 
 #ifdef EITP_WITH_CUDA
-at::Tensor histogram_counts_cuda_impl(const at::Tensor& x, const std::optional<at::Tensor>& lo,
-                                      const std::optional<at::Tensor>& hi, int64_t bins, bool explicit_range) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  CountsArgs a = prepare_counts(x, lo, hi, bins, explicit_range);
-  if (a.x.numel() > 0)
-    histogram_counts_cuda(counts_params(a, bins, explicit_range), c10::cuda::getCurrentCUDAStream().stream());
-  return a.counts;
-}
-
 // The segment table of the tensors (kernels/entropy_many.h) in pinned host
 // memory: data addresses, lengths, dtypes, ranges (+inf/-inf for the
 // automatic range) and the prefix sum of work items.
@@ -280,11 +252,8 @@ at::Tensor host_segment_table(const std::vector<at::Tensor>& xs, int64_t chunk,
 // there are only codes; counting pass) after one host-to-device copy of the
 // segment table, all on the current stream, no host sync. A non-contiguous
 // tensor is first copied to a contiguous one.
-at::Tensor histogram_counts_many_cuda_impl(const at::TensorList xs_in, int64_t bins,
-                                           std::optional<at::ArrayRef<double>> range) {
-  check_many(xs_in, bins, range);
-  const c10::cuda::CUDAGuard guard(xs_in[0].device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+at::Tensor counts_many_cuda(const at::TensorList xs_in, int64_t bins, const std::optional<at::ArrayRef<double>>& range,
+                            cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(xs_in.size());
   std::vector<at::Tensor> xs;  // keeps contiguous copies alive until the launches are queued
   xs.reserve(xs_in.size());
@@ -309,35 +278,74 @@ at::Tensor histogram_counts_many_cuda_impl(const at::TensorList xs_in, int64_t b
   return counts;
 }
 
-at::Tensor soft_histogram_cuda_impl(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi, int64_t bins,
-                                    bool explicit_range) {
-  const c10::cuda::CUDAGuard guard(x.device());
+struct CudaBackend : CudaDevice {
+  using CudaDevice::CudaDevice;
+  void counts(const HistogramParams& p) { histogram_counts_cuda(p, stream); }
+  at::Tensor counts_many(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
+    return counts_many_cuda(xs, bins, range, stream);
+  }
+  void soft(const SoftHistogramParams& p) { soft_histogram_cuda(p, stream); }
+  void soft_backward(const SoftHistogramBackwardParams& p) { soft_histogram_backward_cuda(p, stream); }
+  void entropy(const EntropyFromCountsParams& p) { entropy_from_counts_cuda(p, stream); }
+};
+#endif
+
+// ---------------------------------------------------------------- the ops
+
+template <typename Backend>
+at::Tensor histogram_counts_impl(const at::Tensor& x, const std::optional<at::Tensor>& lo,
+                                 const std::optional<at::Tensor>& hi, int64_t bins, bool explicit_range) {
+  Backend be(x);
+  CountsArgs a = prepare_counts(x, lo, hi, bins, explicit_range);
+  if (a.x.numel() > 0) be.counts(counts_params(a, bins, explicit_range));
+  return a.counts;
+}
+
+template <typename Backend>
+at::Tensor histogram_counts_many_impl(const at::TensorList xs, int64_t bins,
+                                      std::optional<at::ArrayRef<double>> range) {
+  check_many(xs, bins, range);
+  Backend be(xs);
+  return be.counts_many(xs, bins, range);
+}
+
+template <typename Backend>
+at::Tensor soft_histogram_impl(const at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi, int64_t bins,
+                               bool explicit_range) {
+  Backend be(x);
   SoftArgs a = prepare_soft("soft_histogram", x, lo, hi, bins);
   at::Tensor counts = at::zeros({x.size(0), bins}, x.options().dtype(at::kDouble));
-  if (a.x.numel() > 0)
-    soft_histogram_cuda(soft_params(a, bins, explicit_range, counts), c10::cuda::getCurrentCUDAStream().stream());
+  if (a.x.numel() > 0) be.soft(soft_params(a, bins, explicit_range, counts));
   return counts;
 }
 
-at::Tensor soft_histogram_backward_cuda_impl(const at::Tensor& grad_counts, const at::Tensor& x, const at::Tensor& lo,
-                                             const at::Tensor& hi, int64_t bins, bool explicit_range) {
-  const c10::cuda::CUDAGuard guard(x.device());
+template <typename Backend>
+at::Tensor soft_histogram_backward_impl(const at::Tensor& grad_counts, const at::Tensor& x, const at::Tensor& lo,
+                                        const at::Tensor& hi, int64_t bins, bool explicit_range) {
+  Backend be(x);
   SoftBackwardArgs b = prepare_soft_backward(grad_counts, x, lo, hi, bins);
-  if (x.numel() > 0)
-    soft_histogram_backward_cuda(soft_backward_params(b, bins, explicit_range),
-                                 c10::cuda::getCurrentCUDAStream().stream());
+  if (x.numel() > 0) be.soft_backward(soft_backward_params(b, bins, explicit_range));
   return b.grad_x;
 }
 
-at::Tensor entropy_from_counts_cuda_impl(const at::Tensor& counts_in, std::optional<double> log_base) {
-  const c10::cuda::CUDAGuard guard(counts_in.device());
+template <typename Backend>
+at::Tensor entropy_from_counts_impl(const at::Tensor& counts_in, std::optional<double> log_base) {
+  Backend be(counts_in);
   const at::Tensor counts = check_counts(counts_in);
   at::Tensor out = at::empty({counts.size(0)}, counts.options().dtype(at::kDouble));
-  if (counts.size(0) > 0)
-    entropy_from_counts_cuda(entropy_params(counts, log_base, out), c10::cuda::getCurrentCUDAStream().stream());
+  if (counts.size(0) > 0) be.entropy(entropy_params(counts, log_base, out));
   return out;
 }
-#endif
+
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("histogram_counts", &histogram_counts_impl<Backend>);
+  m.impl("histogram_counts_many", &histogram_counts_many_impl<Backend>);
+  m.impl("soft_histogram", &soft_histogram_impl<Backend>);
+  m.impl("soft_histogram_backward", &soft_histogram_backward_impl<Backend>);
+  m.impl("entropy_from_counts", &entropy_from_counts_impl<Backend>);
+}
 
 }  // namespace
 
@@ -353,21 +361,9 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
       "-> Tensor");
   m.def("entropy_from_counts(Tensor counts, float? log_base) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("histogram_counts", &histogram_counts_cpu_impl);
-  m.impl("histogram_counts_many", &histogram_counts_many_cpu_impl);
-  m.impl("soft_histogram", &soft_histogram_cpu_impl);
-  m.impl("soft_histogram_backward", &soft_histogram_backward_cpu_impl);
-  m.impl("entropy_from_counts", &entropy_from_counts_cpu_impl);
-}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("histogram_counts", &histogram_counts_cuda_impl);
-  m.impl("histogram_counts_many", &histogram_counts_many_cuda_impl);
-  m.impl("soft_histogram", &soft_histogram_cuda_impl);
-  m.impl("soft_histogram_backward", &soft_histogram_backward_cuda_impl);
-  m.impl("entropy_from_counts", &entropy_from_counts_cuda_impl);
-}
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

@@ -26,29 +26,39 @@ std::tuple<at::Tensor, at::Tensor> check_and_allocate(const at::Tensor& x) {
   return {at::full({x.size(0)}, inf, options), at::full({x.size(0)}, -inf, options)};
 }
 
-std::tuple<at::Tensor, at::Tensor> finite_minmax_cpu_impl(const at::Tensor& x_in) {
+struct CpuBackend : CpuDevice {
+  using CpuDevice::CpuDevice;
+  void finite_minmax(const FiniteMinMaxParams& p) { finite_minmax_cpu(p); }
+};
+
+#ifdef EITP_WITH_CUDA
+struct CudaBackend : CudaDevice {
+  using CudaDevice::CudaDevice;
+  void finite_minmax(const FiniteMinMaxParams& p) { finite_minmax_cuda(p, stream); }
+};
+#endif
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> finite_minmax_impl(const at::Tensor& x_in) {
+  Backend be(x_in);
   auto [lo, hi] = check_and_allocate(x_in);
   const at::Tensor x = x_in.contiguous();
-  if (x.numel() > 0) finite_minmax_cpu(make_params(x, lo, hi));
+  if (x.numel() > 0) be.finite_minmax(make_params(x, lo, hi));
   return {lo, hi};
 }
 
-#ifdef EITP_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor> finite_minmax_cuda_impl(const at::Tensor& x_in) {
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  auto [lo, hi] = check_and_allocate(x_in);
-  const at::Tensor x = x_in.contiguous();
-  if (x.numel() > 0) finite_minmax_cuda(make_params(x, lo, hi), c10::cuda::getCurrentCUDAStream().stream());
-  return {lo, hi};
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("finite_minmax", &finite_minmax_impl<Backend>);
 }
-#endif
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) { m.def("finite_minmax(Tensor x) -> (Tensor, Tensor)"); }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) { m.impl("finite_minmax", &finite_minmax_cpu_impl); }
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) { m.impl("finite_minmax", &finite_minmax_cuda_impl); }
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

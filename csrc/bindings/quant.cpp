@@ -77,39 +77,45 @@ QuantRowsParams make_params(QuantArgs& a, bool symmetric, int8_t* q, void* out, 
   return p;
 }
 
-template <bool kFake, bool kCuda>
+struct CpuBackend : CpuDevice {
+  using CpuDevice::CpuDevice;
+  static constexpr bool kScaleWorkspace = false;
+  void quantize(const QuantRowsParams& p) { quantize_int8_rows_cpu(p); }
+  void dequantize(const DequantRowsParams& p) { dequantize_int8_rows_cpu(p); }
+  void fake_quant_backward(const FakeQuantBackwardParams& p) { fake_quant_int8_rows_backward_cpu(p); }
+};
+
+#ifdef EITP_WITH_CUDA
+struct CudaBackend : CudaDevice {
+  using CudaDevice::CudaDevice;
+  // Computed scales need QuantRowsParams::workspace (kernels/quant.h).
+  static constexpr bool kScaleWorkspace = true;
+  void quantize(const QuantRowsParams& p) { quantize_int8_rows_cuda(p, stream); }
+  void dequantize(const DequantRowsParams& p) { dequantize_int8_rows_cuda(p, stream); }
+  void fake_quant_backward(const FakeQuantBackwardParams& p) { fake_quant_int8_rows_backward_cuda(p, stream); }
+};
+#endif
+
+template <bool kFake, typename Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_impl(const at::Tensor& x_in, const std::optional<at::Tensor>& scale,
                                                           const std::optional<at::Tensor>& zero_point, bool symmetric) {
   const char* op = kFake ? "fake_quant_int8_rows" : "quantize_int8_rows";
-#ifdef EITP_WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (kCuda) guard.emplace(x_in.device());
-#endif
+  Backend be(x_in);
   QuantArgs a = prepare_quant(x_in, scale, zero_point, symmetric, op);
   at::Tensor result = empty_output(a.x.sizes(), kFake ? a.x.options() : a.x.options().dtype(at::kChar));
-  if (kCuda && !a.static_scale) a.workspace = at::zeros({2 * a.x.size(0)}, a.x.options().dtype(accumulation_dtype(a.x)));
-  if (a.x.size(0) > 0) {
-    QuantRowsParams p = make_params(a, symmetric, kFake ? nullptr : result.data_ptr<int8_t>(),
-                                    kFake ? result.data_ptr() : nullptr, op);
-    if (!kCuda) {
-      quantize_int8_rows_cpu(p);
-    } else {
-#ifdef EITP_WITH_CUDA
-      quantize_int8_rows_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
-#endif
-    }
-  }
+  if (Backend::kScaleWorkspace && !a.static_scale)
+    a.workspace = at::zeros({2 * a.x.size(0)}, a.x.options().dtype(accumulation_dtype(a.x)));
+  if (a.x.size(0) > 0)
+    be.quantize(make_params(a, symmetric, kFake ? nullptr : result.data_ptr<int8_t>(),
+                            kFake ? result.data_ptr() : nullptr, op));
   return {result, a.scale, a.zero_point};
 }
 
-template <bool kCuda>
+template <typename Backend>
 at::Tensor dequant_impl(const at::Tensor& q_in, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                         at::ScalarType dtype) {
   const char* op = "dequantize_int8_rows";
-#ifdef EITP_WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (kCuda) guard.emplace(q_in.device());
-#endif
+  Backend be(q_in);
   TORCH_CHECK_VALUE(q_in.dim() == 2, op, ": q must be 2-D (rows, row_length), got ", q_in.dim(), "-D");
   TORCH_CHECK_TYPE(q_in.scalar_type() == at::kChar, op, ": q must be int8, got ", q_in.scalar_type());
   TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, op,
@@ -128,25 +134,16 @@ at::Tensor dequant_impl(const at::Tensor& q_in, const at::Tensor& scale, const s
     p.zero_point = zp.defined() ? zp.data_ptr<int32_t>() : nullptr;
     p.out_dtype = kernel_dtype(out, op);
     p.out = out.data_ptr();
-    if (!kCuda) {
-      dequantize_int8_rows_cpu(p);
-    } else {
-#ifdef EITP_WITH_CUDA
-      dequantize_int8_rows_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
-#endif
-    }
+    be.dequantize(p);
   }
   return out;
 }
 
-template <bool kCuda>
+template <typename Backend>
 at::Tensor backward_impl(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& scale,
                          const std::optional<at::Tensor>& zero_point, bool symmetric) {
   const char* op = "fake_quant_int8_rows_backward";
-#ifdef EITP_WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (kCuda) guard.emplace(x_in.device());
-#endif
+  Backend be(x_in);
   check_rows(x_in, op);
   TORCH_CHECK_VALUE(grad_in.sizes() == x_in.sizes(), op, ": grad must have x's shape ", x_in.sizes(), ", got ",
                     grad_in.sizes());
@@ -169,15 +166,18 @@ at::Tensor backward_impl(const at::Tensor& grad_in, const at::Tensor& x_in, cons
     p.scale = s.data_ptr<float>();
     p.zero_point = zp.defined() ? zp.data_ptr<int32_t>() : nullptr;
     p.grad_x = grad_x.data_ptr();
-    if (!kCuda) {
-      fake_quant_int8_rows_backward_cpu(p);
-    } else {
-#ifdef EITP_WITH_CUDA
-      fake_quant_int8_rows_backward_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
-#endif
-    }
+    be.fake_quant_backward(p);
   }
   return grad_x;
+}
+
+// The schema's kernels for one device: its Backend's instantiations.
+template <typename Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("quantize_int8_rows", &quant_impl<false, Backend>);
+  m.impl("fake_quant_int8_rows", &quant_impl<true, Backend>);
+  m.impl("dequantize_int8_rows", &dequant_impl<Backend>);
+  m.impl("fake_quant_int8_rows_backward", &backward_impl<Backend>);
 }
 
 }  // namespace
@@ -188,19 +188,9 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def("dequantize_int8_rows(Tensor q, Tensor scale, Tensor? zero_point, ScalarType dtype) -> Tensor");
   m.def("fake_quant_int8_rows_backward(Tensor grad, Tensor x, Tensor scale, Tensor? zero_point, bool symmetric) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(eitp, CPU, m) {
-  m.impl("quantize_int8_rows", &quant_impl<false, false>);
-  m.impl("fake_quant_int8_rows", &quant_impl<true, false>);
-  m.impl("dequantize_int8_rows", &dequant_impl<false>);
-  m.impl("fake_quant_int8_rows_backward", &backward_impl<false>);
-}
+TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA
-TORCH_LIBRARY_IMPL(eitp, CUDA, m) {
-  m.impl("quantize_int8_rows", &quant_impl<false, true>);
-  m.impl("fake_quant_int8_rows", &quant_impl<true, true>);
-  m.impl("dequantize_int8_rows", &dequant_impl<true>);
-  m.impl("fake_quant_int8_rows_backward", &backward_impl<true>);
-}
+TORCH_LIBRARY_IMPL(eitp, CUDA, m) { register_kernels<CudaBackend>(m); }
 #endif
 
 }  // namespace eitp

@@ -17,6 +17,28 @@
 
 namespace eitp {
 
+// The bindings' one device-dispatch style: each op's implementation is a
+// template over a Backend struct (CpuBackend / CudaBackend in its binding
+// file) that names the kernels of its device; the schema's CPU and CUDA
+// registrations are the two instantiations. A Backend derives from one of
+// these and is made first, from the tensor that decides the device: the CUDA
+// one holds the device guard and the stream the launches go to (the current
+// stream of that device), the CPU one nothing.
+struct CpuDevice {
+  explicit CpuDevice(const at::Tensor&) {}
+  explicit CpuDevice(at::TensorList) {}
+};
+
+#ifdef EITP_WITH_CUDA
+struct CudaDevice {
+  explicit CudaDevice(const at::Tensor& t) : guard(t.device()), stream(c10::cuda::getCurrentCUDAStream().stream()) {}
+  // The dispatcher picks CUDA only for a list with a CUDA tensor in it.
+  explicit CudaDevice(at::TensorList ts) : CudaDevice(ts[0]) {}
+  c10::cuda::CUDAGuard guard;  // before stream: members are made in this order
+  cudaStream_t stream;
+};
+#endif
+
 inline DType kernel_dtype(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {
     case at::kHalf: return DType::kFloat16;
@@ -41,8 +63,8 @@ inline at::ScalarType accumulation_dtype(const at::Tensor& t) {
 
 // A large CPU output that our kernel writes first: at::empty maps fresh pages
 // (glibc mmaps blocks this large on every call), so the kernel's first
-// touch page-faults once per 4 KiB; 64 MiB is 16384 faults, which measured
-// about as long as the fake-quant kernel itself. Advising transparent huge
+// touch page-faults once per 4 KiB (64 MiB: 16384 faults), a cost of the
+// order of a memory-bound kernel's own. Advising transparent huge
 // pages (MADV_HUGEPAGE, the same advice PyTorch's THP_MEM_ALLOC_ENABLE=1
 // gives) on the 2 MiB-aligned interior makes that one fault per 2 MiB.
 // madvise is advice: where THP is disabled it fails and nothing changes.

@@ -22,11 +22,11 @@ inline bool worth_threads(int64_t n, int64_t d) { return n * d >= 16384; }
 
 // Column sums over all rows (statistics, column means of z) walk the rows of
 // one wide column range per thread: rows of kColBlock floats at a 4*d-byte
-// stride touch a new page every row (at d = 1024), which made the statistics
-// of a 2048 x 1024 fp32 matrix cost a fifth of its 1024 x 1024 product on one
-// core. Ranges of up to kWideCols columns read long contiguous pieces; each
-// column's sum still has one owner and a fixed row order, so the result does
-// not depend on the thread count (which only sets the range widths).
+// stride touch a new page every row (at d = 1024), slow next to the matrix
+// product they precede. Ranges of up to kWideCols columns read long
+// contiguous pieces; each column's sum still has one owner and a fixed row
+// order, so the result does not depend on the thread count (which only sets
+// the range widths).
 constexpr int64_t kWideCols = 1024;
 
 struct ColumnRanges {
@@ -40,34 +40,45 @@ inline ColumnRanges column_ranges(int64_t n, int64_t d) {
   return {width, (d + width - 1) / width};
 }
 
-template <typename T>
-EITP_CPU_HOT void stats(const CoherenceStatsParams& p) {
-  using A = typename AccType<T>::type;
-  const T* x = static_cast<const T*>(p.x);
-  A* mean = static_cast<A*>(p.mean);
-  A* rstd = static_cast<A*>(p.rstd);
-  const int64_t n = p.n, d = p.d;
+// Runs body(j0, w, column_sums) once per column range [j0, j0 + w) of the
+// row-major (n, d) x (column_ranges: one range per thread). column_sums(term)
+// sums static_cast<double>(term(v, j)) over the n rows in row order, v =
+// x[i][j0 + j] in the accumulation type, for every j < w, and returns the w
+// sums (valid until its next call). EITP_CPU_HOT itself: the parallel
+// region is outlined from this function, so its loops are cloned with it.
+template <typename T, typename Body>
+EITP_CPU_HOT void for_column_ranges(const T* x, int64_t n, int64_t d, Body body) {
   const ColumnRanges ranges = column_ranges(n, d);
 #pragma omp parallel for schedule(static) if (ranges.count > 1)
   for (int64_t blk = 0; blk < ranges.count; ++blk) {
     const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
-    std::vector<double> acc(w, 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(load_acc(row[j]));
-    }
-    A* mu = mean + j0;
-    for (int64_t j = 0; j < w; ++j) mu[j] = static_cast<A>(acc[j] / static_cast<double>(n));
-    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      for (int64_t j = 0; j < w; ++j) {
-        const A c = load_acc(row[j]) - mu[j];
-        acc[j] += static_cast<double>(c * c);  // squared in A, summed in double, as the reference
+    std::vector<double> acc(w);
+    auto column_sums = [&](auto term) -> const double* {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = x + i * d + j0;
+        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(term(load_acc(row[j]), j));
       }
-    }
-    for (int64_t j = 0; j < w; ++j) rstd[j0 + j] = column_rstd<A>(acc[j] / static_cast<double>(n), p.eps);
+      return acc.data();
+    };
+    body(j0, w, column_sums);
   }
+}
+
+template <typename T>
+void stats(const CoherenceStatsParams& p) {
+  using A = typename AccType<T>::type;
+  A* mean = static_cast<A*>(p.mean);
+  A* rstd = static_cast<A*>(p.rstd);
+  const double n = static_cast<double>(p.n);
+  for_column_ranges(static_cast<const T*>(p.x), p.n, p.d, [&](int64_t j0, int64_t w, auto column_sums) {
+    A* mu = mean + j0;
+    const double* sums = column_sums([](A v, int64_t) { return v; });
+    for (int64_t j = 0; j < w; ++j) mu[j] = static_cast<A>(sums[j] / n);
+    // squared in A, summed in double, as the reference
+    const double* squares = column_sums([&](A v, int64_t j) { const A c = v - mu[j]; return c * c; });
+    for (int64_t j = 0; j < w; ++j) rstd[j0 + j] = column_rstd<A>(squares[j] / n, p.eps);
+  });
 }
 
 template <typename T>
@@ -112,9 +123,11 @@ void tile_reduce(const CoherenceTileParams& p, double* diag_out, double* off_out
   const A* t = static_cast<const A*>(p.tile);
   const A n = static_cast<A>(p.n);
   double diag = 0.0, off = 0.0;
-// A tile is at most 256 x 1024 values, a fraction of a millisecond of vector
-// work: threads only for unusually large tiles (a parallel region costs more
-// than that on a loaded machine, where both threads must be scheduled).
+// The binding's tiles (at most kCrossMaxTileRows x kTileCols = 512 x 1024,
+// csrc/bindings/coherence.cpp) are already shared out to the threads, and
+// each is little vector work: threads here only for far larger tiles (a
+// parallel region costs more than a small tile on a loaded machine, where
+// both threads must be scheduled).
 #pragma omp parallel for schedule(dynamic, 8) reduction(+ : diag, off) if (p.rows * p.cols >= (int64_t(1) << 22))
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t gi = p.row0 + r;
@@ -142,11 +155,7 @@ void tile_reduce(const CoherenceTileParams& p, double* diag_out, double* off_out
 
 template <typename A>
 EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
-  const A* z = static_cast<const A*>(p.z);
-  const A* zp = static_cast<const A*>(p.zp);
-  A* w = static_cast<A*>(p.w);
-  const A* rstd = static_cast<const A*>(p.rstd);
-  const BackwardFactors<A> f(p, *static_cast<const A*>(p.grad), *static_cast<const A*>(p.loss));
+  const auto [z, zp, w, rstd, f] = BackwardEpilogueArgs<A>(p);
   const int64_t n = p.n, d = p.d;
 #pragma omp parallel for schedule(static) if (worth_threads(n, d))
   for (int64_t blk = 0; blk < col_blocks(d); ++blk) {
@@ -198,33 +207,24 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
 }
 
 template <typename T>
-EITP_CPU_HOT void z_column_means(const CoherenceStandardizeParams& p, double* out) {
+void z_column_means(const CoherenceStandardizeParams& p, double* out) {
   using A = typename AccType<T>::type;
-  const T* x = static_cast<const T*>(p.x);
   const A* mean = static_cast<const A*>(p.mean);
   const A* rstd = static_cast<const A*>(p.rstd);
-  const int64_t n = p.n, d = p.d;
-  const ColumnRanges ranges = column_ranges(n, d);
-#pragma omp parallel for schedule(static) if (ranges.count > 1)
-  for (int64_t blk = 0; blk < ranges.count; ++blk) {
-    const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
-    std::vector<double> acc(w, 0.0);
+  const double n = static_cast<double>(p.n);
+  for_column_ranges(static_cast<const T*>(p.x), p.n, p.d, [&](int64_t j0, int64_t w, auto column_sums) {
     const A* mu = mean + j0;
     const A* rs = rstd + j0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = x + i * d + j0;
-      for (int64_t j = 0; j < w; ++j) {
-        const A z = (load_acc(row[j]) - mu[j]) * rs[j];  // as standardize writes it
-        acc[j] += static_cast<double>(z);
-      }
-    }
-    for (int64_t j = 0; j < w; ++j) out[j0 + j] = acc[j] / static_cast<double>(n);
-  }
+    // z as standardize writes it
+    const double* sums = column_sums([&](A v, int64_t j) { return (v - mu[j]) * rs[j]; });
+    for (int64_t j = 0; j < w; ++j) out[j0 + j] = sums[j] / n;
+  });
 }
 
 // Row sums of P^2 and of P_jk * m_k (x side: one row of P per output), with
 // kLanes independent accumulators each so the loop vectorizes without
-// reassociating one sum (one dependent chain per row cost about 1 ms at 1024^2).
+// reassociating one sum (one dependent chain per row would bound the loop by
+// the add latency).
 template <typename A>
 EITP_CPU_HOT void product_row_sums(const A* pm, int64_t d, int64_t dp, const double* m, double* sq, double* dot) {
   constexpr int kLanes = 8;

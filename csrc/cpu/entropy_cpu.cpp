@@ -8,7 +8,9 @@
 // (bins atomics per chunk of >= 64K elements). Float values: the bin indices
 // of a block of 64 are computed in a branch-free loop the compiler
 // vectorizes, next to the increments of the previous block (count_blocks).
-// The increments bound the speed: about one per cycle and core.
+// The increments bound the speed: one scattered store per value and cycle is
+// the floor (benchmarks/native/histogram_floor.cpp measures it; the command
+// is in its header).
 #include <omp.h>
 
 #include <algorithm>
@@ -96,11 +98,8 @@ inline void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset =
 // block are issued next to the index arithmetic of the following one (which
 // the core overlaps), and each index buffer is read back a block after it was
 // written (a vector store read back at once by scalar loads stalls on
-// store-to-load forwarding). 64-value blocks: 0.35 ns/value against 0.45
-// binning then counting each block (one thread, 256K fp32 values in cache,
-// 256 bins, best of 400 calls of histogram_counts_cpu, 2-core dev box); the
-// increments alone take 0.29, the floor benchmarks/native/histogram_floor.cpp
-// measures.
+// store-to-load forwarding), which beats binning then counting each block in
+// turn.
 constexpr int kCountBlock = 64;
 
 template <typename Fill>
@@ -124,8 +123,7 @@ inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
 // Slots of a block for a finite, nonzero bin width: the reference's
 // arithmetic (hist_bin) without its w == 0 and NaN guards, which cannot
 // trigger here; uncounted values go to slot bins + 1. Branch-free: the
-// compiler vectorizes it (about 12 vector instructions per 8 fp32 values
-// under x86-64-v3).
+// compiler vectorizes it.
 template <bool kExplicitRange, typename T, typename A>
 inline void block_bins(const T* x, int m, A lo, A hi, A w, int32_t bins, int32_t* idx) {
   const A top = static_cast<A>(bins);
@@ -179,9 +177,8 @@ EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::
   }
 }
 
-// Codes index the histogram directly: no index buffer to write and read back
-// (0.28 ns/code against 0.33 through count_blocks; one thread, 256K int8
-// codes in cache).
+// Codes index the histogram directly: no index buffer to write and read
+// back, as count_blocks needs for computed bins.
 template <typename T>
 EITP_CPU_HOT void count_code_range(const T* x, int64_t n, PrivateHist h) {
   add_indices(x, n, h, std::is_signed<T>::value ? 128 : 0);
@@ -268,8 +265,8 @@ void auto_ranges(std::vector<HistSegment>& segs, int64_t min_length) {
 }
 
 // Adds the private histogram to the row it alone writes and zeroes it for the
-// next item, in one vectorized pass (a row of 4096 values is counted in about
-// 1.4 us: a per-bin branch here cost a quarter of that).
+// next item, in one vectorized pass: for short rows this merge is a real
+// share of the work, so it takes no per-bin branch.
 EITP_CPU_HOT void merge_whole(PrivateHist h, int32_t bins, int64_t* out) {
   if (h.copies == 4) {
     uint32_t* c0 = h.slots;
@@ -390,6 +387,51 @@ void soft_backward_item(const HistSegment& seg, const WorkItem& it, bool explici
   }
 }
 
+// One soft histogram per row, rows cut into work items (make_items).
+template <typename T>
+void soft_rows(const SoftHistogramParams& p) {
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  const std::vector<WorkItem> items = make_items(segs, chunk_for(p.bins));
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
+  {
+    std::vector<double> hist(static_cast<size_t>(p.bins));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n_items; ++i) {
+      const WorkItem& it = items[i];
+      std::fill(hist.begin(), hist.end(), 0.0);
+      const HistSegment& seg = segs[it.seg];
+      soft_item<T>(seg, it, p.explicit_range, p.bins, hist.data());
+      double* out = p.counts + it.seg * p.bins;
+      for (int64_t b = 0; b < p.bins; ++b) {
+        if (hist[b] == 0.0) continue;
+        if (it.whole) {
+          out[b] += hist[b];
+        } else {
+#pragma omp atomic
+          out[b] += hist[b];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void soft_backward_rows(const SoftHistogramBackwardParams& p) {
+  using A = typename AccType<T>::type;
+  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
+  const std::vector<WorkItem> items = make_items(segs, kMinChunk);
+  const int64_t n_items = static_cast<int64_t>(items.size());
+#pragma omp parallel for schedule(dynamic, 1) if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
+  for (int64_t i = 0; i < n_items; ++i) {
+    const WorkItem& it = items[i];
+    const HistSegment& seg = segs[it.seg];
+    const double* table = p.grad_counts + it.seg * p.bins;
+    const int64_t row_offset = it.seg * p.row_length;
+    soft_backward_item<T>(seg, it, p.explicit_range, p.bins, table, static_cast<A*>(p.grad_x) + row_offset);
+  }
+}
+
 }  // namespace
 
 void histogram_counts_segments_cpu(std::vector<HistSegment>& segments, int64_t bins, bool explicit_range,
@@ -405,72 +447,18 @@ void histogram_counts_cpu(const HistogramParams& p) {
 }
 
 void soft_histogram_cpu(const SoftHistogramParams& p) {
-  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
-  const std::vector<WorkItem> items = make_items(segs, chunk_for(p.bins));
-  const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
-  {
-    std::vector<double> hist(static_cast<size_t>(p.bins));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_items; ++i) {
-      const WorkItem& it = items[i];
-      std::fill(hist.begin(), hist.end(), 0.0);
-      const HistSegment& seg = segs[it.seg];
-      switch (seg.dtype) {
-        case DType::kFloat16: soft_item<Half16>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        case DType::kBFloat16: soft_item<BFloat16>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        case DType::kFloat32: soft_item<float>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        case DType::kFloat64: soft_item<double>(seg, it, p.explicit_range, p.bins, hist.data()); break;
-        default: break;
-      }
-      double* out = p.counts + it.seg * p.bins;
-      for (int64_t b = 0; b < p.bins; ++b) {
-        if (hist[b] == 0.0) continue;
-        if (it.whole) {
-          out[b] += hist[b];
-        } else {
-#pragma omp atomic
-          out[b] += hist[b];
-        }
-      }
-    }
-  }
+  dispatch_float(p.dtype, "soft_histogram_cpu", [&](auto tag) { soft_rows<decltype(tag)>(p); });
 }
 
 void soft_histogram_backward_cpu(const SoftHistogramBackwardParams& p) {
-  const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
-  const std::vector<WorkItem> items = make_items(segs, kMinChunk);
-  const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1) if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
-  for (int64_t i = 0; i < n_items; ++i) {
-    const WorkItem& it = items[i];
-    const HistSegment& seg = segs[it.seg];
-    const double* table = p.grad_counts + it.seg * p.bins;
-    const int64_t row_offset = it.seg * p.row_length;
-    switch (seg.dtype) {
-      case DType::kFloat16:
-        soft_backward_item<Half16>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
-        break;
-      case DType::kBFloat16:
-        soft_backward_item<BFloat16>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
-        break;
-      case DType::kFloat32:
-        soft_backward_item<float>(seg, it, p.explicit_range, p.bins, table, static_cast<float*>(p.grad_x) + row_offset);
-        break;
-      case DType::kFloat64:
-        soft_backward_item<double>(seg, it, p.explicit_range, p.bins, table, static_cast<double*>(p.grad_x) + row_offset);
-        break;
-      default: break;
-    }
-  }
+  dispatch_float(p.dtype, "soft_histogram_backward_cpu", [&](auto tag) { soft_backward_rows<decltype(tag)>(p); });
 }
 
 void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
-  // q ln q through vector_log (csrc/kernels/vector_log.h): about 3x faster
-  // than std::log per bin ((50, 256) int64 counts, one thread: 21.6 us
-  // against 62, median of 200 calls of torch.ops.eitp.entropy_from_counts on
-  // the 2-core dev box). Rows it cannot take (a count >= 2^52, soft counts
-  // with a subnormal q or an infinite total) go through std::log. Small
+  // q ln q through vector_log (csrc/kernels/vector_log.h), which vectorizes
+  // where std::log is one library call per bin. Rows it cannot take (a count
+  // >= 2^52, soft counts with a subnormal q or an infinite total) go through
+  // std::log. Small
   // inputs stay on one thread (kParallelThreshold): a parallel region stalls
   // calls for milliseconds while other processes keep the cores busy.
 #pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)

@@ -106,11 +106,7 @@ template <typename A>
 __global__ void backward_epilogue_kernel(CoherenceBackwardParams p) {
   __shared__ A scratch[kRowThreads][kCols];
   __shared__ A coef[3][kCols];  // c_j, mean dz, mean dz*z
-  const A* z = static_cast<const A*>(p.z);
-  const A* zp = static_cast<const A*>(p.zp);
-  A* w = static_cast<A*>(p.w);
-  const A* rstd = static_cast<const A*>(p.rstd);
-  const BackwardFactors<A> f(p, *static_cast<const A*>(p.grad), *static_cast<const A*>(p.loss));
+  const auto [z, zp, w, rstd, f] = BackwardEpilogueArgs<A>(p);
   const int64_t n = p.n, d = p.d;
   const A nn = f.n;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;

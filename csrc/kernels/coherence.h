@@ -118,6 +118,22 @@ template <typename A> struct BackwardFactors {
   EITP_HD A diag_coefficient(A r_jj) const { return A(2) * a * (r_jj - A(1)) - A(2) * b * r_jj; }
 };
 
+// What both epilogues (CPU and CUDA) start from: the pointers of
+// CoherenceBackwardParams typed with the accumulation type A, and the factors.
+template <typename A> struct BackwardEpilogueArgs {
+  const A* z;
+  const A* zp;
+  A* w;
+  const A* rstd;
+  BackwardFactors<A> f;
+  EITP_HD explicit BackwardEpilogueArgs(const CoherenceBackwardParams& p)
+      : z(static_cast<const A*>(p.z)),
+        zp(static_cast<const A*>(p.zp)),
+        w(static_cast<A*>(p.w)),
+        rstd(static_cast<const A*>(p.rstd)),
+        f(p, *static_cast<const A*>(p.grad), *static_cast<const A*>(p.loss)) {}
+};
+
 // Cross-correlation backward with the kept P (CPU): dZx = Zy S^T / N and
 // dZy = Zx S / N are made by row blocks (the binding's products W = Zp P^T /
 // Zp P on a few standardized rows at a time), so every row's gradient needs

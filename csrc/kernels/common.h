@@ -52,9 +52,9 @@ inline uint64_t double_to_bits(double x) { return bit_cast<uint64_t>(x); }
 // IEEE binary16 -> binary32, exact (every half is a float); the arithmetic
 // of PyTorch's c10::detail::fp16_ieee_to_fp32_value. Branch-free, so the
 // compiler vectorizes it (GCC 12 makes a _Float16 conversion a libgcc call
-// per value: finite min/max of 16M fp16 values took 18.8 ms that way, one
-// thread, 2-core AMD EPYC dev box). A normal half (and inf/NaN): exponent and
-// mantissa moved into a float with the exponent raised by 224, times 2^-112.
+// per value, which does not vectorize). A normal half (and inf/NaN):
+// exponent and mantissa moved into a float with the exponent raised by 224,
+// times 2^-112.
 // A subnormal half m * 2^-24: the float 0.5 + m * 2^-24 (mantissa bits m)
 // minus 0.5. Every float operand and result is a normal number, so flushed
 // denormals (DAZ/FTZ) do not change the result.
@@ -141,7 +141,8 @@ template <> inline BFloat16 store_acc<BFloat16>(float v) { return float_to_bfloa
 #ifndef __CUDACC__
 // out[i] = to_float(x[i]) for i < n: one vcvtph2ps per 8 values on CPUs with
 // F16C, to_float elsewhere (csrc/cpu/common_cpu.cpp). For fp16 loops that
-// work on blocks: to_float takes about 12 vector instructions per 8 values.
+// work on blocks: one instruction per 8 values against to_float's sequence
+// of integer and float operations.
 void halves_to_floats(const Half16* x, int64_t n, float* out);
 
 // Lane-wise (lo, hi) reduction of a contiguous span on the CPU, folded into

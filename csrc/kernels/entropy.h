@@ -20,6 +20,13 @@
 
 namespace eitp {
 
+// The most bins a histogram may have. Inputs narrower than fp64 compute the
+// bin index floor((x - lo) / w) in float, which holds every integer only up
+// to 2^24: with more bins some could never be reached. The bindings reject
+// more; ops/entropy.py (MAX_BINS) holds the same number for the backends
+// without this extension, and tests/test_cpp_rules.py ties the two.
+constexpr int64_t kMaxBins = int64_t(1) << 24;
+
 // One histogram: a contiguous run of `length` elements of one dtype. A
 // batched call has one segment per row; histogram_counts_many one per tensor.
 struct HistSegment {

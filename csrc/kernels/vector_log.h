@@ -13,10 +13,11 @@
 
 namespace eitp {
 
-// ln x for a positive, normal, finite x, within 1.3 ulp (against logl, on
-// 3 x 10^7 random doubles, half of them in [1/2, 2)); any other x gives an unspecified value and
-// never traps, so callers check the domain first. Branch-free, so a loop
-// over it vectorizes:
+// ln x for a positive, normal, finite x, accurate to a few ulp
+// (tests/test_entropy.py test_entropy_from_counts_log_accuracy_over_the_range
+// holds the entropies it gives within 4 ulp of math.log's); any other x gives
+// an unspecified value and never traps, so callers check the domain first.
+// Branch-free, so a loop over it vectorizes:
 //   x = 2^e * m with m in [sqrt(1/2), sqrt(2)), split with integer
 //   operations on the bits (frexp is a libm call);
 //   ln m = ln(1 + f) = 2 atanh(s) with f = m - 1 (exact: Sterbenz) and

@@ -18,8 +18,8 @@ mean_n(dz * z)).
 
 Memory: the cpp / cuda backends reduce P = Zx^T Zy block by block (one block
 per thread, plus Z), or use the N x N Gram matrices for short, wide batches;
-the only D x D' buffer is the P kept for the backward when a gradient will be
-taken (_keeps_product). The triton forward keeps neither Z nor P; the
+the only D x D' buffer is the P kept for the backward (block path, gradient
+taken: _keeps_product). The triton forward keeps neither Z nor P; the
 reference and the ``process_group`` path materialize R. How each backend
 evaluates the products: csrc/bindings/coherence.cpp and
 ``eitp_kernels.triton.coherence``.
@@ -117,19 +117,12 @@ def _as_matrices(x, y):
 
 
 def _keeps_product(x2, y2):
-    """Whether the compiled forward should keep P = Zx^T Zy (D x D') for the
-    backward: when a gradient will be taken and the forward makes P's blocks
-    anyway (not its N x N Gram path: the rule of gram_path_is_cheaper in
-    csrc/bindings/coherence.cpp). The backward then skips recomputing P:
-    about a quarter of the fwd+bwd multiply-adds at 2048 x 1024 (see the module
-    docstring); memory: one D x D' matrix alive until the backward."""
-    if not torch.is_grad_enabled() or not (x2.requires_grad or (y2 is not None and y2.requires_grad)):
-        return False
-    n, d = x2.shape
-    if y2 is None:
-        return 2 * n * n * d >= n * d * d
-    dp = y2.shape[1]
-    return 2 * n * n * (d + dp) >= 2 * n * d * dp
+    """Whether a backward will follow (a gradient will be taken), the compiled
+    forward's ``keep_product``: it then keeps P = Zx^T Zy (D x D') for the
+    backward where it makes P anyway, and returns an empty product on its
+    N x N Gram path (csrc/bindings/coherence.cpp decides which). Memory: one
+    D x D' matrix alive until the backward."""
+    return torch.is_grad_enabled() and (x2.requires_grad or (y2 is not None and y2.requires_grad))
 
 
 def _reference_loss(x2, y2, a, b, squared, eps):
@@ -231,8 +224,9 @@ class _DistributedCoherence(torch.autograd.Function):
 
 def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=None):
     """(loss, mean_x, rstd_x, mean_y, rstd_y), plus the kept product when
-    ``keep_product`` is given (the compiled op's flag: (D, D') when True, (0,)
-    when False; the Triton op has neither the flag nor the product)."""
+    ``keep_product`` is given (the compiled op's flag: (D, D') when True and
+    the forward takes its block path, else (0,); the Triton op has neither
+    the flag nor the product)."""
     acc = reference.compute_dtype(x.dtype)
     d = x.shape[1]
     dp = 0 if y is None else y.shape[1]
@@ -240,7 +234,10 @@ def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=
                x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc))
     if keep_product is None:
         return outputs
-    return outputs + (x.new_empty((d, dp or d) if keep_product else (0,), dtype=acc),)
+    # The product is (D, D') on the block path, empty on the Gram path; C++
+    # decides which (coherence_forward_keeps_product).
+    kept = keep_product and torch.ops.eitp.coherence_forward_keeps_product(x.shape[0], d, None if y is None else dp)
+    return outputs + (x.new_empty((d, dp or d) if kept else (0,), dtype=acc),)
 
 
 def _compiled_forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=False):

@@ -32,6 +32,9 @@ from eitp_kernels.triton import entropy as triton_entropy
 
 OP = "histogram_entropy"
 MANY_OP = "histogram_entropy_many"
+# The most bins: the number and its reason are csrc/kernels/entropy.h's
+# kMaxBins, which the compiled ops check; stated here for every backend
+# (tests/test_cpp_rules.py ties the two).
 MAX_BINS = 1 << 24
 
 
