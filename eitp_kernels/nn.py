@@ -226,8 +226,17 @@ class _FakeQuantMixin:
         """The weight fake-quantized per output channel (symmetric int8, dim 0)."""
         return _fake_quant_weight(self.weight)
 
-    def _qat_repr(self) -> str:
-        return f", weight=int8 per channel, activations={_ACTIVATION_NAMES[self._activation]}"
+    @classmethod
+    def _sharing_parameters(cls, source: nn.Module, constructor_args: dict, **kwargs):
+        """A module built (on the meta device, nothing allocated) from
+        ``constructor_args`` that shares ``source``'s weight and bias parameters."""
+        module = cls(**constructor_args, device="meta", **kwargs)
+        module.weight = source.weight
+        module.bias = source.bias
+        return module
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight=int8 per channel, activations={_ACTIVATION_NAMES[self._activation]}"
 
 
 class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
@@ -249,17 +258,12 @@ class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "FakeQuantLinear":
         """A FakeQuantLinear sharing ``linear``'s weight and bias parameters."""
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                     device="meta", **kwargs)
-        module.weight = linear.weight
-        module.bias = linear.bias
-        return module
+        return cls._sharing_parameters(linear, {"in_features": linear.in_features,
+                                                "out_features": linear.out_features,
+                                                "bias": linear.bias is not None}, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._qat_repr()
 
 
 def _conv_arguments(conv: nn.Module) -> dict:
@@ -276,16 +280,10 @@ class _FakeQuantConvMixin(_FakeQuantMixin):
     @classmethod
     def from_conv(cls, conv, **kwargs):
         """A fake-quant convolution sharing ``conv``'s weight and bias parameters."""
-        module = cls(**_conv_arguments(conv), device="meta", **kwargs)
-        module.weight = conv.weight
-        module.bias = conv.bias
-        return module
+        return cls._sharing_parameters(conv, _conv_arguments(conv), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._qat_repr()
 
 
 class FakeQuantConv1d(_FakeQuantConvMixin, nn.Conv1d):

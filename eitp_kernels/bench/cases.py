@@ -270,3 +270,16 @@ def size_label(*dims: int) -> str:
 def element_bytes(shape: Sequence[int], dtype: torch.dtype) -> int:
     """Bytes of a tensor of ``shape`` and ``dtype``."""
     return math.prod(shape) * dtype.itemsize
+
+
+def one_tensor_case(op: str, label: str, shape: Sequence[int], dtype: torch.dtype, fn: Callable,
+                    reference_fn: Callable, values_written: int, **fields) -> Case:
+    """A Case of ``fn(x)`` on one standard-normal tensor of ``shape``, checked
+    against ``reference_fn``; bytes moved: x read once and ``values_written``
+    values of the compute dtype written. ``fields``: any other Case field."""
+    from eitp_kernels import _backends, reference
+
+    out_bytes = element_bytes((values_written,), reference.compute_dtype(dtype))
+    return Case(op=op, shape=label, dtype=dtype, make_inputs=randn_inputs(shape, dtype), fn=fn,
+                reference=reference_fn, implemented=_backends.IMPLEMENTED,
+                bytes=element_bytes(shape, dtype) + out_bytes, **fields)

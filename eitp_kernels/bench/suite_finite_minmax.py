@@ -9,8 +9,8 @@ import functools
 import torch
 
 import eitp_kernels
-from eitp_kernels import _backends, reference
-from eitp_kernels.bench.cases import Case, element_bytes, randn_inputs, register_suite, size_label
+from eitp_kernels import reference
+from eitp_kernels.bench.cases import Case, one_tensor_case, register_suite, size_label
 
 OP = "finite_minmax"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -26,17 +26,8 @@ def build(device: torch.device, quick: bool) -> list[Case]:
 
 
 def _case(label: str, shape: tuple[int, ...], dtype: torch.dtype, outputs: int, **kwargs) -> Case:
-    out_dtype = reference.compute_dtype(dtype)
-    return Case(
-        op=OP,
-        shape=label,
-        dtype=dtype,
-        make_inputs=randn_inputs(shape, dtype),
-        fn=functools.partial(eitp_kernels.finite_minmax, **kwargs),
-        reference=functools.partial(reference.finite_minmax, **kwargs),
-        implemented=_backends.IMPLEMENTED,
-        bytes=element_bytes(shape, dtype) + 2 * element_bytes((outputs,), out_dtype),
-    )
+    return one_tensor_case(OP, label, shape, dtype, functools.partial(eitp_kernels.finite_minmax, **kwargs),
+                           functools.partial(reference.finite_minmax, **kwargs), values_written=2 * outputs)
 
 
 register_suite(OP, build)

@@ -21,7 +21,7 @@ import torch
 import eitp_kernels
 from eitp_kernels import _backends, reference
 from eitp_kernels.bench import peers
-from eitp_kernels.bench.cases import Alternative, Case, Target, element_bytes, randn_inputs, register_suite, size_label
+from eitp_kernels.bench.cases import Alternative, Case, Target, one_tensor_case, register_suite, size_label
 
 OP = "histogram_entropy"
 MANY_OP = "histogram_entropy_many"
@@ -44,19 +44,9 @@ def build(device: torch.device, quick: bool) -> list[Case]:
 
 
 def _case(label, shape, dtype, outputs, alternatives=(), targets=(), **kwargs) -> Case:
-    return Case(
-        op=OP,
-        shape=label,
-        dtype=dtype,
-        make_inputs=randn_inputs(shape, dtype),
-        fn=functools.partial(eitp_kernels.histogram_entropy, **kwargs),
-        reference=functools.partial(reference.histogram_entropy, **kwargs),
-        implemented=_backends.IMPLEMENTED,
-        bytes=element_bytes(shape, dtype) + element_bytes((outputs,), reference.compute_dtype(dtype)),
-        rtol=1e-6,
-        alternatives=alternatives,
-        targets=targets,
-    )
+    return one_tensor_case(OP, label, shape, dtype, functools.partial(eitp_kernels.histogram_entropy, **kwargs),
+                           functools.partial(reference.histogram_entropy, **kwargs), values_written=outputs,
+                           rtol=1e-6, alternatives=alternatives, targets=targets)
 
 
 def _codes_case(n: int) -> Case:
