@@ -284,7 +284,7 @@ at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::
   const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
   const bool keep = product.defined();
   const bool whole = center || (Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp)));
-  at::Tensor full = keep || !whole ? product : at::empty({d, dp}, zx.options());
+  at::Tensor full = keep || !whole ? product : empty_output({d, dp}, zx.options());
   if (whole) at::mm_out(full, zx.t(), zy);
   if (center) (*center)(full);
   const bool has_p = full.defined();
@@ -483,7 +483,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, co
   const at::Tensor product = product_in.contiguous();
   const int64_t d = s.x.size(1), dp = s.y.size(1);
   const bool is_double = product.scalar_type() == at::kDouble;
-  at::Tensor nx = at::empty({d, dp}, product.options()), m_y = at::empty({d, dp}, product.options());
+  at::Tensor nx = empty_output({d, dp}, product.options()), m_y = empty_output({d, dp}, product.options());
   at::Tensor affine_x = at::empty({2, d}, product.options()), affine_y = at::empty({2, dp}, product.options());
   CoherenceRawOperandsParams op;
   op.product = product.data_ptr();
@@ -507,7 +507,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, co
   be.raw_operands(op);
   auto side = [&](const at::Tensor& other, const at::Tensor& operand, const at::Tensor& self_in,
                   const at::Tensor& affine) {
-    at::Tensor out = at::empty(self_in.sizes(), self_in.options());
+    at::Tensor out = empty_output(self_in.sizes(), self_in.options());
     CoherenceAffineRowsParams p;
     p.out = out.data_ptr();
     p.x = self_in.data_ptr();
