@@ -575,3 +575,61 @@ def test_cross_row_block_backward_matches_whole_matrix_backward_fp32_native():
     rows = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:5], 1.0, 0.0051, True, out[5])
     for got, exp in zip(rows, whole):
         assert _rel(got, exp) < 1e-6, _rel(got, exp)
+
+
+# --------------------------------------------------------------------------
+# CPU cross-correlation by products of the raw inputs (column means within two
+# standard deviations of zero: csrc/bindings/coherence.cpp, kRawMeanLimit)
+# --------------------------------------------------------------------------
+
+RAW_SHAPES = ROW_BLOCK_SHAPES + [(2, 1, 1), (64, 64, 5), (257, 33, 64)]
+
+
+def _offset_columns(n, d, ratio, generator, dtype):
+    """(n, d) columns with std about 3 and means up to ``ratio`` standard deviations."""
+    spread = torch.linspace(-ratio, ratio, d, dtype=torch.float64) * 3.0
+    return (torch.randn(n, d, generator=generator, dtype=torch.float64) * 3.0 + spread).to(dtype)
+
+
+@pytest.mark.parametrize("shape", RAW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+@pytest.mark.parametrize("squared", [False, True])
+def test_cross_raw_products_fp64_native(shape, ratio, squared):
+    # Loss and both gradients against autograd through the fp64 reference.
+    n, d, dp = shape
+    g = torch.Generator().manual_seed(7 * n + d + dp)
+    x = _offset_columns(n, d, ratio, g, torch.float64)
+    y = _offset_columns(n, dp, ratio, g, torch.float64) + 0.3 * x[:, torch.arange(dp) % d]
+    kwargs = dict(diag_weight=0.7, offdiag_weight=0.0051, squared=squared)
+    loss, dx, dy = _barlow_grads(x, y, **kwargs)
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    ref = reference.coherence_loss(xr, yr, **kwargs)
+    ex, ey = torch.autograd.grad(ref * 1.5, (xr, yr))
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(dx, ex, rtol=1e-8, atol=1e-11 * ex.abs().max().item())
+    torch.testing.assert_close(dy, ey, rtol=1e-8, atol=1e-11 * ey.abs().max().item())
+    # Without a gradient the forward makes the same product (no kept copy).
+    with torch.no_grad():
+        torch.testing.assert_close(_ours("cpp", x, y, **kwargs), ref.detach(), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("ratio", [0.5, 1.9, 2.5])
+def test_cross_raw_products_narrow_native(dtype, ratio):
+    # Both sides of the limit in fp32 (and narrower inputs, up-cast first).
+    g = torch.Generator().manual_seed(11)
+    x = _offset_columns(600, 48, ratio, g, torch.float32)
+    y = (_offset_columns(600, 40, ratio, g, torch.float32) + 0.5 * x[:, :40]).to(dtype)
+    _grads_vs_reference("cpp", x.to(dtype), y, diag_weight=1.0, offdiag_weight=0.0051, squared=True)
+
+
+def test_cross_raw_products_nan_native():
+    # A NaN column fails the limit check: the standardized path keeps the NaN rules.
+    x = torch.randn(300, 20)
+    y = torch.randn(300, 30)
+    x[5, 3] = float("nan")
+    xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+    loss = _ours("cpp", xs, ys, offdiag_weight=0.0051)
+    assert torch.isnan(loss)
+    loss.backward()
+    assert torch.isnan(xs.grad).any() and torch.isnan(ys.grad).any()

@@ -238,18 +238,55 @@ bool whole_product_fits(int64_t n, int64_t d, int64_t dp) {
   return 2.0 * double(d) * double(dp) <= double(n) * double(d + dp);
 }
 
+// Cross-correlation on the CPU multiplies the raw inputs (in the accumulation
+// dtype) and corrects the product (kernels/coherence.h,
+// CoherenceCenterProductParams) when every column's mean is within
+// kRawMeanLimit standard deviations of zero: the error of X^T Y relative to P
+// then grows at most 1 + 2^2 = 5-fold, and the passes that write standardized
+// copies of x and y (forward) or of their row blocks (backward) go.
+constexpr double kRawMeanLimit = 2.0;
+
+bool raw_products_apply(const Sides& s, const at::Tensor& mean_x, const at::Tensor& rstd_x, const at::Tensor& mean_y,
+                        const at::Tensor& rstd_y) {
+  auto offset = [](const at::Tensor& mean, const at::Tensor& rstd) {
+    return (mean.to(at::kDouble).abs() * rstd.to(at::kDouble)).max().item<double>();
+  };
+  // A NaN statistic fails the comparison: the standardized path keeps its NaN rules.
+  return offset(mean_x, rstd_x) <= kRawMeanLimit && offset(mean_y, rstd_y) <= kRawMeanLimit;
+}
+
+template <typename Backend>
+void center_product(at::Tensor& product, int64_t n, const at::Tensor& mean_x, const at::Tensor& rstd_x,
+                    const at::Tensor& mean_y, const at::Tensor& rstd_y, Backend& be) {
+  CoherenceCenterProductParams p;
+  p.product = product.data_ptr();
+  p.is_double = product.scalar_type() == at::kDouble;
+  p.n = n;
+  p.d = product.size(0);
+  p.dp = product.size(1);
+  p.mean_x = mean_x.data_ptr();
+  p.rstd_x = rstd_x.data_ptr();
+  p.mean_y = mean_y.data_ptr();
+  p.rstd_y = rstd_y.data_ptr();
+  be.center_product(p);
+}
+
 // (2,) double sums of the loss from P = Zx^T Zy, made block by block (one
 // matrix product each) and every block reduced as it is made. product:
 // undefined (blocks go through a small scratch buffer per worker) or a
 // (D, D') matrix that receives P (for the backward; self: mirrored into a
 // full symmetric matrix).
-template <typename Backend>
-at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be) {
+// center: zx and zy are the raw inputs (raw_products_apply), the whole
+// product is made and then corrected by center().
+template <typename Backend, typename Center>
+at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be,
+                     const Center* center = nullptr) {
   const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
   const bool keep = product.defined();
-  const bool whole = Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp));
-  at::Tensor full = keep || !whole ? product : at::empty({d, dp}, zx.options());
+  const bool whole = center || (Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp)));
+  at::Tensor full = keep || !whole ? product : empty_output({d, dp}, zx.options());
   if (whole) at::mm_out(full, zx.t(), zy);
+  if (center) (*center)(full);
   const bool has_p = full.defined();
   const std::vector<Block> blocks = product_blocks(d, dp, self);
   auto make_block = [&](const Block& b, const at::Tensor& scratch) {
@@ -281,26 +318,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   Backend be(x_in);
   Sides s = check_inputs(x_in, y_in, "coherence_forward");
   const bool self = !s.y.defined();
-  const int64_t n = s.x.size(0), d = s.x.size(1);
+  const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
   auto [mean_x, rstd_x] = column_stats(s.x, eps, be);
-  at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
-  at::Tensor mean_y, rstd_y, zy;
+  at::Tensor mean_y, rstd_y;
   if (self) {
     mean_y = at::empty({0}, mean_x.options());
     rstd_y = at::empty({0}, mean_x.options());
-    zy = zx;
   } else {
     std::tie(mean_y, rstd_y) = column_stats(s.y, eps, be);
-    zy = standardized(s.y, mean_y, rstd_y, be);
   }
-  const int64_t dp = zy.size(1);
+  const auto acc_options = mean_x.options();
+  // keep_product: a backward will follow; P is kept where the block path makes it anyway.
   const bool gram = gram_path_is_cheaper(n, d, dp, self);
-  at::Tensor product = keep_product && !gram ? empty_output({d, dp}, zx.options()) : at::Tensor();
+  at::Tensor product = keep_product && !gram ? empty_output({d, dp}, acc_options) : at::Tensor();
   // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
-  at::Tensor sums = gram ? gram_sums(zx, zy, self, be) : tile_sums(zx, zy, self, product, be);
+  at::Tensor sums;
+  bool raw = false;
+  if constexpr (Backend::kRawCrossProducts) {
+    raw = !self && !gram && (product.defined() || whole_product_fits(n, d, dp)) &&
+          raw_products_apply(s, mean_x, rstd_x, mean_y, rstd_y);
+    if (raw) {
+      auto center = [&](at::Tensor& p) { center_product(p, n, mean_x, rstd_x, mean_y, rstd_y, be); };
+      sums = tile_sums(s.x.to(acc_options.dtype()), s.y.to(acc_options.dtype()), false, product, be, &center);
+    }
+  }
+  if (!raw) {
+    at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
+    at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be);
+    sums = gram ? gram_sums(zx, zy, self, be) : tile_sums<Backend, void (*)(at::Tensor&)>(zx, zy, self, product, be);
+  }
   at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
-  at::Tensor loss = (squared ? l2 : l2.sqrt()).to(zx.scalar_type());
-  if (!product.defined()) product = at::empty({0}, zx.options());
+  at::Tensor loss = (squared ? l2 : l2.sqrt()).to(acc_options.dtype());
+  if (!product.defined()) product = at::empty({0}, acc_options);
   return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
 }
 
@@ -328,6 +377,30 @@ void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at
   be.epilogue(p);
 }
 
+CoherenceCrossCoefParams cross_coef_params(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
+                                           const at::Tensor& rx, const at::Tensor& ry, double a, double b,
+                                           bool squared, const at::Tensor& product, const at::Tensor& zmean_x,
+                                           const at::Tensor& zmean_y, at::Tensor& coef_x, at::Tensor& coef_y) {
+  CoherenceCrossCoefParams cp;
+  cp.product = product.data_ptr();
+  cp.zmean_x = zmean_x.data_ptr<double>();
+  cp.zmean_y = zmean_y.data_ptr<double>();
+  cp.rstd_x = rx.data_ptr();
+  cp.rstd_y = ry.data_ptr();
+  cp.grad = grad.data_ptr();
+  cp.loss = loss.data_ptr();
+  cp.is_double = product.scalar_type() == at::kDouble;
+  cp.n = s.x.size(0);
+  cp.d = s.x.size(1);
+  cp.dp = s.y.size(1);
+  cp.a = a;
+  cp.b = b;
+  cp.squared = squared;
+  cp.coef_x = coef_x.data_ptr();
+  cp.coef_y = coef_y.data_ptr();
+  return cp;
+}
+
 // Cross-correlation backward through the kept P by blocks of rows
 // (backward_block_rows; kernels/coherence.h, CoherenceCrossCoefParams). Per
 // block, the rows of Zx and Zy are standardized into scratch, Wx = Zy_b P^T
@@ -351,24 +424,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   be.z_column_means(standardize_params(s.x, mx, rx, nullptr), zmean_x.data_ptr<double>());
   be.z_column_means(standardize_params(s.y, my, ry, nullptr), zmean_y.data_ptr<double>());
   at::Tensor coef_x = at::empty({4, d}, product.options()), coef_y = at::empty({4, dp}, product.options());
-  CoherenceCrossCoefParams cp;
-  cp.product = product.data_ptr();
-  cp.zmean_x = zmean_x.data_ptr<double>();
-  cp.zmean_y = zmean_y.data_ptr<double>();
-  cp.rstd_x = rx.data_ptr();
-  cp.rstd_y = ry.data_ptr();
-  cp.grad = grad.data_ptr();
-  cp.loss = loss.data_ptr();
-  cp.is_double = is_double;
-  cp.n = n;
-  cp.d = d;
-  cp.dp = dp;
-  cp.a = a;
-  cp.b = b;
-  cp.squared = squared;
-  cp.coef_x = coef_x.data_ptr();
-  cp.coef_y = coef_y.data_ptr();
-  be.cross_coefficients(cp);
+  be.cross_coefficients(cross_coef_params(grad, loss, s, rx, ry, a, b, squared, product, zmean_x, zmean_y, coef_x,
+                                          coef_y));
 
   at::Tensor dx = empty_output({n, d}, s.x.options()), dy = empty_output({n, dp}, s.y.options());
   const int64_t block_rows = backward_block_rows(n);
@@ -414,6 +471,57 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   return {dx, dy};
 }
 
+// Cross-correlation backward through the kept P by products of the raw
+// inputs (raw_products_apply; kernels/coherence.h, CoherenceRawOperandsParams):
+// dx = x shift_x + const_x + Y Nx^T and dy = y shift_y + const_y + X My: one
+// affine pass and one product per side; no standardized copy of x or y.
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
+                                                      const at::Tensor& mx, const at::Tensor& rx,
+                                                      const at::Tensor& my, const at::Tensor& ry, double a, double b,
+                                                      bool squared, const at::Tensor& product_in, Backend& be) {
+  const at::Tensor product = product_in.contiguous();
+  const int64_t d = s.x.size(1), dp = s.y.size(1);
+  const bool is_double = product.scalar_type() == at::kDouble;
+  at::Tensor nx = empty_output({d, dp}, product.options()), m_y = empty_output({d, dp}, product.options());
+  at::Tensor affine_x = at::empty({2, d}, product.options()), affine_y = at::empty({2, dp}, product.options());
+  CoherenceRawOperandsParams op;
+  op.product = product.data_ptr();
+  op.is_double = is_double;
+  op.n = s.x.size(0);
+  op.d = d;
+  op.dp = dp;
+  op.grad = grad.data_ptr();
+  op.loss = loss.data_ptr();
+  op.a = a;
+  op.b = b;
+  op.squared = squared;
+  op.mean_x = mx.data_ptr();
+  op.rstd_x = rx.data_ptr();
+  op.mean_y = my.data_ptr();
+  op.rstd_y = ry.data_ptr();
+  op.nx = nx.data_ptr();
+  op.my = m_y.data_ptr();
+  op.affine_x = affine_x.data_ptr();
+  op.affine_y = affine_y.data_ptr();
+  be.raw_operands(op);
+  auto side = [&](const at::Tensor& other, const at::Tensor& operand, const at::Tensor& self_in,
+                  const at::Tensor& affine) {
+    at::Tensor out = empty_output(self_in.sizes(), self_in.options());
+    CoherenceAffineRowsParams p;
+    p.out = out.data_ptr();
+    p.x = self_in.data_ptr();
+    p.affine = affine.data_ptr();
+    p.is_double = is_double;
+    p.rows = out.size(0);
+    p.d = out.size(1);
+    be.affine_rows(p);
+    return out.addmm_(other, operand);  // the product accumulated into the affine term (BLAS beta = 1)
+  };
+  const at::Tensor x = s.x.to(product.scalar_type()), y = s.y.to(product.scalar_type());
+  return {side(y, nx.t(), x, affine_x).to(s.x.scalar_type()), side(x, m_y, y, affine_y).to(s.y.scalar_type())};
+}
+
 // product: P = Zx^T Zy (D x D') kept by the forward, or an empty/undefined
 // tensor to recompute what is needed here.
 template <typename Backend>
@@ -438,8 +546,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
     TORCH_CHECK_VALUE(product_in->device() == s.x.device(), "coherence_backward: product must be on x's device");
     product = product_in->to(acc);
   }
-  at::Tensor zx = standardized(s.x, mx, rx, be);
   if (self) {
+    at::Tensor zx = standardized(s.x, mx, rx, be);
     // dZ = 2 Z S / N with S = k (2b R + diag(c)): W = Z (Z^T Z) = (Z Z^T) Z.
     at::Tensor w = product.defined() ? at::mm(zx, product)
                    : n < d           ? at::mm(symmetric_gram(zx.t(), be), zx)
@@ -450,9 +558,13 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
   TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp, "coherence_backward: mean_y/rstd_y must have D' entries");
   const at::Tensor my = mean_y.to(acc).contiguous(), ry = rstd_y.to(acc).contiguous();
   if constexpr (Backend::kRowBlockCrossBackward) {
-    if (product.defined()) return backward_cross_rows(grad, loss, s, mx, rx, my, ry, a, b, squared, product, be);
+    if (product.defined()) {
+      if (raw_products_apply(s, mx, rx, my, ry))
+        return backward_cross_raw(grad, loss, s, mx, rx, my, ry, a, b, squared, product, be);
+      return backward_cross_rows(grad, loss, s, mx, rx, my, ry, a, b, squared, product, be);
+    }
   }
-  at::Tensor zy = standardized(s.y, my, ry, be);
+  at::Tensor zx = standardized(s.x, mx, rx, be), zy = standardized(s.y, my, ry, be);
   at::Tensor wx, wy;
   // Wx = Zy (Zy^T Zx) and Wy = Zx (Zx^T Zy): via one D x D' product (6 N D D'
   // flops, 4 N D D' when kept) or two N x N Gram matrices (4 N^2 (D + D')).
@@ -505,6 +617,10 @@ struct CpuBackend : CpuDevice {
   void z_column_means(const CoherenceStandardizeParams& p, double* out) { coherence_z_column_means_cpu(p, out); }
   void cross_coefficients(const CoherenceCrossCoefParams& p) { coherence_cross_coefficients_cpu(p); }
   void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
+  static constexpr bool kRawCrossProducts = true;
+  void center_product(const CoherenceCenterProductParams& p) { coherence_center_product_cpu(p); }
+  void raw_operands(const CoherenceRawOperandsParams& p) { coherence_raw_operands_cpu(p); }
+  void affine_rows(const CoherenceAffineRowsParams& p) { coherence_affine_rows_cpu(p); }
 };
 
 #ifdef EITP_WITH_CUDA
@@ -527,6 +643,7 @@ struct CudaBackend : CudaDevice {
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
   static constexpr bool kRowBlockCrossBackward = false;  // one stream: whole-matrix products are faster
   static constexpr bool kWholeCrossProduct = false;
+  static constexpr bool kRawCrossProducts = false;
 };
 
 #endif

@@ -41,10 +41,10 @@ inline ColumnRanges column_ranges(int64_t n, int64_t d) {
 }
 
 // Runs body(j0, w, column_sums) once per column range [j0, j0 + w) of the
-// row-major (n, d) x (column_ranges: one range per thread). column_sums(term)
-// sums static_cast<double>(term(v, j)) over the n rows in row order, v =
-// x[i][j0 + j] in the accumulation type, for every j < w, and returns the w
-// sums (valid until its next call). EITP_CPU_HOT itself: the parallel
+// row-major (n, d) x (column_ranges: one range per thread).
+// column_sums(term, i0, i1) sums static_cast<double>(term(v, j)) over rows
+// [i0, i1) in row order, v = x[i][j0 + j] in the accumulation type, for every
+// j < w, and returns the w sums (valid until its next call). EITP_CPU_HOT itself: the parallel
 // region is outlined from this function, so its loops are cloned with it.
 template <typename T, typename Body>
 EITP_CPU_HOT void for_column_ranges(const T* x, int64_t n, int64_t d, Body body) {
@@ -53,31 +53,55 @@ EITP_CPU_HOT void for_column_ranges(const T* x, int64_t n, int64_t d, Body body)
   for (int64_t blk = 0; blk < ranges.count; ++blk) {
     const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
     std::vector<double> acc(w);
-    auto column_sums = [&](auto term) -> const double* {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t i = 0; i < n; ++i) {
-        const T* row = x + i * d + j0;
-        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(term(load_acc(row[j]), j));
+    auto column_sums = [&](auto term, int64_t i0, int64_t i1) -> const double* {
+      double* __restrict__ sums = acc.data();  // restrict: the row loop vectorizes
+      std::fill(sums, sums + w, 0.0);
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* __restrict__ row = x + i * d + j0;
+        for (int64_t j = 0; j < w; ++j) sums[j] += static_cast<double>(term(load_acc(row[j]), j));
       }
-      return acc.data();
+      return sums;
     };
     body(j0, w, column_sums);
   }
 }
 
+// Rows per chunk of the statistics: a chunk of kWideCols fp32 columns (256
+// KiB) stays in L2 for its second pass.
+constexpr int64_t kStatsChunkRows = 64;
+
+// One read of x from memory: rows in chunks of kStatsChunkRows, each chunk's
+// squares taken in double about its own mean while it is in cache, and the
+// chunks merged exactly (Chan et al.: M2 += m2 + delta^2 n_a n_b / (n_a + n_b)).
 template <typename T>
 void stats(const CoherenceStatsParams& p) {
   using A = typename AccType<T>::type;
   A* mean = static_cast<A*>(p.mean);
   A* rstd = static_cast<A*>(p.rstd);
-  const double n = static_cast<double>(p.n);
+  const int64_t n = p.n;
   for_column_ranges(static_cast<const T*>(p.x), p.n, p.d, [&](int64_t j0, int64_t w, auto column_sums) {
-    A* mu = mean + j0;
-    const double* sums = column_sums([](A v, int64_t) { return v; });
-    for (int64_t j = 0; j < w; ++j) mu[j] = static_cast<A>(sums[j] / n);
-    // squared in A, summed in double, as the reference
-    const double* squares = column_sums([&](A v, int64_t j) { const A c = v - mu[j]; return c * c; });
-    for (int64_t j = 0; j < w; ++j) rstd[j0 + j] = column_rstd<A>(squares[j] / n, p.eps);
+    std::vector<double> total(w, 0.0), chunk_mean(w), run_mean(w, 0.0), m2(w, 0.0);
+    for (int64_t i0 = 0; i0 < n; i0 += kStatsChunkRows) {
+      const int64_t rows = std::min(kStatsChunkRows, n - i0);
+      const double* sums = column_sums([](A v, int64_t) { return v; }, i0, i0 + rows);
+      for (int64_t j = 0; j < w; ++j) total[j] += sums[j], chunk_mean[j] = sums[j] / static_cast<double>(rows);
+      const double* squares = column_sums(
+          [&](A v, int64_t j) {
+            const double c = static_cast<double>(v) - chunk_mean[j];
+            return c * c;
+          },
+          i0, i0 + rows);
+      const double before = static_cast<double>(i0), after = static_cast<double>(i0 + rows);
+      for (int64_t j = 0; j < w; ++j) {
+        const double delta = chunk_mean[j] - run_mean[j];
+        m2[j] += squares[j] + delta * delta * before * static_cast<double>(rows) / after;
+        run_mean[j] += delta * static_cast<double>(rows) / after;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      mean[j0 + j] = static_cast<A>(total[j] / static_cast<double>(n));
+      rstd[j0 + j] = column_rstd<A>(m2[j] / static_cast<double>(n), p.eps);
+    }
   });
 }
 
@@ -216,7 +240,7 @@ void z_column_means(const CoherenceStandardizeParams& p, double* out) {
     const A* mu = mean + j0;
     const A* rs = rstd + j0;
     // z as standardize writes it
-    const double* sums = column_sums([&](A v, int64_t j) { return (v - mu[j]) * rs[j]; });
+    const double* sums = column_sums([&](A v, int64_t j) { return (v - mu[j]) * rs[j]; }, 0, p.n);
     for (int64_t j = 0; j < w; ++j) out[j0 + j] = sums[j] / n;
   });
 }
@@ -296,17 +320,24 @@ void side_coefficients(const CoherenceCrossCoefParams& p, const BackwardFactors<
   }
 }
 
+// Backward factors of a cross-correlation (BackwardFactors) from its scalars.
+template <typename A>
+BackwardFactors<double> cross_factors(int64_t n, double a, double b, bool squared, const void* grad,
+                                      const void* loss) {
+  CoherenceBackwardParams bp{};
+  bp.n = n;
+  bp.a = a;
+  bp.b = b;
+  bp.squared = squared;
+  bp.symmetric = false;
+  return BackwardFactors<double>(bp, static_cast<double>(*static_cast<const A*>(grad)),
+                                 static_cast<double>(*static_cast<const A*>(loss)));
+}
+
 template <typename A>
 void cross_coefficients(const CoherenceCrossCoefParams& p) {
   const A* pm = static_cast<const A*>(p.product);
-  CoherenceBackwardParams bp{};
-  bp.n = p.n;
-  bp.a = p.a;
-  bp.b = p.b;
-  bp.squared = p.squared;
-  bp.symmetric = false;
-  const BackwardFactors<double> f(bp, static_cast<double>(*static_cast<const A*>(p.grad)),
-                                  static_cast<double>(*static_cast<const A*>(p.loss)));
+  const BackwardFactors<double> f = cross_factors<A>(p.n, p.a, p.b, p.squared, p.grad, p.loss);
   std::vector<double> sq_x(p.d), dot_x(p.d), sq_y(p.dp), dot_y(p.dp);
   product_row_sums(pm, p.d, p.dp, p.zmean_y, sq_x.data(), dot_x.data());
   product_col_sums(pm, p.d, p.dp, p.zmean_x, sq_y.data(), dot_y.data());
@@ -347,6 +378,102 @@ void mirror_upper(A* m, int64_t d) {
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = j0, j1 = std::min(i, j0 + kMirrorBlock); j < j1; ++j) m[i * d + j] = m[j * d + i];
   }
+}
+
+template <typename A>
+EITP_CPU_HOT void center_product(const CoherenceCenterProductParams& p) {
+  A* pm = static_cast<A*>(p.product);
+  const A *mx = static_cast<const A*>(p.mean_x), *rx = static_cast<const A*>(p.rstd_x);
+  const A *my = static_cast<const A*>(p.mean_y), *ry = static_cast<const A*>(p.rstd_y);
+  const double n = static_cast<double>(p.n);
+#pragma omp parallel for schedule(static) if (p.d * p.dp >= 65536)
+  for (int64_t j = 0; j < p.d; ++j) {
+    A* row = pm + j * p.dp;
+    const double nmx = n * static_cast<double>(mx[j]), rxj = static_cast<double>(rx[j]);
+    for (int64_t k = 0; k < p.dp; ++k)
+      row[k] = static_cast<A>((static_cast<double>(row[k]) - nmx * static_cast<double>(my[k])) * rxj *
+                              static_cast<double>(ry[k]));
+  }
+}
+
+// nrow = ax * prow * ry and mrow = rx * prow * ay elementwise (restrict: the
+// rows do not overlap, so the loop vectorizes).
+template <typename A>
+EITP_CPU_HOT void scale_row(const A* __restrict__ prow, A ax, const A* __restrict__ ry, A* __restrict__ nrow,
+                            A* __restrict__ mrow, A rx, const A* __restrict__ ay, int64_t count) {
+  for (int64_t k = 0; k < count; ++k) {
+    nrow[k] = ax * prow[k] * ry[k];
+    mrow[k] = rx * prow[k] * ay[k];
+  }
+}
+
+template <typename A>
+void raw_operands(const CoherenceRawOperandsParams& p) {
+  const int64_t d = p.d, dp = p.dp, m = std::min(d, dp);
+  const A* pm = static_cast<const A*>(p.product);
+  const A *mx = static_cast<const A*>(p.mean_x), *rx = static_cast<const A*>(p.rstd_x);
+  const A *my = static_cast<const A*>(p.mean_y), *ry = static_cast<const A*>(p.rstd_y);
+  // P's row and column passes: sums of squares (the coefficients) and the
+  // products with rstd * mu of the partner (the constants).
+  std::vector<double> scaled_mean_x(d), scaled_mean_y(dp);
+  for (int64_t j = 0; j < d; ++j) scaled_mean_x[j] = static_cast<double>(rx[j]) * static_cast<double>(mx[j]);
+  for (int64_t k = 0; k < dp; ++k) scaled_mean_y[k] = static_cast<double>(ry[k]) * static_cast<double>(my[k]);
+  std::vector<double> sq_x(d), dot_x(d), sq_y(dp), dot_y(dp);
+  product_row_sums(pm, d, dp, scaled_mean_y.data(), sq_x.data(), dot_x.data());
+  product_col_sums(pm, d, dp, scaled_mean_x.data(), sq_y.data(), dot_y.data());
+  // alpha, beta, gamma, delta with Z's column means 0 (their dot terms vanish).
+  const BackwardFactors<double> f = cross_factors<A>(p.n, p.a, p.b, p.squared, p.grad, p.loss);
+  CoherenceCrossCoefParams cp{};
+  cp.n = p.n;
+  cp.d = d;
+  cp.dp = dp;
+  const std::vector<double> zeros(std::max(d, dp), 0.0);
+  std::vector<A> coef_x(4 * d), coef_y(4 * dp);
+  side_coefficients(cp, f, pm, d, sq_x.data(), zeros.data(), zeros.data(), rx, coef_x.data());
+  side_coefficients(cp, f, pm, dp, sq_y.data(), zeros.data(), zeros.data(), ry, coef_y.data());
+  const A *alpha_x = coef_x.data(), *beta_x = alpha_x + d, *gamma_x = alpha_x + 2 * d, *delta_x = alpha_x + 3 * d;
+  const A *alpha_y = coef_y.data(), *beta_y = alpha_y + dp, *gamma_y = alpha_y + 2 * dp,
+          *delta_y = alpha_y + 3 * dp;
+  A *nx = static_cast<A*>(p.nx), *mym = static_cast<A*>(p.my);
+#pragma omp parallel for schedule(static) if (d * dp >= 65536)
+  for (int64_t j = 0; j < d; ++j) {
+    scale_row(pm + j * dp, alpha_x[j], ry, nx + j * dp, mym + j * dp, rx[j], alpha_y, dp);
+    if (j < m) {
+      nx[j * dp + j] += beta_x[j] * ry[j];
+      mym[j * dp + j] += beta_y[j] * rx[j];
+    }
+  }
+  auto constants = [](int64_t count, int64_t diag, const A* alpha, const A* beta, const A* gamma, const A* delta,
+                      const A* rstd, const A* mean, const double* dot, const A* rstd_partner,
+                      const A* mean_partner, A* affine) {
+    for (int64_t j = 0; j < count; ++j) {
+      // sum_k N_jk mu_k = alpha_j sum_k P_jk rstd_k mu_k + [j < m] beta_j rstd_j mu_j (partner's rstd, mu)
+      double n_mu = static_cast<double>(alpha[j]) * dot[j];
+      if (j < diag)
+        n_mu += static_cast<double>(beta[j]) * static_cast<double>(rstd_partner[j]) *
+                static_cast<double>(mean_partner[j]);
+      const double shift = static_cast<double>(delta[j]) * static_cast<double>(rstd[j]);
+      affine[j] = static_cast<A>(shift);
+      affine[count + j] = static_cast<A>(static_cast<double>(gamma[j]) - shift * static_cast<double>(mean[j]) - n_mu);
+    }
+  };
+  constants(d, m, alpha_x, beta_x, gamma_x, delta_x, rx, mx, dot_x.data(), ry, my, static_cast<A*>(p.affine_x));
+  constants(dp, m, alpha_y, beta_y, gamma_y, delta_y, ry, my, dot_y.data(), rx, mx, static_cast<A*>(p.affine_y));
+}
+
+template <typename A>
+EITP_CPU_HOT void affine_row(A* __restrict__ out, const A* __restrict__ x, const A* __restrict__ shift,
+                             const A* __restrict__ constant, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) out[j] = x[j] * shift[j] + constant[j];
+}
+
+template <typename A>
+void affine_rows(const CoherenceAffineRowsParams& p) {
+  A* out = static_cast<A*>(p.out);
+  const A* x = static_cast<const A*>(p.x);
+  const A *shift = static_cast<const A*>(p.affine), *constant = shift + p.d;
+#pragma omp parallel for schedule(static) if (worth_threads(p.rows, p.d))
+  for (int64_t i = 0; i < p.rows; ++i) affine_row(out + i * p.d, x + i * p.d, shift, constant, p.d);
 }
 
 }  // namespace
@@ -395,6 +522,21 @@ void coherence_affine_grad_rows_cpu(const CoherenceAffineGradParams& p) {
 void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d) {
   if (is_double) mirror_upper(static_cast<double*>(m), d);
   else mirror_upper(static_cast<float*>(m), d);
+}
+
+void coherence_center_product_cpu(const CoherenceCenterProductParams& p) {
+  if (p.is_double) center_product<double>(p);
+  else center_product<float>(p);
+}
+
+void coherence_raw_operands_cpu(const CoherenceRawOperandsParams& p) {
+  if (p.is_double) raw_operands<double>(p);
+  else raw_operands<float>(p);
+}
+
+void coherence_affine_rows_cpu(const CoherenceAffineRowsParams& p) {
+  if (p.is_double) affine_rows<double>(p);
+  else affine_rows<float>(p);
 }
 
 }  // namespace eitp

@@ -29,7 +29,9 @@ struct CoherenceStatsParams {
 };
 
 // The column statistics are summed in double on every backend (x, then
-// (x - mu)^2 squared in A), so no sum of finite values overflows. rstd =
+// (x - mu)^2; the CPU squares the deviations from each row chunk's mean in
+// double and merges the chunks, one read of x), so no sum of finite values
+// overflows. rstd =
 // 1 / sqrt(var + eps) in A; a variance beyond A's range (an overflowed
 // square, fp32 |x - mu| beyond about 1.8e19, makes it infinite) has no
 // A-valued standardization, so rstd is NaN and the loss is NaN rather than
@@ -177,6 +179,64 @@ struct CoherenceAffineGradParams {
   int64_t ld_dx;
 };
 
+// Cross-correlation on the CPU by products of the raw inputs (no
+// standardized copies of x and y). With mu, rstd the column statistics:
+//   P = Zx^T Zy = diag(rstd_x) (X^T Y - N mu_x mu_y^T) diag(rstd_y)
+// (X^T Y by the binding's product; this corrects it in place, the
+// subtraction in double). Accurate while |mu_j| rstd_j stays small: the
+// rounding error of X^T Y relative to P grows as 1 + (mu rstd)^2 (the binding's
+// kRawMeanLimit bounds it).
+struct CoherenceCenterProductParams {
+  void* product;  // (d, dp) in: X^T Y; out: P. Accumulation dtype, contiguous
+  bool is_double;
+  int64_t n, d, dp;
+  const void* mean_x;  // (d,) accumulation dtype
+  const void* rstd_x;
+  const void* mean_y;  // (dp,)
+  const void* rstd_y;
+};
+
+// The backward of the raw-product path. With the affine coefficients alpha,
+// beta, gamma, delta of CoherenceCrossCoefParams (Z's column means taken as 0:
+// the corrected product centers exactly), expanding zx = (x - mu_x) rstd_x and
+// zy = (y - mu_y) rstd_y in dx_ij = alpha_j W_ij + beta_j zy_ij + gamma_j +
+// delta_j zx_ij (W = Zy P^T), and likewise for dy, gives one product of the
+// other raw input plus an affine term of this input per side:
+//   dx = x_ij shift_x_j + const_x_j + Y Nx^T,   dy = y_ik shift_y_k + const_y_k + X My
+//   Nx_jk = alpha_x_j P_jk rstd_y_k + [j == k < m] beta_x_j rstd_y_j
+//   My_jk = rstd_x_j P_jk alpha_y_k + [j == k < m] beta_y_k rstd_x_k
+//   shift_x_j = delta_x_j rstd_x_j,  const_x_j = gamma_x_j - shift_x_j mu_x_j - sum_k Nx_jk mu_y_k
+//   shift_y_k = delta_y_k rstd_y_k,  const_y_k = gamma_y_k - shift_y_k mu_y_k - sum_j My_jk mu_x_j
+// The sums over Nx and My come from P's row and column passes that the
+// coefficients need anyway (sum_k P_jk rstd_y_k mu_y_k, sum_j P_jk rstd_x_j mu_x_j).
+struct CoherenceRawOperandsParams {
+  const void* product;  // (d, dp) P, accumulation dtype, contiguous
+  bool is_double;
+  int64_t n, d, dp;
+  const void* grad;    // () incoming gradient
+  const void* loss;    // () the forward's loss
+  double a, b;
+  bool squared;
+  const void* mean_x;  // (d,) accumulation dtype
+  const void* rstd_x;
+  const void* mean_y;  // (dp,)
+  const void* rstd_y;
+  void* nx;        // (d, dp) out
+  void* my;        // (d, dp) out
+  void* affine_x;  // (2, d) out: shift, const
+  void* affine_y;  // (2, dp) out
+};
+
+// out_ij = x_ij shift_j + const_j over (rows, d), all in the accumulation
+// dtype (the binding then adds the product into out).
+struct CoherenceAffineRowsParams {
+  void* out;  // (rows, d) contiguous
+  const void* x;  // (rows, d) contiguous
+  const void* affine;  // (2, d): shift, const
+  bool is_double;
+  int64_t rows, d;
+};
+
 void coherence_stats_cpu(const CoherenceStatsParams& p);
 void coherence_standardize_cpu(const CoherenceStandardizeParams& p);
 // Returns {diag_sum, off_sum} for the tile.
@@ -187,6 +247,9 @@ void coherence_backward_epilogue_cpu(const CoherenceBackwardParams& p);
 void coherence_z_column_means_cpu(const CoherenceStandardizeParams& p, double* out);
 void coherence_cross_coefficients_cpu(const CoherenceCrossCoefParams& p);
 void coherence_affine_grad_rows_cpu(const CoherenceAffineGradParams& p);
+void coherence_center_product_cpu(const CoherenceCenterProductParams& p);
+void coherence_raw_operands_cpu(const CoherenceRawOperandsParams& p);
+void coherence_affine_rows_cpu(const CoherenceAffineRowsParams& p);
 // Copy the strict upper triangle of a square (d, d) row-major matrix onto its lower one.
 void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d);
 
