@@ -40,27 +40,36 @@ inline ColumnRanges column_ranges(int64_t n, int64_t d) {
   return {width, (d + width - 1) / width};
 }
 
+// sums[j] += term(v_ij, j) over `rows` rows of w values at stride ld, in
+// double. Its own EITP_CPU_HOT function: loops in a lambda passed to a cloned
+// function are compiled for the default target only (without AVX2 the
+// statistics of a 2048 x 1024 fp32 matrix cost 13% of its product, `perf
+// record` of the forward).
+template <typename T, typename Term>
+EITP_CPU_HOT void sum_rows(const T* __restrict__ x, int64_t ld, int64_t rows, int64_t w, Term term,
+                           double* __restrict__ sums) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict__ row = x + i * ld;
+    for (int64_t j = 0; j < w; ++j) sums[j] += static_cast<double>(term(load_acc(row[j]), j));
+  }
+}
+
 // Runs body(j0, w, column_sums) once per column range [j0, j0 + w) of the
 // row-major (n, d) x (column_ranges: one range per thread).
 // column_sums(term, i0, i1) sums static_cast<double>(term(v, j)) over rows
 // [i0, i1) in row order, v = x[i][j0 + j] in the accumulation type, for every
-// j < w, and returns the w sums (valid until its next call). EITP_CPU_HOT itself: the parallel
-// region is outlined from this function, so its loops are cloned with it.
+// j < w, and returns the w sums (valid until its next call).
 template <typename T, typename Body>
-EITP_CPU_HOT void for_column_ranges(const T* x, int64_t n, int64_t d, Body body) {
+void for_column_ranges(const T* x, int64_t n, int64_t d, Body body) {
   const ColumnRanges ranges = column_ranges(n, d);
 #pragma omp parallel for schedule(static) if (ranges.count > 1)
   for (int64_t blk = 0; blk < ranges.count; ++blk) {
     const int64_t j0 = blk * ranges.width, w = std::min(d, j0 + ranges.width) - j0;
     std::vector<double> acc(w);
     auto column_sums = [&](auto term, int64_t i0, int64_t i1) -> const double* {
-      double* __restrict__ sums = acc.data();  // restrict: the row loop vectorizes
-      std::fill(sums, sums + w, 0.0);
-      for (int64_t i = i0; i < i1; ++i) {
-        const T* __restrict__ row = x + i * d + j0;
-        for (int64_t j = 0; j < w; ++j) sums[j] += static_cast<double>(term(load_acc(row[j]), j));
-      }
-      return sums;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      sum_rows(x + i0 * d + j0, d, i1 - i0, w, term, acc.data());
+      return acc.data();
     };
     body(j0, w, column_sums);
   }
