@@ -29,9 +29,7 @@ struct CoherenceStatsParams {
 };
 
 // The column statistics are summed in double on every backend (x, then
-// (x - mu)^2; the CPU squares the deviations from each row chunk's mean in
-// double and merges the chunks, one read of x), so no sum of finite values
-// overflows. rstd =
+// (x - mu)^2 squared in A), so no sum of finite values overflows. rstd =
 // 1 / sqrt(var + eps) in A; a variance beyond A's range (an overflowed
 // square, fp32 |x - mu| beyond about 1.8e19, makes it infinite) has no
 // A-valued standardization, so rstd is NaN and the loss is NaN rather than
