@@ -232,3 +232,20 @@ def test_no_warning_when_the_extension_was_built_without_it():
     assert at_build_time["warnings"] == []
     assert "built with EITP_NO_EXTENSION=1" in at_build_time["cpp"]
     assert "-m pip install --no-build-isolation" in at_build_time["cpp"]
+
+
+def test_direct_launch_switch_falls_back_where_torch_lacks_it(monkeypatch):
+    # The opaque Triton ops turn torch's private wrap_triton switch off; a
+    # torch without it gets a no-op context (kernels then run through the
+    # higher-order op), not an ImportError at the first call.
+    import contextlib
+
+    import torch._library.triton as torch_triton
+
+    from eitp_kernels import _registration
+
+    with _registration._direct_launches()():
+        assert not torch_triton.is_wrap_triton_enabled()
+    assert torch_triton.is_wrap_triton_enabled()
+    monkeypatch.delattr(torch_triton, "set_wrap_triton_enabled")
+    assert _registration._direct_launches() is contextlib.nullcontext
