@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <vector>
 
 #include "bindings/tensor_args.h"
@@ -278,15 +279,15 @@ void center_product(at::Tensor& product, int64_t n, const at::Tensor& mean_x, co
 // full symmetric matrix).
 // center: zx and zy are the raw inputs (raw_products_apply), the whole
 // product is made and then corrected by center().
-template <typename Backend, typename Center>
+template <typename Backend>
 at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be,
-                     const Center* center = nullptr) {
+                     const std::function<void(at::Tensor&)>& center = nullptr) {
   const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
   const bool keep = product.defined();
-  const bool whole = center || (Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp)));
+  const bool whole = center != nullptr || (Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp)));
   at::Tensor full = keep || !whole ? product : empty_output({d, dp}, zx.options());
   if (whole) at::mm_out(full, zx.t(), zy);
-  if (center) (*center)(full);
+  if (center) center(full);
   const bool has_p = full.defined();
   const std::vector<Block> blocks = product_blocks(d, dp, self);
   auto make_block = [&](const Block& b, const at::Tensor& scratch) {
@@ -339,13 +340,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           raw_products_apply(s, mean_x, rstd_x, mean_y, rstd_y);
     if (raw) {
       auto center = [&](at::Tensor& p) { center_product(p, n, mean_x, rstd_x, mean_y, rstd_y, be); };
-      sums = tile_sums(s.x.to(acc_options.dtype()), s.y.to(acc_options.dtype()), false, product, be, &center);
+      sums = tile_sums(s.x.to(acc_options.dtype()), s.y.to(acc_options.dtype()), false, product, be, center);
     }
   }
   if (!raw) {
     at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
     at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be);
-    sums = gram ? gram_sums(zx, zy, self, be) : tile_sums<Backend, void (*)(at::Tensor&)>(zx, zy, self, product, be);
+    sums = gram ? gram_sums(zx, zy, self, be) : tile_sums(zx, zy, self, product, be);
   }
   at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
   at::Tensor loss = (squared ? l2 : l2.sqrt()).to(acc_options.dtype());
@@ -377,30 +378,6 @@ void epilogue(const at::Tensor& z, const at::Tensor& zp, at::Tensor& w, const at
   be.epilogue(p);
 }
 
-CoherenceCrossCoefParams cross_coef_params(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
-                                           const at::Tensor& rx, const at::Tensor& ry, double a, double b,
-                                           bool squared, const at::Tensor& product, const at::Tensor& zmean_x,
-                                           const at::Tensor& zmean_y, at::Tensor& coef_x, at::Tensor& coef_y) {
-  CoherenceCrossCoefParams cp;
-  cp.product = product.data_ptr();
-  cp.zmean_x = zmean_x.data_ptr<double>();
-  cp.zmean_y = zmean_y.data_ptr<double>();
-  cp.rstd_x = rx.data_ptr();
-  cp.rstd_y = ry.data_ptr();
-  cp.grad = grad.data_ptr();
-  cp.loss = loss.data_ptr();
-  cp.is_double = product.scalar_type() == at::kDouble;
-  cp.n = s.x.size(0);
-  cp.d = s.x.size(1);
-  cp.dp = s.y.size(1);
-  cp.a = a;
-  cp.b = b;
-  cp.squared = squared;
-  cp.coef_x = coef_x.data_ptr();
-  cp.coef_y = coef_y.data_ptr();
-  return cp;
-}
-
 // Cross-correlation backward through the kept P by blocks of rows
 // (backward_block_rows; kernels/coherence.h, CoherenceCrossCoefParams). Per
 // block, the rows of Zx and Zy are standardized into scratch, Wx = Zy_b P^T
@@ -424,8 +401,24 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   be.z_column_means(standardize_params(s.x, mx, rx, nullptr), zmean_x.data_ptr<double>());
   be.z_column_means(standardize_params(s.y, my, ry, nullptr), zmean_y.data_ptr<double>());
   at::Tensor coef_x = at::empty({4, d}, product.options()), coef_y = at::empty({4, dp}, product.options());
-  be.cross_coefficients(cross_coef_params(grad, loss, s, rx, ry, a, b, squared, product, zmean_x, zmean_y, coef_x,
-                                          coef_y));
+  CoherenceCrossCoefParams cp;
+  cp.product = product.data_ptr();
+  cp.zmean_x = zmean_x.data_ptr<double>();
+  cp.zmean_y = zmean_y.data_ptr<double>();
+  cp.rstd_x = rx.data_ptr();
+  cp.rstd_y = ry.data_ptr();
+  cp.grad = grad.data_ptr();
+  cp.loss = loss.data_ptr();
+  cp.is_double = is_double;
+  cp.n = n;
+  cp.d = d;
+  cp.dp = dp;
+  cp.a = a;
+  cp.b = b;
+  cp.squared = squared;
+  cp.coef_x = coef_x.data_ptr();
+  cp.coef_y = coef_y.data_ptr();
+  be.cross_coefficients(cp);
 
   at::Tensor dx = empty_output({n, d}, s.x.options()), dy = empty_output({n, dp}, s.y.options());
   const int64_t block_rows = backward_block_rows(n);
