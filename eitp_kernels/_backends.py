@@ -44,6 +44,12 @@ IMPLEMENTED = {"cpu": ("cpp", "triton", "reference"), "cuda": ("cuda", "triton",
 ENV_VARIABLE = "EITP_BACKEND"
 
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("eitp_backend", default=None)
+# What torch.compile reads instead of _requested: dynamo before torch 2.14 cannot trace
+# ContextVar.get (a graph break, an error under fullgraph=True; seen with torch 2.11), while
+# it guards a module global, so a compiled function recompiles when the choice changes.
+# Process-wide: compiled code in two threads inside different use_backend blocks at once
+# sees the one entered last.
+_requested_while_compiling: str | None = None
 
 
 class BackendUnavailableError(RuntimeError):
@@ -117,16 +123,19 @@ def use_backend(name: str | None) -> Iterator[None]:
     """Run the ops inside the block on backend ``name`` (None: automatic choice)."""
     if name is not None and name not in BACKEND_NAMES:
         raise ValueError(f"use_backend: unknown backend {name!r}; expected one of {BACKEND_NAMES} or None")
-    token = _requested.set(name)
+    global _requested_while_compiling
+    token, outer = _requested.set(name), _requested_while_compiling
+    _requested_while_compiling = name
     try:
         yield
     finally:
         _requested.reset(token)
+        _requested_while_compiling = outer
 
 
 def requested_backend() -> str | None:
     """The backend asked for by use_backend or EITP_BACKEND, or None for automatic."""
-    name = _requested.get()
+    name = _requested_while_compiling if torch.compiler.is_compiling() else _requested.get()
     if name is not None:
         return name
     env = os.environ.get(ENV_VARIABLE, "").strip().lower()

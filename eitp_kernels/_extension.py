@@ -68,6 +68,8 @@ def load() -> tuple[bool, str]:
         loaded, reason = _load_result
         if not loaded and _warn_about(reason):
             warnings.warn(reason, ExtensionUnavailableWarning, stacklevel=2)
+        for key in ("CPU", "CUDA"):
+            has_device_kernels(key)  # answered now, outside any torch.compile trace
     return _load_result
 
 
@@ -179,7 +181,18 @@ def rebuild_command(info: dict | None) -> str:
     )
 
 
+# Filled once, on the first question for a key: the answer cannot change in a process. Kept
+# as plain bools so that torch.compile, which traces the backend choice, reads constants:
+# dynamo cannot trace torch._C._dispatch_has_kernel_for_dispatch_key (it returns a bool, no
+# tensor: an error under fullgraph=True, seen with torch 2.11 on an H200). load() asks
+# for both keys, and import eitp_kernels loads, so no compiled call is the first to ask.
+_device_kernels: dict[str, bool] = {}
+
+
 def has_device_kernels(dispatch_key: str) -> bool:
     """Whether the loaded build registered kernels for a dispatch key ("CPU", "CUDA")."""
-    loaded, _ = load()
-    return loaded and torch._C._dispatch_has_kernel_for_dispatch_key(_PROBE_OP, dispatch_key)
+    if dispatch_key not in _device_kernels:
+        loaded, _ = load()
+        _device_kernels[dispatch_key] = bool(
+            loaded and torch._C._dispatch_has_kernel_for_dispatch_key(_PROBE_OP, dispatch_key))
+    return _device_kernels[dispatch_key]

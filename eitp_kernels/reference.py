@@ -61,6 +61,20 @@ ENTROPY_LOG_FLOOR = 1e-12
 _CODE_DTYPES = (torch.int8, torch.uint8)
 
 
+def divide(a, divisor):
+    """``a / divisor`` rounded once (IEEE true division) on every device.
+
+    PyTorch's CUDA kernels divide a tensor by a Python number as a
+    multiplication by the number's rounded reciprocal, which is 1 ulp off for
+    divisors that are not powers of two (``x / 127`` on an H200, torch 2.11):
+    enough to move a value across a bin edge or change an int8 scale. The
+    reference divides by a tensor instead, as every backend divides.
+    """
+    if isinstance(divisor, torch.Tensor):
+        return a / divisor
+    return a / torch.full((), divisor, dtype=a.dtype, device=a.device)
+
+
 def compute_dtype(dtype):
     """Accumulation / arithmetic dtype used for inputs of ``dtype``.
 
@@ -136,7 +150,7 @@ def bin_counts(xc, lo, hi, bins, explicit):
     """Exact int64 counts (R, bins) of the float rows ``xc`` (R, L) in the compute
     dtype, over the range ``lo``, ``hi`` (R, 1): the binning of :func:`histogram_counts`."""
     valid = _counted(xc, lo, hi, explicit)
-    w = (hi - lo) / bins
+    w = divide(hi - lo, bins)
     t = torch.floor((xc - lo) / w).clamp(0, bins - 1)
     t = torch.where((w == 0) | torch.isnan(t), 0.0, t)  # NaN: inf/inf when hi - lo overflows
     t = torch.where(valid, t, 0.0)
@@ -147,8 +161,16 @@ def _bincount_rows(b, valid, bins):
     """Exact int64 counts (R, bins) of the bin indices b (R, L) where valid."""
     rows = b.shape[0]
     idx = b + torch.arange(rows, device=b.device, dtype=torch.int64).unsqueeze(1) * bins
-    idx = idx.reshape(-1) if valid is None else idx[valid]
-    return torch.bincount(idx, minlength=rows * bins).reshape(rows, bins)
+    if b.device.type == "cpu":
+        idx = idx.reshape(-1) if valid is None else idx[valid]
+        return torch.bincount(idx, minlength=rows * bins).reshape(rows, bins)
+    # On a GPU both boolean indexing and bincount (which reads its input's max to size the
+    # output) wait for the device; uncounted values go to one extra bin, dropped after.
+    if valid is not None:
+        idx = torch.where(valid, idx, rows * bins)
+    counts = torch.zeros(rows * bins + 1, dtype=torch.int64, device=b.device)
+    counts.scatter_add_(0, idx.reshape(-1), torch.ones_like(idx).reshape(-1))
+    return counts[:-1].reshape(rows, bins)
 
 
 def histogram_counts(x, bins=256, range=None, dim=None):
@@ -200,7 +222,7 @@ def entropy_from_counts(c, log_base):
     h = -plogp.sum(-1) + 0.0  # "+ 0.0" turns -0.0 into +0.0
     h = torch.where(total.squeeze(-1) > 0, h, math.nan)
     if log_base is not None:
-        h = h / log_base
+        h = divide(h, log_base)
     return h
 
 
@@ -214,7 +236,7 @@ def linear_binning_counts(xs, lo, hi, bins, explicit):
     in ``xs`` through f by autograd; the clamped bins k0 = k and k1 = k + 1;
     ``live`` where x has a gradient; the bin width w.
     """
-    w = (hi - lo) / bins
+    w = divide(hi - lo, bins)
     valid = _counted(xs, lo, hi, explicit)
     u = (xs - lo) / w - 0.5
     # w == 0, or NaN u (inf/inf when hi - lo overflows): whole weight to bin 0, zero gradient
@@ -255,7 +277,7 @@ class _LinearBinningEntropy(torch.autograd.Function):
         diff = lnp.gather(1, kc) - lnp.gather(1, k1c)
         grad = g * diff / (n * w.to(torch.float64))
         if ctx.log_base is not None:
-            grad = grad / ctx.log_base
+            grad = divide(grad, ctx.log_base)
         grad = torch.where(live, grad, 0.0).to(w.dtype)
         return grad, None, None, None, None, None
 
@@ -340,9 +362,9 @@ def _deviations_and_variance(xc, sum_dtype):
     """``d = x - cd(sum_n x / N)`` and ``var = sum_n d^2 / N`` (``d * d`` in x's
     dtype) per column of ``xc`` (N, D), the sums taken in ``sum_dtype``."""
     n = xc.shape[0]
-    mu = (xc.sum(0, keepdim=True, dtype=sum_dtype) / n).to(xc.dtype)
+    mu = divide(xc.sum(0, keepdim=True, dtype=sum_dtype), n).to(xc.dtype)
     d = xc - mu
-    return d, (d * d).sum(0, keepdim=True, dtype=sum_dtype) / n
+    return d, divide((d * d).sum(0, keepdim=True, dtype=sum_dtype), n)
 
 
 def column_rstd(var, eps, dtype):
@@ -372,7 +394,7 @@ def correlation_matrix(x, y=None, eps=1e-5):
     n = x.shape[0]
     zx = standardize_columns(x.to(cd).reshape(n, -1), eps)
     zy = zx if y is None else standardize_columns(y.to(cd).reshape(n, -1), eps)
-    return zx.transpose(0, 1) @ zy / n
+    return divide(zx.transpose(0, 1) @ zy, n)
 
 
 def coherence_loss(x, y=None, diag_weight=1.0, offdiag_weight=1.0,
@@ -470,9 +492,9 @@ def int8_params_from_range(lo, hi, symmetric):
     mn = torch.where(fits, lo64, 0.0).to(torch.float32)
     mx = torch.where(fits, hi64, 0.0).to(torch.float32)
     steps = 127.0 if symmetric else 255.0
-    s = mx / steps if symmetric else (mx - mn) / steps
+    s = divide(mx if symmetric else mx - mn, steps)
     wide = ~fits | ~torch.isfinite(s)
-    wide_s = ((hi64 - lo64) / steps).clamp(max=_FLOAT32_MAX).to(torch.float32)
+    wide_s = divide(hi64 - lo64, steps).clamp(max=_FLOAT32_MAX).to(torch.float32)
     s = torch.where(wide, wide_s, torch.where(s == 0, 1.0, s))
     if symmetric:
         return s, None

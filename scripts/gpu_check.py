@@ -22,6 +22,11 @@ stays within 9 minutes on an H100/H200-class machine with 16 cores (pip
 downloads excluded); a step that fails or times out is recorded and the
 later steps still run where they can.
 
+``--python PATH`` uses an interpreter that already has torch (and triton) instead
+of the venv: the setup step is left out and the extension is built in place for
+it. For a GPU machine without network access (no pip), e.g.
+``python3 scripts/gpu_check.py --python python3 out``.
+
 ``--dry-run`` exercises the same steps on a machine without a GPU: no setup or
 build (the running Python is used), the gpu tests are collected and skipped,
 and a small CPU benchmark stands in, so the summary writing is tested
@@ -215,6 +220,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="no GPU: skip setup/build, use this Python, a small CPU benchmark")
     parser.add_argument("--venv", default=os.environ.get("VENV", ".venv"), help="the Makefile's venv (default .venv)")
+    parser.add_argument("--python", default=None,
+                        help="an interpreter with torch already installed: no venv setup (no network needed)")
+    parser.add_argument("--pytest-args", default="", help="more pytest arguments for the gpu tests (e.g. '-n 8')")
+    parser.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
+                        help=f"another time limit for a step (defaults: {STEP_LIMITS_S})")
     parser.add_argument("--tests", default="tests", help="test paths for pytest -m gpu (default: tests)")
     parser.add_argument("--bench-args", default=None, help="arguments for python -m eitp_kernels.bench "
                         "(default: --quick --device cuda --no-compile; dry run: a small CPU run)")
@@ -234,16 +244,25 @@ def main(argv=None) -> int:
     log(f"device: {device.get('name', 'none (dry run)')}, driver {device.get('driver', '-')}")
 
     limits = {step: limit * (DRY_RUN_SLOWDOWN if args.dry_run else 1) for step, limit in STEP_LIMITS_S.items()}
+    for item in args.limit:
+        step, _, seconds = item.partition("=")
+        if step not in limits or not seconds.replace(".", "", 1).isdigit():
+            parser.error(f"--limit {item!r}: expected STEP=SECONDS with STEP one of {sorted(limits)}")
+        limits[step] = float(seconds)
     if args.dry_run:
         python = sys.executable
         summary["arch_list"] = "- (dry run: no build)"
     else:
-        python = os.path.join(ROOT, args.venv, "bin", "python")
+        if args.python:
+            python = shutil.which(args.python) or args.python
+        else:
+            python = os.path.join(ROOT, args.venv, "bin", "python")
         archs = arch_list(device["compute_capability"])
         summary["arch_list"] = archs
         build_env = {"TORCH_CUDA_ARCH_LIST": archs, "MAX_JOBS": str(os.cpu_count() or 4)}
-        summary["steps"].append(run_step("setup", ["make", "setup", f"VENV={args.venv}"], out_dir,
-                                         limits["setup"], build_env))
+        if args.python is None:
+            summary["steps"].append(run_step("setup", ["make", "setup", f"VENV={args.venv}"], out_dir,
+                                             limits["setup"], build_env))
         summary["steps"].append(run_step("build", [python, "setup.py", "build_ext", "--inplace"], out_dir,
                                          limits["build"], build_env))
         check = ("from eitp_kernels import _extension, backends; loaded, why = _extension.load(); "
@@ -255,7 +274,7 @@ def main(argv=None) -> int:
     junit = os.path.join(out_dir, "gpu_tests.xml")
     summary["steps"].append(run_step(
         "tests", [python, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                  *args.tests.split()], out_dir, limits["tests"]))
+                  *args.pytest_args.split(), *args.tests.split()], out_dir, limits["tests"]))
     summary["tests"] = parse_junit(junit)
 
     bench_dir = os.path.join(out_dir, "bench")

@@ -455,9 +455,20 @@ def test_gpu_backends_match_reference(backend, dtype, shape):
     ye = None if y is None else y.detach().clone().requires_grad_()
     eager = torch.autograd.grad(reference.coherence_loss(xe, ye, offdiag_weight=0.5),
                                 [t for t in (xe, ye) if t is not None])
-    bound = 1e-4 if dtype in (torch.float32, torch.float64) else 1e-2
+    bound = max(1e-4 if dtype in (torch.float32, torch.float64) else 1e-2, _cancellation_rtol(x64, y64))
     for g, e, ge in zip(got, exp, eager):
-        assert _rel(g, e) <= max(bound, 2 * _rel(ge, e)), (_rel(g, e), _rel(ge, e))
+        assert _rel(g, e) <= max(bound, 2 * _rel(ge, e)), (_rel(g, e), _rel(ge, e), bound)
+
+
+def _cancellation_rtol(x64, y64):
+    """The relative error an fp32 gradient of ||R - I|| may carry from rounding R alone:
+    R - I is formed from an R rounded to fp32 (unit roundoff 2^-24), so its relative error,
+    and the gradient's, grows by max|R| / max|R - I| (e.g. N = 2, D = 1: R = var / (var + eps),
+    R - 1 ~ 1e-5; an H200 run's CUDA and Triton gradients were 8.7e-4 and 9.1e-4 off, eager's
+    1.9e-4). 8 roundings' worth of slack."""
+    r = reference.correlation_matrix(x64.detach(), None if y64 is None else y64.detach())
+    deviation = (r - torch.eye(*r.shape, dtype=r.dtype, device=r.device)).abs().max().item()
+    return 8 * 2.0 ** -24 * r.abs().max().item() / max(deviation, 1e-300)
 
 
 def test_barlow_twins_rejects_different_widths():

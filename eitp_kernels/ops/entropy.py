@@ -252,17 +252,27 @@ def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
 def _tensor_range(rng, rows: int, acc: torch.dtype, device: torch.device):
     """(lo, hi), each (rows,) in ``acc`` on ``device``, from a range with 0-d tensor bounds.
 
-    Converted on the device (a copy when a bound lives elsewhere; no host
-    sync), rounded to ``acc`` as a Python bound would be. lo < hi and
-    finiteness cannot be checked on the host without a sync: a range that
+    Converted on the device, rounded to ``acc`` as a Python bound would be,
+    without a host sync: a CPU bound for a GPU tensor is read on the host and
+    filled in (copying pageable host memory to a GPU waits for the device). lo <
+    hi and finiteness cannot be checked on the host without a sync: a range that
     fails them becomes (NaN, NaN), which counts nothing, so the entropy is NaN.
     """
-    lo, hi = (v.detach().to(device=device, dtype=acc) if isinstance(v, torch.Tensor)
-              else torch.full((), v, dtype=acc, device=device) for v in rng)
+    lo, hi = (_bound_on(v, acc, device) for v in rng)
     bad = ~((lo < hi) & torch.isfinite(lo) & torch.isfinite(hi))
     nan = torch.full_like(lo, math.nan)
     lo, hi = torch.where(bad, nan, lo), torch.where(bad, nan, hi)
     return lo.reshape(1).expand(rows).contiguous(), hi.reshape(1).expand(rows).contiguous()
+
+
+def _bound_on(v, acc: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One range bound (a number or a 0-d tensor) as a 0-d ``acc`` tensor on ``device``."""
+    if not isinstance(v, torch.Tensor):
+        return torch.full((), v, dtype=acc, device=device)
+    v = v.detach().to(dtype=acc)
+    if v.device.type == "cpu" and device.type != "cpu" and not torch.compiler.is_compiling():
+        return torch.full((), v.item(), dtype=acc, device=device)
+    return v.to(device=device)
 
 
 def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
