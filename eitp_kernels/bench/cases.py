@@ -155,6 +155,10 @@ class Case:
     atol: float | None = None
     alternatives: tuple[Alternative, ...] = ()  # peers and other formulations, timed as extra rows
     targets: tuple[Target, ...] = ()  # goals checked in the summary (full sizes only)
+    # The torch.compile baseline's check where compiled code cannot compute the reference's
+    # arithmetic exactly (None: the case's check), and why (printed in the notes).
+    compile_agrees: Callable[[Any, Any], bool] | None = None
+    compile_convention: str = ""
 
     @property
     def dtype_label(self) -> str:

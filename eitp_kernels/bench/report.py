@@ -195,6 +195,12 @@ def format_notes(cases: Sequence[Case], rows: Sequence[Row]) -> str:
             if alt.convention:
                 text += f". Convention: {alt.convention}"
             lines += wrap("", text)
+    compiled = {(row.op, row.shape) for row in rows if row.backend == "compile" and row.check == "ok"}
+    for case in cases:
+        if case.compile_convention and (case.op, case.shape) in compiled and ("compile", case.op) not in seen:
+            seen.add(("compile", case.op))
+            lines += wrap("", f"compile ({case.op}): torch.compile of the reference. Convention: "
+                              f"{case.compile_convention}")
     if not lines:
         return ""
     return "\n".join(["alternatives (checked against the reference like ours, allowing only the stated conventions)"]

@@ -131,6 +131,8 @@ def output_agrees(case: Case, backend: str, out: Any, expected: Any) -> bool:
     """The row's check: the case's for kernels and baselines; an alternative's
     output is converted to the reference's form and checked by its own rule."""
     alternative = find_alternative(case, backend)
+    if backend == "compile" and case.compile_agrees is not None:
+        return case.compile_agrees(out, expected)
     if alternative is None:
         return case.matches(out, expected)
     if alternative.to_reference is not None:
