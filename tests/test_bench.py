@@ -2,6 +2,7 @@
 CLI, its files, the peer libraries' rows and the readable output."""
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -371,3 +372,17 @@ def test_entropy_compile_baseline_is_checked_by_its_stated_convention():
     assert not runner.output_agrees(case, "compile", expected * (1 + 1e-2), expected)
     row = runner.Row(case.op, case.shape, case.dtype_label, "compile", kind="baseline", check="ok")
     assert "bin edge may land one bin over" in report.format_notes([case], [row])
+
+
+def test_quantize_compile_baseline_allows_a_scale_ulp_and_one_step_on_ties_only():
+    from eitp_kernels.bench import suite_fake_quant_int8
+
+    case = next(c for c in suite_fake_quant_int8.build(torch.device("cpu"), quick=True) if c.op == "quantize_int8")
+    x = torch.randn(64, 1024, generator=torch.Generator().manual_seed(0))
+    q, s, zp = reference.quantize_int8(x, granularity="channel")
+    q_tie = q.clone()
+    q_tie[3, 5] += 1 if q_tie[3, 5] < 127 else -1
+    s_ulp = torch.nextafter(s, torch.full_like(s, math.inf))
+    assert runner.output_agrees(case, "compile", (q_tie, s_ulp, zp), (q, s, zp))
+    assert not runner.output_agrees(case, "cpp", (q_tie, s_ulp, zp), (q, s, zp))
+    assert not runner.output_agrees(case, "compile", ((q.int() + 2).clamp(-127, 127).to(torch.int8), s, zp), (q, s, zp))

@@ -19,7 +19,8 @@ import torch
 import eitp_kernels
 from eitp_kernels import _backends, reference
 from eitp_kernels.bench import peers
-from eitp_kernels.bench.cases import Alternative, Case, Target, outputs_match, randn_inputs, register_suite, size_label
+from eitp_kernels.bench.cases import (COMPILED_GPU_DIVISION, Alternative, Case, Target, outputs_match, randn_inputs,
+                                      register_suite, size_label)
 
 OP = "fake_quant_int8"
 GRANULARITIES = (("channel", {"granularity": "channel", "axis": 0}),
@@ -39,7 +40,8 @@ def build(device: torch.device, quick: bool) -> list[Case]:
              implemented=_backends.IMPLEMENTED, bytes=8 * n,
              alternatives=(_torch_fake_quantize(),) if label == "channel" else (),
              targets=(Target("eager", 5.0), Target("compile", 1.5), Target("torch fake_quant", 1.5))
-             if full and label == "channel" else ())
+             if full and label == "channel" else (),
+             compile_agrees=within_one_step, compile_convention=COMPILE_CONVENTION)
         for label, kwargs in GRANULARITIES
     ]
     channel = {"granularity": "channel", "axis": 0}
@@ -49,13 +51,25 @@ def build(device: torch.device, quick: bool) -> list[Case]:
                       reference=functools.partial(reference.quantize_int8, **channel),
                       implemented=_backends.IMPLEMENTED, bytes=5 * n + 4 * side,
                       alternatives=peers.quantize_alternatives(),
-                      targets=(Target("copy", 2.0, metric="copy", copy_bytes=8 * n),) if full else ()))
+                      targets=(Target("copy", 2.0, metric="copy", copy_bytes=8 * n),) if full else (),
+                      compile_agrees=peers.codes_agree, compile_convention=COMPILE_CONVENTION))
     cases.append(Case(op="dequantize_int8", shape=f"{size_label(side, side)} channel", dtype=torch.float32,
                       make_inputs=_codes_and_scales(shape),
                       fn=functools.partial(eitp_kernels.dequantize_int8, **channel),
                       reference=functools.partial(reference.dequantize_int8, **channel),
                       implemented=_backends.IMPLEMENTED, bytes=5 * n + 4 * side))
     return cases
+
+
+# cases.COMPILED_GPU_DIVISION: in an H200 run (torch 2.11) the compiled fake-quant and
+# quantize rows failed the exact checks (a scale 1 ulp off moves a value on a rounding tie).
+COMPILE_CONVENTION = f"{COMPILED_GPU_DIVISION}: a scale can be 1 ulp off and a value on a rounding tie one step away"
+
+
+def within_one_step(out, expected):
+    """Fake-quantized values within one quantization step (0.05 > absmax / 127 of the suite's
+    standard-normal 4096 x 4096 inputs) of the reference's."""
+    return outputs_match(out, expected, rtol=0.0, atol=0.05)
 
 
 def _codes_and_scales(shape):
@@ -77,9 +91,6 @@ def _torch_fake_quantize() -> Alternative:
         scale = (x.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
         zero_point = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
         return lambda: torch.fake_quantize_per_channel_affine(x, scale, zero_point, 0, -127, 127)
-
-    def within_one_step(out, expected):
-        return outputs_match(out, expected, rtol=0.0, atol=0.05)
 
     return Alternative("torch fake_quant", "torch.fake_quantize_per_channel_affine, scales given (not timed)",
                        make, agrees=within_one_step, modules=("torch",),
