@@ -105,3 +105,31 @@ def test_makefile_has_the_target():
     text = open(os.path.join(ROOT, "Makefile")).read()
     assert "gpu-check:" in text and "scripts/gpu_check.py" in text
     assert sys.executable  # the script runs with the venv's python or python3
+
+
+def test_python_option_skips_the_venv_setup_and_builds_for_that_interpreter(gpu_check, tmp_path, monkeypatch):
+    # the lent H200 had no network: the run used the machine's own python3 (torch 2.11)
+    steps = []
+
+    def fake_step(name, cmd, out_dir, limit_s, env=None):
+        steps.append((name, cmd, limit_s, env))
+        return {"step": name, "command": cmd, "status": "ok", "seconds": 0.0, "log": f"{name}.log", "log_tail": ""}
+
+    monkeypatch.setattr(gpu_check, "query_device", lambda: {"name": "NVIDIA H200", "driver": "580",
+                                                           "memory": "143771 MiB", "compute_capability": "9.0"})
+    monkeypatch.setattr(gpu_check, "run_step", fake_step)
+    monkeypatch.setattr(gpu_check, "versions", lambda python: {"torch": "2.11.0"})
+    code = gpu_check.main([str(tmp_path / "out"), "--python", sys.executable, "--pytest-args", "-n 8",
+                           "--limit", "tests=200"])
+    assert code == 0
+    names = [name for name, *_ in steps]
+    assert names == ["build", "backends", "tests", "bench"]
+    build = steps[0]
+    assert build[1][0] == sys.executable and build[3]["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    tests = steps[2]
+    assert tests[1][0] == sys.executable and "-n" in tests[1] and tests[2] == 200
+
+
+def test_bad_limit_is_a_usage_error(gpu_check, tmp_path):
+    with pytest.raises(SystemExit):
+        gpu_check.main([str(tmp_path), "--dry-run", "--limit", "nosuchstep=5"])
