@@ -26,7 +26,7 @@ GPU_CHECK_OUT ?= gpu-check-results
 $(VENV)/.eitp-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet numpy setuptools wheel ninja
+	$(PY) -m pip install --quiet numpy 'setuptools>=77' wheel ninja
 	# --no-build-isolation: the extension compiles against the torch just installed.
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[$(EXTRAS)]"
 	$(PY) -c "import eitp_kernels; [print(s) for s in eitp_kernels.backends().values()]"

@@ -34,8 +34,19 @@ import os
 import re
 import shutil
 
+import setuptools
 from setuptools import setup
 from setuptools.command.build_py import build_py
+
+# pyproject.toml's `license = "Apache-2.0"` is a PEP 639 expression, which setuptools reads
+# from 77 on; older ones (65, as a torch 2.11 venv can hold) fail with "project.license must
+# be valid exactly by one definition", which names neither the cause nor the fix.
+MIN_SETUPTOOLS = (77, 0)
+if tuple(int(part) for part in re.findall(r"\d+", setuptools.__version__)[:2]) < MIN_SETUPTOOLS:
+    raise SystemExit(
+        f"eitp_kernels needs setuptools >= {'.'.join(map(str, MIN_SETUPTOOLS))} to build (PEP 639 license "
+        f"metadata); this Python has setuptools {setuptools.__version__}. Fix: pip install 'setuptools>=77'"
+    )
 
 DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0+PTX"
 

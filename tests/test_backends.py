@@ -35,6 +35,24 @@ def test_use_backend_overrides_and_restores():
     assert _backends.requested_backend() is None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs triton to be unavailable on CPU tensors")
+def test_compiled_code_follows_use_backend_blocks():
+    # torch.compile reads the choice from a module global it guards (dynamo before torch
+    # 2.14 cannot trace the ContextVar): a new block's choice recompiles, nested blocks restore
+    if _backends.triton_interpreter_requested():
+        pytest.skip("triton runs CPU tensors under the interpreter")
+    compiled = torch.compile(lambda x: eitp_kernels.finite_minmax(x), fullgraph=True, backend="eager")
+    x = torch.randn(64)
+    with eitp_kernels.use_backend("cpp"):
+        compiled(x)
+        with eitp_kernels.use_backend("triton"):
+            with pytest.raises(Exception, match="triton"):
+                compiled(x)
+        assert _backends._requested_while_compiling == "cpp"
+        compiled(x)
+    assert _backends._requested_while_compiling is None
+
+
 def test_use_backend_rejects_unknown_name():
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         with eitp_kernels.use_backend("fast"):

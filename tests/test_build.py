@@ -4,6 +4,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,3 +70,12 @@ def test_requires_python_matches_the_limited_api_torch_compiles_with():
         declared = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', f.read(), re.M)
     assert declared, "pyproject.toml: requires-python = \">=X.Y\" expected"
     assert (int(declared.group(1)), int(declared.group(2))) == ((macro >> 24) & 0xFF, (macro >> 16) & 0xFF)
+
+
+def test_setup_names_the_setuptools_it_needs():
+    # setuptools < 77 cannot read the PEP 639 license and says so obscurely; setup.py says what to do
+    code = ("import setuptools, runpy, sys; setuptools.__version__ = '65.5.0'; sys.argv = ['setup.py', '--version']; "
+            "runpy.run_path('setup.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "setuptools >= 77" in proc.stderr and "65.5.0" in proc.stderr and "pip install 'setuptools>=77'" in proc.stderr
