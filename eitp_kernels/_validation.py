@@ -82,7 +82,10 @@ def check_float(op: str, name: str, value, *, positive: bool = False, non_negati
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    # a comparison, not math.isfinite: under torch.compile(dynamic=True) dynamo turns
+    # math.isfinite of a float argument into a torch op returning a bool, an error with
+    # fullgraph=True (torch 2.14); NaN fails both comparisons, as it fails isfinite
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{op}: {name} must be finite, got {value}")
     if positive and value <= 0:
         raise ValueError(f"{op}: {name} must be > 0, got {value}")

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import eitp_kernels
 from eitp_kernels import _validation as v
 
 
@@ -95,3 +96,19 @@ def test_check_group_size():
         v.check_group_size("op", 5, 12)
     with pytest.raises(ValueError, match="group_size must be >= 1"):
         v.check_group_size("op", 0, 12)
+
+
+@pytest.mark.parametrize("op", ["coherence_loss", "histogram_entropy", "fake_quant_int8"])
+def test_validation_traces_under_dynamic_fullgraph_compile(op):
+    # dynamo (dynamic=True) turned math.isfinite of a float argument into a torch op returning
+    # a bool, which fullgraph=True refuses: coherence_loss could not be compiled that way
+    calls = {
+        "coherence_loss": lambda x: eitp_kernels.coherence_loss(x, offdiag_weight=0.005, squared=True),
+        "histogram_entropy": lambda x: eitp_kernels.histogram_entropy(x, bins=32, range=(-3.0, 3.0), base=2.0),
+        "fake_quant_int8": lambda x: eitp_kernels.fake_quant_int8(x, scale=0.05).sum(),
+    }
+    fn = calls[op]
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True, backend="eager")
+    for rows in (64, 96):
+        x = torch.randn(rows, 32)
+        torch.testing.assert_close(compiled(x), fn(x))
