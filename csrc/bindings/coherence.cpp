@@ -466,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
 
 // Cross-correlation backward through the kept P by products of the raw
 // inputs (raw_products_apply; kernels/coherence.h, CoherenceRawOperandsParams):
-// dx = x shift_x + const_x + Y Nx^T and dy = y shift_y + const_y + X My: one
+// dx = x shift_x + const_x + Y M^T and dy = y shift_y + const_y + X M (one M for both): one
 // affine pass and one product per side; no standardized copy of x or y.
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
@@ -476,7 +476,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, co
   const at::Tensor product = product_in.contiguous();
   const int64_t d = s.x.size(1), dp = s.y.size(1);
   const bool is_double = product.scalar_type() == at::kDouble;
-  at::Tensor nx = empty_output({d, dp}, product.options()), m_y = empty_output({d, dp}, product.options());
+  at::Tensor m = empty_output({d, dp}, product.options());
   at::Tensor affine_x = at::empty({2, d}, product.options()), affine_y = at::empty({2, dp}, product.options());
   CoherenceRawOperandsParams op;
   op.product = product.data_ptr();
@@ -493,8 +493,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, co
   op.rstd_x = rx.data_ptr();
   op.mean_y = my.data_ptr();
   op.rstd_y = ry.data_ptr();
-  op.nx = nx.data_ptr();
-  op.my = m_y.data_ptr();
+  op.m = m.data_ptr();
   op.affine_x = affine_x.data_ptr();
   op.affine_y = affine_y.data_ptr();
   be.raw_operands(op);
@@ -512,7 +511,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, co
     return out.addmm_(other, operand);  // the product accumulated into the affine term (BLAS beta = 1)
   };
   const at::Tensor x = s.x.to(product.scalar_type()), y = s.y.to(product.scalar_type());
-  return {side(y, nx.t(), x, affine_x).to(s.x.scalar_type()), side(x, m_y, y, affine_y).to(s.y.scalar_type())};
+  return {side(y, m.t(), x, affine_x).to(s.x.scalar_type()), side(x, m, y, affine_y).to(s.y.scalar_type())};
 }
 
 // product: P = Zx^T Zy (D x D') kept by the forward, or an empty/undefined

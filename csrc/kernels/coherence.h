@@ -200,13 +200,14 @@ struct CoherenceCenterProductParams {
 // zy = (y - mu_y) rstd_y in dx_ij = alpha_j W_ij + beta_j zy_ij + gamma_j +
 // delta_j zx_ij (W = Zy P^T), and likewise for dy, gives one product of the
 // other raw input plus an affine term of this input per side:
-//   dx = x_ij shift_x_j + const_x_j + Y Nx^T,   dy = y_ik shift_y_k + const_y_k + X My
-//   Nx_jk = alpha_x_j P_jk rstd_y_k + [j == k < m] beta_x_j rstd_y_j
-//   My_jk = rstd_x_j P_jk alpha_y_k + [j == k < m] beta_y_k rstd_x_k
-//   shift_x_j = delta_x_j rstd_x_j,  const_x_j = gamma_x_j - shift_x_j mu_x_j - sum_k Nx_jk mu_y_k
-//   shift_y_k = delta_y_k rstd_y_k,  const_y_k = gamma_y_k - shift_y_k mu_y_k - sum_j My_jk mu_x_j
-// The sums over Nx and My come from P's row and column passes that the
-// coefficients need anyway (sum_k P_jk rstd_y_k mu_y_k, sum_j P_jk rstd_x_j mu_x_j).
+//   dx = x_ij shift_x_j + const_x_j + Y M^T,   dy = y_ik shift_y_k + const_y_k + X M
+//   M_jk = alpha_x_j P_jk rstd_y_k + [j == k < m] beta_x_j rstd_y_j
+//        = rstd_x_j P_jk alpha_y_k + [j == k < m] beta_y_k rstd_x_k
+//     (alpha = rstd * a common factor, beta_j = rstd_j * a factor of R_jj: the same matrix)
+//   shift_x_j = delta_x_j rstd_x_j,  const_x_j = gamma_x_j - shift_x_j mu_x_j - sum_k M_jk mu_y_k
+//   shift_y_k = delta_y_k rstd_y_k,  const_y_k = gamma_y_k - shift_y_k mu_y_k - sum_j M_jk mu_x_j
+// The sums over M come from P's row and column passes that the coefficients
+// need anyway (sum_k P_jk rstd_y_k mu_y_k, sum_j P_jk rstd_x_j mu_x_j).
 struct CoherenceRawOperandsParams {
   const void* product;  // (d, dp) P, accumulation dtype, contiguous
   bool is_double;
@@ -219,8 +220,7 @@ struct CoherenceRawOperandsParams {
   const void* rstd_x;
   const void* mean_y;  // (dp,)
   const void* rstd_y;
-  void* nx;        // (d, dp) out
-  void* my;        // (d, dp) out
+  void* m;         // (d, dp) out: M
   void* affine_x;  // (2, d) out: shift, const
   void* affine_y;  // (2, dp) out
 };
