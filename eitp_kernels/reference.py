@@ -32,6 +32,7 @@ import torch
 __all__ = [
     "ENTROPY_LOG_FLOOR",
     "compute_dtype",
+    "divide",
     "finite_minmax",
     "histogram_counts",
     "histogram_entropy",

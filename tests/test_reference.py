@@ -835,3 +835,22 @@ def test_fake_quant_static_scale_clipping(symmetric):
     err = np.abs(out.detach().numpy() - x.numpy())[inside]
     sb = np.broadcast_to(scale.numpy().astype(np.float64)[None, :], x.shape)[inside]
     assert bool((err <= sb / 2 * (1 + 1e-9)).all())
+
+
+def test_divide_rounds_once_on_the_cpu():
+    a = torch.randn(10000) * 100
+    for divisor in (127.0, 255.0, 3, 12225):
+        out = ref.divide(a, divisor)
+        assert out.dtype == a.dtype
+        exact = (a.double() / divisor).float()  # fp32 / fp32 rounded once equals the rounded fp64 quotient
+        assert torch.equal(out, exact)
+    assert torch.equal(ref.divide(a, torch.tensor(7.0)), a / 7.0)
+
+
+@pytest.mark.gpu
+def test_divide_on_a_gpu_matches_the_cpu():
+    # PyTorch's CUDA division by a Python number multiplies by the rounded reciprocal
+    # (seen on an H200, torch 2.11): 1 ulp off for x / 127; the reference must not be
+    a = torch.randn(100000) * 100
+    for divisor in (127.0, 255.0, 12225):
+        assert torch.equal(ref.divide(a.cuda(), divisor).cpu(), a / divisor)
