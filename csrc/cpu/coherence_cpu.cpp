@@ -45,13 +45,25 @@ inline ColumnRanges column_ranges(int64_t n, int64_t d) {
 // function are compiled for the default target only (so compiled, the
 // statistics of a 2048 x 1024 fp32 matrix took 13% of its product's time:
 // `perf record` over 300 calls of torch.ops.eitp.coherence_forward, 2 threads).
+// Four rows per step, added pairwise before they reach sums: one load and store
+// of sums[j] per four values instead of per value (the order stays fixed,
+// whatever the thread count). The statistics' share of the 2048 x 1024 cross
+// forward went from 7.1-7.3% to 5.8-6.4% (perf over 400 calls of
+// torch.ops.eitp.coherence_forward, 2 threads, two runs each).
 template <typename T, typename Term>
 EITP_CPU_HOT void sum_rows(const T* __restrict__ x, int64_t ld, int64_t rows, int64_t w, Term term,
                            double* __restrict__ sums) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* __restrict__ row = x + i * ld;
-    for (int64_t j = 0; j < w; ++j) sums[j] += static_cast<double>(term(load_acc(row[j]), j));
+  auto v = [&](const T* __restrict__ row, int64_t j) { return static_cast<double>(term(load_acc(row[j]), j)); };
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const T* __restrict__ r0 = x + i * ld;
+    const T* __restrict__ r1 = r0 + ld;
+    const T* __restrict__ r2 = r1 + ld;
+    const T* __restrict__ r3 = r2 + ld;
+    for (int64_t j = 0; j < w; ++j) sums[j] += (v(r0, j) + v(r1, j)) + (v(r2, j) + v(r3, j));
   }
+  for (; i < rows; ++i)
+    for (int64_t j = 0; j < w; ++j) sums[j] += v(x + i * ld, j);
 }
 
 // Runs body(j0, w, column_sums) once per column range [j0, j0 + w) of the
