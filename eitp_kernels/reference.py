@@ -20,7 +20,7 @@ Public names
 ENTROPY_LOG_FLOOR, compute_dtype, finite_minmax, histogram_counts,
 histogram_entropy, standardize_columns, correlation_matrix, coherence_loss,
 quantize_int8, dequantize_int8, fake_quant_int8; and the steps the op modules
-share with them: slices_as_rows, bin_counts, entropy_from_counts,
+share with them: divide, slices_as_rows, bin_counts, entropy_from_counts,
 linear_binning_counts, column_rstd, to_rows, from_rows, scale_shape,
 int8_params_from_range.
 """

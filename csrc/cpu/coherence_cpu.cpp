@@ -47,9 +47,9 @@ inline ColumnRanges column_ranges(int64_t n, int64_t d) {
 // `perf record` over 300 calls of torch.ops.eitp.coherence_forward, 2 threads).
 // Four rows per step, added pairwise before they reach sums: one load and store
 // of sums[j] per four values instead of per value (the order stays fixed,
-// whatever the thread count). The statistics' share of the 2048 x 1024 cross
-// forward went from 7.1-7.3% to 5.8-6.4% (perf over 400 calls of
-// torch.ops.eitp.coherence_forward, 2 threads, two runs each).
+// whatever the thread count); the statistics then take 5.8-6.4% of the
+// 2048 x 1024 cross forward against 7.1-7.3% one row per step (perf over 400
+// calls of torch.ops.eitp.coherence_forward, 2 threads, two runs each).
 template <typename T, typename Term>
 EITP_CPU_HOT void sum_rows(const T* __restrict__ x, int64_t ld, int64_t rows, int64_t w, Term term,
                            double* __restrict__ sums) {
@@ -432,8 +432,7 @@ void raw_operands(const CoherenceRawOperandsParams& p) {
           *delta_y = alpha_y + 3 * dp;
   // M_jk = alpha_x_j P_jk rstd_y_k (+ beta_x_j rstd_y_j on the diagonal): alpha and beta are
   // rstd times factors common to both sides, so this is also rstd_x_j P_jk alpha_y_k (+ beta_y_k
-  // rstd_x_k): one matrix serves both gradients (writing a second one cost about 1% of the
-  // 4096x2048 Barlow Twins fwd+bwd: benchmarks/native/barlow_twins_ab.py, perf).
+  // rstd_x_k): one matrix serves both gradients, one D x D' write and allocation.
   A* mm = static_cast<A*>(p.m);
 #pragma omp parallel for schedule(static) if (d * dp >= 65536)
   for (int64_t j = 0; j < d; ++j) {
