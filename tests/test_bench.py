@@ -386,3 +386,29 @@ def test_quantize_compile_baseline_allows_a_scale_ulp_and_one_step_on_ties_only(
     assert runner.output_agrees(case, "compile", (q_tie, s_ulp, zp), (q, s, zp))
     assert not runner.output_agrees(case, "cpp", (q_tie, s_ulp, zp), (q, s, zp))
     assert not runner.output_agrees(case, "compile", ((q.int() + 2).clamp(-127, 127).to(torch.int8), s, zp), (q, s, zp))
+
+
+@pytest.mark.skipif(not peers.module_available("lightly"), reason="lightly (the [peers] extra) is not installed")
+@pytest.mark.parametrize("mode", [[], ["--solo", "--rounds", "1"]], ids=["interleaved", "solo"])
+def test_barlow_twins_ab_script_reports_every_implementation_and_the_floor(mode):
+    """benchmarks/native/barlow_twins_ab.py, the timing the RESULTS' Barlow
+    Twins ceiling quotes: one line per shape and mode, each with positive
+    times for ours, lightly, the plain formula and the bare products, and the
+    ratios computed from them (its agreement check runs first)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "native" / "barlow_twins_ab.py"
+    out = subprocess.run([sys.executable, str(script), "--threads", "1", "--shapes", "256x128", "--repeats", "2", *mode],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    pattern = re.compile(r"256x128 (fwd\+bwd|fwd)\s+ours\s+([\d.]+) ms\s+lightly\s+([\d.]+)\s+plain\s+([\d.]+)\s+"
+                         r"products\s+([\d.]+)\s+lightly/ours ([\d.]+)\s+plain/ours ([\d.]+)\s+ours/products ([\d.]+)")
+    rows = [pattern.search(line) for line in out.splitlines() if "256x128" in line]
+    assert [r.group(1) for r in rows if r] == ["fwd", "fwd+bwd"], out
+    for r in rows:
+        ours, lightly, plain, products = (float(r.group(i)) for i in range(2, 6))
+        assert min(ours, lightly, plain, products) > 0
+        assert float(r.group(8)) == pytest.approx(ours / products, rel=0.01)
+        if mode:  # solo: ratios of the medians
+            assert float(r.group(6)) == pytest.approx(lightly / ours, rel=0.01)

@@ -16,7 +16,12 @@ backward, >= torch.compile both, and at 512x4096 a forward peak below 25% of
 the reference's. The floor at N >= D: one N x D x D' product forward and two
 backward (dZx = Zy G^T and dZy = Zx G), the same GEMMs the plain formula
 runs; the fused op can only save the passes around them (standardizing,
-the diagonal / off-diagonal reduction, the batch-norm backward).
+the diagonal / off-diagonal reduction, the batch-norm backward). So
+lightly/ours is bounded by lightly's time over those three products alone,
+which on the 2-core development VM was 1.14-1.25x at 4096x2048 in three runs
+of one evening (ours 1.03-1.05x them; benchmarks/RESULTS.md, "the Barlow
+Twins ceiling"): the 1.15x target there is met or missed by the spread of
+lightly's own time.
 """
 from __future__ import annotations
 
