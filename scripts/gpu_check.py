@@ -14,7 +14,10 @@ On a Linux machine with one NVIDIA GPU (driver installed, network for pip):
      (JSON and table; each row's % of the copy bandwidth measured in the same
      run; the torch.compile baseline is left to ``make bench``: its compiles
      alone would take minutes);
-  5. summary: ``gpu_check.json`` and ``gpu_check.txt`` in the output folder
+  5. profile: ``python -m eitp_kernels.bench.profile`` on the cases the first
+     GPU results left short (Barlow Twins, coherence, entropy, fp16 min/max):
+     each backend's kernels by GPU time, in ``profile/profile-cuda.txt``;
+  6. summary: ``gpu_check.json`` and ``gpu_check.txt`` in the output folder
      (device, driver, versions, each step's time and outcome, every test
      outcome, every benchmark row), with the raw logs beside them.
 Progress is printed as it goes. Each step has a time limit so the whole run
@@ -39,6 +42,7 @@ import glob
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,11 +50,15 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Time limits per step: build + backends + tests + bench <= 6 min, leaving 3 of the 9 minutes for
-# `make setup` with pip's wheels cached; a first setup that downloads torch may take longer (its limit).
-STEP_LIMITS_S = {"setup": 600, "build": 120, "backends": 30, "tests": 150, "bench": 60}
+# Time limits per step: build + backends + tests + bench + profile <= 7.5 min, leaving 1.5 of the 9 minutes
+# for `make setup` with pip's wheels cached; a first setup that downloads torch may take longer (its limit).
+STEP_LIMITS_S = {"setup": 600, "build": 120, "backends": 30, "tests": 150, "bench": 60, "profile": 90}
 DRY_RUN_SLOWDOWN = 5  # a dry run happens on a CPU box (CI: 2 shared cores), not the 16-core GPU machine
 DRY_RUN_BENCH = ["--quick", "--device", "cpu", "--no-compile", "--ops", "finite_minmax"]
+# The cases the first GPU run (benchmarks/RESULTS.md, H200) left behind their baselines.
+PROFILE_ARGS = ["--device", "cuda", "--ops", "coherence_loss,histogram_entropy,finite_minmax",
+                "--cases", "BT 4096x2048,BT 2048x1024 fwd,2048x1024 fwd+bwd fp32,16M fp32,16M fp16"]
+DRY_RUN_PROFILE = ["--device", "cpu", "--quick", "--ops", "finite_minmax", "--cases", "fp32", "--calls", "2"]
 
 
 def log(message: str) -> None:
@@ -228,6 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tests", default="tests", help="test paths for pytest -m gpu (default: tests)")
     parser.add_argument("--bench-args", default=None, help="arguments for python -m eitp_kernels.bench "
                         "(default: --quick --device cuda --no-compile; dry run: a small CPU run)")
+    parser.add_argument("--profile-args", default=None, help="arguments for python -m eitp_kernels.bench.profile "
+                        "(default: the short GPU cases; dry run: a small CPU run)")
     args = parser.parse_args(argv)
 
     out_dir = os.path.abspath(args.out)
@@ -285,6 +295,12 @@ def main(argv=None) -> int:
         "bench", [python, "-m", "eitp_kernels.bench", *bench_args, "--json", os.path.join(bench_dir, "bench.json")],
         out_dir, limits["bench"]))
     summary["bench_headers"], summary["bench_rows"] = parse_bench(bench_dir)
+
+    profile_args = (shlex.split(args.profile_args) if args.profile_args is not None
+                    else DRY_RUN_PROFILE if args.dry_run else PROFILE_ARGS)
+    summary["steps"].append(run_step(
+        "profile", [python, "-m", "eitp_kernels.bench.profile", *profile_args, "--out", os.path.join(out_dir, "profile")],
+        out_dir, limits["profile"]))
 
     failed_tests = [t for t in summary["tests"] if t["outcome"] in ("failed", "error")]
     failed_steps = [s for s in summary["steps"] if s["status"] != "ok"]

@@ -412,3 +412,65 @@ def test_barlow_twins_ab_script_reports_every_implementation_and_the_floor(mode)
         assert float(r.group(8)) == pytest.approx(ours / products, rel=0.01)
         if mode:  # solo: ratios of the medians
             assert float(r.group(6)) == pytest.approx(lightly / ours, rel=0.01)
+
+
+def test_gpu_header_names_capability_and_multiprocessors_within_the_width():
+    assert cli._gpu_properties(CPU) is None
+    header = {"device": "cuda", "device_name": "NVIDIA H200", "cpu_cores": 16, "torch_threads": 16, "torch": "2",
+              "triton": "3", "eitp_kernels": "0", "python": "3", "copy_gbps": 1.0, "read_gbps": 1.0,
+              "copy_buffer_bytes": 1 << 28, "quick": False, "compile": True,
+              "gpu": {"capability": "sm_90", "multiprocessors": 132, "memory_mib": 143771}}
+    text = report.format_header(header)
+    assert "sm_90, 132 multiprocessors, 143771 MiB; 16 CPU cores" in " ".join(text.split())
+    assert max(len(line) for line in text.splitlines()) <= report.WIDTH
+
+
+@pytest.mark.gpu
+def test_gpu_properties_of_the_current_device():
+    props = cli._gpu_properties(torch.device("cuda"))
+    assert props["capability"].startswith("sm_") and props["multiprocessors"] >= 1 and props["memory_mib"] > 0
+
+
+def test_profile_tables_name_the_operators_of_each_backend(tmp_path):
+    from eitp_kernels.bench import profile
+
+    code = profile.main(["--device", "cpu", "--quick", "--ops", "coherence_loss", "--cases", "BT 512x256",
+                         "--backends", "cpp,official BT,nosuchbackend", "--warmup", "1", "--calls", "2",
+                         "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "profile-cpu.json").read_text())
+    by_backend = {(p["case"], p["backend"]): p for p in data["profiles"]}
+    # both cases matched by the substring, each with the two known backends; the unknown one left out
+    assert set(by_backend) == {(c, b) for c in ("BT 512x256 fwd", "BT 512x256 fwd+bwd") for b in ("cpp", "official BT")}
+    ours = by_backend[("BT 512x256 fwd", "cpp")]
+    assert any(e["name"] == "eitp::coherence_forward" for e in ours["entries"])
+    official = by_backend[("BT 512x256 fwd", "official BT")]
+    assert any(e["name"] == "aten::native_batch_norm" for e in official["entries"])
+    for p in data["profiles"]:
+        assert p["total_us"] > 0 and all(e["us"] > 0 and e["calls"] > 0 for e in p["entries"])
+        assert sum(e["share"] for e in p["entries"]) <= 1 + 1e-9
+    text = (tmp_path / "profile-cpu.txt").read_text()
+    assert "coherence_loss BT 512x256 fwd+bwd fp32, cpp:" in text
+    assert max(len(line) for line in text.splitlines()) <= report.WIDTH
+
+
+def test_profile_without_a_matching_case_is_a_usage_error(tmp_path):
+    from eitp_kernels.bench import profile
+
+    with pytest.raises(SystemExit):
+        profile.main(["--device", "cpu", "--quick", "--ops", "coherence_loss", "--cases", "no such shape",
+                      "--out", str(tmp_path)])
+
+
+@pytest.mark.gpu
+def test_profile_on_a_gpu_lists_device_kernels(tmp_path):
+    from eitp_kernels.bench import profile
+
+    code = profile.main(["--device", "cuda", "--quick", "--ops", "finite_minmax", "--cases", "fp32",
+                         "--backends", "cuda", "--calls", "2", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "profile-cuda.json").read_text())
+    assert data["profiles"] and all(p["unit"] == "device kernel self time" for p in data["profiles"])
+    for p in data["profiles"]:
+        assert p["total_us"] > 0
+        assert not any(e["name"].startswith("aten::") for e in p["entries"])  # kernels, not operators

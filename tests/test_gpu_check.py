@@ -84,7 +84,9 @@ def test_dry_run_writes_both_summaries(gpu_check, tmp_path, monkeypatch, capsys)
     outcomes = {t["test"].split("::")[-1]: t["outcome"] for t in summary["tests"]}
     assert outcomes == {"test_passes": "passed", "test_skips": "skipped", "test_fails": "failed"}
     assert summary["result"].startswith("FAILED") and "1 tests" in summary["result"]
-    assert [s["step"] for s in summary["steps"]] == ["tests", "bench"]
+    assert [s["step"] for s in summary["steps"]] == ["tests", "bench", "profile"]
+    assert summary["steps"][-1]["status"] == "ok"  # the profile step ran for real, on the CPU
+    assert "finite_minmax" in (out / "profile" / "profile-cpu.txt").read_text()
     assert summary["versions"]["torch"]
     assert len(summary["bench_rows"]) == 2
     text = (out / "gpu_check.txt").read_text()
@@ -120,10 +122,13 @@ def test_python_option_skips_the_venv_setup_and_builds_for_that_interpreter(gpu_
     monkeypatch.setattr(gpu_check, "run_step", fake_step)
     monkeypatch.setattr(gpu_check, "versions", lambda python: {"torch": "2.11.0"})
     code = gpu_check.main([str(tmp_path / "out"), "--python", sys.executable, "--pytest-args", "-n 8",
-                           "--limit", "tests=200"])
+                           "--limit", "tests=200", "--profile-args", "--device cuda --cases 'BT 4096x2048,16M fp16'"])
     assert code == 0
     names = [name for name, *_ in steps]
-    assert names == ["build", "backends", "tests", "bench"]
+    assert names == ["build", "backends", "tests", "bench", "profile"]
+    profile = steps[-1][1]
+    assert profile[:3] == [sys.executable, "-m", "eitp_kernels.bench.profile"]
+    assert profile[profile.index("--cases") + 1] == "BT 4096x2048,16M fp16"  # quoted arguments stay whole
     build = steps[0]
     assert build[1][0] == sys.executable and build[3]["TORCH_CUDA_ARCH_LIST"] == "9.0"
     tests = steps[2]

@@ -191,6 +191,7 @@ def describe(device: torch.device, copy_gbps: float, busy: float | None, args: a
     return {
         "device": device.type,
         "device_name": _device_name(device),
+        "gpu": _gpu_properties(device),
         "platform": platform.platform(),
         "memory_gib": _memory_gib(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -220,6 +221,16 @@ def _memory_gib() -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _gpu_properties(device: torch.device) -> dict | None:
+    """A CUDA device's compute capability, multiprocessor count and memory
+    (grid sizes are judged against the multiprocessors); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return {"capability": f"sm_{props.major}{props.minor}", "multiprocessors": props.multi_processor_count,
+            "memory_mib": props.total_memory >> 20}
 
 
 def _device_name(device: torch.device) -> str:

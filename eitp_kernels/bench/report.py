@@ -100,6 +100,10 @@ def peer_status(cases: Sequence[Case], device, quick: bool) -> dict[str, list[st
 
 def format_header(header: dict) -> str:
     cores = f"{header['cpu_cores']} CPU cores, {header['torch_threads']} torch threads"
+    gpu = header.get("gpu")
+    if gpu:
+        cores = (f"{gpu['capability']}, {gpu['multiprocessors']} multiprocessors, {gpu['memory_mib']} MiB; "
+                 + cores)
     lines = wrap("device", f"{header['device']}: {header['device_name']} ({cores})")
     lines += wrap("versions", f"torch {header['torch']}, triton {header['triton']}, "
                               f"eitp_kernels {header['eitp_kernels']}, python {header['python']}")
