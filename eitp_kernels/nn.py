@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eitp_kernels import _onednn_int8
 from eitp_kernels.ops.coherence import coherence_loss
 from eitp_kernels.ops.entropy import histogram_entropy_many
 from eitp_kernels.ops.quant import dequantize_int8, fake_quant_int8, quantize_int8
@@ -192,8 +193,9 @@ class EntropyMonitor(torch.nn.Module):
 #     load_int8(state, model_or_factory) -> the model with those layers replaced
 #                       by Int8Linear / Int8Conv1d / Int8Conv2d.
 #     Int8Linear        int8 codes + scales; dynamic int8 activations, int8 x
-#                       int8 -> int32 matmul (torch._int_mm) and a rescale where
-#                       the shapes qualify, else the dequantized fp32 weight.
+#                       int8 -> int32 matmul (CPU: oneDNN, _onednn_int8; else
+#                       torch._int_mm) and a rescale where the shapes qualify,
+#                       else the dequantized fp32 weight.
 #     Int8Conv1d/2d     int8 codes + scales; dequantize the weight in forward
 #                       (outputs bit-identical to the fake-quant convolution).
 # --------------------------------------------------------------------------
@@ -382,7 +384,10 @@ class Int8Linear(_Int8Weight):
 
         y[i, j] = sx[i] * weight_scale[j] * (qx @ weight_int8^T)[i, j] + bias[j]
 
-    with ``qx @ weight_int8^T`` an exact int32 product (``torch._int_mm``) and
+    with ``qx @ weight_int8^T`` an exact int32 product (CPU, two rows or more:
+    oneDNN's u8 x s8 kernel where its probe passes, ``eitp_kernels._onednn_int8``,
+    which keeps a packed copy of the int8 weight from the first call on, one
+    more byte per weight; else ``torch._int_mm``: the same value either way) and
     the rescale done in place on its fp32 conversion (computed in float32,
     returned in the layer's dtype). ``sx`` is per row (per token: quantize_int8
     granularity="channel", axis=0 on the 2-D view, symmetric) for layers
@@ -413,6 +418,7 @@ class Int8Linear(_Int8Weight):
         # sum_k weight_int8[j, k], for the affine zero-point correction; rebuilt after loading.
         self.register_buffer("_weight_code_sums", None, persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
+        self._onednn_weight: _onednn_int8.PackedWeight | None = None  # the CPU int8 path's packed weight
 
     def _refresh_code_sums(self) -> None:
         affine = self.activation_symmetric is False
@@ -441,17 +447,34 @@ class Int8Linear(_Int8Weight):
             sx = sx.unsqueeze(1)
         else:
             qx, sx, zero_point = quantize_int8(rows, granularity="tensor", symmetric=self.activation_symmetric)
+        # Rescale in place on the fp32 product: one (m, n) allocation, three in-place
+        # passes (an addcmul of the int32 product by an (m, n) scale was much slower at m=512).
+        y = self._int8_product(qx, zero_point if self.activation_symmetric is False else 0)
+        y.mul_(sx).mul_(self.weight_scale)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.to(self.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _int8_product(self, qx: torch.Tensor, zero_point) -> torch.Tensor:
+        """float32 (m, n): the exact int32 sum_k (qx - zero_point) weight_int8^T,
+        converted once: oneDNN on CPUs where it applies (_onednn_int8), else torch._int_mm."""
+        m, k = qx.shape
+        if qx.device.type == "cpu" and not torch.compiler.is_compiling() and _onednn_int8.applies(m, k):
+            if self._onednn_weight is None:
+                self._onednn_weight = _onednn_int8.PackedWeight()
+            return _onednn_int8.product(qx, zero_point, self._onednn_weight.of(self.weight_int8))
         acc = torch._int_mm(qx, self.weight_int8.t())
         if self.activation_symmetric is False:
             if self._weight_code_sums is None or self._weight_code_sums.device != acc.device:
                 self._refresh_code_sums()
             acc = acc - zero_point * self._weight_code_sums
-        # Rescale in place on the fp32 copy of the product: one (m, n) allocation, three
-        # in-place passes (an addcmul of the int32 product by an (m, n) scale was much slower at m=512).
-        y = acc.to(torch.float32).mul_(sx).mul_(self.weight_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y.to(self.dtype).reshape(*x.shape[:-1], self.out_features)
+        return acc.to(torch.float32)
+
+    def __getstate__(self):
+        # The packed oneDNN weight is an opaque tensor (neither copied nor pickled): rebuilt on use.
+        state = self.__dict__.copy()
+        state["_onednn_weight"] = None
+        return state
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -76,14 +76,14 @@ def test_kernel_backends_never_include_reference_or_interpreted_triton():
     assert runner.backends_to_run(case, CPU, with_compile=False) == names + ["eager"]
 
 
-def _toy_suite(fn, alternatives=(), targets=()):
+def _toy_suite(fn, alternatives=(), targets=(), reference_fn=reference.finite_minmax):
     """A one-case suite on a tiny tensor whose library op is ``fn``."""
 
     def build(device, quick):
         return [
             cases.Case(
                 op="toy", shape="64", dtype=torch.float32, make_inputs=cases.randn_inputs((64,), torch.float32),
-                fn=fn, reference=reference.finite_minmax, implemented={"cpu": ("reference",)}, bytes=256,
+                fn=fn, reference=reference_fn, implemented={"cpu": ("reference",)}, bytes=256,
                 alternatives=tuple(alternatives), targets=tuple(targets),
             )
         ]
@@ -95,8 +95,8 @@ def _toy_suite(fn, alternatives=(), targets=()):
 def toy_op(monkeypatch):
     """Register the toy suite and let it run on the 'reference' backend."""
 
-    def install(fn, alternatives=(), targets=()):
-        monkeypatch.setitem(cases._SUITES, "toy", _toy_suite(fn, alternatives, targets))
+    def install(fn, alternatives=(), targets=(), reference_fn=reference.finite_minmax):
+        monkeypatch.setitem(cases._SUITES, "toy", _toy_suite(fn, alternatives, targets, reference_fn))
         monkeypatch.setattr(runner, "kernel_backends", lambda case, device: ["reference"])
 
     return install
@@ -239,6 +239,27 @@ def test_third_party_output_is_kept_out_of_the_table(tmp_path, capsys, toy_op, m
     assert "third-party output kept out of the table" in out and "torch.compile" in out
     log = (tmp_path / "cpu-quick-toy.log").read_text()
     assert "graph break" in log and "a dump line" in log and "chatter" in log and "a compile warning" in log
+
+
+def test_what_making_the_reference_prints_is_kept_out_of_the_table(tmp_path, capsys, toy_op):
+    """A baseline built on the first reference call (the int8 suite's
+    quantize_dynamic: torch.ao's deprecation notice) prints before any row."""
+    noisy_once = []
+
+    def reference_fn(x):
+        if not noisy_once:
+            noisy_once.append(True)
+            warnings.warn("a baseline's deprecation notice", UserWarning)
+            os.write(2, b"built a baseline\n")
+        return reference.finite_minmax(x)
+
+    toy_op(reference.finite_minmax, reference_fn=reference_fn)
+    code = cli.main(["--quick", "--ops", "toy", "--device", "cpu", "--no-compile", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "deprecation notice" not in out + err and "built a baseline" not in out + err, out + err
+    log = (tmp_path / "cpu-quick-toy.log").read_text()
+    assert "deprecation notice" in log and "built a baseline" in log
 
 
 def test_rows_timed_while_the_machine_is_busy_are_flagged(tmp_path, capsys, toy_op, monkeypatch):

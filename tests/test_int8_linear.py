@@ -1,12 +1,17 @@
-"""Int8Linear's int8 path (dynamic activation quantization + torch._int_mm +
-rescale) against its dequantized fp32 path, the shape rules that pick the path,
-and the digits accuracy of an int8 model against its QAT model."""
+"""Int8Linear's int8 path (dynamic activation quantization + an exact int8
+product (oneDNN's u8 x s8 kernel on CPUs where it applies, else torch._int_mm)
++ rescale) against its dequantized fp32 path, the shape rules that pick the
+path, the two products against each other, and the digits accuracy of an int8
+model against its QAT model."""
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
 
+from eitp_kernels import _onednn_int8, quantize_int8, reference
 from eitp_kernels import nn as enn
-from eitp_kernels import reference
 
 
 def _int8_layer(in_f, out_f, *, activations=None, bias=True, seed=0, matmul="auto"):
@@ -227,3 +232,88 @@ def test_torch_compile_fullgraph_int8_model(activations):
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+needs_onednn = pytest.mark.skipif(not _onednn_int8.available(),
+                                  reason="oneDNN's u8 x s8 op is missing or inexact in this torch")
+
+
+def _int_mm_output(layer, x, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(_onednn_int8, "applies", lambda m, k: False)
+        return layer(x)
+
+
+@needs_onednn
+@pytest.mark.parametrize("activations", [None, True, False], ids=["per-row", "symmetric", "affine"])
+@pytest.mark.parametrize("m, in_f, out_f", [(2, 64, 64), (17, 128, 24), (64, 264, 256), (5, 12, 20)])
+def test_onednn_product_is_bit_identical_to_int_mm(monkeypatch, activations, m, in_f, out_f):
+    layer, _ = _int8_layer(in_f, out_f, activations=activations, matmul="int8")
+    x = torch.randn(m, in_f) * 3 + (0.7 if activations is False else 0.0)  # affine: a non-zero zero point
+    with torch.no_grad():
+        assert _onednn_int8.applies(m, in_f)
+        y = layer(x)
+        assert layer._onednn_weight is not None  # the oneDNN path ran
+        assert torch.equal(y, _int_mm_output(layer, x, monkeypatch))
+    if activations is False:
+        assert int(quantize_int8(x, granularity="tensor", symmetric=False)[2]) != 0
+
+
+@needs_onednn
+def test_onednn_weight_follows_in_place_replaced_and_loaded_weights(monkeypatch):
+    layer, _ = _int8_layer(64, 32, matmul="int8")
+    other, _ = _int8_layer(64, 32, seed=3, matmul="int8")
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        first = layer(x)
+        layer.weight_int8.neg_()  # in place: the version counter moves
+        assert torch.equal(layer(x), _int_mm_output(layer, x, monkeypatch)) and not torch.equal(layer(x), first)
+        layer.weight_int8 = torch.randint(-127, 128, (32, 64), dtype=torch.int8)  # another tensor
+        assert torch.equal(layer(x), _int_mm_output(layer, x, monkeypatch))
+        layer.load_state_dict(other.state_dict())
+        assert torch.equal(layer(x), other(x))
+
+
+@needs_onednn
+def test_a_layer_with_a_packed_weight_copies_and_pickles():
+    layer, _ = _int8_layer(64, 32, matmul="int8")
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        y = layer(x)  # packs the weight
+        for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            assert twin._onednn_weight is None and torch.equal(twin(x), y)
+        assert layer._onednn_weight is not None
+
+
+def test_onednn_rules_and_probe(monkeypatch):
+    assert not _onednn_int8.applies(1, 64)  # one row: torch._int_mm was faster
+    assert not _onednn_int8.applies(2, _onednn_int8.MAX_K + 1)
+    assert _onednn_int8.MAX_K * 255 * 128 <= 2**31 - 1
+    probe = _onednn_int8.available.__wrapped__
+
+    def missing(*args):
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(_onednn_int8, "product", missing)
+    assert probe() is False
+    monkeypatch.setattr(_onednn_int8, "product", lambda qx, zp, packed: torch.zeros(qx.shape[0], 16))
+    assert probe() is False  # an inexact op is not used
+
+
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any("avx512_vnni" in line.split() or "avx_vnni" in line.split() for line in cpuinfo
+                       if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not (_has_vnni() and torch.backends.mkldnn.is_available()
+                         and hasattr(torch.ops.onednn, "qlinear_pointwise")),
+                    reason="not a VNNI CPU with oneDNN's qlinear op (the probe may rightly refuse elsewhere)")
+def test_the_probe_accepts_onednn_on_a_vnni_cpu():
+    """Where the op exists and the CPU has VNNI (the development and CI VMs),
+    the probe must pass: a product that went wrong would otherwise only make
+    the oneDNN tests skip."""
+    assert _onednn_int8.available.__wrapped__() is True

@@ -250,13 +250,19 @@ def run_case(
 ) -> list[Row]:
     """Every backend of ``case``, then its alternatives that run here;
     ``on_backend(case, backend)`` is called before each measurement and the
-    function it returns with the finished row."""
-    inputs, expected = prepare(case, device)
+    function it returns with the finished row. What the inputs and the
+    reference print while being made (a baseline's construction: torch.ao's
+    deprecation notices) goes to the first row's captured output."""
+    with harness.captured_output() as captured:
+        inputs, expected = prepare(case, device)
     rows = []
     names = backends_to_run(case, device, with_compile) + [alt.name for alt in alternatives_to_run(case, device, quick)]
     for backend in names:
         done = on_backend(case, backend) if on_backend else None
         rows.append(measure_backend(case, backend, inputs, expected, device, settings, copy_gbps))
+        if captured.text and len(rows) == 1:
+            rows[0].output = captured.text + rows[0].output
+            rows[0].output_lines = len(rows[0].output.splitlines())
         if done:
             done(rows[-1])
     add_speedups(rows)
