@@ -35,8 +35,9 @@ MIN_ROWS = 2
 
 
 def applies(m: int, k: int) -> bool:
-    """Whether an (m, k) x (k, n) CPU int8 product goes to oneDNN here."""
-    return m >= MIN_ROWS and k <= MAX_K and available()
+    """Whether an (m, k) x (k, n) CPU int8 product goes to oneDNN here (read
+    on every call: ``torch.backends.mkldnn.enabled`` may be switched off later)."""
+    return m >= MIN_ROWS and k <= MAX_K and bool(torch.backends.mkldnn.enabled) and available()
 
 
 @functools.lru_cache(maxsize=None)

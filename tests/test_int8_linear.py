@@ -288,6 +288,8 @@ def test_a_layer_with_a_packed_weight_copies_and_pickles():
 def test_onednn_rules_and_probe(monkeypatch):
     assert not _onednn_int8.applies(1, 64)  # one row: torch._int_mm was faster
     assert not _onednn_int8.applies(2, _onednn_int8.MAX_K + 1)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not _onednn_int8.applies(64, 64)  # switched off after the probe: not used
     assert _onednn_int8.MAX_K * 255 * 128 <= 2**31 - 1
     probe = _onednn_int8.available.__wrapped__
 
