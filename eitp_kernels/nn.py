@@ -460,7 +460,7 @@ class Int8Linear(_Int8Weight):
         converted once: oneDNN on CPUs where it applies (_onednn_int8), else torch._int_mm."""
         m, k = qx.shape
         if qx.device.type == "cpu" and not torch.compiler.is_compiling() and _onednn_int8.applies(m, k):
-            if self._onednn_weight is None:
+            if getattr(self, "_onednn_weight", None) is None:  # None too in a layer pickled by an older release
                 self._onednn_weight = _onednn_int8.PackedWeight()
             return _onednn_int8.product(qx, zero_point, self._onednn_weight.of(self.weight_int8))
         acc = torch._int_mm(qx, self.weight_int8.t())
