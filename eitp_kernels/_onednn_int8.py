@@ -55,9 +55,9 @@ def available() -> bool:
         w[1::2] = -127
         w[2, ::3] = 0
         packed = PackedWeight()
-        exact = torch._int_mm(qx, w.t()).to(torch.float32)
-        return torch.equal(product(qx, 0, packed.of(w)), exact) and torch.equal(
-            product(qx, 5, packed.of(w)), (torch._int_mm(qx, w.t()) - 5 * w.sum(1, dtype=torch.int32)).float())
+        acc = torch._int_mm(qx, w.t())
+        return torch.equal(product(qx, 0, packed.of(w)), acc.float()) and torch.equal(
+            product(qx, 5, packed.of(w)), (acc - 5 * w.sum(1, dtype=torch.int32)).float())
     except (RuntimeError, AttributeError, TypeError, NotImplementedError):
         return False
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from eitp_kernels.bench import cases, report, runner
+from eitp_kernels.bench import cases, cli, report, runner
 
 NAME_WIDTH = 80  # the kernel / operator column; the table fits report.WIDTH
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--top", type=int, default=12, help="rows per table")
-    parser.add_argument("--out", default=os.path.join("bench-results"), help="folder for profile-<device>.{txt,json}")
+    parser.add_argument("--out", default=cli.DEFAULT_OUT, help="folder for profile-<device>.{txt,json}")
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.calls < 1 or args.top < 1:
         parser.error("--warmup must be >= 0, --calls and --top >= 1")
