@@ -11,10 +11,10 @@ sums. The op is ``torch.ops.onednn.qlinear_pointwise``, the one inductor's x86
 int8 lowering uses, with the weight packed once (``qlinear_prepack``) and
 unit scales, so only the int32 -> float32 conversion rounds.
 
-Why: at 4096 x 4096, 2 threads on the 2-core AVX-512 VNNI development VM,
-medians of 30 calls, it took 0.47 / 1.76 / 12.8 ms at m = 7 / 64 / 512
-against ``torch._int_mm``'s 1.40 / 2.70 / 13.9, and 0.38 against 0.33 ms at
-m = 1 (left to ``torch._int_mm``): ``benchmarks/native/int8_matmul_ab.py``.
+Why: it is the faster int8 product for m >= 2 rows (at 4096 x 4096 and m =
+64, 2 threads: 1.76 ms against torch._int_mm's 2.70; m = 1 stays with
+torch._int_mm, 0.33 against 0.38 ms), measured by
+``python benchmarks/native/int8_matmul_ab.py``.
 
 Whether it is used is decided once per process by a probe (:func:`available`)
 that requires the op and bit-equality with ``torch._int_mm`` on extreme codes
@@ -30,7 +30,7 @@ import torch
 
 # (255 * 128) per term in the int32 sum, before the zero point's correction.
 MAX_K = (2**31 - 1) // (255 * 128)
-# Below this many rows torch._int_mm was the faster one (m = 1: 0.33 ms against 0.38, above).
+# Below this many rows torch._int_mm is the faster one (see the module docstring).
 MIN_ROWS = 2
 
 

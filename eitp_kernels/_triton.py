@@ -34,7 +34,7 @@ def triton_jit(fn):
 
 def acc_tl(dtype):
     """The Triton accumulation dtype for tensors of ``dtype``: ``tl.float64`` for
-    float64, ``tl.float32`` otherwise (``reference.compute_dtype``)."""
+    float64, ``tl.float32`` otherwise (``_layout.compute_dtype``)."""
     import torch
 
     return tl.float64 if dtype == torch.float64 else tl.float32

@@ -13,7 +13,9 @@ Conventions
   it; fp16/bf16 inputs are up-cast exactly.
 * Inputs are assumed already validated (shapes, dtypes, ranges, group sizes):
   validation lives in the op wrappers, not here.
-* Nothing is computed at import time; only ``torch`` and ``math`` are used.
+* Nothing is computed at import time; only ``torch``, ``math`` and
+  ``eitp_kernels._layout`` (the views and formulas the library shares with
+  this module, re-exported here) are used.
 
 Public names
 ------------
@@ -28,6 +30,19 @@ int8_params_from_range.
 import math
 
 import torch
+
+from eitp_kernels._layout import (
+    ENTROPY_LOG_FLOOR,
+    column_rstd,
+    compute_dtype,
+    divide,
+    entropy_from_counts,
+    from_rows,
+    int8_params_from_range,
+    scale_shape,
+    slices_as_rows,
+    to_rows,
+)
 
 __all__ = [
     "ENTROPY_LOG_FLOOR",
@@ -53,36 +68,8 @@ __all__ = [
     "int8_params_from_range",
 ]
 
-#: Floor applied to bin probabilities before taking ``ln p`` in the backward
-#: pass of the differentiable (linear-binning) entropy.  An empty neighbour bin
-#: then contributes ``ln(1e-12) ~= -27.6`` instead of ``-inf``: the gradient is
-#: large but finite.  Dimensionless (a probability).
-ENTROPY_LOG_FLOOR = 1e-12
 
 _CODE_DTYPES = (torch.int8, torch.uint8)
-
-
-def divide(a, divisor):
-    """``a / divisor`` rounded once (IEEE true division) on every device.
-
-    PyTorch's CUDA kernels divide a tensor by a Python number as a
-    multiplication by the number's rounded reciprocal, which is 1 ulp off for
-    divisors that are not powers of two (``x / 127`` on an H200, torch 2.11):
-    enough to move a value across a bin edge or change an int8 scale. The
-    reference divides by a tensor instead, as every backend divides.
-    """
-    if isinstance(divisor, torch.Tensor):
-        return a / divisor
-    return a / torch.full((), divisor, dtype=a.dtype, device=a.device)
-
-
-def compute_dtype(dtype):
-    """Accumulation / arithmetic dtype used for inputs of ``dtype``.
-
-    ``torch.float64`` for float64 inputs, ``torch.float32`` for every other
-    dtype (float16, bfloat16, float32, int8, uint8).
-    """
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------
@@ -114,18 +101,6 @@ def finite_minmax(x, dim=None):
         return (torch.full(shape, math.inf, dtype=cd, device=x.device),
                 torch.full(shape, -math.inf, dtype=cd, device=x.device))
     return lo_src.amin(dim=d), hi_src.amax(dim=d)
-
-
-def slices_as_rows(x, dim):
-    """``x`` as (R, L): one row per 1-D slice along ``dim`` (one row of all
-    elements for ``dim=None`` or a 0-d x); also the batch shape (x.shape
-    without ``dim``) the R results reshape to."""
-    if dim is None or x.dim() == 0:
-        return x.reshape(1, x.numel()), ()
-    d = dim % x.dim()
-    xm = x.movedim(d, -1)
-    batch = tuple(xm.shape[:-1])
-    return xm.reshape(math.prod(batch), xm.shape[-1]), batch
 
 
 def _row_range(xc, rng):
@@ -212,19 +187,6 @@ def histogram_counts(x, bins=256, range=None, dim=None):
     lo, hi = _row_range(xc, range)
     counts = bin_counts(xc, lo, hi, bins, range is not None)
     return counts.to(cd).reshape(batch + (bins,))
-
-
-def entropy_from_counts(c, log_base):
-    """H = -sum_{c_b>0} p_b ln p_b per row of c (float64), NaN for empty rows;
-    divided by ``log_base`` (ln of the base) unless it is None."""
-    total = c.sum(-1, keepdim=True)
-    p = c / total
-    plogp = torch.where(c > 0, p * torch.log(p), 0.0)
-    h = -plogp.sum(-1) + 0.0  # "+ 0.0" turns -0.0 into +0.0
-    h = torch.where(total.squeeze(-1) > 0, h, math.nan)
-    if log_base is not None:
-        h = divide(h, log_base)
-    return h
 
 
 def linear_binning_counts(xs, lo, hi, bins, explicit):
@@ -368,19 +330,6 @@ def _deviations_and_variance(xc, sum_dtype):
     return d, divide((d * d).sum(0, keepdim=True, dtype=sum_dtype), n)
 
 
-def column_rstd(var, eps, dtype):
-    """``rstd = 1 / sqrt(var + eps)`` in ``dtype`` (1 / units of x).
-
-    ``var`` may be held in a wider dtype (float64 sums). A variance beyond
-    ``dtype``'s range (an overflowed square makes it infinite) has no
-    standardization in ``dtype``: rstd is NaN, so the loss is NaN instead of
-    the column silently counting as constant (rstd = 0). Every backend does
-    the same.
-    """
-    beyond = ~(var <= torch.finfo(dtype).max)  # NaN variances too
-    return torch.where(beyond, math.nan, torch.rsqrt(var.to(dtype) + eps))
-
-
 def correlation_matrix(x, y=None, eps=1e-5):
     """Correlation matrix ``R = Z_x^T Z_y / N`` (dimensionless, D x D').
 
@@ -431,77 +380,10 @@ def coherence_loss(x, y=None, diag_weight=1.0, offdiag_weight=1.0,
 # --------------------------------------------------------------------------
 
 
-def to_rows(t, granularity, axis, group_size):
-    """View t as (M, K): one row per scale, in the scale's C order."""
-    shape = tuple(t.shape)
-    if granularity == "tensor":
-        return t.reshape(1, t.numel())
-    if granularity == "channel":
-        a = axis % t.dim()
-        rest = math.prod(shape[:a] + shape[a + 1:])
-        return t.movedim(a, 0).reshape(shape[a], rest)
-    if granularity == "group":
-        return t.reshape(t.numel() // group_size, group_size)
-    raise ValueError(f"unknown granularity {granularity!r}")
-
-
-def from_rows(rows, shape, granularity, axis):
-    """Inverse of to_rows."""
-    shape = tuple(shape)
-    if granularity == "channel":
-        a = axis % len(shape)
-        moved = (shape[a],) + shape[:a] + shape[a + 1:]
-        return rows.reshape(moved).movedim(0, a)
-    return rows.reshape(shape)
-
-
-def scale_shape(shape, granularity, axis, group_size):
-    """Shape of the scale (and zero point) of a tensor of ``shape`` at this granularity."""
-    shape = tuple(shape)
-    if granularity == "tensor":
-        return ()
-    if granularity == "channel":
-        return (shape[axis % len(shape)],)
-    return shape[:-1] + (shape[-1] // group_size,)
-
-
 def _qrange(symmetric):
     return (-127, 127) if symmetric else (-128, 127)
 
 
-_FLOAT32_MAX = torch.finfo(torch.float32).max
-
-
-def int8_params_from_range(lo, hi, symmetric):
-    """Per-row int8 ``(scale, zero_point)`` from a row reduction.
-
-    ``hi`` is the row's absmax (symmetric) or ``max(finite max, 0)`` and
-    ``lo`` is ``min(finite min, 0)`` (affine; ignored when symmetric), both in
-    the compute dtype. float32 arithmetic, as docs/design.md §2.3 states it:
-    symmetric ``s = float32(hi) / 127``, ``zero_point = None``; affine
-    ``s = (float32(hi) - float32(lo)) / 255``,
-    ``zero_point = int32(-128 - round(float32(lo) / s))``; ``s == 0`` becomes 1.
-    A range too wide for that (affine ``hi - lo`` beyond 3.4e38, or float64
-    values beyond float32) is computed in float64 instead, with the scale
-    saturated at the largest float32: ``s = float32(min((hi - lo) / steps,
-    3.4028235e38))`` and ``zero_point = clamp(-128 - round(lo / s), -128, 127)``,
-    so no scale is ever infinite. Every backend computes exactly this.
-    """
-    hi64 = hi.to(torch.float64)
-    lo64 = torch.zeros_like(hi64) if symmetric else lo.to(torch.float64)
-    fits = (lo64 >= -_FLOAT32_MAX) & (hi64 <= _FLOAT32_MAX)
-    mn = torch.where(fits, lo64, 0.0).to(torch.float32)
-    mx = torch.where(fits, hi64, 0.0).to(torch.float32)
-    steps = 127.0 if symmetric else 255.0
-    s = divide(mx if symmetric else mx - mn, steps)
-    wide = ~fits | ~torch.isfinite(s)
-    wide_s = divide(hi64 - lo64, steps).clamp(max=_FLOAT32_MAX).to(torch.float32)
-    s = torch.where(wide, wide_s, torch.where(s == 0, 1.0, s))
-    if symmetric:
-        return s, None
-    zp = -128.0 - torch.round(mn / s)
-    wide_zp = (-128.0 - torch.round(lo64 / s.to(torch.float64))).clamp(-128.0, 127.0)
-    return s, torch.where(wide, wide_zp.to(torch.float32), zp).to(torch.int32)
 
 
 def _quantize_rows(x, granularity, axis, group_size, symmetric, scale, zero_point):

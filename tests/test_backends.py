@@ -213,7 +213,7 @@ def test_version_mismatch_of_cuda_only_matters_for_a_build_with_cuda_kernels():
 
 
 def test_build_for_another_torch_warns_once_and_names_the_fix():
-    # The user's case from issue 13: built against another torch series.
+    # A wheel built against another torch series than the one installed.
     result = _run_probe(_record(TORCH_VERSION="1.9.0+cu111", TORCH_CUDA_VERSION="11.1"))
     assert len(result["warnings"]) == 1, result
     message = result["warnings"][0]

@@ -1,4 +1,4 @@
-"""coherence_loss on every backend against the reference (docs/design.md §2.2, issue 4)."""
+"""coherence_loss on every backend against the reference (docs/design.md §2.2)."""
 import numpy as np
 import pytest
 import torch
@@ -83,7 +83,7 @@ def test_every_dtype(backend, dtype):
 
 
 def test_large_odd_shape_native():
-    # N=17 x D=1000 (issue 4): short and wide, self and cross
+    # N=17 x D=1000: short and wide, self and cross
     x = torch.randn(17, 1000)
     y = torch.randn(17, 999)
     for yy in (None, y):

@@ -1,6 +1,5 @@
-"""Rules the C++ extension owns, and what the Python side relies on them for
-(issue 15 item 4): the coherence forward's keep-the-product rule and the
-histogram bin limit."""
+"""Rules the C++ extension owns, and what the Python side relies on them for:
+the coherence forward's keep-the-product rule and the histogram bin limit."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Every GPU kernel against the reference, eagerly (issue 12 §3). Skipped without a CUDA device.
+"""Every GPU kernel against the reference, eagerly. Skipped without a CUDA device.
 
 Each CUDA and Triton kernel path that the older GPU tests did not reach:
 CUDA ``entropy_kernel<double>``; the soft histogram's global-memory path

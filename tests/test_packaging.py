@@ -1,4 +1,4 @@
-"""The install paths users take (issue 13), run as a user would run them.
+"""The install paths users take, run as a user would run them.
 
 One module-scoped build: the tracked files of this checkout (what a fresh
 clone holds) are copied to a scratch directory, `python -m build

@@ -1,5 +1,5 @@
 """Barlow Twins on the CPU: coherence_loss against lightly's BarlowTwinsLoss and
-the plain formula, interleaved in one process or each alone (--solo) (issue 16, item 1).
+the plain formula, interleaved in one process or each alone (--solo).
 
     .venv/bin/python benchmarks/native/barlow_twins_ab.py --threads 2
     .venv/bin/python benchmarks/native/barlow_twins_ab.py --threads 1 --cpu-time --shapes 2048x1024

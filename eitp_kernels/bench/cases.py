@@ -133,7 +133,7 @@ class Target:
     against: str
     ratio: float
     metric: str = "speed"
-    source: str = ""  # where the goal was set, e.g. "issue 16"
+    source: str = ""  # what the goal stands for, printed beside it (e.g. "memory bound")
     copy_bytes: int = 0  # metric "copy": bytes of the copy (read + written)
 
     def describe(self) -> str:

@@ -108,7 +108,7 @@ def _barlow_cases(n: int, d: int, quick: bool) -> list[Case]:
         targets = ()
         if not quick:
             floor = 1.15 if backward and (n, d) in ((2048, 1024), (4096, 2048)) else 1.0
-            targets = (Target("lightly", floor, source="issue 16"), Target("official BT", 1.0, source="issue 16"))
+            targets = (Target("lightly", floor), Target("official BT", 1.0))
         cases.append(Case(
             op=OP, shape=f"BT {size_label(n, d)} {'fwd+bwd' if backward else 'fwd'}", dtype=torch.float32,
             make_inputs=two_inputs(n, d), implemented=_backends.IMPLEMENTED,

@@ -1,4 +1,4 @@
-"""Benchmark of Int8Linear's int8 path (issue 14): dynamic per-row activation
+"""Benchmark of Int8Linear's int8 path: dynamic per-row activation
 quantization (quantize_int8 on the library's backend) + torch._int_mm + one
 rescale, for a 4096x4096 layer at batch 1, 64 and 512 (quick: 1024x1024).
 
@@ -73,7 +73,7 @@ def build(device: torch.device, quick: bool) -> list[Case]:
         convention="per-tensor weight and activation scales (ours: per channel / per row)", devices=("cpu",))
     cases = []
     for batch in BATCHES:
-        targets = (Target("eager", 2.0, source="issue 14"),) if batch == 64 and not quick else ()
+        targets = (Target("eager", 2.0),) if batch == 64 and not quick else ()
         cases.append(Case(op=OP, shape=f"b{batch} {side}x{side}", dtype=torch.float32,
                           make_inputs=_inputs(batch, side), fn=_call(side, 1), reference=_call(side, 0),
                           implemented=_backends.IMPLEMENTED, flops=2 * batch * side * side, rtol=0.0, atol=0.05,

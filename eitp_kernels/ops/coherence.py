@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import _backends, _registration, _validation, reference
+from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels.triton import coherence as triton_coherence
 
 OP = "coherence_loss"
@@ -149,20 +149,20 @@ class _DistributedCoherence(torch.autograd.Function):
     def forward(ctx, x2, y2, a, b, squared, eps, group):
         import torch.distributed as dist
 
-        cd = reference.compute_dtype(x2.dtype)
+        cd = _layout.compute_dtype(x2.dtype)
         world = dist.get_world_size(group)
         n = torch.tensor([float(x2.shape[0])], dtype=cd, device=x2.device)
         dist.all_reduce(n, group=group)
 
         def standardize(v):
-            # Sums in float64, as every backend (reference.column_rstd).
+            # Sums in float64, as every backend (_layout.column_rstd).
             vc = v.to(cd)
             s = vc.sum(0, dtype=torch.float64)
             dist.all_reduce(s, group=group)
             dev = vc - (s / n.double()).to(cd)
             q = (dev * dev).sum(0, dtype=torch.float64)
             dist.all_reduce(q, group=group)
-            rstd = reference.column_rstd(q / n.double(), eps, cd)
+            rstd = _layout.column_rstd(q / n.double(), eps, cd)
             return dev * rstd, rstd
 
         zx, rx = standardize(x2)
@@ -227,7 +227,7 @@ def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=
     ``keep_product`` is given (the compiled op's flag: (D, D') when True and
     the forward takes its block path, else (0,); the Triton op has neither
     the flag nor the product)."""
-    acc = reference.compute_dtype(x.dtype)
+    acc = _layout.compute_dtype(x.dtype)
     d = x.shape[1]
     dp = 0 if y is None else y.shape[1]
     outputs = (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),

@@ -15,7 +15,7 @@ Each call is three compiled ops on (rows, length) views: ``finite_minmax``
 Differentiable mode (linear binning): ``soft_histogram`` makes float64 soft
 counts (x adds 1-f to bin k and f to bin k+1, u = (x-lo)/w - 0.5, k =
 floor(u), f = u - k), and the entropy's gradient dH/dc_j = -(ln p_j + H) / N
-(ln p of p clamped at ``reference.ENTROPY_LOG_FLOOR``) gives dH/dx = (ln p_k -
+(ln p of p clamped at ``_layout.ENTROPY_LOG_FLOOR``) gives dH/dx = (ln p_k -
 ln p_{k+1}) / (N w); the range is held constant. The Triton kernels are in
 ``eitp_kernels.triton.entropy``.
 """
@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from eitp_kernels import _backends, _registration, _validation, reference
+from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels.ops.finite_minmax import ROWS as FINITE_MINMAX_ROWS
 from eitp_kernels.triton import entropy as triton_entropy
 
@@ -111,12 +111,12 @@ def histogram_entropy(
         raise TypeError(f"{OP}: differentiable=True needs a floating-point x, got {x.dtype}")
     _validation.check_process_group(OP, process_group)
 
-    acc = reference.compute_dtype(x.dtype)
+    acc = _layout.compute_dtype(x.dtype)
     if differentiable:
         backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
         if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
             return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base, differentiable=True)
-        rows, batch = reference.slices_as_rows(x.to(acc), dim)
+        rows, batch = _layout.slices_as_rows(x.to(acc), dim)
         rows = rows.contiguous()
         lo, hi = _range_rows(backend, rows.detach(), rng, process_group)
         counts = _SOFT_COUNTS[backend](rows, lo, hi, bins, rng is not None)
@@ -127,7 +127,7 @@ def histogram_entropy(
     backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     if backend == "reference" and process_group is None and not _validation.range_has_tensor(rng):
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
-    rows, batch = reference.slices_as_rows(x, dim)
+    rows, batch = _layout.slices_as_rows(x, dim)
     rows = rows.contiguous()
     if is_code:
         lo = hi = None
@@ -233,7 +233,7 @@ def _check_common(op, bins, range, base, *, codes: bool):
 
 def _range_rows(backend: str, rows: torch.Tensor, rng, process_group):
     """(lo, hi), each (R,) in the accumulation dtype: finite min/max or the given range."""
-    acc = reference.compute_dtype(rows.dtype)
+    acc = _layout.compute_dtype(rows.dtype)
     if _validation.range_has_tensor(rng):
         return _tensor_range(rng, rows.shape[0], acc, rows.device)
     if rng is not None:
@@ -279,7 +279,7 @@ def _torch_counts(rows: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torc
     """int64 counts with the reference's arithmetic, for tensor-valued ranges."""
     if rows.dtype in _validation.CODE_DTYPES:
         return reference.histogram_counts(rows, bins=256, dim=1).to(torch.int64)
-    xc = rows.to(reference.compute_dtype(rows.dtype))
+    xc = rows.to(_layout.compute_dtype(rows.dtype))
     return reference.bin_counts(xc, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)
 
 
@@ -299,14 +299,14 @@ def _counts_each_with_tensor_range(backend: str, tensors: list[torch.Tensor], bi
     counts = []
     for t in tensors:
         row = t.reshape(1, t.numel()).contiguous()
-        lo, hi = _tensor_range(rng, 1, reference.compute_dtype(t.dtype), t.device)
+        lo, hi = _tensor_range(rng, 1, _layout.compute_dtype(t.dtype), t.device)
         counts.append(_counts_rows(backend, row, lo, hi, bins, True))
     return torch.cat(counts)
 
 
 def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
     """H per row of counts (float64), the reference's formula; NaN for an empty row."""
-    return reference.entropy_from_counts(counts.to(torch.float64), log_base)
+    return _layout.entropy_from_counts(counts.to(torch.float64), log_base)
 
 
 def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
@@ -345,7 +345,7 @@ def _soft_entropy(counts: torch.Tensor, log_base) -> torch.Tensor:
     """
     n = counts.sum(-1, keepdim=True)
     p = counts / n
-    lnp = torch.log(p.detach().clamp(min=reference.ENTROPY_LOG_FLOOR))
+    lnp = torch.log(p.detach().clamp(min=_layout.ENTROPY_LOG_FLOOR))
     carrier = -(p * lnp).sum(-1)
     h = _entropy_torch(counts.detach(), None) + (carrier - carrier.detach())
     return h if log_base is None else h / log_base
@@ -381,7 +381,7 @@ def _soft_histogram_fake(x, lo, hi, bins, explicit_range):
 
 
 def _soft_histogram_backward_fake(grad_counts, x, lo, hi, bins, explicit_range):
-    return x.new_empty(x.shape, dtype=reference.compute_dtype(x.dtype))
+    return x.new_empty(x.shape, dtype=_layout.compute_dtype(x.dtype))
 
 
 def _entropy_from_counts_fake(counts, log_base):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import _backends, _registration, _validation, reference
+from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "finite_minmax"
@@ -38,7 +38,7 @@ def finite_minmax(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor
     _validation.check_tensor(OP, "x", x)
     if dim is not None:
         dim = _validation.check_dim(OP, "dim", dim, x.dim())
-    rows, out_shape = reference.slices_as_rows(x, dim)
+    rows, out_shape = _layout.slices_as_rows(x, dim)
     backend = _backends.resolve(OP, x.device, _backends.IMPLEMENTED)
     lo, hi = ROWS[backend](rows.contiguous())
     return lo.reshape(out_shape), hi.reshape(out_shape)
@@ -65,7 +65,7 @@ ROWS = {"reference": _reference_rows, "cpp": _op("eitp", "finite_minmax"), "cuda
 
 
 def _finite_minmax_fake(x):
-    acc = reference.compute_dtype(x.dtype)
+    acc = _layout.compute_dtype(x.dtype)
     return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
 
 

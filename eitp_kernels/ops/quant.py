@@ -13,7 +13,7 @@ a (rows, row_length) view in which each row shares one scale:
 absmax / min / max are over finite values only; a scale of 0 (all-zero row)
 becomes 1.0; a range too wide for float32 arithmetic (affine mx - mn beyond
 3.4e38, or fp64 values beyond float32) is computed in float64 with the scale
-saturated at the largest float32 (reference.int8_params_from_range).
+saturated at the largest float32 (_layout.int8_params_from_range).
 ``x / scale`` is a true division in float32 (float64 for float64 input),
 rint rounds half to even: codes are bit-identical to
 ``eitp_kernels.reference``. Units: scale is in units of x per code step;
@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from eitp_kernels import _backends, _registration, _validation, reference
+from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels.triton import quant as triton_quant
 
 OP_QUANTIZE = "quantize_int8"
@@ -118,9 +118,9 @@ def dequantize_int8(
         return reference.dequantize_int8(
             q, s_rows.reshape(sshape), None if zp_rows is None else zp_rows.reshape(sshape),
             granularity, axis, group_size, dtype=dtype)
-    rows = reference.to_rows(q, granularity, axis, group_size)
+    rows = _layout.to_rows(q, granularity, axis, group_size)
     out = _DEQUANTIZE_ROWS[backend](rows, s_rows, zp_rows, dtype)
-    return reference.from_rows(out, q.shape, granularity, axis)
+    return _layout.from_rows(out, q.shape, granularity, axis)
 
 
 def fake_quant_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int = 0, group_size: int = 128,
@@ -174,10 +174,10 @@ class _QuantizeCall:
         return lay.granularity, lay.axis, lay.group_size, self.symmetric, scale, zero_point
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.to_rows(x, self.layout.granularity, self.layout.axis, self.layout.group_size)
+        return _layout.to_rows(x, self.layout.granularity, self.layout.axis, self.layout.group_size)
 
     def from_rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return reference.from_rows(rows, x.shape, self.layout.granularity, self.layout.axis)
+        return _layout.from_rows(rows, x.shape, self.layout.granularity, self.layout.axis)
 
 
 def _check_quantize(op, x, granularity, axis, group_size, symmetric, scale, zero_point) -> _QuantizeCall:
@@ -202,7 +202,7 @@ def _check_layout(op: str, name: str, x: torch.Tensor, granularity, axis, group_
         if x.dim() == 0:
             raise ValueError(f"{op}: granularity='group' needs {name} with at least 1 dimension, got a 0-d tensor")
         group_size = _validation.check_group_size(op, group_size, x.shape[-1])
-    sshape = reference.scale_shape(x.shape, granularity, axis, group_size)
+    sshape = _layout.scale_shape(x.shape, granularity, axis, group_size)
     return _Layout(granularity, axis, group_size, sshape)
 
 

@@ -107,10 +107,10 @@ _INT8_SUFFIXES = ("weight_int8", "weight_scale", "activation_mode")
 
 def _activation_modes(model: nn.Module) -> dict[str, int]:
     """``{"<layer>.weight": activation mode code}`` for the fake-quant layers of a QAT model."""
-    from eitp_kernels import nn as enn
+    from eitp_kernels.nn import qat
 
-    return {(f"{name}." if name else "") + "weight": enn._ACTIVATION_MODES[m._activation]
-            for name, m in model.named_modules() if isinstance(m, enn._FAKE_QUANT_LAYERS)}
+    return {(f"{name}." if name else "") + "weight": qat._ACTIVATION_MODES[m._activation]
+            for name, m in model.named_modules() if isinstance(m, qat._FAKE_QUANT_LAYERS)}
 
 
 def _split_int8_entries(state: dict) -> tuple[dict, dict]:
@@ -366,7 +366,7 @@ def load_compressed_int8(path: str | os.PathLike, model_or_factory) -> nn.Module
     does. A layer stored per group (granularity="group") cannot become an int8
     layer (its scales are not per channel): ValueError.
     """
-    from eitp_kernels import nn as enn
+    from eitp_kernels.nn import int8
 
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     if not isinstance(model, nn.Module):
@@ -377,7 +377,7 @@ def load_compressed_int8(path: str | os.PathLike, model_or_factory) -> nn.Module
     for name, entry in _read_entries(path).items():
         layer_name, _, leaf = name.rpartition(".")
         layer = modules.get(layer_name)
-        if entry[0] != "int8" or leaf != "weight" or layer is None or enn._int8_type_for(layer) is None:
+        if entry[0] != "int8" or leaf != "weight" or layer is None or int8._int8_type_for(layer) is None:
             state[name] = _as_float(entry)
             continue
         _, codes, scale, granularity, _, _, mode = entry
@@ -388,4 +388,4 @@ def load_compressed_int8(path: str | os.PathLike, model_or_factory) -> nn.Module
         state[prefix + "weight_int8"] = codes
         state[prefix + "weight_scale"] = scale.expand(codes.shape[0]).contiguous() if granularity == "tensor" else scale
         state[prefix + "activation_mode"] = torch.tensor(mode, dtype=torch.int8)
-    return enn.load_int8(state, model)
+    return int8.load_int8(state, model)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import reference
+from eitp_kernels import _layout
 from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
 
 
@@ -36,7 +36,7 @@ def _col_stats_kernel(
     # deviations (two passes over x, as the reference), rstd = 1 / sqrt(var + eps).
     cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    # Sums in float64 on every backend (reference.column_rstd): finite inputs
+    # Sums in float64 on every backend (_layout.column_rstd): finite inputs
     # never overflow them.
     total = tl.zeros([BLOCK_D], tl.float64)
     for n0 in tl.range(0, N, BLOCK_N):
@@ -242,7 +242,7 @@ _MM_BLOCK = 32
 
 def _column_stats(x2, eps):
     n, d = x2.shape
-    acc = reference.compute_dtype(x2.dtype)
+    acc = _layout.compute_dtype(x2.dtype)
     mean = torch.empty(d, dtype=acc, device=x2.device)
     rstd = torch.empty(d, dtype=acc, device=x2.device)
     launch(_col_stats_kernel, (triton.cdiv(d, _STATS_BLOCK_D),), x2, mean, rstd, n, d, x2.stride(0), float(eps),

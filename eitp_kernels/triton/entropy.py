@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import _validation, reference
+from eitp_kernels import _layout, _validation
 from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
 from eitp_kernels.triton import finite_minmax
 
@@ -135,7 +135,7 @@ def _histogram_counts_kernel(
 def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
     """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
     local = bins <= _LOCAL_HIST_MAX_BINS
-    acc = reference.compute_dtype(dtype)
+    acc = _layout.compute_dtype(dtype)
     # short spans (many of them): one program each, no idle loop steps
     block = min(1024, max(16, triton.next_power_of_2(max_span)))
     chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(max_span)))
@@ -326,7 +326,7 @@ def soft_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: in
     counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=x.device)
     if x.numel() == 0:
         return counts
-    acc = reference.compute_dtype(x.dtype)
+    acc = _layout.compute_dtype(x.dtype)
     block = min(1024, max(16, triton.next_power_of_2(row_length)))
     chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
     chunks = triton.cdiv(row_length, chunk)
@@ -339,7 +339,7 @@ def soft_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: in
 def soft_histogram_backward(grad_counts: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
                             explicit_range: bool) -> torch.Tensor:
     n_rows, row_length = x.shape
-    acc = reference.compute_dtype(x.dtype)
+    acc = _layout.compute_dtype(x.dtype)
     grad = torch.empty(x.shape, dtype=acc, device=x.device)
     if x.numel() == 0:
         return grad
@@ -383,7 +383,7 @@ def _group_ranges(tensors, groups, rng, device) -> dict:
     ranges = {}
     for idx in groups:
         dtype = tensors[idx[0]].dtype
-        acc = reference.compute_dtype(dtype)
+        acc = _layout.compute_dtype(dtype)
         if dtype in _validation.CODE_DTYPES or acc in ranges:
             continue
         n = len(tensors)
@@ -416,7 +416,7 @@ def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] 
         flat = torch.cat([xs[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
             xs[idx[0]].reshape(-1).contiguous()
         segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
-        lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[reference.compute_dtype(flat.dtype)]
+        lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[_layout.compute_dtype(flat.dtype)]
         if range is None and not meta["IS_CODE"]:
             part_lo = torch.empty(items, dtype=lo.dtype, device=device)
             part_hi = torch.empty_like(part_lo)

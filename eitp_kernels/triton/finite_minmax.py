@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import reference
+from eitp_kernels import _layout
 from eitp_kernels._triton import acc_tl, launch, tl, triton, triton_jit
 
 
@@ -54,7 +54,7 @@ def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, row_length = x.shape
     block, chunk = 1024, 16384
     chunks = max(1, triton.cdiv(row_length, chunk))
-    acc = reference.compute_dtype(x.dtype)
+    acc = _layout.compute_dtype(x.dtype)
     lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
     hi = torch.empty_like(lo)
     if rows > 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels import reference
+from eitp_kernels import _layout
 from eitp_kernels._triton import exact_div, launch, tl, triton, triton_jit
 
 
@@ -58,7 +58,7 @@ _FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 def _row_scale_params(lo, hi, SYMMETRIC: tl.constexpr):
     # The row's float32 scale and zero point (as float32) from its reduction
     # in the accumulation dtype (lo stays 0 for symmetric rows):
-    # reference.int8_params_from_range step for step. float32 arithmetic
+    # _layout.int8_params_from_range step for step. float32 arithmetic
     # unless the range is too wide for it, then float64 with the scale
     # saturated at the largest float32.
     lo64 = lo.to(tl.float64)
@@ -246,7 +246,7 @@ def _blocks(row_length: int) -> tuple[int, int, int]:
 
 def _params_from_range(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero point (zeros when symmetric) from reduced (lo, hi), on the device."""
-    s, zp = reference.int8_params_from_range(lo, hi, symmetric)
+    s, zp = _layout.int8_params_from_range(lo, hi, symmetric)
     return s, torch.zeros_like(s, dtype=torch.int32) if zp is None else zp
 
 
@@ -275,7 +275,7 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
     elif chunks > 1 and rows < 64:
         # Few long rows (per tensor): one program per row would leave most of the
         # GPU idle, so the range comes from chunk partials, then a static pass.
-        acc = reference.compute_dtype(x.dtype)
+        acc = _layout.compute_dtype(x.dtype)
         lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
         if rows > 0:
