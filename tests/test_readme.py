@@ -1,26 +1,114 @@
-"""The README's "API at a glance" block runs as written: every name it uses is defined there."""
+"""The README's Python examples run exactly as written, and they do what their comments say.
+
+Each ```python block is executed verbatim (warnings are errors: an example that makes the
+library warn is a wrong example), then its results are checked: values against the
+reference backend, shapes, dtypes, and the exact keys it logs or returns.
+"""
 from __future__ import annotations
 
 import pathlib
 import re
 import warnings
 
+import torch
+
+import eitp_kernels
+from eitp_kernels import nn as enn
+from eitp_kernels import training
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+# The sections whose ```python blocks this file runs and checks; a block anywhere else fails
+# test_every_python_example_is_checked_here until a check for it is added below.
+CHECKED_SECTIONS = ("Quick start", "API at a glance")
 
 
-def _api_block() -> str:
-    text = README.read_text()
-    section = text[text.index("## API at a glance"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def _python_blocks() -> dict[str, list[str]]:
+    """{'## ' heading: [the ```python blocks under it, in order]}."""
+    blocks: dict[str, list[str]] = {}
+    heading = None
+    for part in re.split(r"^## ", README.read_text(), flags=re.M)[1:]:
+        heading, _, body = part.partition("\n")
+        blocks[heading.strip()] = re.findall(r"^```python\n(.*?)^```", body, flags=re.S | re.M)
+    return blocks
 
 
-def test_api_example_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # it writes m.eitpz
+def _run(section: str, tmp_path, monkeypatch) -> dict:
+    (code,) = _python_blocks()[section]
+    monkeypatch.chdir(tmp_path)  # the examples may write files (m.eitpz)
     namespace: dict = {}
+    torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. prepare_qat's warning about layers it did not convert
-        exec(compile(_api_block(), str(README), "exec"), namespace)
-    assert (tmp_path / "m.eitpz").exists()
-    tags = set(namespace["logged"]) - {"step"}  # a dict logger also gets the step
-    assert tags and all(tag.startswith("entropy_bits/") for tag in tags)
-    assert namespace["y"].shape == (4096, 10)
+        exec(compile(code, f"{README}:{section}", "exec"), namespace)
+    return namespace
+
+
+def test_every_python_example_is_checked_here():
+    with_code = {heading for heading, codes in _python_blocks().items() if codes}
+    assert with_code == set(CHECKED_SECTIONS), "add checks for the README's new examples to tests/test_readme.py"
+    assert all(len(_python_blocks()[section]) == 1 for section in CHECKED_SECTIONS)
+
+
+def test_quick_start_computes_what_its_comments_say(tmp_path, monkeypatch):
+    ns = _run("Quick start", tmp_path, monkeypatch)
+    x, h, h_rows, loss = ns["x"], ns["h"], ns["h_rows"], ns["loss"]
+    xd = x.detach()
+    with eitp_kernels.use_backend("reference"):
+        assert torch.equal(h, eitp_kernels.histogram_entropy(xd, base=2))
+        assert torch.equal(h_rows, eitp_kernels.histogram_entropy(xd, dim=1))
+        x_ref = xd.clone().requires_grad_()
+        loss_ref = eitp_kernels.coherence_loss(x_ref)
+        loss_ref.backward()
+    assert h.shape == () and 0 < h.item() <= 8  # bits of a 256-bin histogram
+    assert h_rows.shape == (4096,)
+    assert loss.shape == () and torch.allclose(loss, loss_ref, rtol=1e-5)
+    assert x.grad is not None and torch.allclose(x.grad, x_ref.grad, rtol=1e-4, atol=1e-9)
+    q, scale, zp, x_hat = ns["q"], ns["scale"], ns["zp"], ns["x_hat"]
+    assert q.dtype == torch.int8 and q.shape == x.shape
+    assert scale.shape == (4096,) and zp is None  # one scale per row; symmetric
+    # half a step of rounding, plus the rounding of x_hat = q * scale to float32
+    assert torch.all((x_hat - xd).abs() <= scale[:, None] / 2 * (1 + 1e-4))
+    with eitp_kernels.use_backend("reference"):
+        assert torch.equal(q, eitp_kernels.quantize_int8(xd, granularity="channel", axis=0)[0])
+
+
+def test_api_example_logs_exactly_the_entropies_and_trains_the_prepared_model(tmp_path, monkeypatch):
+    ns = _run("API at a glance", tmp_path, monkeypatch)
+    model, monitor = ns["model"], ns["monitor"]
+    weights = ["0.weight", "2.weight"]  # skip_biases=True
+    assert list(ns["entropies"]) == weights
+    # monitor.log(logged.update) leaves exactly the entropy tags in `logged`, with the values
+    assert ns["logged"] == {f"entropy_bits/{name}": ns["entropies"][name].item() for name in weights}
+    assert list(ns["logged"]) == monitor.tags()
+    # save_compressed(model, sparsity=0.5) pruned the model in place, as its comment says
+    for name in weights:
+        zeros = (model.get_parameter(name) == 0).double().mean().item()
+        assert 0.49 <= zeros <= 0.51, (name, zeros)
+    for name, value in monitor().items():  # the monitor's values are the reference's, in bits
+        with eitp_kernels.use_backend("reference"):
+            expected = eitp_kernels.histogram_entropy(model.get_parameter(name).detach(), base=2)
+        assert torch.equal(value, expected), name
+
+    assert ns["h_rows"].shape == (4096,) and ns["hs"].shape == (len(list(model.parameters())),)
+    assert 0 < ns["bits"].item() <= 8  # bits per int8 code
+    assert all(loss.shape == () and torch.isfinite(loss) for loss in ns["losses"])
+
+    qat_model, optimizer = ns["qat_model"], ns["optimizer"]
+    assert isinstance(qat_model[0], enn.FakeQuantLinear) and isinstance(qat_model[2], enn.FakeQuantLinear)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in qat_model.parameters()}  # the optimizer trains the model that runs
+    assert isinstance(ns["int8_model"][0], enn.Int8Linear) and isinstance(ns["int8_model"][2], enn.Int8Linear)
+    assert ns["y"].shape == (4096, 10) and torch.isfinite(ns["y"]).all()
+
+    extra_loss, metrics = ns["extra_loss"], ns["metrics"]
+    assert extra_loss.shape == () and torch.isfinite(extra_loss)
+    assert {"entropy_bits", "coherence_loss", "iem"} <= set(metrics)
+    report = ns["report"]
+    assert isinstance(report, training.CompressionReport)
+    assert report.compressed_bytes == (tmp_path / "m.eitpz").stat().st_size and report.ratio > 1
+    state, float_state = ns["state"], model.state_dict()
+    assert state.keys() == float_state.keys()
+    assert all(state[k].shape == float_state[k].shape for k in float_state)
+    assert ns["meter"].result.source in ("nvml-energy", "nvml-power", "rapl", "none")
+    assert isinstance(ns["sched"], training.InertiaAwareLR)
+
