@@ -135,7 +135,7 @@ def test_cli_quick_writes_every_row_and_column_to_the_results_dir(tmp_path, caps
 
 def test_default_results_are_the_readme_files(tmp_path, monkeypatch, toy_op):
     """Without --out: bench-results/<device>-<quick|full>.txt/.json, the names
-    the README quotes (bench-results/cpu-full.txt after make bench)."""
+    benchmarks/README.md quotes (bench-results/cpu-full.txt after make bench)."""
     toy_op(lambda x: reference.finite_minmax(x))
     monkeypatch.setattr(cases, "SUITE_MODULES", ())
     monkeypatch.setattr(cases, "_SUITES", {"toy": cases._SUITES["toy"]})

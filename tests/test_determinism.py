@@ -16,7 +16,7 @@
   inputs, interleaved) return exactly what sequential calls return.
 
 Native backends only (cpp): the Triton interpreter is not a performance or
-threading target. GPU determinism is documented in the README.
+threading target. GPU determinism is documented in docs/development.md (Reliability).
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_repeated_runs_and_thread_counts(inp):
     print(f"\ncoherence 1 vs 2 threads, max relative difference (loss, grad): {worst}")
 
 
-# On a GPU, float atomics make these order-dependent (README, "GPU determinism"):
+# On a GPU, float atomics make these order-dependent (docs/development.md, "GPU determinism"):
 # checked within rounding, the rest bit for bit.
 GPU_WITHIN_ROUNDING = ("entropy_soft", "entropy_soft32")
 

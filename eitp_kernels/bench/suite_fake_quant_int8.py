@@ -3,7 +3,7 @@ per tensor and per group of 128, quantize and dequantize per channel.
 
 Bytes moved (minimum): fake-quant reads and writes x (2 x 4 B/elem fp32);
 quantize reads x and writes codes (4 + 1 B/elem) plus scales; dequantize the
-reverse. Targets (full sizes), those of the README's results table:
+reverse. Targets (full sizes), met or missed in the benchmark's summary:
 fake-quant per channel >= 5x eager, >= 1.5x torch.compile and >= 1.5x
 torch.fake_quantize_per_channel_affine given the scales; quantize per
 channel within 2x of the time of copying the input (the memory floor).
