@@ -6,8 +6,12 @@ reference backend, shapes, dtypes, and the exact keys it logs or returns.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import warnings
 
 import torch
@@ -30,6 +34,13 @@ def _python_blocks() -> dict[str, list[str]]:
         heading, _, body = part.partition("\n")
         blocks[heading.strip()] = re.findall(r"^```python\n(.*?)^```", body, flags=re.S | re.M)
     return blocks
+
+
+def _section(heading: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None]
 
 
 def _code(section: str) -> str:
@@ -136,3 +147,23 @@ def test_api_example_logs_exactly_the_entropies_and_trains_the_prepared_model(tm
     assert isinstance(ns["int8_model"][0], enn.Int8Linear)
     assert ns["meter"].result.source in ("nvml-energy", "nvml-power", "rapl", "none")
     assert isinstance(ns["sched"], training.InertiaAwareLR)
+
+
+def test_backends_listing_is_what_its_command_prints():
+    # The Backends section shows a shell command and its output on a machine without a GPU,
+    # with the CUDA build of torch that make installs (triton included). The command runs
+    # as written; its lines must match wherever this machine is such a machine.
+    match = re.search(r"^\$ python -c \"(.*?)\"\n(.*?)^```", _section("Backends"), flags=re.S | re.M)
+    assert match, "the Backends section's `$ python -c` listing moved: update this test"
+    code, shown = match.group(1), match.group(2).splitlines()
+    env = {k: v for k, v in os.environ.items() if k not in ("EITP_BACKEND", "TRITON_INTERPRET")}
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                             cwd=README.parent).stdout.splitlines()
+    assert [line.split(":")[0] for line in printed] == [line.split(":")[0] for line in shown]
+    assert printed[:2] == shown[:2]  # reference, and cpp (the extension is built wherever the tests run)
+    from eitp_kernels import _extension
+
+    if torch.cuda.is_available() or not _extension.has_device_kernels("CUDA") \
+            or importlib.util.find_spec("triton") is None:
+        return  # another kind of machine: its cuda and triton lines differ by design
+    assert printed == shown
