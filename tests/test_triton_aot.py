@@ -71,6 +71,7 @@ _NEVER_ONE = {
     "_dequant_rows_kernel": ("chunk",),
     "_fake_quant_backward_kernel": ("chunk",),
     "_range_partials_kernel": ("chunk", "chunks", "row_length"),
+    "_params_from_partials_kernel": ("chunks",),  # folds the partials of those rows
 }
 
 

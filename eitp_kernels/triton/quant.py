@@ -237,17 +237,37 @@ def _range_partials_kernel(
     tl.store(hi_ptr + row * chunks + part, hi)
 
 
+@triton_jit
+def _params_from_partials_kernel(
+    lo_ptr,  # (rows, chunks) partial min(finite, 0), accumulation dtype
+    hi_ptr,  # (rows, chunks) partial max(finite, 0) (absmax when SYMMETRIC)
+    scale_ptr,  # (rows,) float32, written
+    zp_ptr,  # (rows,) int32, written (0 when symmetric)
+    chunks,
+    SYMMETRIC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per row: fold the row's partials, then its scale and zero
+    # point on the device (reference.int8_params_from_range, as the kernel
+    # that reduces a row itself computes them).
+    row = tl.program_id(0).to(tl.int64)
+    lo = tl.load(lo_ptr + row * chunks)
+    hi = tl.load(hi_ptr + row * chunks)
+    for start in tl.range(0, chunks, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < chunks
+        lo = tl.minimum(lo, tl.min(tl.load(lo_ptr + row * chunks + offsets, mask=mask, other=0.0), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.load(hi_ptr + row * chunks + offsets, mask=mask, other=0.0), axis=0))
+    s, zpf = _row_scale_params(lo, hi, SYMMETRIC)
+    tl.store(scale_ptr + row, s)
+    tl.store(zp_ptr + row, zpf.to(tl.int32))
+
+
 def _blocks(row_length: int) -> tuple[int, int, int]:
     """(BLOCK, chunk, chunks) for a row of row_length elements."""
     block = min(1024, max(16, triton.next_power_of_2(max(row_length, 1))))
     chunk = block * 16
     return block, chunk, max(1, triton.cdiv(row_length, chunk))
-
-
-def _params_from_range(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale and zero point (zeros when symmetric) from reduced (lo, hi), on the device."""
-    s, zp = _layout.int8_params_from_range(lo, hi, symmetric)
-    return s, torch.zeros_like(s, dtype=torch.int32) if zp is None else zp
 
 
 def quantize_int8_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
@@ -274,14 +294,18 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
         zp = (torch.zeros_like(s, dtype=torch.int32) if symmetric else zero_point.to(torch.int32).contiguous().clone())
     elif chunks > 1 and rows < 64:
         # Few long rows (per tensor): one program per row would leave most of the
-        # GPU idle, so the range comes from chunk partials, then a static pass.
+        # GPU idle, so the range comes from chunk partials, the scale from one
+        # small kernel that folds them, then a static pass: three launches.
         acc = _layout.compute_dtype(x.dtype)
         lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
+        s = torch.empty((rows,), dtype=torch.float32, device=x.device)
+        zp = torch.empty((rows,), dtype=torch.int32, device=x.device)
         if rows > 0:
             launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk,
                    SYMMETRIC=symmetric, IS_F64=is_fp64, BLOCK=block)
-        s, zp = _params_from_range(lo.amin(dim=1), hi.amax(dim=1), symmetric)
+            launch(_params_from_partials_kernel, (rows,), lo, hi, s, zp, chunks, SYMMETRIC=symmetric,
+                   BLOCK=min(1024, triton.next_power_of_2(chunks)))
         static = True
     else:
         s = torch.empty((rows,), dtype=torch.float32, device=x.device)
