@@ -248,7 +248,7 @@ def _params_from_partials_kernel(
     BLOCK: tl.constexpr,
 ):
     # One program per row: fold the row's partials, then its scale and zero
-    # point on the device (reference.int8_params_from_range, as the kernel
+    # point on the device (_layout.int8_params_from_range, as the kernel
     # that reduces a row itself computes them).
     row = tl.program_id(0).to(tl.int64)
     lo = tl.load(lo_ptr + row * chunks)
