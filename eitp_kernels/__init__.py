@@ -15,6 +15,7 @@ Public API:
     coherence_loss(x, y=None, *, diag_weight=1.0, offdiag_weight=1.0, squared=False, eps=1e-5,
                    process_group=None)
     nn.CoherenceLoss, nn.BarlowTwinsLoss (modules, in eitp_kernels.nn)
+Every op also takes DTensor inputs (FSDP2, tensor parallelism): docs/design.md §3.3.
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """

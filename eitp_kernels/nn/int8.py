@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eitp_kernels import _onednn_int8
+from eitp_kernels import _dtensor, _onednn_int8
 from eitp_kernels.nn.qat import (_ACTIVATION_MODES, _ACTIVATION_NAMES, _FAKE_QUANT_LAYERS, _conv_arguments,
                                  _fake_quant_activation)
 from eitp_kernels.ops.quant import dequantize_int8, quantize_int8
@@ -275,7 +275,12 @@ def export_int8(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with each fake-quant layer's weight replaced by int8 codes and
     scales (see the section comment above for the keys). Raises ValueError
     for a model without fake-quant layers (never prepared with prepare_qat):
-    its state dict would hold no int8 codes at all."""
+    its state dict would hold no int8 codes at all.
+
+    FSDP2 (``fully_shard``) or other DTensor models: a collective (every rank
+    calls it). Each rank quantizes its shard of the weights (docs/design.md
+    §3.3) and only the codes, scales and the other entries are gathered: every
+    rank gets the full state as plain tensors, equal to the unwrapped model's."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_int8: model must be an nn.Module, got {type(model).__name__}")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _FAKE_QUANT_LAYERS)]
@@ -291,7 +296,7 @@ def export_int8(model: nn.Module) -> dict[str, torch.Tensor]:
         state[prefix + "weight_int8"] = q.contiguous()
         state[prefix + "weight_scale"] = scale
         state[prefix + "activation_mode"] = torch.tensor(_ACTIVATION_MODES[module._activation], dtype=torch.int8)
-    return state
+    return {key: _dtensor.full(value) for key, value in state.items()}
 
 
 def _check_int8_entry(state, prefix: str, layer: nn.Module) -> bool | None:
@@ -360,6 +365,10 @@ def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Call
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_int8: model_or_factory must be an nn.Module or build one, got {type(model).__name__}")
+    if any(_dtensor.is_dtensor(p) for p in model.parameters()):
+        raise ValueError("load_int8: the model's parameters are DTensors (FSDP2 fully_shard or tensor parallel); "
+                         "int8 layers are not sharded: pass the unwrapped architecture (or a factory building it) "
+                         "and every rank gets the whole int8 model")
     suffix = "weight_int8"
     for key in sorted(k for k in state if k.endswith(suffix)):
         name = key[: -len(suffix)].rstrip(".")

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from eitp_kernels import _dtensor
 from eitp_kernels.ops.entropy import histogram_entropy_many
 
 
@@ -43,6 +44,10 @@ class EntropyMonitor(torch.nn.Module):
     Each parameter gets its own automatic range unless ``range`` is given.
     The model is referenced, not registered as a submodule, so the monitor
     holds no parameters of its own.
+
+    FSDP2 (``fully_shard``) and other DTensor parameters: the entropies of the
+    full parameters, from their shards (ranges and counts all-reduced over the
+    mesh, docs/design.md §3.3); every rank must call the monitor.
 
     ``monitor.log(writer, step)`` logs every value with one device-to-host
     transfer (the entropies are stacked on the device, then one
@@ -122,7 +127,7 @@ class EntropyMonitor(torch.nn.Module):
         for indices in by_device.values():
             h = histogram_entropy_many([named[i][1].detach() for i in indices], bins=self.bins, range=self.range,
                                        base=self.base)
-            parts.append(h.to(device))
+            parts.append(_dtensor.full(h).to(device))  # DTensor parameters: a replicated result
             order += indices
         values = torch.cat(parts)
         if len(by_device) > 1:  # back to named_parameters order, on the device

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
+from eitp_kernels import _dtensor
 from eitp_kernels.triton import coherence as triton_coherence
 
 OP = "coherence_loss"
@@ -69,6 +70,8 @@ def coherence_loss(x: torch.Tensor, y: torch.Tensor | None = None, *, diag_weigh
     single-process training on the global batch. This path runs on ATen ops
     on any device and materializes R (D x D').
     """
+    if _dtensor.holds_dtensor(x, y):  # docs/design.md §3.3
+        return _dtensor.coherence_loss(x, y, diag_weight, offdiag_weight, squared, eps, process_group)
     a, b, eps = _check(x, y, diag_weight, offdiag_weight, squared, eps, process_group)
     x2, y2 = _as_matrices(x, y)
     if process_group is not None:

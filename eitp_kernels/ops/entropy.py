@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
+from eitp_kernels import _dtensor
 from eitp_kernels.ops.finite_minmax import ROWS as FINITE_MINMAX_ROWS
 from eitp_kernels.triton import entropy as triton_entropy
 
@@ -101,6 +102,8 @@ def histogram_entropy(
     pass); explicit range or codes 1 read; plus rows x bins x 8 written and
     read back for the counts.
     """
+    if _dtensor.holds_dtensor(x, range):  # docs/design.md §3.3
+        return _dtensor.histogram_entropy(x, bins, range, dim, base, differentiable, process_group)
     is_code = isinstance(x, torch.Tensor) and x.dtype in _validation.CODE_DTYPES
     _validation.check_tensor(OP, "x", x, dtypes=_validation.FLOAT_DTYPES + _validation.CODE_DTYPES, allow_empty=True)
     bins, rng, log_base = _check_common(OP, bins, range, base, codes=is_code)
@@ -182,6 +185,8 @@ def histogram_entropy_many(
         raise TypeError(f"{MANY_OP}: tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
     if len(tensors) == 0:
         raise ValueError(f"{MANY_OP}: tensors is empty; it needs at least one tensor")
+    if _dtensor.holds_dtensor(tensors):  # docs/design.md §3.3
+        return _dtensor.histogram_entropy_many(tensors, bins, range, base)
     any_code = False
     for i, t in enumerate(tensors):
         _validation.check_tensor(MANY_OP, f"tensors[{i}]", t,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
+from eitp_kernels import _dtensor
 from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "finite_minmax"
@@ -35,6 +36,8 @@ def finite_minmax(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor
     float64 input and float32 otherwise; (+inf, -inf) where a slice holds no
     finite value. Never syncs with the device.
     """
+    if _dtensor.is_dtensor(x):  # docs/design.md §3.3
+        return _dtensor.finite_minmax(x, dim)
     _validation.check_tensor(OP, "x", x)
     if dim is not None:
         dim = _validation.check_dim(OP, "dim", dim, x.dim())

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
+from eitp_kernels import _dtensor
 from eitp_kernels.triton import quant as triton_quant
 
 OP_QUANTIZE = "quantize_int8"
@@ -76,6 +77,8 @@ def quantize_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int = 0
     clamp(rint(x / scale)) (+-Inf and NaN quotients clamp to the extreme codes
     or, for NaN, to an unspecified code).
     """
+    if _dtensor.is_dtensor(x):  # docs/design.md §3.3
+        return _dtensor.quantize_int8(x, granularity, axis, group_size, symmetric, scale, zero_point)
     call = _check_quantize(OP_QUANTIZE, x, granularity, axis, group_size, symmetric, scale, zero_point)
     x = x.detach()
     if call.backend == "reference":
@@ -104,6 +107,8 @@ def dequantize_int8(
     byte and writes ``dtype``'s size per element.
     """
     op = OP_DEQUANTIZE
+    if _dtensor.holds_dtensor(q, scale, zero_point):  # docs/design.md §3.3
+        return _dtensor.dequantize_int8(q, scale, zero_point, granularity, axis, group_size, dtype)
     _validation.check_tensor(op, "q", q, dtypes=(torch.int8,), allow_empty=True)
     if dtype not in _validation.FLOAT_DTYPES:
         raise TypeError(f"{op}: dtype must be one of {_validation.FLOAT_DTYPES}, got {dtype!r}")
@@ -137,6 +142,8 @@ def fake_quant_int8(x: torch.Tensor, *, granularity: str = "tensor", axis: int =
     output per call (two reads per tensor); the backward reads grad and x and
     writes grad_x.
     """
+    if _dtensor.is_dtensor(x):  # docs/design.md §3.3
+        return _dtensor.fake_quant_int8(x, granularity, axis, group_size, symmetric, scale, zero_point)
     call = _check_quantize(OP_FAKE_QUANT, x, granularity, axis, group_size, symmetric, scale, zero_point)
     if call.backend == "reference":
         return reference.fake_quant_int8(x, *call.reference_args())

@@ -38,6 +38,7 @@ import struct
 import torch
 from torch import nn
 
+from eitp_kernels import _dtensor
 from eitp_kernels.training.formulas import magnitude_prune
 
 MAGIC = b"EITPZ\x00\x01\x00"
@@ -84,7 +85,8 @@ def _quantize(weight: torch.Tensor, granularity: str, group_size: int) -> tuple[
     from eitp_kernels.ops.quant import quantize_int8
 
     codes, scale, _ = quantize_int8(weight.detach().float(), symmetric=True, **_quant_kwargs(granularity, group_size))
-    return codes.contiguous(), scale.contiguous()
+    # a DTensor weight is quantized shard by shard; only its codes and scales are gathered
+    return _dtensor.full(codes).cpu().contiguous(), _dtensor.full(scale).cpu().contiguous()
 
 
 def _dequantize(codes: torch.Tensor, scale: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
@@ -161,6 +163,11 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
     of an int8 model's state) are stored as they are, per channel, whatever
     ``granularity`` says; a QAT model's fake-quant layers record their
     activation mode (see the module docstring). Returns a ``CompressionReport``.
+
+    An FSDP2 (``fully_shard``) or other DTensor model: every rank calls it
+    (collectives); weights are quantized shard by shard and only their codes
+    and scales are gathered (docs/design.md §3.3); global rank 0 writes the
+    file, identical to the unwrapped model's.
     """
     import safetensors.torch
     import zstandard
@@ -204,7 +211,7 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"save_compressed: state entry {name!r} is not a tensor")
-        tensor = tensor.detach().cpu()
+        tensor = tensor.detach() if _dtensor.is_dtensor(tensor) else tensor.detach().cpu()
         original_bytes += tensor.numel() * tensor.element_size()
         parameters += tensor.numel()
         if tensor.dim() >= 2 and tensor.is_floating_point():
@@ -214,6 +221,7 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
             codes, scale = _quantize(tensor, granularity, group_size)
             add_int8(name, codes, scale, tensor.dtype, granularity, modes.get(name))
         else:
+            tensor = _dtensor.full(tensor).cpu()
             stored[name] = tensor.contiguous()
             described[name] = {"kind": "raw", "shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", "")}
     payload = safetensors.torch.save(stored)
@@ -226,9 +234,11 @@ def save_compressed(model: nn.Module | dict, path: str | os.PathLike, *, sparsit
     header = {"format": FORMAT_VERSION, "payload_bytes": len(payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest(), "tensors": described}
     header_bytes = json.dumps(header, sort_keys=True).encode()
-    with open(path, "wb") as f:
-        f.write(MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + compressed)
-    report.compressed_bytes = os.path.getsize(path)
+    blob = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + compressed
+    if _dtensor.writes_files(state.values()):
+        with open(path, "wb") as f:
+            f.write(blob)
+    report.compressed_bytes = len(blob)
     report.achieved_bits = 8 * report.compressed_bytes / max(quantized, 1)
     return report
 
@@ -344,10 +354,12 @@ def _as_float(entry: tuple) -> torch.Tensor:
 
 def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Read a file written by ``save_compressed``; return the dequantized state dict
-    (and load it into ``model`` when given)."""
+    (and load it into ``model`` when given: an FSDP2 / DTensor model's
+    parameters take their own shards of it, no communication)."""
     state = {name: _as_float(entry) for name, entry in _read_entries(path).items()}
     if model is not None:
-        model.load_state_dict(state)
+        # an FSDP2 / DTensor model's parameters take their shards of the full tensors
+        model.load_state_dict(_dtensor.shard_like(state, model.state_dict()))
     return state
 
 
