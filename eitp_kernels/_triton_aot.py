@@ -162,6 +162,10 @@ def op_calls():
         for shape in (long, short, one):
             x = torch.zeros(shape, dtype=code)
             add(f"counts {code} {shape}", lambda x=x: entropy.histogram_counts(x, None, None, 256, False))
+    # entropy of int64 counts: with and without a base; one bin
+    for rows, bins, log_base in ((37, 7, None), (3, 5000, 0.6931471805599453), (1, 1, None)):
+        add(f"entropy of counts ({rows}, {bins}) log_base={log_base}",
+            lambda c=torch.ones(rows, bins, dtype=torch.int64), b=log_base: entropy.entropy_from_counts(c, b))
     # many tensors: mixed dtypes and sizes; one tensor (segments == 1); codes; each range mode
     mixed = [torch.randn(3000), torch.randn(5, 7).half(), torch.randn(10).double(), torch.randn(1)]
     for group, bins, rng in ((mixed, 7, None), (mixed, 5000, (0.0, 1.0)), ([torch.randn(1).bfloat16()], 1, None),

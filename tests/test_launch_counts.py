@@ -18,8 +18,8 @@ needs_triton = pytest.mark.skipif(ek._triton.triton is None, reason="triton not 
 MET = {
     "cuda": ["histogram_entropy_many(fp32, fp64, fp16)", "fake_quant_int8(x, channel)",
              "dequantize_int8(q, channel)"],
-    "triton": ["quantize_int8(x, tensor)", "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)",
-               "dequantize_int8(q, channel)"],
+    "triton": ["histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
+               "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "dequantize_int8(q, channel)"],
 }
 
 

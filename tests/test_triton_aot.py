@@ -72,6 +72,7 @@ _NEVER_ONE = {
     "_fake_quant_backward_kernel": ("chunk",),
     "_range_partials_kernel": ("chunk", "chunks", "row_length"),
     "_params_from_partials_kernel": ("chunks",),  # folds the partials of those rows
+    "_finite_minmax_fold_kernel": ("chunks",),  # launched only for rows of several chunks
 }
 
 

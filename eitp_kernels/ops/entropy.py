@@ -174,8 +174,8 @@ def histogram_entropy_many(
         their bytes; skipped for a lone contiguous tensor; on CUDA torch's
         cat copies up to 128 inputs per launch), two range kernels (per-chunk
         partials and their per-tensor fold; automatic range only) and one
-        counting kernel; plus one copy of a small offset table and a
-        few elementwise ops for the entropies.
+        counting kernel; plus one copy of a small offset table and one
+        entropy kernel.
     A non-contiguous tensor is first copied to a contiguous one (one copy each).
     The CUDA and Triton ops copy a per-call table from host memory, so they
     cannot be captured in a CUDA graph: they are tagged ``cudagraph_unsafe``
@@ -365,7 +365,7 @@ _COUNTS_MANY = {"cpp": _op("eitp", "histogram_counts_many"), "cuda": _op("eitp",
 _SOFT_COUNTS = {"reference": _soft_counts_torch, "cpp": _op("eitp", "soft_histogram"),
                 "cuda": _op("eitp", "soft_histogram"), "triton": _op("eitp_triton", "soft_histogram")}
 _ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts"),
-            "cuda": _op("eitp", "entropy_from_counts"), "triton": _entropy_torch}
+            "cuda": _op("eitp", "entropy_from_counts"), "triton": _op("eitp_triton", "entropy_from_counts")}
 
 
 # --------------------------------------------------------------------------
@@ -415,5 +415,4 @@ _registration.register("soft_histogram", triton_entropy.soft_histogram, _soft_hi
                        autograd=(_soft_histogram_setup_context, _soft_histogram_backward))
 _registration.register("soft_histogram_backward", triton_entropy.soft_histogram_backward,
                        _soft_histogram_backward_fake)
-# No Triton twin: the triton backend takes the entropy of the counts in eager torch (_entropy_torch).
-_registration.register("entropy_from_counts", None, _entropy_from_counts_fake)
+_registration.register("entropy_from_counts", triton_entropy.entropy_from_counts, _entropy_from_counts_fake)

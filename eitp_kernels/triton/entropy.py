@@ -13,7 +13,7 @@ tensor of a dtype.
 Launchers, one per op ``eitp_triton::<name>`` with the arguments of its
 compiled twin ``eitp::<name>`` (rows: a contiguous (R, L) view):
 ``histogram_counts``, ``soft_histogram``, ``soft_histogram_backward``,
-``histogram_counts_many``.
+``histogram_counts_many``, ``entropy_from_counts``.
 """
 from __future__ import annotations
 
@@ -427,3 +427,45 @@ def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] 
         launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
                SEGMENTED=True, **meta)
     return counts
+
+
+@triton_jit
+def _entropy_from_counts_kernel(
+    counts_ptr,  # (rows, bins) int64 or float64 counts
+    out_ptr,  # (rows,) float64
+    bins,
+    log_base,  # float64; used when HAS_BASE
+    HAS_BASE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per row, the reference's formula in float64:
+    # n = sum c, p = c / n, H = -sum_{c > 0} p ln p (NaN when n == 0), / log_base.
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = counts_ptr + row * bins
+    total = tl.zeros([BLOCK], tl.float64)
+    for start in tl.range(0, bins, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        total += tl.load(row_ptr + offsets, mask=offsets < bins, other=0).to(tl.float64)
+    n = tl.sum(total, axis=0)
+    plogp = tl.zeros([BLOCK], tl.float64)
+    for start in tl.range(0, bins, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        c = tl.load(row_ptr + offsets, mask=offsets < bins, other=0).to(tl.float64)
+        p = c / n  # float64 division is IEEE in Triton
+        plogp += tl.where(c > 0, p * tl.log(tl.where(c > 0, p, 1.0)), 0.0)
+    h = 0.0 - tl.sum(plogp, axis=0)  # 0 - s, not -s: an empty sum gives +0.0, as the reference
+    h = tl.where(n > 0, h, float("nan"))
+    if HAS_BASE:
+        h = h / log_base
+    tl.store(out_ptr + row, h)
+
+
+def entropy_from_counts(counts: torch.Tensor, log_base: float | None) -> torch.Tensor:
+    """H per row of counts (float64), docs/design.md §2.1; NaN for a row with nothing counted."""
+    counts = counts.contiguous()
+    rows, bins = counts.shape
+    out = torch.empty((rows,), dtype=torch.float64, device=counts.device)
+    if rows > 0:
+        launch(_entropy_from_counts_kernel, (rows,), counts, out, bins, 1.0 if log_base is None else log_base,
+               HAS_BASE=log_base is not None, BLOCK=min(1024, triton.next_power_of_2(max(bins, 16))))
+    return out

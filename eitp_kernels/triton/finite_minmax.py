@@ -1,7 +1,7 @@
 """Triton kernels and launcher of finite min/max: the ``triton`` backend of
 :mod:`eitp_kernels.ops.finite_minmax` (launcher ``finite_minmax``, the op
 ``eitp_triton::finite_minmax``). Per-chunk partials, folded by one small
-torch reduction; ``_finite_minmax_span`` is also the range step of the
+kernel (none when a row is one chunk: two launches at most); ``_finite_minmax_span`` is also the range step of the
 many-tensor histogram (:mod:`eitp_kernels.triton.entropy`).
 """
 from __future__ import annotations
@@ -49,6 +49,29 @@ def _finite_minmax_partials_kernel(
     tl.store(hi_ptr + row * chunks + chunk, hi)
 
 
+@triton_jit
+def _finite_minmax_fold_kernel(
+    part_lo_ptr,  # (rows, chunks) partial minima, accumulation dtype
+    part_hi_ptr,  # (rows, chunks) partial maxima
+    lo_ptr,  # (rows,) out
+    hi_ptr,  # (rows,) out
+    chunks,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per row: min/max of its partials (exact, in any order).
+    row = tl.program_id(0).to(tl.int64)
+    lo = tl.full([BLOCK], float("inf"), ACC)
+    hi = tl.full([BLOCK], float("-inf"), ACC)
+    for start in tl.range(0, chunks, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < chunks
+        lo = tl.minimum(lo, tl.load(part_lo_ptr + row * chunks + offsets, mask=mask, other=float("inf")))
+        hi = tl.maximum(hi, tl.load(part_hi_ptr + row * chunks + offsets, mask=mask, other=float("-inf")))
+    tl.store(lo_ptr + row, tl.min(lo, axis=0))
+    tl.store(hi_ptr + row, tl.max(hi, axis=0))
+
+
 def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi), each (rows,), of a contiguous (rows, row_length) x."""
     rows, row_length = x.shape
@@ -60,4 +83,11 @@ def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if rows > 0:
         launch(_finite_minmax_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks,
                ACC=acc_tl(acc), CHUNK=chunk, BLOCK=block)
-    return lo.amin(dim=1), hi.amax(dim=1)
+    if chunks == 1:
+        return lo.reshape(rows), hi.reshape(rows)
+    row_lo = torch.empty((rows,), dtype=acc, device=x.device)
+    row_hi = torch.empty_like(row_lo)
+    if rows > 0:
+        launch(_finite_minmax_fold_kernel, (rows,), lo, hi, row_lo, row_hi, chunks, ACC=acc_tl(acc),
+               BLOCK=min(1024, triton.next_power_of_2(chunks)))
+    return row_lo, row_hi
