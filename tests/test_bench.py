@@ -495,3 +495,80 @@ def test_profile_on_a_gpu_lists_device_kernels(tmp_path):
     for p in data["profiles"]:
         assert p["total_us"] > 0
         assert not any(e["name"].startswith("aten::") for e in p["entries"])  # kernels, not operators
+
+
+# ---------------------------------------------------------------- p95, GPU call/device split, --host
+
+
+def test_percentile_interpolates_between_order_statistics():
+    assert harness.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert harness.percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+    assert harness.percentile([5.0], 95) == 5.0
+    with pytest.raises(ValueError, match="percentile"):
+        harness.percentile([], 95)
+
+
+def test_device_activity_sums_only_gpu_events():
+    class Span:
+        def __init__(self, us):
+            self.us = us
+
+        def elapsed_us(self):
+            return self.us
+
+    class Event:
+        def __init__(self, device_type, us):
+            self.device_type, self.time_range = device_type, Span(us)
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [Event(cuda, 10.0), Event(cpu, 500.0), Event(cuda, 2.5)]
+    assert harness.device_activity(events) == (12.5, 2)
+
+
+def test_rows_carry_p95_and_the_gpu_columns_only_where_measured():
+    from eitp_kernels.bench import report
+    from eitp_kernels.bench.runner import Row, _fill_figures
+
+    case = cases.Case(op="toy", shape="n", dtype=torch.float32, make_inputs=lambda d: (), fn=lambda: None,
+                      reference=lambda: None, implemented={}, bytes=1000)
+    row = Row("toy", "n", "fp32", "cpp")
+    _fill_figures(row, case, 0.002, [0.001, 0.002, 0.003, 0.010], None, None)
+    assert row.p95_ms == pytest.approx(harness.percentile([1.0, 2.0, 3.0, 10.0], 95))
+    cpu_table = report.format_table([row])
+    assert "p95" in cpu_table and "dev ms" not in cpu_table and "launch" not in cpu_table
+    gpu = dataclasses.replace(row, backend="cuda", device_ms=0.02, call_ms=0.05, launches=3.0)
+    gpu_table = report.format_table([gpu])
+    header = gpu_table.splitlines()[0]
+    assert "dev ms" in header and "call ms" in header and "launch" in header
+    cells = gpu_table.splitlines()[-1].split()
+    assert cells[cells.index("cuda") + 3: cells.index("cuda") + 6] == ["0.020", "0.050", "3"]
+    widest = dataclasses.replace(gpu, shape="(4096, 4096) codes", backend="a-peer-library", kind="peer",
+                                 median_ms=123.4, p95_ms=150.2, device_ms=100.1, call_ms=130.5, launches=12.5,
+                                 rate=1234.5, pct_copy_bw=99.0, x_eager=12.3, x_compile=10.2, ours_x=12.3,
+                                 peak_mib=1024.5, check="compile failed", others_busy=1.5)
+    assert max(map(len, report.format_table([gpu, widest]).splitlines())) <= report.WIDTH
+
+
+@pytest.mark.gpu
+def test_gpu_rows_report_device_and_call_time_and_launches(tmp_path):
+    from eitp_kernels.bench import cli
+
+    out = tmp_path / "r.json"
+    assert cli.main(["--quick", "--ops", "finite_minmax", "--no-compile", "--no-save", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    kernel_rows = [r for r in rows if r["backend"] in ("cuda", "triton")]
+    assert kernel_rows and all(r["device_ms"] > 0 and r["call_ms"] > 0 and r["launches"] >= 1 for r in kernel_rows)
+
+
+def test_host_mode_prints_every_op_and_backend_against_histc(capsys):
+    from eitp_kernels.bench import cli, host
+
+    assert cli.main(["--host", "--quick", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "torch.histc" in text and "launches taken over" in text
+    from eitp_kernels import _triton
+
+    backends = ["cpp"] + (["triton"] if _triton.triton is not None else [])
+    for op in host.tiny_calls(torch.device("cpu")):
+        for backend in backends:
+            assert any(line.startswith(op + " ") and f" {backend} " in line for line in text.splitlines()), (op, backend)

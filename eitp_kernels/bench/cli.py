@@ -14,6 +14,8 @@ into a log file instead. Files (``--out DIR``, default ``bench-results/``):
 JSON of header, rows and targets, the speed-up plot, the captured output.
 Exit status 1 when a row is MISMATCH or error ("compile failed", and an
 alternative that disagrees or raises, are flagged, not failures).
+``--host`` prints only the host time per call of every op and backend on
+tiny tensors against ``torch.histc`` (:mod:`eitp_kernels.bench.host`).
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.host:
+        from eitp_kernels.bench import host
+
+        print(host.format_host(host.host_rows(device, rounds=5 if args.quick else 15), device), flush=True)
+        return 0
     busy = _busy_cores() if args.device == "cpu" else None
     load = _loadavg()
     started = time.perf_counter()
@@ -126,6 +133,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="write the JSON here instead of in --out")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile baseline")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads(N) first")
+    parser.add_argument("--host", action="store_true",
+                        help="only the host time per call of each op and backend on tiny tensors, against torch.histc "
+                             "(on a machine without a GPU the Triton launches are taken over: host path alone)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.device == "cuda" and not torch.cuda.is_available():

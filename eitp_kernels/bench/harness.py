@@ -5,6 +5,13 @@
   ``warmup`` untimed calls. CUDA: a pair of CUDA events around each call, the
   L2 cache flushed (a 256 MiB buffer zeroed) before each timed call, outside
   the timed region, as ``triton.testing.do_bench`` does.
+* :func:`percentile` of the samples (the table's p95 beside the median).
+* :func:`device_and_call_time` (CUDA): the device time of one call (the
+  kernels, copies and fills torch.profiler records on the GPU, summed: no
+  host time in it), the time of a call as a user makes it (back-to-back
+  calls, wall clock, one sync at the end: host and device overlapping) and
+  the device launches per call, so host overhead can neither pass for a slow
+  kernel nor hide behind a fast one.
 * :func:`measure_copy_bandwidth` is the device's ``dst.copy_(src)`` rate,
   counting the bytes read plus the bytes written: the yardstick of the "% of
   copy bandwidth" column.
@@ -111,6 +118,51 @@ def _cuda_batch(fn, device, flush: torch.Tensor, count: int) -> list[float]:
             end.record()
     synchronize(device)
     return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``samples``, linear between order statistics."""
+    if not samples or not 0 <= q <= 100:
+        raise ValueError(f"percentile: need samples and 0 <= q <= 100, got {len(samples)} samples, q={q}")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def device_and_call_time(fn: Callable[[], Any], device: torch.device | str, calls: int = 20
+                         ) -> tuple[float, float, float]:
+    """(device seconds per call, call seconds per call, device launches per call) of ``fn`` on a CUDA device.
+
+    Call time: ``calls`` back-to-back calls timed by the host clock, one sync
+    at the end (what a training loop sees). Device time and launches: the same
+    number of calls under torch.profiler, from the GPU activities it records
+    (:func:`device_activity`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    call_s = (time.perf_counter() - start) / calls
+    with _native_stderr_silenced():
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            synchronize(device)
+    device_us, launches = device_activity(prof.events())
+    return device_us / 1e6 / calls, call_s, launches / calls
+
+
+def device_activity(events) -> tuple[float, int]:
+    """(microseconds, count) of the GPU activities among profiler ``events``:
+    kernels, memcpys and memsets (each one launch)."""
+    on_device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in on_device), len(on_device)
 
 
 def measure_copy_bandwidth(device: torch.device | str, quick: bool = False, nbytes: int | None = None) -> float:

@@ -37,6 +37,10 @@ def _opt(value: float | None, fmt: Callable[[float], str], missing: str = "") ->
 COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("backend", lambda r: r.backend),
     ("ms", lambda r: _opt(r.median_ms, _ms, "-")),
+    ("p95", lambda r: _opt(r.p95_ms, _ms)),
+    ("dev ms", lambda r: _opt(r.device_ms, _ms)),
+    ("call ms", lambda r: _opt(r.call_ms, _ms)),
+    ("launch", lambda r: _opt(r.launches, lambda v: f"{v:.0f}" if v == round(v) else f"{v:.1f}")),
     ("rate", lambda r: _opt(r.rate, lambda v: f"{v:.1f}")),
     ("% copy", lambda r: _opt(r.pct_copy_bw, lambda v: f"{v:.0f}%")),
     ("x eager", lambda r: _opt(r.x_eager, _times)),
@@ -47,13 +51,19 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("busy", lambda r: f"{r.others_busy:.1f}!" if r.busy else ""),
 )
 LEFT_ALIGNED = {"case", "backend", "check"}
+# Columns left out of a table where no row has a value (the GPU-only ones on a CPU run).
+OPTIONAL = {"dev ms", "call ms", "launch"}
 
 LEGEND = """\
 case     shape and dtype; "BT": Barlow Twins, two inputs x and y (coherence_loss(x, y, offdiag_weight=0.005,
          squared=True)); fwd+bwd: the loss and its gradient(s); each op's section line names its rate unit
 backend  cpp / cuda / triton: this library's kernels; eager: eitp_kernels.reference in eager PyTorch; compile:
          torch.compile of that reference; any other name: another library or formulation (see "alternatives")
-ms       median time of one call after warm-up (CPU: perf_counter; CUDA: events, L2 flushed before each call)
+ms       median time of one call after warm-up (CPU: perf_counter; CUDA: events, L2 flushed before each call);
+         p95: the 95th percentile of the same samples
+dev ms   (GPU) the device's own time per call: the kernels, copies and fills torch.profiler records, summed (no host
+         time); call ms: wall time per call of back-to-back calls, one sync at the end (what a training loop sees:
+         above dev ms when the host is the bottleneck); launch: device launches per call
 rate     GB/s of the op's minimum memory traffic (inputs read once, outputs written once; the same bytes for every
          backend), or GFLOP/s of the standard product count where the section says so
 % copy   that GB/s as a percentage of the header's copy rate. It passes 100% when the data sits in the cache
@@ -154,7 +164,15 @@ CASE_WIDTH = 26  # a longer case label gets a line of its own above its rows
 def format_table(rows: Sequence[Row], width: int = WIDTH) -> str:
     """One section line per op (with its rate unit), then one line per row;
     the case (shape and dtype) is named on its first row, or on a line of its
-    own when it is longer than :data:`CASE_WIDTH`."""
+    own when it is longer than :data:`CASE_WIDTH` or when the rows would not
+    fit ``width`` otherwise (a GPU run's extra columns)."""
+    table = _format_table(rows, width, CASE_WIDTH)
+    if max(map(len, table.splitlines())) > width:
+        table = _format_table(rows, width, 0)
+    return table
+
+
+def _format_table(rows: Sequence[Row], width: int, case_width: int) -> str:
     lines_spec = []  # ("section", text) | ("label", text) | ("row", cells)
     previous_case = previous_op = None
     for row in rows:
@@ -165,13 +183,17 @@ def format_table(rows: Sequence[Row], width: int = WIDTH) -> str:
             previous_op, previous_case = row.op, None
         case = f"{row.shape} {row.dtype}"
         label = case if case != previous_case else ""
-        if len(label) > CASE_WIDTH:
+        if len(label) > case_width:
             lines_spec.append(("label", label))
             label = ""
         lines_spec.append(("row", [label] + [get(row) for _, get in COLUMNS]))
         previous_case = case
     names = ["case"] + [name for name, _ in COLUMNS]
     cells = [spec for kind, spec in lines_spec if kind == "row"]
+    keep = [i for i, name in enumerate(names) if name not in OPTIONAL or any(c[i] for c in cells)]
+    names = [names[i] for i in keep]
+    cells = [[c[i] for i in keep] for c in cells]
+    lines_spec = [(kind, [spec[i] for i in keep] if kind == "row" else spec) for kind, spec in lines_spec]
     widths = [max([len(names[i])] + [len(c[i]) for c in cells]) for i in range(len(names))]
     gap = 2 if sum(widths) + 2 * (len(widths) - 1) <= width else 1
 

@@ -58,6 +58,10 @@ class Row:
     kind: str = "kernel"  # kernel | baseline | peer (another library) | alternative (another formulation)
     median_ms: float | None = None
     min_ms: float | None = None
+    p95_ms: float | None = None  # 95th percentile of the samples
+    device_ms: float | None = None  # CUDA: the GPU's own time per call (profiler), no host time
+    call_ms: float | None = None  # CUDA: wall time per call, back-to-back calls (host and device overlapping)
+    launches: float | None = None  # CUDA: device launches (kernels, copies, fills) per call
     reps: int = 0
     rate: float | None = None  # in rate_unit
     rate_unit: str = "GB/s"
@@ -198,6 +202,9 @@ def _measure(row: Row, case: Case, backend: str, inputs, expected, device, setti
     try:
         median, times = harness.time_fn(call, device, settings.warmup, settings.reps, settings.min_time)
         peak = harness.peak_memory(call, device)
+        if device.type == "cuda":
+            device_s, call_s, row.launches = harness.device_and_call_time(call, device)
+            row.device_ms, row.call_ms = device_s * 1e3, call_s * 1e3
     except Exception as error:  # noqa: BLE001
         row.check = "peer error" if row.kind in ("peer", "alternative") else "error"
         row.error = _one_line(error)
@@ -207,6 +214,7 @@ def _measure(row: Row, case: Case, backend: str, inputs, expected, device, setti
 
 def _fill_figures(row: Row, case: Case, median: float, times: list[float], peak: int | None, copy_gbps) -> None:
     row.median_ms, row.min_ms, row.reps = median * 1e3, min(times) * 1e3, len(times)
+    row.p95_ms = harness.percentile(times, 95) * 1e3
     if case.flops:
         row.rate = case.flops / median / 1e9
     elif case.bytes:
