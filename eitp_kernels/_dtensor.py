@@ -82,6 +82,16 @@ def full(value):
     return value.full_tensor() if is_dtensor(value) else value
 
 
+def replicate_like(value: torch.Tensor, like) -> torch.Tensor:
+    """``value`` (the same on every rank) as a replicated DTensor on ``like``'s mesh when ``like`` is a
+    DTensor, so the two combine; else ``value`` as it is."""
+    if not is_dtensor(like):
+        return value
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(value, like.device_mesh, _replicated(like.device_mesh), run_check=False)
+
+
 def writes_files(values) -> bool:
     """False on every rank but global rank 0 when ``values`` hold a DTensor (one rank writes a shared
     file); True otherwise."""

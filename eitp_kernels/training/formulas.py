@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from eitp_kernels import _dtensor
+
 # CODATA 2018 Boltzmann constant, exact by the 2019 SI definition (J/K).
 BOLTZMANN_J_PER_K = 1.380649e-23
 
@@ -144,8 +146,9 @@ def magnitude_prune(model: nn.Module, sparsity: float, *, min_dim: int = 2) -> d
         if k == 0:
             masks[name] = torch.ones_like(param, dtype=torch.bool)
             continue
-        threshold = param.detach().abs().flatten().kthvalue(k).values
-        mask = param.abs() > threshold
+        # a DTensor (FSDP2) weight is gathered to find its k-th magnitude (docs/design.md §3.3)
+        threshold = _dtensor.full(param.detach()).abs().flatten().kthvalue(k).values
+        mask = param.abs() > _dtensor.replicate_like(threshold, param)
         param.mul_(mask)
         masks[name] = mask
     return masks
