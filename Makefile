@@ -14,9 +14,9 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # peers: the libraries eitp-bench compares against (fast-histogram, boost-histogram,
 # torchao, optimum-quanto, bitsandbytes, lightly); a fresh set-up takes about 30 s
-# and 230 MB more with them. EXTRAS=test,bench,demo leaves them out (the benchmark
+# and 230 MB more with them. EXTRAS=gpu,test,bench,demo leaves them out (the benchmark
 # header then names them as missing).
-EXTRAS ?= test,bench,demo,lightning,peers
+EXTRAS ?= gpu,test,bench,demo,lightning,peers
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
 GPU_CHECK_OUT ?= gpu-check-results

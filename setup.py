@@ -56,10 +56,10 @@ BUILD_INFO = "_build_info.py"
 # py_limited_api=True (its min_supported_cpython); used as is when an older
 # torch does not define the macro itself.
 DEFAULT_LIMITED_API = 0x030A0000
+# triton and nvidia-ml-py are the `gpu` extra (pyproject.toml): a CUDA build of torch
+# brings triton already, and on a CPU-only machine triton's backend cannot run.
 RUNTIME_DEPENDENCIES = [
     "numpy",
-    "triton; platform_system == 'Linux'",
-    "nvidia-ml-py",
     "safetensors",
     "zstandard",
 ]

@@ -69,6 +69,10 @@ class BackendStatus:
         return f"{self.name}: {state}{where}" + (f" ({self.reason})" if self.reason else "")
 
 
+TRITON_MISSING = ("triton is not installed (a CUDA build of torch brings it; "
+                  "otherwise pip install 'eitp-kernels[gpu]')")
+
+
 def triton_interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
@@ -83,17 +87,27 @@ def _triton_status() -> BackendStatus:
 
 
 def _probe_triton() -> BackendStatus:
-    try:
-        import triton  # noqa: F401
-    except ImportError as error:
-        return BackendStatus("triton", False, (), f"triton is not installed ({error})")
+    """The triton backend's status. Imports triton (and defines the Triton ops,
+    _registration.define_triton_ops) only where the backend can run: never on a
+    CPU-only machine without TRITON_INTERPRET=1."""
+    from eitp_kernels import _registration  # it imports this module
+
+    if not _registration.triton_installed():
+        return BackendStatus("triton", False, (), TRITON_MISSING)
     if triton_interpreter_requested():
-        return BackendStatus("triton", True, ("cpu",), "interpreter only (TRITON_INTERPRET=1): correct but slow")
-    if torch.cuda.is_available():
-        return BackendStatus("triton", True, ("cuda",), "")
-    return BackendStatus(
-        "triton", False, (), "no GPU; set TRITON_INTERPRET=1 before importing triton to run its kernels interpreted"
-    )
+        devices = ("cpu",)
+    elif torch.cuda.is_available():
+        devices = ("cuda",)
+    else:
+        return BackendStatus(
+            "triton", False, (), "no GPU; set TRITON_INTERPRET=1 before importing triton to run its kernels interpreted"
+        )
+    try:
+        _registration.define_triton_ops()
+    except ImportError as error:
+        return BackendStatus("triton", False, (), f"triton cannot be imported ({error})")
+    note = "interpreter only (TRITON_INTERPRET=1): correct but slow" if devices == ("cpu",) else ""
+    return BackendStatus("triton", True, devices, note)
 
 
 def _status(name: str) -> BackendStatus:

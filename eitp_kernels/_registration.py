@@ -5,29 +5,43 @@ csrc/bindings) has a Triton twin ``eitp_triton::<name>`` of the same name,
 defined here from its launcher in :mod:`eitp_kernels.triton` (the launcher's
 annotations give its schema). :func:`register` gives both the one fake kernel
 and the one autograd formula an op module writes for it: ``eitp`` when the
-extension is loaded, ``eitp_triton`` when triton is importable.
+extension is loaded, ``eitp_triton`` once the Triton backend is wanted.
+
+The Triton twins are defined lazily (:func:`define_triton_ops`): importing
+triton, the kernel modules and ``torch.library.triton_op`` (which imports
+torch._inductor) costs about as much as importing torch, and a CPU-only
+machine never runs them. They are defined when the triton backend is found
+available (``_backends``: a CUDA device, or ``TRITON_INTERPRET=1``, which
+defines them at import), or when a caller asks (``define_triton_ops()``).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 from typing import Callable
 
 import torch
 
 from eitp_kernels import _backends, _extension
-from eitp_kernels._triton import triton
 
 COMPILED = "eitp"
 TRITON = "eitp_triton"
+TRITON_PACKAGE = "eitp_kernels.triton"
+
+# (name, launcher path, fake, tags, autograd) of the Triton twins registered and not yet defined.
+_pending_triton_ops: list[tuple] = []
+_triton_defined = [False]  # whether define_triton_ops ran (later registrations define at once)
 
 
-def register(name: str, launcher: Callable | None, fake: Callable, *, compiled_fake: Callable | None = None,
+def register(name: str, launcher: str | None, fake: Callable, *, compiled_fake: Callable | None = None,
              autograd: tuple[Callable, Callable] | None = None, tags: tuple = ()) -> None:
     """Register op ``name`` in every namespace that exists here.
 
-    ``launcher``: the Triton implementation (None where the op has no Triton
-    twin); ``fake``: shapes and dtypes of the outputs, for both namespaces
+    ``launcher``: the Triton implementation as ``"<module>.<function>"`` in
+    :mod:`eitp_kernels.triton` (imported only when the Triton ops are
+    defined; None where the op has no Triton twin); ``fake``: shapes and dtypes of the outputs, for both namespaces
     (``compiled_fake`` instead for ``eitp`` where the compiled schema has more
     than the Triton one); ``autograd``: ``(setup_context, backward)``, where
     ``backward(ops, ctx, *grads)`` gets the namespace's ops (``torch.ops.eitp``
@@ -37,9 +51,39 @@ def register(name: str, launcher: Callable | None, fake: Callable, *, compiled_f
     if _extension.load()[0]:
         torch.library.register_fake(f"{COMPILED}::{name}", compiled_fake or fake)
         _register_autograd(COMPILED, name, autograd)
-    if triton is not None and launcher is not None:
-        _define_triton_op(name, launcher, fake, tags)
+    if launcher is None:
+        return
+    _pending_triton_ops.append((name, launcher, fake, tags, autograd))
+    if _triton_defined[0] or _backends.triton_interpreter_requested():
+        # TRITON_INTERPRET=1 asks for the Triton kernels on CPU tensors: define them now.
+        define_triton_ops()
+
+
+def triton_installed() -> bool:
+    """Whether the triton package can be imported (found without importing it)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def define_triton_ops() -> bool:
+    """Define every ``eitp_triton::`` op registered so far (and those registered
+    later, as they are); imports triton and :mod:`eitp_kernels.triton`. Returns
+    False, defining nothing, where triton is not installed. Idempotent."""
+    if not triton_installed():
+        return False
+    _triton_defined[0] = True
+    while _pending_triton_ops:
+        name, launcher, fake, tags, autograd = _pending_triton_ops.pop(0)
+        _define_triton_op(name, _import_launcher(launcher), fake, tags)
         _register_autograd(TRITON, name, autograd)
+    return True
+
+
+def _import_launcher(path: str) -> Callable:
+    module, function = path.rsplit(".", 1)
+    return getattr(importlib.import_module(f"{TRITON_PACKAGE}.{module}"), function)
 
 
 def _register_autograd(namespace: str, name: str, autograd) -> None:

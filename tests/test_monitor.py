@@ -42,11 +42,40 @@ def test_name_filter():
     assert names(include=["0.w*", "2.*"], exclude="*bias") == ["0.weight", "2.weight"]
     assert names(exclude=lambda name, p: p.dim() < 2) == ["0.weight", "2.weight"]
     assert names(trainable_only=True, skip_biases=True, min_numel=4) == ["0.weight", "2.weight", "3.weight"]
-    assert list(EntropyMonitor(model, include="nothing*")()) == []
+    with pytest.warns(UserWarning, match=r"include='nothing\*' matches none of the model's 7 parameters"):
+        assert list(EntropyMonitor(model, include="nothing*")()) == []
     with pytest.raises(TypeError, match="include must be None, a callable"):
         EntropyMonitor(model, include=3)
     with pytest.raises(ValueError, match="min_numel must be an int >= 1, got 0"):
         EntropyMonitor(model, min_numel=0)
+
+
+def test_a_filter_that_matches_nothing_warns_once_with_the_names_it_could_match():
+    model = _model()
+    with pytest.warns(UserWarning) as record:
+        monitor = EntropyMonitor(model, include="encoder.*", exclude=["*.bais"])
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2, messages
+    assert "include='encoder.*' matches none" in messages[0] and "'tiny', '0.weight'" in messages[0]
+    assert "exclude=['*.bais'] matches none" in messages[1]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor()  # warned once, at construction
+        EntropyMonitor(model, include="0.*", exclude=lambda name, p: name.endswith("bias"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_parameter_holding_nan_or_inf_reports_nan(bad):
+    model = _model()
+    with torch.no_grad():
+        model[0].weight[3, 5] = bad
+    got = EntropyMonitor(model)()
+    assert math.isnan(float(got["0.weight"]))
+    assert all(math.isfinite(float(v)) for name, v in got.items() if name != "0.weight")
+    logged = EntropyMonitor(model).log(lambda values: None)
+    assert math.isnan(logged["entropy_bits/0.weight"])
 
 
 class _HostReads:

@@ -186,6 +186,20 @@ def test_prepare_qat_converts_convs_and_warns_once_about_the_rest():
         torch.testing.assert_close(loaded(x), qat(x), rtol=0, atol=0)
 
 
+def test_an_optimizer_built_before_prepare_qat_trains_the_prepared_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    qat = enn.prepare_qat(model)
+    assert isinstance(qat[0], enn.FakeQuantLinear) and type(model[0]) is nn.Linear  # model's tree unchanged
+    assert all(a is b for a, b in zip(qat.parameters(), model.parameters()))
+    assert qat[1].running_mean is model[1].running_mean
+    before = qat[0].weight.detach().clone()
+    qat(torch.randn(16, 8)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(qat[0].weight.detach(), before)
+
+
 def test_prepare_qat_on_a_fully_convertible_model_does_not_warn():
     import warnings
 

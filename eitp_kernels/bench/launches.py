@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from eitp_kernels import _backends, _triton
+from eitp_kernels import _backends, _registration, _triton
 
 GPU_BACKENDS = ("cuda", "triton")
 
@@ -173,8 +173,8 @@ def forced_backend(backend: str) -> Iterator[None]:
 
     if backend == "cuda" and not _backends._extension.load()[0]:
         raise RuntimeError(f"forced_backend: the extension is not loaded ({_backends._extension.load()[1]})")
-    if backend == "triton" and _triton.triton is None:
-        raise RuntimeError("forced_backend: triton is not installed")
+    if backend == "triton" and not _registration.define_triton_ops():
+        raise RuntimeError(f"forced_backend: {_backends.TRITON_MISSING}")
     _backends.resolve = resolve
     try:
         yield

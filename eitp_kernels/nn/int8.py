@@ -39,11 +39,16 @@ _INT_MM_MAX_K = (2**31 - 1) // (128 * 127)
 _CPU_MIN_INT8_WEIGHT = 256 * 256
 
 
-@torch.compiler.assume_constant_result
 def _onednn_enabled() -> bool:
     """torch.backends.mkldnn available and enabled (a constant to torch.compile: the
     flag is read when a graph is traced)."""
     return torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+
+
+# What torch.compiler.assume_constant_result(_onednn_enabled) does, without the
+# import of torch._dynamo it makes (seconds; import eitp_kernels must not pay it).
+# tests/test_import.py checks the marking is the decorator's.
+_onednn_enabled._dynamo_marked_constant = True
 
 
 def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) -> bool:

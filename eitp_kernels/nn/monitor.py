@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from typing import Callable
 
 import torch
@@ -32,6 +33,32 @@ def _name_filter(op: str, arg: str, value) -> Callable[[str, torch.Tensor], bool
     return lambda name, _param: any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _nan_where_not_finite(entropies: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``entropies`` with NaN for each tensor holding a NaN or Inf (on the device, no sync):
+    a tensor's largest |value| is finite exactly when all its values are (one extra read of
+    the floating-point tensors, one fused reduction per dtype where torch has it)."""
+    floating = [i for i, t in enumerate(tensors) if t.is_floating_point()]
+    if not floating:
+        return entropies
+    peaks = [_dtensor.full(p) for p in torch._foreach_norm([tensors[i] for i in floating], float("inf"))]
+    finite = torch.ones(len(tensors), dtype=torch.bool, device=entropies.device)
+    finite[floating] = torch.stack([p.to(entropies.device, torch.float32) for p in peaks]).isfinite()
+    return torch.where(finite, entropies, torch.full_like(entropies, float("nan")))
+
+
+def _warn_unmatched(op: str, model: torch.nn.Module, include, exclude, raw_include, raw_exclude) -> None:
+    """One UserWarning per filter that matches none of ``model``'s parameters (a typo in a pattern
+    would otherwise log nothing, or everything, without a word)."""
+    named = list(model.named_parameters())
+    examples = ", ".join(repr(n) for n, _ in named[:3]) or "none"
+    for arg, keep, raw in (("include", include, raw_include), ("exclude", exclude, raw_exclude)):
+        if keep is None or any(keep(name, p) for name, p in named):
+            continue
+        warnings.warn(f"{op}: {arg}={raw!r} matches none of the model's {len(named)} parameters (names such as "
+                      f"{examples}); patterns are fnmatch patterns on the full parameter name, e.g. "
+                      f"'encoder.*' or '*.weight'", UserWarning, stacklevel=3)
+
+
 class EntropyMonitor(torch.nn.Module):
     """Histogram entropy of the parameters of a model, from one call; logs itself.
 
@@ -42,6 +69,10 @@ class EntropyMonitor(torch.nn.Module):
     ``histogram_entropy`` itself defaults to nats (``base=None``); ``unit``
     names the monitor's (``entropy_unit``) and it is part of every logged tag.
     Each parameter gets its own automatic range unless ``range`` is given.
+    A parameter holding any NaN or Inf reports a NaN entropy (the histogram
+    itself counts only finite values): a model whose weights diverged shows
+    as NaN, never as a plausible number. This costs one more read of the
+    parameters (their largest absolute value, on the device).
     The model is referenced, not registered as a submodule, so the monitor
     holds no parameters of its own.
 
@@ -65,7 +96,8 @@ class EntropyMonitor(torch.nn.Module):
       * ``include`` / ``exclude``: None, a predicate ``(name, parameter) ->
         bool``, or fnmatch patterns on the name (``"encoder.*"`` or a list);
         a parameter is kept if it matches ``include`` (when given) and does
-        not match ``exclude``;
+        not match ``exclude``; a filter that matches none of the model's
+        parameters at construction warns once (UserWarning);
       * ``skip_biases``: drop parameters whose name ends in ``bias``;
       * ``min_numel``: drop tensors with fewer elements (default 1: only
         empty ones; their entropy would be NaN).
@@ -89,6 +121,7 @@ class EntropyMonitor(torch.nn.Module):
         self.trainable_only = trainable_only
         self.include = _name_filter(op, "include", include)
         self.exclude = _name_filter(op, "exclude", exclude)
+        _warn_unmatched(op, model, self.include, self.exclude, include, exclude)
         self.skip_biases = bool(skip_biases)
         self.min_numel = min_numel
         self.prefix = prefix
@@ -125,9 +158,10 @@ class EntropyMonitor(torch.nn.Module):
         device = named[0][1].device
         parts, order = [], []
         for indices in by_device.values():
-            h = histogram_entropy_many([named[i][1].detach() for i in indices], bins=self.bins, range=self.range,
-                                       base=self.base)
-            parts.append(_dtensor.full(h).to(device))  # DTensor parameters: a replicated result
+            tensors = [named[i][1].detach() for i in indices]
+            h = histogram_entropy_many(tensors, bins=self.bins, range=self.range, base=self.base)
+            # DTensor parameters: a replicated result
+            parts.append(_nan_where_not_finite(_dtensor.full(h), tensors).to(device))
             order += indices
         values = torch.cat(parts)
         if len(by_device) > 1:  # back to named_parameters order, on the device
@@ -135,6 +169,9 @@ class EntropyMonitor(torch.nn.Module):
         return [n for n, _ in named], values
 
     def forward(self) -> dict[str, torch.Tensor]:
+        """``{parameter name: 0-d entropy tensor}`` in the monitor's unit (``unit``; bits by
+        default), on the first parameter's device, no gradient, no host sync; NaN for a
+        parameter holding NaN or Inf."""
         names, values = self.entropies()
         return dict(zip(names, values.unbind(0)))
 

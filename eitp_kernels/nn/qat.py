@@ -7,8 +7,10 @@
                       tensor. Straight-through gradients.
     prepare_qat(model, quantize_activations=False, activation_symmetric=False, inplace=False)
                       swaps every nn.Linear, nn.Conv1d and nn.Conv2d for its
-                      fake-quant version and warns once, naming them, about
-                      other layers with >= 2-D weights it left in float.
+                      fake-quant version (sharing the model's parameter
+                      objects: an optimizer built first still trains it) and
+                      warns once, naming them, about other layers with >= 2-D
+                      weights it left in float.
 
 The int8 export of a model trained this way is ``eitp_kernels.nn.int8``.
 """
@@ -158,7 +160,15 @@ def prepare_qat(model: nn.Module, *, quantize_activations: bool = False, activat
                 inplace: bool = False) -> nn.Module:
     """Swap every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` in ``model``
     (itself included) for its fake-quant version sharing its parameters.
-    Returns the prepared model (a deep copy unless ``inplace``).
+
+    Returns the prepared model: unless ``inplace``, a copy of the module tree
+    (``model`` itself keeps its float layers) that holds **the same parameter
+    and buffer objects** as ``model``. So an optimizer built on
+    ``model.parameters()`` before or after this call trains the prepared
+    model, and training it changes ``model``'s weights too; for an
+    independent float copy, ``copy.deepcopy(model)`` first.
+    ``quantize_activations`` / ``activation_symmetric``: as the fake-quant
+    layers' (per-tensor input fake-quant, symmetric or affine).
 
     Layers with >= 2-D weights of other types (Conv3d, ConvTranspose*,
     Embedding, MultiheadAttention, whose projections it calls without their
@@ -167,7 +177,9 @@ def prepare_qat(model: nn.Module, *, quantize_activations: bool = False, activat
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = copy.deepcopy(model)
+        # A new module tree around the same Parameter and buffer objects.
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        model = copy.deepcopy(model, memo=shared)
     kwargs = {"quantize_activations": quantize_activations, "activation_symmetric": activation_symmetric}
 
     def swap(module: nn.Module) -> nn.Module:

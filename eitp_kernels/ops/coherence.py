@@ -30,7 +30,6 @@ import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels import _dtensor
-from eitp_kernels.triton import coherence as triton_coherence
 
 OP = "coherence_loss"
 
@@ -276,6 +275,6 @@ def _forward_backward(ops, ctx, grad_loss, *unused):
     return (dx, None if y is None else dy) + (None,) * (ctx.num_inputs - 2)
 
 
-_registration.register("coherence_forward", triton_coherence.coherence_forward, _forward_fake,
+_registration.register("coherence_forward", "coherence.coherence_forward", _forward_fake,
                        compiled_fake=_compiled_forward_fake, autograd=(_forward_setup_context, _forward_backward))
-_registration.register("coherence_backward", triton_coherence.coherence_backward, _backward_fake)
+_registration.register("coherence_backward", "coherence.coherence_backward", _backward_fake)

@@ -29,7 +29,6 @@ import torch
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels import _dtensor
 from eitp_kernels.ops.finite_minmax import ROWS as FINITE_MINMAX_ROWS
-from eitp_kernels.triton import entropy as triton_entropy
 
 OP = "histogram_entropy"
 MANY_OP = "histogram_entropy_many"
@@ -406,13 +405,13 @@ def _soft_histogram_backward(ops, ctx, grad_counts):
     return grad_x.to(x.dtype), None, None, None, None
 
 
-_registration.register("histogram_counts", triton_entropy.histogram_counts, _counts_fake)
+_registration.register("histogram_counts", "entropy.histogram_counts", _counts_fake)
 # cudagraph_unsafe (as the compiled op's schema): the launcher copies a segment
 # table built on the host from pinned memory reused after the call.
-_registration.register("histogram_counts_many", triton_entropy.histogram_counts_many, _counts_many_fake,
+_registration.register("histogram_counts_many", "entropy.histogram_counts_many", _counts_many_fake,
                        tags=(torch.Tag.cudagraph_unsafe,))
-_registration.register("soft_histogram", triton_entropy.soft_histogram, _soft_histogram_fake,
+_registration.register("soft_histogram", "entropy.soft_histogram", _soft_histogram_fake,
                        autograd=(_soft_histogram_setup_context, _soft_histogram_backward))
-_registration.register("soft_histogram_backward", triton_entropy.soft_histogram_backward,
+_registration.register("soft_histogram_backward", "entropy.soft_histogram_backward",
                        _soft_histogram_backward_fake)
-_registration.register("entropy_from_counts", triton_entropy.entropy_from_counts, _entropy_from_counts_fake)
+_registration.register("entropy_from_counts", "entropy.entropy_from_counts", _entropy_from_counts_fake)

@@ -19,7 +19,6 @@ import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels import _dtensor
-from eitp_kernels.triton import finite_minmax as triton_finite_minmax
 
 OP = "finite_minmax"
 
@@ -72,4 +71,4 @@ def _finite_minmax_fake(x):
     return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((x.shape[0],), dtype=acc)
 
 
-_registration.register("finite_minmax", triton_finite_minmax.finite_minmax, _finite_minmax_fake)
+_registration.register("finite_minmax", "finite_minmax.finite_minmax", _finite_minmax_fake)

@@ -37,7 +37,6 @@ import torch
 
 from eitp_kernels import _backends, _layout, _registration, _validation, reference
 from eitp_kernels import _dtensor
-from eitp_kernels.triton import quant as triton_quant
 
 OP_QUANTIZE = "quantize_int8"
 OP_DEQUANTIZE = "dequantize_int8"
@@ -337,9 +336,9 @@ def _fake_quant_backward(ops, ctx, grad_out, _grad_scale, _grad_zero_point):
     return grad_x, None, None, None
 
 
-_registration.register("quantize_int8_rows", triton_quant.quantize_int8_rows, _quantize_rows_fake)
-_registration.register("fake_quant_int8_rows", triton_quant.fake_quant_int8_rows, _fake_quant_rows_fake,
+_registration.register("quantize_int8_rows", "quant.quantize_int8_rows", _quantize_rows_fake)
+_registration.register("fake_quant_int8_rows", "quant.fake_quant_int8_rows", _fake_quant_rows_fake,
                        autograd=(_fake_quant_setup_context, _fake_quant_backward))
-_registration.register("dequantize_int8_rows", triton_quant.dequantize_int8_rows, _dequantize_rows_fake)
-_registration.register("fake_quant_int8_rows_backward", triton_quant.fake_quant_int8_rows_backward,
+_registration.register("dequantize_int8_rows", "quant.dequantize_int8_rows", _dequantize_rows_fake)
+_registration.register("fake_quant_int8_rows_backward", "quant.fake_quant_int8_rows_backward",
                        _fake_quant_rows_backward_fake)
