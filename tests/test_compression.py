@@ -66,6 +66,47 @@ def test_pruning_lowers_entropy_and_size_and_loads_into_model(tmp_path):
     assert (fresh[0].weight == 0).sum().item() >= int(0.8 * fresh[0].weight.numel())
 
 
+def test_default_coder_is_shallow_and_no_larger_than_level_19(tmp_path):
+    # The speed is benchmarks/save_compressed_speed.py's; here its deterministic proxy
+    # (one match-search attempt, against level 19's deep search) and the size it must keep.
+    import zstandard
+
+    deep = zstandard.ZstdCompressionParameters.from_level(19)
+    assert compression._FAST_PARAMETERS["search_log"] == 1 < deep.search_log
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    default = compression.save_compressed(model, tmp_path / "default.eitpz", sparsity=0.5)
+    model.load_state_dict(state)
+    level19 = compression.save_compressed(model, tmp_path / "level19.eitpz", sparsity=0.5, level=19)
+    assert default.compressed_bytes <= level19.compressed_bytes
+    for name in ("default", "level19"):
+        loaded = compression.load_compressed(tmp_path / f"{name}.eitpz")
+        torch.testing.assert_close(loaded["0.weight"], compression.load_compressed(tmp_path / "level19.eitpz")["0.weight"],
+                                   rtol=0, atol=0)
+
+
+def test_report_fields_are_what_the_docstring_says(tmp_path):
+    model = _model()
+    report = compression.save_compressed(model, tmp_path / "m.eitpz", sparsity=0.5)
+    state = model.state_dict()
+    assert report.original_bytes == sum(t.numel() * t.element_size() for t in state.values())
+    assert report.compressed_bytes == (tmp_path / "m.eitpz").stat().st_size
+    assert report.achieved_bits == 8 * report.compressed_bytes / report.quantized_parameters
+    codes = [reference.quantize_int8(t.float(), granularity="channel")[0] for t in state.values() if t.dim() >= 2]
+    zeros = sum(int((c == 0).sum()) for c in codes)
+    assert report.sparsity == zeros / report.quantized_parameters  # measured, not the 0.5 asked for
+    doc = compression.CompressionReport.__doc__
+    for field in ("parameters", "quantized_parameters", "original_bytes", "compressed_bytes", "sparsity",
+                  "code_entropy_bits", "achieved_bits", "ratio"):
+        assert f"{field}:" in doc or f"{field} (property):" in doc, field
+
+
+def test_level_must_be_an_int_or_none(tmp_path):
+    with pytest.raises(TypeError, match="save_compressed: level must be None or an int"):
+        compression.save_compressed(_model(), tmp_path / "x", level="max")
+
+
 def _write(path, data):
     path.write_bytes(data)
     return path

@@ -81,6 +81,9 @@ class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  quantize_activations: bool = False, activation_symmetric: bool = False,
                  device=None, dtype=None) -> None:
+        """As ``nn.Linear(in_features, out_features, bias, device, dtype)``, plus
+        ``quantize_activations`` (fake-quantize the inputs per tensor) and
+        ``activation_symmetric`` (their scheme: symmetric, else affine)."""
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_activation(quantize_activations, activation_symmetric)
 
@@ -92,6 +95,7 @@ class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
                                                 "bias": linear.bias is not None}, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., in_features) -> (..., out_features) through the fake-quantized weight."""
         return F.linear(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
 
 
@@ -112,6 +116,7 @@ class _FakeQuantConvMixin(_FakeQuantMixin):
         return cls._sharing_parameters(conv, _conv_arguments(conv), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of ``x`` (as nn.ConvNd's forward) with the fake-quantized weight."""
         return self._conv_forward(_fake_quant_activation(x, self._activation), self.quantized_weight(), self.bias)
 
 
@@ -123,6 +128,8 @@ class FakeQuantConv1d(_FakeQuantConvMixin, nn.Conv1d):
 
     def __init__(self, *args, quantize_activations: bool = False, activation_symmetric: bool = False,
                  **kwargs) -> None:
+        """``nn.ConvNd``'s arguments, plus ``quantize_activations`` and ``activation_symmetric``
+        as FakeQuantLinear's."""
         super().__init__(*args, **kwargs)
         self._init_activation(quantize_activations, activation_symmetric)
 
@@ -133,6 +140,8 @@ class FakeQuantConv2d(_FakeQuantConvMixin, nn.Conv2d):
 
     def __init__(self, *args, quantize_activations: bool = False, activation_symmetric: bool = False,
                  **kwargs) -> None:
+        """``nn.ConvNd``'s arguments, plus ``quantize_activations`` and ``activation_symmetric``
+        as FakeQuantLinear's."""
         super().__init__(*args, **kwargs)
         self._init_activation(quantize_activations, activation_symmetric)
 
