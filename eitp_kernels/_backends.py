@@ -160,14 +160,28 @@ def requested_backend() -> str | None:
     return env
 
 
+# (op, device type, requested backend, id(implemented)) -> the backend chosen: every
+# status it depends on is fixed for the life of the process, so each decision is
+# made once per call site rather than per call (9 us of a 53 us finite_minmax call
+# on 64 elements, by timeit on this machine under load).
+_resolved: dict[tuple, str] = {}
+
+
 def resolve(op_name: str, device: torch.device, implemented: Mapping[str, Sequence[str]]) -> str:
     """Pick the backend for one call.
 
     ``implemented`` maps device type -> the op's backends for it, best first
     (for example ``{"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}``).
     """
-    device_type = device.type
     requested = requested_backend()
+    key = (op_name, device.type, requested, id(implemented))
+    chosen = _resolved.get(key)
+    if chosen is None:
+        chosen = _resolved[key] = _resolve(op_name, device.type, requested, implemented)
+    return chosen
+
+
+def _resolve(op_name: str, device_type: str, requested: str | None, implemented: Mapping[str, Sequence[str]]) -> str:
     if requested is not None:
         status = _status(requested)
         if requested not in implemented.get(device_type, ()) and requested not in _any_device(implemented):
@@ -199,8 +213,12 @@ def op_caller(namespace: str, name: str):
     exists only where its backend is built (the extension) or registered (Triton), so
     the ops' dispatch tables cannot hold the op itself."""
 
+    found = []  # the op's default overload once it exists (calling it skips the packet's overload lookup)
+
     def call(*args):
-        return getattr(getattr(torch.ops, namespace), name)(*args)
+        if not found:
+            found.append(getattr(getattr(torch.ops, namespace), name).default)
+        return found[0](*args)
 
     call.__name__ = call.__qualname__ = f"{namespace}::{name}"
     return call

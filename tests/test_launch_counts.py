@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import eitp_kernels as ek
-from eitp_kernels import _backends
+from eitp_kernels import _backends, _triton
 from eitp_kernels.bench import launches
 from eitp_kernels.bench.launches import count_launches
 
 needs_extension = pytest.mark.skipif(not _backends._extension.load()[0], reason="extension not built")
-needs_triton = pytest.mark.skipif(ek._triton.triton is None, reason="triton not installed")
+needs_triton = pytest.mark.skipif(_triton.triton is None, reason="triton not installed")
 
 # The calls whose budget the GPU paths meet, per backend (the others are
 # printed by `python -m eitp_kernels.bench.launches`).
@@ -62,7 +62,7 @@ def test_triton_launches_are_taken_over_and_counted():
     x = torch.randn(4, 100)
     counted = count_launches(lambda: ek.fake_quant_int8(x, granularity="channel"), "triton")
     assert counted.kernels == ("triton::_quant_rows_kernel",)
-    assert ek._triton.launch_observers == []  # the observer is removed after the count
+    assert _triton.launch_observers == []  # the observer is removed after the count
 
 
 @needs_extension

@@ -66,6 +66,7 @@ def per_call_seconds(fn: Callable[[], object], device: torch.device, calls: int 
 def host_rows(device: torch.device, calls: int = 200, rounds: int = 15) -> list[tuple[str, str, float, float]]:
     """(op, backend, microseconds per call, x torch.histc) for every op and backend of ``device``."""
     import eitp_kernels as ek
+    from eitp_kernels import _triton
 
     x = torch.randn(64, device=device)
     histc = per_call_seconds(lambda: torch.histc(x, bins=256), device, calls, rounds)
@@ -74,7 +75,7 @@ def host_rows(device: torch.device, calls: int = 200, rounds: int = 15) -> list[
     available = ek.backends()
     for backend in backends:
         if device.type == "cpu" and backend == "triton":
-            if ek._triton.triton is None:
+            if _triton.triton is None:
                 continue
             context = _taken_over_triton
         else:
