@@ -312,12 +312,18 @@ def standardize_columns(x, eps=1e-5):
     # contiguous: the result does not depend on the input's memory layout
     xc = x.to(cd).reshape(n, -1).contiguous()
     d, var = _deviations_and_variance(xc, cd)
-    if cd != torch.float64 and not bool(torch.isfinite(var).all()):
+    if cd != torch.float64:
         # A float32 sum overflowed (an infinite mean makes var non-finite too),
         # or the input is not finite: the float64 sums the kernels use.
         # float64 sums everywhere would double the cost of this eager
         # reference (it is also the benchmarks' eager baseline).
-        d, var = _deviations_and_variance(xc, torch.float64)
+        overflowed = ~torch.isfinite(var).all()
+        if torch.compiler.is_compiling():
+            # A traced graph cannot branch on a value: both sums, the same choice by torch.where.
+            d64, var64 = _deviations_and_variance(xc, torch.float64)
+            d, var = torch.where(overflowed, d64, d), torch.where(overflowed, var64, var)
+        elif bool(overflowed):
+            d, var = _deviations_and_variance(xc, torch.float64)
     return (d * column_rstd(var, eps, cd)).reshape(x.shape)
 
 
