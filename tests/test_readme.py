@@ -167,3 +167,27 @@ def test_backends_listing_is_what_its_command_prints():
             or importlib.util.find_spec("triton") is None:
         return  # another kind of machine: its cuda and triton lines differ by design
     assert printed == shown
+
+
+def test_compiled_functions_follow_use_backend_but_not_a_later_eitp_backend(monkeypatch):
+    # The Backends section's torch.compile paragraph: a compiled function recompiles inside a
+    # use_backend block asking for another backend; EITP_BACKEND is read when it is traced.
+    text = " ".join(_section("Backends").split())
+    assert "recompiles when it is called inside a block that asks for another backend" in text
+    assert "`EITP_BACKEND` is read when a function is traced; changing it afterwards does not recompile" in text
+    from torch._dynamo.utils import counters
+
+    monkeypatch.delenv("EITP_BACKEND", raising=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: eitp_kernels.finite_minmax(t), fullgraph=True, backend="eager")
+    x = torch.randn(64)
+    for _ in range(3):  # settled: later calls of the same kind reuse the graph
+        compiled(x)
+    graphs = counters["stats"]["unique_graphs"]
+    monkeypatch.setenv("EITP_BACKEND", "reference")
+    compiled(x)
+    assert counters["stats"]["unique_graphs"] == graphs  # not retraced: still the backend it was traced with
+    with eitp_kernels.use_backend("reference"):
+        compiled(x)
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # retraced for the block's backend
+    torch._dynamo.reset()
