@@ -148,7 +148,7 @@ def _check_entropy(mesh, place, x, x64, codes):
     dx64 = distribute_tensor(x64, mesh, [place])
     many = eitp_kernels.histogram_entropy_many([dx, dx64, dcodes, x64[:3]], bins=256)
     expected = eitp_kernels.histogram_entropy_many([x, x64, codes, x64[:3]], bins=256)
-    _close(many, expected, "histogram_entropy_many", rtol=1e-12, atol=1e-12)
+    _close(many, expected, "histogram_entropy_many")
     ranged = eitp_kernels.histogram_entropy_many([dx, dx64], bins=40, range=(-1.5, 1.5))
     _close(ranged, eitp_kernels.histogram_entropy_many([x, x64], bins=40, range=(-1.5, 1.5)), "many, range")
 
@@ -325,7 +325,7 @@ def _check_monitor(mesh):
         got, expected = enn.EntropyMonitor(sharded, **kwargs)(), enn.EntropyMonitor(plain, **kwargs)()
         assert got.keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
 
 
 def _check_export_and_compress(mesh, out_dir, rank):
