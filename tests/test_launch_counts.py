@@ -17,9 +17,10 @@ needs_triton = pytest.mark.skipif(_triton.triton is None, reason="triton not ins
 # printed by `python -m eitp_kernels.bench.launches`).
 MET = {
     "cuda": ["histogram_entropy_many(fp32, fp64, fp16)", "fake_quant_int8(x, channel)",
-             "dequantize_int8(q, channel)"],
+             "fake_quant_int8(x, channel) fwd+bwd", "dequantize_int8(q, channel)"],
     "triton": ["histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
-               "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "dequantize_int8(q, channel)"],
+               "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "fake_quant_int8(x, channel) fwd+bwd",
+               "dequantize_int8(q, channel)"],
 }
 
 

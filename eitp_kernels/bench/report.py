@@ -135,7 +135,9 @@ def format_header(header: dict) -> str:
         lines += wrap("busy", "; ".join(text))
         if busy is not None and busy >= runner.BUSY_CORES:
             lines += wrap("WARNING", "other work is using the CPU: the threads of a parallel loop wait for each "
-                                     "other's time slices; time on an idle machine or with --threads 1")
+                                     "other's time slices (and OpenMP's spinning waits take the cores from the "
+                                     "working thread); time on an idle machine, with --threads 1, or with "
+                                     "OMP_WAIT_POLICY=PASSIVE set before Python starts")
     status = header.get("alternatives", {})
     if status.get("run"):
         lines += wrap("peers", "other libraries timed beside ours: " + ", ".join(status["run"]))

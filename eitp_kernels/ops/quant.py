@@ -328,9 +328,15 @@ def _fake_quant_setup_context(ctx, inputs, output):
     _out, s, zp = output
     ctx.save_for_backward(x, s, zp)
     ctx.symmetric = symmetric
+    # The scale and zero point get no gradient: autograd need not fill zero
+    # gradients for them (two device launches per backward).
+    ctx.mark_non_differentiable(s, zp)
+    ctx.set_materialize_grads(False)
 
 
 def _fake_quant_backward(ops, ctx, grad_out, _grad_scale, _grad_zero_point):
+    if grad_out is None:  # not materialized: nothing flowed back into the output
+        return None, None, None, None
     x, s, zp = ctx.saved_tensors
     grad_x = ops.fake_quant_int8_rows_backward(grad_out, x, s, None if ctx.symmetric else zp, ctx.symmetric)
     return grad_x, None, None, None
