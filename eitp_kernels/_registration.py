@@ -36,7 +36,7 @@ _triton_defined = [False]  # whether define_triton_ops ran (later registrations 
 
 
 def register(name: str, launcher: str | None, fake: Callable, *, compiled_fake: Callable | None = None,
-             autograd: tuple[Callable, Callable] | None = None, tags: tuple = ()) -> None:
+             autograd: tuple[Callable, Callable] | None = None, tags: tuple = (), compiled: bool = True) -> None:
     """Register op ``name`` in every namespace that exists here.
 
     ``launcher``: the Triton implementation as ``"<module>.<function>"`` in
@@ -46,9 +46,10 @@ def register(name: str, launcher: str | None, fake: Callable, *, compiled_fake: 
     than the Triton one); ``autograd``: ``(setup_context, backward)``, where
     ``backward(ops, ctx, *grads)`` gets the namespace's ops (``torch.ops.eitp``
     or ``torch.ops.eitp_triton``) to call its backward op; ``tags``: the
-    Triton op's tags (the compiled op's come from its C++ schema).
+    Triton op's tags (the compiled op's come from its C++ schema);
+    ``compiled=False``: an op with no ``eitp::`` kernel (Triton and eager only).
     """
-    if _extension.load()[0]:
+    if compiled and _extension.load()[0]:
         torch.library.register_fake(f"{COMPILED}::{name}", compiled_fake or fake)
         _register_autograd(COMPILED, name, autograd)
     if launcher is None:

@@ -113,7 +113,7 @@ def op_calls():
     divisible by 16) and short rows of odd length (small blocks), without the
     full cross product (each specialisation costs a compile per target).
     """
-    from eitp_kernels.triton import coherence, entropy, finite_minmax, quant
+    from eitp_kernels.triton import coherence, entropy, finite_minmax, int8_linear, quant
 
     calls = []
 
@@ -181,6 +181,14 @@ def op_calls():
             y = torch.randn(n, dp).to(dtype) if cross else None
             add(f"coherence {dtype} ({n}, {d}, {dp}) cross={cross} squared={squared}",
                 lambda x=x, y=y, s=squared: _coherence_both(coherence, x, y, s))
+    # weight-only int8 linear: every BLOCK_M (1-16 rows), with and without bias, m = k = n = 1
+    for m, k, n, dtype, bias in ((1, 1, 1, torch.float32, True), (2, 300, 37, torch.bfloat16, False),
+                                 (3, 64, 64, torch.float16, True), (8, 100, 24, torch.float32, True),
+                                 (16, 256, 40, torch.bfloat16, True)):
+        x, w = torch.randn(m, k).to(dtype), torch.zeros(n, k, dtype=torch.int8)
+        b = torch.zeros(n, dtype=dtype) if bias else None
+        add(f"int8 weight-only linear {dtype} ({m}, {k}, {n}) bias={bias}",
+            lambda x=x, w=w, b=b: int8_linear.int8_weight_only_linear(x, w, torch.ones(w.shape[0]), b))
     return calls
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from eitp_kernels import _onednn_int8, quantize_int8, reference
+from eitp_kernels import _fbgemm_int8, _onednn_int8, quantize_int8, reference
 from eitp_kernels import nn as enn
 
 
@@ -49,7 +49,7 @@ def _per_row_bound(layer, x):
 
 @pytest.mark.parametrize("shape, matmul", [
     ((64, 32, 48), "int8"), ((1, 64, 64), "int8"), ((3, 5, 16, 8), "int8"), ((17, 128, 24), "int8"),
-    ((1, 256, 256), "auto"), ((2, 3, 512, 128), "auto")])
+    ((1, 1024, 1024), "auto"), ((2, 20, 512, 512), "auto")])
 def test_int8_path_within_the_activation_rounding_bound(shape, matmul):
     *batch, in_f, out_f = shape
     layer, _ = _int8_layer(in_f, out_f, matmul=matmul)
@@ -124,6 +124,9 @@ def test_int8_matmul_supported_rules():
     assert not enn.int8_matmul_supported(64, 4096, 10, "cpu")
     assert not enn.int8_matmul_supported(0, 64, 64, "cpu")
     assert not enn.int8_matmul_supported(449, 128, 128, "cpu") and enn.int8_matmul_supported(449, 256, 256, "cpu")
+    # few rows: a weight of 2^20 elements; more rows: 2^23 multiply-adds
+    assert not enn.int8_matmul_supported(16, 512, 1024, "cpu") and enn.int8_matmul_supported(16, 1024, 1024, "cpu")
+    assert not enn.int8_matmul_supported(31, 512, 512, "cpu") and enn.int8_matmul_supported(32, 512, 512, "cpu")
     assert not enn.int8_matmul_supported(16, 64, 64, "cuda") and enn.int8_matmul_supported(17, 64, 64, "cuda")
     assert not enn.int8_matmul_supported(64, 8 * 20000, 64, "cuda")  # int32 accumulator could overflow
     assert not enn.int8_matmul_supported(64, 64, 64, "meta")
@@ -241,19 +244,33 @@ needs_onednn = pytest.mark.skipif(not _onednn_int8.available(),
 def _int_mm_output(layer, x, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(_onednn_int8, "applies", lambda m, k: False)
+        patch.setattr(_fbgemm_int8, "applies", lambda m, k: False)
         return layer(x)
 
 
-@needs_onednn
+needs_fbgemm = pytest.mark.skipif(not _fbgemm_int8.available(),
+                                  reason="fbgemm's dynamic linear is missing or inexact in this torch")
+_PRODUCTS = {"onednn": (_onednn_int8, "_onednn_weight", needs_onednn), "fbgemm": (_fbgemm_int8, "_fbgemm_weight",
+                                                                                  needs_fbgemm)}
+
+
 @pytest.mark.parametrize("activations", [None, True, False], ids=["per-row", "symmetric", "affine"])
-@pytest.mark.parametrize("m, in_f, out_f", [(2, 64, 64), (17, 128, 24), (64, 264, 256), (5, 12, 20)])
-def test_onednn_product_is_bit_identical_to_int_mm(monkeypatch, activations, m, in_f, out_f):
+@pytest.mark.parametrize("product, m, in_f, out_f", [
+    ("fbgemm", 2, 64, 64), ("fbgemm", 5, 12, 20), ("fbgemm", 16, 264, 256), ("onednn", 2, 64, 64),
+    ("onednn", 17, 128, 24), ("onednn", 64, 264, 256)])
+def test_cpu_products_are_bit_identical_to_int_mm(monkeypatch, product, activations, m, in_f, out_f):
+    module, attribute, needs = _PRODUCTS[product]
+    if needs.args[0]:  # the skipif condition
+        pytest.skip(needs.kwargs["reason"])
+    for other, (other_module, _, _) in _PRODUCTS.items():
+        if other != product:
+            monkeypatch.setattr(other_module, "applies", lambda m, k: False)
     layer, _ = _int8_layer(in_f, out_f, activations=activations, matmul="int8")
     x = torch.randn(m, in_f) * 3 + (0.7 if activations is False else 0.0)  # affine: a non-zero zero point
     with torch.no_grad():
-        assert _onednn_int8.applies(m, in_f)
+        assert module.applies(m, in_f)
         y = layer(x)
-        assert layer._onednn_weight is not None  # the oneDNN path ran
+        assert getattr(layer, attribute) is not None  # that product ran
         assert torch.equal(y, _int_mm_output(layer, x, monkeypatch))
     if activations is False:
         assert int(quantize_int8(x, granularity="tensor", symmetric=False)[2]) != 0
@@ -277,15 +294,57 @@ def test_onednn_weight_follows_in_place_replaced_and_loaded_weights(monkeypatch)
 @needs_onednn
 def test_a_layer_with_a_packed_weight_copies_and_pickles():
     layer, _ = _int8_layer(64, 32, matmul="int8")
-    x = torch.randn(4, 64)
+    x, x_few = torch.randn(20, 64), torch.randn(4, 64)
     with torch.no_grad():
-        y = layer(x)  # packs the weight
+        y, y_few = layer(x), layer(x_few)  # packs the weight for oneDNN and for fbgemm
+        layer.matmul = "dequantize"
+        y_float = layer(x)  # caches the dequantized weight
+        layer.matmul = "int8"
         for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
-            assert twin._onednn_weight is None and torch.equal(twin(x), y)
+            assert twin._onednn_weight is None and twin._fbgemm_weight is None and twin._dequantized is None
+            assert torch.equal(twin(x), y) and torch.equal(twin(x_few), y_few)
         older = pickle.loads(pickle.dumps(layer))
-        del older.__dict__["_onednn_weight"]  # as pickled before the attribute existed
-        assert torch.equal(older(x), y)
-        assert layer._onednn_weight is not None
+        for name in ("_onednn_weight", "_fbgemm_weight", "_dequantized", "_plans"):
+            del older.__dict__[name]  # as pickled before these attributes existed
+        assert torch.equal(older(x), y) and torch.equal(older(x_few), y_few)
+        older.matmul = "dequantize"
+        assert torch.equal(older(x), y_float)
+        assert layer._onednn_weight is not None and (layer._fbgemm_weight is not None or not _fbgemm_int8.available())
+
+
+def test_fbgemm_rules_and_probe(monkeypatch):
+    assert not _fbgemm_int8.applies(1, 64)  # one row: torch._int_mm was faster
+    assert not _fbgemm_int8.applies(17, 64)  # more than 16: oneDNN
+    assert not _fbgemm_int8.applies(2, 1)  # the range row needs two columns
+    assert not _fbgemm_int8.applies(2, _fbgemm_int8.MAX_K + 1)
+    assert _fbgemm_int8.MAX_K * 255 * 128 <= 2**31 - 1
+    probe = _fbgemm_int8.available.__wrapped__
+
+    def missing(*args):
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(_fbgemm_int8, "product", missing)
+    assert probe() is False
+    monkeypatch.setattr(_fbgemm_int8, "product", lambda qx, zp, packed: torch.zeros(qx.shape[0], 16))
+    assert probe() is False  # an inexact op is not used
+
+
+@needs_fbgemm
+def test_fbgemm_gets_the_layers_own_codes_whatever_the_range():
+    """The range row pins fbgemm's own quantization to scale 1 and zero point
+    128 + zero_point: rows that never reach the extreme codes, all-zero rows
+    and every zero point still give the exact integer product."""
+    generator = torch.Generator().manual_seed(1)
+    w = torch.randint(-127, 128, (24, 40), dtype=torch.int8, generator=generator)
+    packed = _fbgemm_int8.PackedWeight()
+    sums = w.sum(1, dtype=torch.int32)
+    for qx in (torch.randint(-3, 4, (3, 40), dtype=torch.int8, generator=generator), torch.zeros(2, 40, dtype=torch.int8),
+               torch.randint(-128, 128, (16, 40), dtype=torch.int8, generator=generator)):
+        for zero_point in (0, 1, -128, 127, 37):
+            expected = (torch._int_mm(qx, w.t()) - zero_point * sums).float()
+            assert torch.equal(_fbgemm_int8.product(qx, zero_point, packed.of(w)), expected)
+    w.neg_()  # in place: repacked
+    assert torch.equal(_fbgemm_int8.product(qx, 0, packed.of(w)), torch._int_mm(qx, w.t()).float())
 
 
 def test_onednn_rules_and_probe(monkeypatch):
@@ -322,3 +381,172 @@ def test_the_probe_accepts_onednn_on_a_vnni_cpu():
     the probe must pass: a product that went wrong would otherwise only make
     the oneDNN tests skip."""
     assert _onednn_int8.available.__wrapped__() is True
+
+
+def _small_mlp():
+    return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def test_load_int8_decides_each_layers_paths_and_says_so():
+    torch.manual_seed(0)
+    model = enn.load_int8(enn.export_int8(enn.prepare_qat(_small_mlp())), _small_mlp)
+    first, hidden, last = model[0], model[2], model[4]
+    assert first._plans and hidden._plans  # decided at load
+    assert first.plan() == ((1, enn.int8.DEQUANTIZED),) and last.plan() == ((1, enn.int8.DEQUANTIZED),)
+    expected = ((1, enn.int8.DEQUANTIZED), (32, enn.int8.INT8)) if enn.int8._onednn_enabled() else \
+        ((1, enn.int8.DEQUANTIZED),)
+    assert hidden.plan() == expected
+    for m, path in ((1, "dequantized"), (31, "dequantized"), (32, expected[-1][1]), (512, expected[-1][1])):
+        assert hidden.path(torch.randn(m, 512)) == path, m
+    assert "path on cpu: " + enn.int8.describe_plan(expected) in repr(hidden)
+    summary = enn.int8_summary(model).splitlines()
+    assert len(summary) == 3 and summary[1].startswith("2: Int8Linear 512 -> 512 on cpu: dequantized for batch 1-31")
+    hidden.matmul = "int8"
+    assert hidden.plan() == ((1, enn.int8.INT8),)  # another setting, another plan
+    assert enn.int8_summary(nn.ReLU()) == "(no int8 layers)"
+
+
+def test_large_layers_take_int8_at_every_batch_on_cpu():
+    layer = enn.Int8Linear(1024, 1024)
+    if enn.int8._onednn_enabled():
+        assert layer.plan("cpu") == ((1, enn.int8.INT8),)
+        assert enn.int8.describe_plan(((1, "dequantized"), (17, "int8"), (40, "dequantized"))) == \
+            "dequantized for batch 1-16, int8 for batch 17-39, dequantized from 40"
+
+
+def test_the_dequantized_weight_is_cached_until_codes_or_scales_change(monkeypatch):
+    layer, qat_layer = _int8_layer(40, 24, matmul="dequantize")
+    calls = []
+    real = enn.int8._Int8Weight.weight
+    monkeypatch.setattr(enn.int8._Int8Weight, "weight", lambda self: calls.append(1) or real(self))
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        y = layer(x)
+        assert torch.equal(layer(x), y) and len(calls) == 1  # computed once
+        torch.testing.assert_close(y, qat_layer(x), rtol=0, atol=0)
+        layer.weight_int8.neg_()  # codes written in place
+        assert torch.equal(layer(x), nn.functional.linear(x, real(layer), layer.bias)) and len(calls) == 2
+        layer.weight_scale.mul_(2)  # scales written in place
+        layer(x)
+        layer.weight_scale = layer.weight_scale / 2  # another tensor
+        layer(x)
+        layer.dtype = torch.float64
+        assert layer.dequantized_weight().dtype == torch.float64 and len(calls) == 5
+        layer.dtype = torch.float32
+        other, other_qat = _int8_layer(40, 24, seed=4)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), other_qat(x), rtol=0, atol=0)
+    xg = x.clone().requires_grad_()
+    layer(xg).sum().backward()  # the cached weight takes no gradient; the input does
+    assert xg.grad is not None and layer.bias.grad is not None
+
+
+def test_int8_convolution_uses_the_cached_weight():
+    torch.manual_seed(0)
+
+    def make():
+        return nn.Sequential(nn.Conv1d(3, 8, 3))
+    qat = enn.prepare_qat(make())
+    model = enn.load_int8(enn.export_int8(qat), make)
+    x = torch.randn(2, 3, 9)
+    with torch.no_grad():
+        y = model(x)
+        cached = model[0].dequantized_weight()
+        assert cached is model[0].dequantized_weight()
+        torch.testing.assert_close(y, qat(x), rtol=0, atol=0)
+    assert "Int8Conv1d: dequantized" in enn.int8_summary(model)
+
+
+# --------------------------------------------------------------------------
+# Weight-only int8 (the GPU path for 1-16 rows; its Triton kernel runs here under the interpreter)
+# --------------------------------------------------------------------------
+
+
+def _weight_only_inputs(m, k, n, dtype, bias, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=generator).to(dtype)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=generator)
+    scale = torch.rand(n, generator=generator) / 50 + 1e-3
+    b = torch.randn(n, generator=generator).to(dtype) if bias else None
+    return x, w, scale, b
+
+
+def _weight_only_expected(x, w, scale, b):
+    """float64: x @ (w * scale)^T + b."""
+    out = x.double() @ (w.double() * scale.double().unsqueeze(1)).t()
+    return out if b is None else out + b.double()
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton_interpret)])
+@pytest.mark.parametrize("m, k, n, dtype, bias", [
+    (1, 1, 1, torch.float32, True), (1, 300, 37, torch.float32, False), (3, 64, 64, torch.float32, True),
+    (8, 100, 24, torch.float16, True), (16, 256, 40, torch.bfloat16, True), (5, 1030, 9, torch.float32, True)])
+def test_weight_only_linear_within_fp32_rounding_of_the_dequantized_product(backend, m, k, n, dtype, bias):
+    from eitp_kernels import use_backend
+    from eitp_kernels.ops.int8_linear import int8_weight_only_linear
+
+    x, w, scale, b = _weight_only_inputs(m, k, n, dtype, bias)
+    with use_backend(backend):
+        y = int8_weight_only_linear(x, w, scale, b)
+    expected = _weight_only_expected(x, w, scale, b)
+    assert y.shape == (m, n) and y.dtype == dtype
+    # fp32 accumulation: relative error ~ sqrt(k) * 2^-24 of the output's scale; then one rounding to dtype
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    assert float((y.double() - expected).abs().max()) <= tolerance * float(expected.abs().max()) + 1e-6
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.parametrize("activations", [None, True, False])
+def test_weight_only_layer_path_matches_the_dequantized_path(activations):
+    layer, _ = _int8_layer(96, 40, activations=activations, matmul="weight_only")
+    for m in (1, 7, 16, 17):
+        x = torch.randn(m, 96)
+        with torch.no_grad():
+            expected_path = enn.int8.WEIGHT_ONLY if m <= 16 else enn.int8.DEQUANTIZED
+            assert layer.path(x) == expected_path
+            torch.testing.assert_close(layer(x), _dequantized(layer, x), rtol=1e-5, atol=1e-5)
+    assert enn.int8.describe_plan(layer.plan()) == "weight-only int8 for batch 1-16, dequantized from 17"
+
+
+@pytest.mark.triton_interpret
+def test_opcheck_weight_only_triton_op():
+    x, w, scale, b = _weight_only_inputs(3, 40, 24, torch.float32, True)
+    torch.library.opcheck(torch.ops.eitp_triton.int8_weight_only_linear.default, (x, w, scale, b))
+    torch.library.opcheck(torch.ops.eitp_triton.int8_weight_only_linear.default, (x, w, scale, None))
+
+
+def test_weight_only_linear_bad_inputs_name_the_argument():
+    from eitp_kernels.ops.int8_linear import int8_weight_only_linear
+
+    x, w, scale, b = _weight_only_inputs(2, 16, 8, torch.float32, True)
+    for args, error, match in [
+        ((x.double(), w, scale, b), TypeError, "x must have dtype"),
+        ((torch.randn(17, 16), w, scale, b), ValueError, "x must have 1 to 16 rows"),
+        ((torch.randn(16), w, scale, b), ValueError, "x"),
+        ((x, w.float(), scale, b), TypeError, "weight_int8 must have dtype"),
+        ((x, w[:, :8], scale, b), ValueError, "weight_int8 must be"),
+        ((x, w, scale[:4], b), ValueError, "weight_scale must have shape"),
+        ((x, w, scale.double(), b), TypeError, "weight_scale must have dtype"),
+        ((x, w, scale, b.half()), TypeError, "bias must have dtype"),
+        ((x, w, scale, b[:3]), ValueError, "bias must have shape")]:
+        with pytest.raises(error, match=match):
+            int8_weight_only_linear(*args)
+
+
+def test_weight_only_is_the_gpu_path_for_few_rows_only():
+    assert not enn.weight_only_supported(1, "cpu")  # interpreted Triton is never chosen automatically
+    assert not enn.weight_only_supported(17, "cuda") and not enn.weight_only_supported(0, "cuda")
+    layer = enn.Int8Linear(64, 64, matmul="weight_only")
+    if not enn.int8.int8_linear.triton_available("cpu"):
+        assert layer.plan("cpu") == ((1, enn.int8.DEQUANTIZED),)  # no kernel to run: the dequantized path
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [1, 16])
+def test_cuda_weight_only_path(m):
+    layer, _ = _int8_layer(256, 128)
+    layer.cuda()
+    x = torch.randn(m, 256, device="cuda")
+    with torch.no_grad():
+        assert layer.path(x) == enn.int8.WEIGHT_ONLY
+        torch.testing.assert_close(layer(x), _dequantized(layer, x), rtol=1e-5, atol=1e-5)

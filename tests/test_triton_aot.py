@@ -48,9 +48,10 @@ def test_every_kernel_and_integer_argument_equal_to_one_is_covered(launches):
     import eitp_kernels.triton.coherence as coherence
     import eitp_kernels.triton.entropy as entropy
     import eitp_kernels.triton.finite_minmax as finite_minmax
+    import eitp_kernels.triton.int8_linear as int8_linear
     import eitp_kernels.triton.quant as quant
 
-    kernels = {name for module in (coherence, entropy, finite_minmax, quant) for name, value in vars(module).items()
+    kernels = {name for module in (coherence, entropy, finite_minmax, int8_linear, quant) for name, value in vars(module).items()
                if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel")}
     recorded = {launch.kernel for launch in launches}
     assert kernels <= recorded, f"kernels no launch reaches: {sorted(kernels - recorded)}"

@@ -7,7 +7,8 @@
 
 Every public name is importable from ``eitp_kernels.nn`` itself.
 """
-from eitp_kernels.nn.int8 import Int8Conv1d, Int8Conv2d, Int8Linear, export_int8, int8_matmul_supported, load_int8
+from eitp_kernels.nn.int8 import (Int8Conv1d, Int8Conv2d, Int8Linear, export_int8, int8_matmul_supported, int8_summary,
+                                  load_int8, weight_only_supported)
 from eitp_kernels.nn.losses import BarlowTwinsLoss, CoherenceLoss
 from eitp_kernels.nn.monitor import EntropyMonitor, entropy_unit
 from eitp_kernels.nn.qat import FakeQuantConv1d, FakeQuantConv2d, FakeQuantLinear, prepare_qat
@@ -23,6 +24,8 @@ __all__ = [
     "Int8Conv1d",
     "Int8Conv2d",
     "int8_matmul_supported",
+    "weight_only_supported",
+    "int8_summary",
     "export_int8",
     "load_int8",
     "CoherenceLoss",

@@ -11,12 +11,17 @@
                       (training.compression.save_compressed accepts it,
                       load_compressed_int8 reads it back).
     load_int8(state, model_or_factory) -> the model with those layers replaced
-                      by Int8Linear / Int8Conv1d / Int8Conv2d.
-    Int8Linear        int8 codes + scales; dynamic int8 activations, int8 x
-                      int8 -> int32 matmul (CPU: oneDNN, _onednn_int8; else
-                      torch._int_mm) and a rescale where the shapes qualify,
-                      else the dequantized fp32 weight.
-    Int8Conv1d/2d     int8 codes + scales; dequantize the weight in forward
+                      by Int8Linear / Int8Conv1d / Int8Conv2d, each linear
+                      layer's paths decided (Int8Linear.plan).
+    int8_summary(model) -> the paths each int8 layer takes, one line per layer.
+    Int8Linear        int8 codes + scales; per batch size and device: dynamic
+                      int8 activations, int8 x int8 -> int32 product (CPU:
+                      fbgemm for 2-16 rows, oneDNN for more, torch._int_mm;
+                      CUDA: torch._int_mm) and a rescale where that is faster;
+                      on a GPU for 1-16 rows the weight-only int8 kernel
+                      (eitp_kernels.ops.int8_linear); else the cached
+                      dequantized weight.
+    Int8Conv1d/2d     int8 codes + scales; the cached dequantized weight
                       (outputs bit-identical to the fake-quant convolution).
 """
 from __future__ import annotations
@@ -27,16 +32,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eitp_kernels import _dtensor, _onednn_int8
+from eitp_kernels import _backends, _dtensor, _fbgemm_int8, _onednn_int8
 from eitp_kernels.nn.qat import (_ACTIVATION_MODES, _ACTIVATION_NAMES, _FAKE_QUANT_LAYERS, _conv_arguments,
                                  _fake_quant_activation)
+from eitp_kernels.ops import int8_linear, quant
 from eitp_kernels.ops.quant import dequantize_int8, quantize_int8
 
 
 # int8 x int8 products accumulate in int32: k * 128 * 127 must stay below 2^31.
 _INT_MM_MAX_K = (2**31 - 1) // (128 * 127)
-# Smallest weight (k * n elements) for which the CPU int8 path beat the dequantized one.
-_CPU_MIN_INT8_WEIGHT = 256 * 256
+# "Few rows": m <= FEW_ROWS is a GEMV-shaped call (CUDA's torch._int_mm needs m > 16).
+FEW_ROWS = 16
+# The CPU rule of int8_matmul_supported: the int8 path needs, for few rows, a weight of at
+# least _CPU_MIN_INT8_WEIGHT_FEW_ROWS elements (the GEMV reads 1 byte per weight instead of 4),
+# for more rows at least _CPU_MIN_INT8_WEIGHT elements and _CPU_MIN_INT8_MACS multiply-adds.
+_CPU_MIN_INT8_WEIGHT_FEW_ROWS = 1 << 20
+_CPU_MIN_INT8_WEIGHT = 1 << 16
+_CPU_MIN_INT8_MACS = 1 << 23
+
+# The paths a layer's forward takes (Int8Linear.plan, int8_summary).
+INT8 = "int8"  # dynamic int8 activations x int8 weight, exact int32 product, rescale
+WEIGHT_ONLY = "weight-only int8"  # float activations x int8 weight dequantized in registers (GPU kernel)
+DEQUANTIZED = "dequantized"  # F.linear with the cached dequantized weight
 
 
 def _onednn_enabled() -> bool:
@@ -52,33 +69,56 @@ _onednn_enabled._dynamo_marked_constant = True
 
 
 def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) -> bool:
-    """Whether ``Int8Linear`` multiplies an (m, k) activation by its (n, k)
-    weight with ``torch._int_mm`` (else: the dequantized fp32 weight).
+    """Whether ``Int8Linear`` (``matmul="auto"``) multiplies an (m, k) activation
+    by its (n, k) weight in int8 (else: weight-only int8 on a GPU for m <= 16,
+    the cached dequantized weight otherwise).
 
     Both devices: k and n multiples of 8 (torch's CUDA kernel requires it; the
     CPU, where any shape runs, keeps the same alignment) and k <= 132104 (the
-    int32 accumulator cannot overflow). CUDA also needs m > 16 (torch._int_mm's
-    cuBLAS path). The CPU needs oneDNN enabled (``torch.backends.mkldnn``;
-    without it torch._int_mm runs a scalar loop, far slower than the fp32
-    path) and a weight of at least 256 x 256 elements (k * n >= 65536): below
-    that, quantizing the activations and calling oneDNN cost more than the
-    int8 product saves, and the dequantized path was faster on the
-    development CPU (hidden 128, batch 449), while at 256 x 256 the int8 path
-    was already the faster one. Other devices always fall back.
+    int32 accumulator cannot overflow). CUDA: m > 16 (torch._int_mm's cuBLAS
+    path; fewer rows take the weight-only kernel). CPU: oneDNN enabled
+    (``torch.backends.mkldnn``; without it torch._int_mm runs a scalar loop)
+    and enough work for the int8 product's saving to pay for quantizing the
+    activations and the rescale, against the cached dequantized weight: for
+    m <= 16, k * n >= 2^20 (1024 x 1024: the GEMV reads 1 byte per weight
+    instead of 4); for m > 16, k * n >= 2^16 and m * k * n >= 2^23. Deciding
+    figures (1 thread on the shared 2-core development VM, 10th percentiles,
+    whole layer, int8 time / dequantized time; ``python
+    benchmarks/native/int8_path_rule.py --threads 1``): m = 1: 768^2 1.01,
+    1024^2 0.80; m = 8: 512^2 1.36, 1024^2 0.40; m = 17: 512^2 1.14 (4.5e6
+    multiply-adds), 768^2 0.62 (1.0e7); m = 64: 256^2 1.50 (4.2e6), 512^2
+    0.79 (1.7e7); 64 x 512 loses up to m = 64 (2.1e6). Other devices: never.
     """
     device = torch.device(device)
     if device.type not in ("cpu", "cuda") or m < 1 or k % 8 or n % 8 or not 0 < k <= _INT_MM_MAX_K:
         return False
     if device.type == "cpu":
-        return k * n >= _CPU_MIN_INT8_WEIGHT and _onednn_enabled()
-    return m > 16
+        if m <= FEW_ROWS:
+            enough = k * n >= _CPU_MIN_INT8_WEIGHT_FEW_ROWS
+        else:
+            enough = k * n >= _CPU_MIN_INT8_WEIGHT and m * k * n >= _CPU_MIN_INT8_MACS
+        return enough and _onednn_enabled()
+    return m > FEW_ROWS
+
+
+def weight_only_supported(m: int, device: torch.device | str) -> bool:
+    """Whether ``Int8Linear`` (``matmul="auto"``) takes the weight-only int8
+    kernel for m rows on ``device``: CUDA, m <= 16, and the Triton backend
+    available (``eitp_kernels.ops.int8_linear``). Any k and n."""
+    device = torch.device(device)
+    return device.type == "cuda" and 1 <= m <= FEW_ROWS and int8_linear.triton_available(device)
 
 
 class _Int8Weight(nn.Module):
     """Buffers shared by the int8 layers: ``weight_int8`` (int8 codes, the float
     weight's shape), ``weight_scale`` (float32 per output channel, (out,)) and
     ``activation_mode`` (0-d int8: 0 none, 1 symmetric, 2 affine per tensor);
-    ``bias`` stays a float parameter."""
+    ``bias`` stays a float parameter.
+
+    The float paths use :meth:`dequantized_weight`: ``weight()`` computed once
+    and kept (4 bytes per weight, the layer's dtype) until the codes or scales
+    change (another tensor, or an in-place write: the version counters), the
+    dtype changes or the layer moves. Never pickled or copied (rebuilt on use)."""
 
     def _init_int8(self, weight_shape: tuple[int, ...], bias: bool, activation_symmetric: bool | None,
                    device, dtype) -> None:
@@ -89,10 +129,32 @@ class _Int8Weight(nn.Module):
         self.register_buffer("activation_mode",
                              torch.tensor(_ACTIVATION_MODES[activation_symmetric], dtype=torch.int8, device=device))
         self.bias = nn.Parameter(torch.zeros(weight_shape[0], device=device, dtype=dtype)) if bias else None
+        self._dequantized = None  # (codes, version, scale, version, dtype, weight): see dequantized_weight
 
     def weight(self) -> torch.Tensor:
-        """The dequantized weight, ``weight_int8 * weight_scale`` per output channel, in ``dtype``."""
+        """The dequantized weight, ``weight_int8 * weight_scale`` per output channel, in ``dtype`` (a new tensor)."""
         return dequantize_int8(self.weight_int8, self.weight_scale, granularity="channel", axis=0, dtype=self.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """``weight()``, cached (see the class docstring); not to be written to."""
+        if torch.compiler.is_compiling():
+            return self.weight()
+        codes, scale = self.weight_int8, self.weight_scale
+        cached = getattr(self, "_dequantized", None)  # None too in a layer pickled by an older release
+        if cached is None or not (cached[0] is codes and cached[1] == codes._version and cached[2] is scale
+                                  and cached[3] == scale._version and cached[4] == self.dtype):
+            with torch.no_grad():
+                cached = self._dequantized = (codes, codes._version, scale, scale._version, self.dtype, self.weight())
+        return cached[5]
+
+    def __getstate__(self):
+        # Caches are rebuilt on use: neither pickled nor copied (the packed weights are opaque tensors).
+        state = self.__dict__.copy()
+        for name in self._CACHES:
+            state[name] = None
+        return state
+
+    _CACHES = ("_dequantized",)
 
 
 def _refresh_after_load(module: "Int8Linear", incompatible_keys) -> None:
@@ -102,18 +164,24 @@ def _refresh_after_load(module: "Int8Linear", incompatible_keys) -> None:
 class Int8Linear(_Int8Weight):
     """A linear layer stored as int8 codes plus per-output-channel float32 scales.
 
-    int8 path (``matmul="auto"`` when :func:`int8_matmul_supported` holds for
-    the (m, k) view of the input, or ``matmul="int8"``): the activations are
-    quantized dynamically to int8 codes ``qx`` with scale ``sx``, then
+    Three paths, chosen per call from the batch (m rows of the input's (m, k)
+    view) by the layer's :meth:`plan` for the input's device (``matmul="auto"``:
+    :func:`int8_matmul_supported`, :func:`weight_only_supported`, else the
+    dequantized weight; ``matmul="int8"`` / ``"weight_only"`` / ``"dequantize"``
+    force one). :func:`int8_summary` prints every layer's plan.
+
+    int8: the activations are quantized dynamically to int8 codes ``qx`` with
+    scale ``sx``, then
 
         y[i, j] = sx[i] * weight_scale[j] * (qx @ weight_int8^T)[i, j] + bias[j]
 
-    with ``qx @ weight_int8^T`` an exact int32 product (CPU, two rows or more:
-    oneDNN's u8 x s8 kernel where its probe passes, ``eitp_kernels._onednn_int8``,
-    which keeps a packed copy of the int8 weight from the first call on, one
-    more byte per weight; else ``torch._int_mm``: the same value either way) and
-    the rescale done in place on its fp32 conversion (computed in float32,
-    returned in the layer's dtype). ``sx`` is per row (per token: quantize_int8
+    with ``qx @ weight_int8^T`` an exact int32 product (CPU, 1-16 rows:
+    fbgemm's packed product, ``eitp_kernels._fbgemm_int8``; more rows:
+    oneDNN's u8 x s8 kernel, ``eitp_kernels._onednn_int8``; each keeps a
+    packed copy of the int8 weight from its first call on, one more byte per
+    weight; else ``torch._int_mm``: the same value every way) and the rescale
+    done in place on its fp32 conversion (computed in float32, returned in the
+    layer's dtype). ``sx`` is per row (per token: quantize_int8
     granularity="channel", axis=0 on the 2-D view, symmetric) for layers
     trained without activation quantization, or per tensor with the trained
     mode (symmetric, or affine with ``- zero_point * sum_k weight_int8[j, k]``)
@@ -121,15 +189,20 @@ class Int8Linear(_Int8Weight):
     differs from the fp32 path by the activation rounding only (per-row
     symmetric: at most sx[i] / 2 per input element).
 
-    fp32 path (``matmul="dequantize"``, shapes that do not qualify, inputs
-    that require grad, or an input dtype other than the layer's): ``linear(
-    a(x), dequantize_int8(weight_int8, weight_scale, ...), bias)`` with the
-    same activation fake-quant as the FakeQuantLinear it was exported from: the
-    outputs are bit-identical to the fake-quant model's. It dequantizes the
-    weight on every call (no fp32 copy is kept).
+    weight-only int8 (CUDA, 1-16 rows): ``int8_weight_only_linear(a(x),
+    weight_int8, weight_scale, bias)`` (eitp_kernels.ops.int8_linear): one
+    kernel reads each int8 code once and dequantizes it in registers; within
+    fp32 rounding of the dequantized path.
+
+    dequantized (``matmul="dequantize"``, shapes where int8 would be slower,
+    inputs that require grad, or an input dtype other than the layer's):
+    ``linear(a(x), dequantized_weight(), bias)`` with the same activation
+    fake-quant ``a`` as the FakeQuantLinear it was exported from: the outputs
+    are bit-identical to the fake-quant model's. The dequantized weight is
+    cached (:meth:`dequantized_weight`), never recomputed per call.
     """
 
-    MATMULS = ("auto", "int8", "dequantize")
+    MATMULS = ("auto", "int8", "weight_only", "dequantize")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  activation_symmetric: bool | None = None, matmul: str = "auto", device=None,
@@ -142,51 +215,128 @@ class Int8Linear(_Int8Weight):
         # sum_k weight_int8[j, k], for the affine zero-point correction; rebuilt after loading.
         self.register_buffer("_weight_code_sums", None, persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
-        self._onednn_weight: _onednn_int8.PackedWeight | None = None  # the CPU int8 path's packed weight
+        self._onednn_weight: _onednn_int8.PackedWeight | None = None  # the CPU int8 path's packed weights
+        self._fbgemm_weight: _fbgemm_int8.PackedWeight | None = None
+        self._plans: dict = {}  # (device type, matmul, dtype) -> (path for <= FEW_ROWS rows, path for more)
+
+    _CACHES = _Int8Weight._CACHES + ("_onednn_weight", "_fbgemm_weight")
 
     def _refresh_code_sums(self) -> None:
         affine = self.activation_symmetric is False
         self._weight_code_sums = self.weight_int8.sum(dim=1, dtype=torch.int32) if affine else None
 
-    def uses_int8_matmul(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x)`` takes the int8 path (see the class docstring)."""
-        if self.matmul == "dequantize" or x.dtype != self.dtype or x.shape[-1] != self.in_features:
-            return False
-        if torch.is_grad_enabled() and x.requires_grad:
-            return False
+    def plan(self, device: torch.device | str | None = None) -> tuple[tuple[int, str], ...]:
+        """The paths on ``device`` (default: where the layer's codes are) as
+        ((first batch, path), ...), batches counted in rows of the (m, k) view,
+        each path one of INT8, WEIGHT_ONLY, DEQUANTIZED up to the next entry's
+        first batch. Decided once per device type, ``matmul`` setting and dtype
+        from the layer's shape (the rules of :func:`int8_matmul_supported` and
+        :func:`weight_only_supported`) and kept."""
+        device = torch.device(device) if device is not None else self.weight_int8.device
+        key = (device.type, self.matmul, self.dtype)
+        plans = self.__dict__.setdefault("_plans", {})  # absent in a layer pickled by an older release
+        if key not in plans:
+            k, n = self.in_features, self.out_features
+            firsts = {1, FEW_ROWS + 1, max(FEW_ROWS + 1, -(-_CPU_MIN_INT8_MACS // max(k * n, 1)))}
+            plan: list[tuple[int, str]] = []
+            for m in sorted(firsts):
+                path = self._path_for(m, device)
+                if not plan or plan[-1][1] != path:
+                    plan.append((m, path))
+            plans[key] = tuple(plan)
+        return plans[key]
+
+    def _path_for(self, m: int, device: torch.device) -> str:
+        if self.matmul == "dequantize":
+            return DEQUANTIZED
         if self.matmul == "int8":
-            return True
-        m = x.numel() // self.in_features if self.in_features else 0
-        return int8_matmul_supported(m, self.in_features, self.out_features, x.device)
+            return INT8
+        if self.matmul == "weight_only":
+            return WEIGHT_ONLY if m <= FEW_ROWS and int8_linear.triton_available(device) else DEQUANTIZED
+        if weight_only_supported(m, device):
+            return WEIGHT_ONLY
+        return INT8 if int8_matmul_supported(m, self.in_features, self.out_features, device) else DEQUANTIZED
+
+    def path(self, x: torch.Tensor) -> str:
+        """The path ``forward(x)`` takes (see the class docstring)."""
+        if x.dtype != self.dtype or x.shape[-1] != self.in_features or not x.numel():
+            return DEQUANTIZED
+        if x.requires_grad and torch.is_grad_enabled():
+            return DEQUANTIZED
+        device = x.device
+        plan = self._plans.get((device.type, self.matmul, self.dtype)) if "_plans" in self.__dict__ else None
+        plan = plan or self.plan(device)
+        path = plan[0][1]
+        if len(plan) > 1:
+            m = x.numel() // self.in_features
+            for first, later in plan[1:]:
+                if m >= first:
+                    path = later
+        return path
+
+    def uses_int8_matmul(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the int8 path."""
+        return self.path(x) == INT8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_int8_matmul(x) and x.numel():
+        path = self.path(x)
+        if path == DEQUANTIZED:
+            return F.linear(_fake_quant_activation(x, self.activation_symmetric), self.dequantized_weight(),
+                            self.bias)
+        if path == INT8:
             return self._int8_forward(x)
-        return F.linear(_fake_quant_activation(x, self.activation_symmetric), self.weight(), self.bias)
+        rows = _fake_quant_activation(x, self.activation_symmetric).reshape(-1, self.in_features)
+        y = int8_linear.int8_weight_only_linear(rows, self.weight_int8, self.weight_scale, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.activation_symmetric is None:
-            qx, sx, _ = quantize_int8(rows, granularity="channel", axis=0, symmetric=True)
-            sx = sx.unsqueeze(1)
-        else:
-            qx, sx, zero_point = quantize_int8(rows, granularity="tensor", symmetric=self.activation_symmetric)
+        qx, sx, zero_point = self._quantize_activations(rows)
         # Rescale in place on the fp32 product: one (m, n) allocation, three in-place
         # passes (an addcmul of the int32 product by an (m, n) scale was much slower at m=512).
-        y = self._int8_product(qx, zero_point if self.activation_symmetric is False else 0)
+        y = self._int8_product(qx, zero_point)
         y.mul_(sx).mul_(self.weight_scale)
         if self.bias is not None:
             y.add_(self.bias)
         return y.to(self.dtype).reshape(*x.shape[:-1], self.out_features)
 
+    def _quantize_activations(self, rows: torch.Tensor):
+        """(codes (m, k) int8, scale (m, 1) or (1,), zero point: 0 or a 0-d tensor) of
+        the (m, k) activations: per row symmetric, or per tensor in the trained mode.
+        The row op of quantize_int8's backend, called directly (its checks hold by
+        construction here: a float (m, k) view; they cost more than the op on one row)."""
+        per_row, symmetric = self.activation_symmetric is None, self.activation_symmetric is not False
+        backend = _backends.resolve(quant.OP_QUANTIZE, rows.device, _backends.IMPLEMENTED)
+        if backend == "reference" or torch.compiler.is_compiling():
+            if per_row:
+                qx, sx, _ = quantize_int8(rows, granularity="channel", axis=0, symmetric=True)
+                return qx, sx.unsqueeze(1), 0
+            qx, sx, zero_point = quantize_int8(rows, granularity="tensor", symmetric=symmetric)
+            return qx, sx, 0 if symmetric else zero_point
+        view = rows if per_row else rows.reshape(1, -1)
+        qx, sx, zero_point = quant._QUANTIZE_ROWS[backend](view.contiguous(), None, None, symmetric)
+        if per_row:
+            return qx, sx.unsqueeze(1), 0
+        return qx.reshape(rows.shape), sx, 0 if symmetric else zero_point.reshape(())
+
     def _int8_product(self, qx: torch.Tensor, zero_point) -> torch.Tensor:
         """float32 (m, n): the exact int32 sum_k (qx - zero_point) weight_int8^T,
-        converted once: oneDNN on CPUs where it applies (_onednn_int8), else torch._int_mm."""
+        converted once: fbgemm (1-16 rows) or oneDNN on CPUs where they apply
+        (_fbgemm_int8, _onednn_int8), else torch._int_mm."""
         m, k = qx.shape
-        if qx.device.type == "cpu" and not torch.compiler.is_compiling() and _onednn_int8.applies(m, k):
-            if getattr(self, "_onednn_weight", None) is None:  # None too in a layer pickled by an older release
-                self._onednn_weight = _onednn_int8.PackedWeight()
-            return _onednn_int8.product(qx, zero_point, self._onednn_weight.of(self.weight_int8))
+        if qx.device.type == "cpu" and not torch.compiler.is_compiling():  # one row: torch._int_mm was fastest
+            if _fbgemm_int8.applies(m, k):
+                if getattr(self, "_fbgemm_weight", None) is None:  # None too in a layer pickled by an older release
+                    self._fbgemm_weight = _fbgemm_int8.PackedWeight()
+                return _fbgemm_int8.product(qx, zero_point, self._fbgemm_weight.of(self.weight_int8))
+            if _onednn_int8.applies(m, k):
+                if getattr(self, "_onednn_weight", None) is None:
+                    self._onednn_weight = _onednn_int8.PackedWeight()
+                return _onednn_int8.product(qx, zero_point, self._onednn_weight.of(self.weight_int8))
+        if qx.device.type == "cuda" and m <= FEW_ROWS:  # torch._int_mm's CUDA kernel needs m > 16 (forced "int8")
+            padded = torch.zeros(FEW_ROWS + 1, k, dtype=qx.dtype, device=qx.device)
+            padded[:m] = qx
+            return self._int8_product(padded, zero_point)[:m]
         acc = torch._int_mm(qx, self.weight_int8.t())
         if self.activation_symmetric is False:
             if self._weight_code_sums is None or self._weight_code_sums.device != acc.device:
@@ -194,15 +344,38 @@ class Int8Linear(_Int8Weight):
             acc = acc - zero_point * self._weight_code_sums
         return acc.to(torch.float32)
 
-    def __getstate__(self):
-        # The packed oneDNN weight is an opaque tensor (neither copied nor pickled): rebuilt on use.
-        state = self.__dict__.copy()
-        state["_onednn_weight"] = None
-        return state
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"activations={_ACTIVATION_NAMES[self.activation_symmetric]}, matmul={self.matmul}")
+                f"activations={_ACTIVATION_NAMES[self.activation_symmetric]}, matmul={self.matmul}, "
+                f"path on {self.weight_int8.device.type}: {describe_plan(self.plan())}")
+
+
+def describe_plan(plan: tuple[tuple[int, str], ...]) -> str:
+    """``Int8Linear.plan()`` in words: "int8", or "dequantized for batch 1-31, int8 from 32"."""
+    if len(plan) == 1:
+        return plan[0][1]
+    parts = []
+    for (first, path), following in zip(plan, plan[1:] + ((None, None),)):
+        end = following[0]
+        parts.append(f"{path} from {first}" if end is None else
+                     f"{path} for batch {first}" + (f"-{end - 1}" if end - 1 > first else ""))
+    return ", ".join(parts)
+
+
+def int8_summary(model: nn.Module, device: torch.device | str | None = None) -> str:
+    """One line per int8 layer of ``model``: its name, shape and paths on
+    ``device`` (default: where each layer's codes are; batch = rows of the
+    input's (m, k) view, see ``Int8Linear.plan``). Convolutions always use
+    their cached dequantized weight."""
+    lines = []
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            where = torch.device(device).type if device is not None else module.weight_int8.device.type
+            lines.append(f"{name or '(root)'}: Int8Linear {module.in_features} -> {module.out_features} on {where}: "
+                         f"{describe_plan(module.plan(device))}")
+        elif isinstance(module, _Int8ConvNd):
+            lines.append(f"{name or '(root)'}: {type(module).__name__}: {DEQUANTIZED}")
+    return "\n".join(lines) if lines else "(no int8 layers)"
 
 
 class _Int8ConvNd(_Int8Weight):
@@ -241,7 +414,7 @@ class _Int8ConvNd(_Int8Weight):
             padding = 0
         else:
             padding = self.padding
-        return self._conv(x, self.weight(), self.bias, self.stride, padding, self.dilation, self.groups)
+        return self._conv(x, self.dequantized_weight(), self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -361,7 +534,12 @@ def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Call
     layer's weight shape, ``weight_scale`` float (out,) finite and > 0,
     ``activation_mode`` 0-d integer in {0, 1, 2}): a hostile or damaged state
     raises TypeError/ValueError naming the key. Shapes come from the model,
-    never from the state, so nothing the state claims is allocated."""
+    never from the state, so nothing the state claims is allocated.
+
+    Each Int8Linear decides its paths here, from its shape and device
+    (``Int8Linear.plan``: the int8 product where it is faster, else its cached
+    dequantized weight); ``print(int8_summary(model))`` lists them and each
+    layer's repr shows its own."""
     if not isinstance(state, Mapping):
         raise TypeError(f"load_int8: state must be a dict of tensors (export_int8 output), got {type(state).__name__}")
     for key in state:
@@ -395,4 +573,7 @@ def load_int8(state: dict[str, torch.Tensor], model_or_factory: nn.Module | Call
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     model.load_state_dict(state, strict=True)
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            module.plan()  # decided now, for the device the codes were loaded on
     return model

@@ -1,5 +1,5 @@
 """The Triton backend: one module per op (``entropy``, ``coherence``, ``quant``,
-``finite_minmax``) holding its Triton kernels and the launchers that allocate
+``finite_minmax``, ``int8_linear``) holding its Triton kernels and the launchers that allocate
 outputs and launch them through :func:`eitp_kernels._triton.launch`, as
 ``csrc/cpu`` and ``csrc/cuda`` hold the compiled backends' kernels. The op
 modules in :mod:`eitp_kernels.ops` validate, dispatch and register the

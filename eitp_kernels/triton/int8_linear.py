@@ -1,0 +1,88 @@
+"""Triton kernel and launcher of the weight-only int8 linear: the ``triton``
+backend of :mod:`eitp_kernels.ops.int8_linear` (launcher
+``int8_weight_only_linear``, the op ``eitp_triton::int8_weight_only_linear``).
+
+    out[i, j] = (sum_k x[i, k] * float(w[j, k])) * scale[j] + bias[j]
+
+for a few rows (m <= 16): one program per BLOCK_N output columns and all m
+rows (``_blocks``); it reads its (BLOCK_N, k) slab of int8 codes once, converts each
+BLOCK_K tile to float32 in registers, multiplies it by the (m, BLOCK_K)
+activation tile (loaded in x's dtype, converted to float32) as a broadcast
+product summed over k, and applies the per-channel scale and the bias in the
+epilogue. Bytes: n * k (codes) + m * k * |x| + 4 n (scales) + n |bias| + m n |out|
+(an fp32 GEMV reads 4 n k: the codes are 4x fewer).
+"""
+from __future__ import annotations
+
+import torch
+
+from eitp_kernels._triton import launch, tl, triton, triton_jit
+
+MAX_ROWS = 16
+# Elements of the (BLOCK_M, BLOCK_N, BLOCK_K) product each program holds per step (32 per thread at 4 warps).
+_PRODUCT_BLOCK = 4096
+
+
+@triton_jit
+def _weight_only_kernel(
+    x_ptr,  # (m, k) activations, contiguous, fp32/bf16/fp16
+    w_ptr,  # (n, k) int8 codes, contiguous
+    scale_ptr,  # (n,) float32 per-output-channel scales
+    bias_ptr,  # (n,) bias in x's dtype (unused without HAS_BIAS)
+    out_ptr,  # (m, n) output in x's dtype
+    m,
+    n,
+    k,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # power of two >= m
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, BLOCK_M)
+    col_in = cols < n
+    row_in = rows < m
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in tl.range(0, k, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        k_in = ks < k
+        x = tl.load(x_ptr + rows[:, None] * k + ks[None, :], mask=row_in[:, None] & k_in[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None] * k + ks[None, :], mask=col_in[:, None] & k_in[None, :], other=0)
+        product = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        acc += tl.sum(product, axis=2)
+    scale = tl.load(scale_ptr + cols, mask=col_in, other=0.0)
+    y = acc * scale[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_in, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * n + cols[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=row_in[:, None] & col_in[None, :])
+
+
+def _blocks(m: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K): BLOCK_N 8 output columns per program (n / 8
+    programs: 512 at n = 4096, several per multiprocessor) and BLOCK_K so that
+    BLOCK_M * BLOCK_N * BLOCK_K = _PRODUCT_BLOCK (512 codes per weight row and
+    step for one row, 32 for 16 rows)."""
+    block_m = triton.next_power_of_2(max(m, 1))
+    block_n = 8
+    return block_m, block_n, _PRODUCT_BLOCK // (block_m * block_n)
+
+
+def int8_weight_only_linear(x: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
+                            bias: torch.Tensor | None) -> torch.Tensor:
+    """(m, n) in x's dtype: x (m, k) (m <= 16) times the dequantized (n, k) weight, plus bias."""
+    x, weight_int8 = x.contiguous(), weight_int8.contiguous()
+    m, k = x.shape
+    n = weight_int8.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        return out.copy_(bias.expand(m, n)) if bias is not None else out.zero_()
+    scale = weight_scale.to(torch.float32).contiguous()
+    has_bias = bias is not None
+    bias_arg = bias.contiguous() if has_bias else scale
+    block_m, block_n, block_k = _blocks(m)
+    launch(_weight_only_kernel, (triton.cdiv(n, block_n),), x, weight_int8, scale, bias_arg, out, m, n, k,
+           HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return out
