@@ -189,6 +189,18 @@ def op_calls():
         b = torch.zeros(n, dtype=dtype) if bias else None
         add(f"int8 weight-only linear {dtype} ({m}, {k}, {n}) bias={bias}",
             lambda x=x, w=w, b=b: int8_linear.int8_weight_only_linear(x, w, torch.ones(w.shape[0]), b))
+    # the int8 path's rescale: per row / per tensor, affine, bias, each output dtype; m = n = 1
+    for m, n, dtype, per_row, affine, bias in ((1, 1, torch.float32, True, True, True),
+                                               (40, 24, torch.float32, True, False, True),
+                                               (33, 16, torch.bfloat16, False, True, False),
+                                               (20, 8, torch.float16, False, False, True)):
+        acc = torch.zeros(m, n, dtype=torch.int32)
+        row_scale = torch.ones(m if per_row else 1)
+        b = torch.zeros(n, dtype=dtype) if bias else None
+        sums, zp = (torch.zeros(n, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)) if affine else (None, None)
+        add(f"int8 linear rescale {dtype} ({m}, {n}) per_row={per_row} affine={affine} bias={bias}",
+            lambda a=acc, r=row_scale, b=b, s=sums, z=zp, d=dtype:
+            int8_linear.int8_linear_rescale(a, r, torch.ones(a.shape[1]), b, s, z, d))
     return calls
 
 

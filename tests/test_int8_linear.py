@@ -550,3 +550,52 @@ def test_cuda_weight_only_path(m):
     with torch.no_grad():
         assert layer.path(x) == enn.int8.WEIGHT_ONLY
         torch.testing.assert_close(layer(x), _dequantized(layer, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton_interpret)])
+@pytest.mark.parametrize("m, n, dtype, per_row, affine, bias", [
+    (1, 1, torch.float32, True, True, True), (40, 24, torch.float32, True, False, True),
+    (33, 16, torch.bfloat16, False, True, False), (20, 1030, torch.float32, False, False, True)])
+def test_rescale_is_the_int8_paths_epilogue(backend, m, n, dtype, per_row, affine, bias):
+    from eitp_kernels import use_backend
+    from eitp_kernels.ops.int8_linear import int8_linear_rescale
+
+    generator = torch.Generator().manual_seed(m)
+    acc = torch.randint(-2**20, 2**20, (m, n), dtype=torch.int32, generator=generator)
+    row_scale = torch.rand(m if per_row else 1, generator=generator) + 0.01
+    weight_scale = torch.rand(n, generator=generator) + 0.01
+    b = torch.randn(n, generator=generator).to(dtype) if bias else None
+    sums = torch.randint(-5000, 5000, (n,), dtype=torch.int32, generator=generator) if affine else None
+    zp = torch.tensor([-37], dtype=torch.int32) if affine else None
+    with use_backend(backend):
+        y = int8_linear_rescale(acc, row_scale.unsqueeze(1) if per_row else row_scale, weight_scale, b, sums, zp, dtype)
+    shifted = acc.double() - (zp.double() * sums.double() if affine else 0)
+    expected = shifted * (row_scale.double().unsqueeze(1) if per_row else row_scale.double()) * weight_scale.double()
+    expected = expected + (b.double() if bias else 0)
+    assert y.dtype == dtype and y.shape == (m, n)
+    tolerance = {torch.float32: 1e-6, torch.bfloat16: 8e-3}[dtype]
+    assert bool(((y.double() - expected).abs() <= tolerance * expected.abs() + 1e-6).all())
+
+
+def test_rescale_bad_inputs_name_the_argument():
+    from eitp_kernels.ops.int8_linear import int8_linear_rescale
+
+    acc, scale = torch.zeros(3, 4, dtype=torch.int32), torch.ones(4)
+    with pytest.raises(TypeError, match="acc must have dtype"):
+        int8_linear_rescale(acc.float(), torch.ones(3), scale)
+    with pytest.raises(ValueError, match="row_scale must have 1 or 3 elements"):
+        int8_linear_rescale(acc, torch.ones(2), scale)
+    with pytest.raises(ValueError, match="weight_scale must have shape"):
+        int8_linear_rescale(acc, torch.ones(3), torch.ones(5))
+    with pytest.raises(ValueError, match="code_sums and zero_point go together"):
+        int8_linear_rescale(acc, torch.ones(3), scale, None, torch.zeros(4, dtype=torch.int32), None)
+
+
+@pytest.mark.triton_interpret
+def test_opcheck_rescale_triton_op():
+    acc = torch.randint(-100, 100, (20, 8), dtype=torch.int32)
+    torch.library.opcheck(torch.ops.eitp_triton.int8_linear_rescale.default,
+                          (acc, torch.rand(20), torch.rand(8), torch.randn(8), None, None, torch.float32))
+    torch.library.opcheck(torch.ops.eitp_triton.int8_linear_rescale.default,
+                          (acc, torch.rand(1), torch.rand(8), None, torch.zeros(8, dtype=torch.int32),
+                           torch.ones(1, dtype=torch.int32), torch.bfloat16))

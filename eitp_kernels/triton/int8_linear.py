@@ -1,6 +1,9 @@
-"""Triton kernel and launcher of the weight-only int8 linear: the ``triton``
-backend of :mod:`eitp_kernels.ops.int8_linear` (launcher
-``int8_weight_only_linear``, the op ``eitp_triton::int8_weight_only_linear``).
+"""Triton kernels and launchers of Int8Linear's GPU paths: the ``triton``
+backend of :mod:`eitp_kernels.ops.int8_linear` (launchers
+``int8_weight_only_linear`` and ``int8_linear_rescale``, the ops
+``eitp_triton::<launcher>``).
+
+Weight-only int8 linear:
 
     out[i, j] = (sum_k x[i, k] * float(w[j, k])) * scale[j] + bias[j]
 
@@ -11,6 +14,13 @@ activation tile (loaded in x's dtype, converted to float32) as a broadcast
 product summed over k, and applies the per-channel scale and the bias in the
 epilogue. Bytes: n * k (codes) + m * k * |x| + 4 n (scales) + n |bias| + m n |out|
 (an fp32 GEMV reads 4 n k: the codes are 4x fewer).
+
+Rescale (the int8 path's epilogue for more rows, after torch._int_mm):
+
+    out[i, j] = float32(acc[i, j] - zero_point * code_sums[j]) * row_scale[i] * weight_scale[j] + bias[j]
+
+one elementwise pass over the int32 product (4 bytes read, |out| written per
+element) instead of a conversion and three in-place passes.
 """
 from __future__ import annotations
 
@@ -85,4 +95,57 @@ def int8_weight_only_linear(x: torch.Tensor, weight_int8: torch.Tensor, weight_s
     block_m, block_n, block_k = _blocks(m)
     launch(_weight_only_kernel, (triton.cdiv(n, block_n),), x, weight_int8, scale, bias_arg, out, m, n, k,
            HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return out
+
+
+@triton_jit
+def _rescale_kernel(
+    acc_ptr,  # (m, n) int32 product of the codes, contiguous
+    row_scale_ptr,  # (m,) float32 activation scales (PER_ROW), else (1,)
+    weight_scale_ptr,  # (n,) float32 per-output-channel scales
+    bias_ptr,  # (n,) bias (unused without HAS_BIAS)
+    code_sums_ptr,  # (n,) int32 sum_k weight_int8[j, k] (unused unless AFFINE)
+    zero_point_ptr,  # (1,) int32 activation zero point (unused unless AFFINE)
+    out_ptr,  # (m, n) output in the layer's dtype
+    total,  # m * n
+    n,
+    PER_ROW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    AFFINE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < total
+    row = offsets // n
+    col = offsets % n
+    acc = tl.load(acc_ptr + offsets, mask=inside, other=0)
+    if AFFINE:
+        acc -= tl.load(zero_point_ptr) * tl.load(code_sums_ptr + col, mask=inside, other=0)
+    if PER_ROW:
+        row_scale = tl.load(row_scale_ptr + row, mask=inside, other=0.0)
+    else:
+        row_scale = tl.load(row_scale_ptr)
+    y = acc.to(tl.float32) * row_scale * tl.load(weight_scale_ptr + col, mask=inside, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + col, mask=inside, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def int8_linear_rescale(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale: torch.Tensor,
+                        bias: torch.Tensor | None, code_sums: torch.Tensor | None, zero_point: torch.Tensor | None,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """(m, n) in ``dtype``: float32(acc - zero_point * code_sums) * row_scale * weight_scale + bias, one pass."""
+    acc = acc.contiguous()
+    m, n = acc.shape
+    out = torch.empty((m, n), dtype=dtype, device=acc.device)
+    if acc.numel() == 0:
+        return out
+    row_scale, weight_scale = row_scale.reshape(-1).contiguous(), weight_scale.contiguous()
+    affine = zero_point is not None
+    has_bias = bias is not None
+    block = 1024
+    launch(_rescale_kernel, (triton.cdiv(m * n, block),), acc, row_scale, weight_scale,
+           bias.contiguous() if has_bias else weight_scale, code_sums.contiguous() if affine else acc,
+           zero_point.reshape(1).contiguous() if affine else acc, out, m * n, n,
+           PER_ROW=row_scale.numel() == m and m > 1, HAS_BIAS=has_bias, AFFINE=affine, BLOCK=block)
     return out
