@@ -21,6 +21,12 @@ Rescale (the int8 path's epilogue for more rows, after torch._int_mm):
 
 one elementwise pass over the int32 product (4 bytes read, |out| written per
 element) instead of a conversion and three in-place passes.
+
+Static cost model at 4096 x 4096 (``python
+benchmarks/native/int8_linear_cost_model.py``, sm_90): the weight-only hot
+loop issues 3.0 instructions per loaded element at 1 row and 4.3 at 16 rows
+(budget 9.7), both bounded by reading the codes: 4.9 us predicted on an H200;
+the rescale 4.4 per element (budget 42.8). Not yet timed on a GPU.
 """
 from __future__ import annotations
 
@@ -52,14 +58,16 @@ def _weight_only_kernel(
     rows = tl.arange(0, BLOCK_M)
     col_in = cols < n
     row_in = rows < m
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # Products summed per lane across the loop, reduced over k once at the end (a reduction per
+    # step would cost a shared-memory round and barriers per BLOCK_K codes).
+    partial = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for start in tl.range(0, k, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_in = ks < k
         x = tl.load(x_ptr + rows[:, None] * k + ks[None, :], mask=row_in[:, None] & k_in[None, :], other=0.0)
         w = tl.load(w_ptr + cols[:, None] * k + ks[None, :], mask=col_in[:, None] & k_in[None, :], other=0)
-        product = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-        acc += tl.sum(product, axis=2)
+        partial += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    acc = tl.sum(partial, axis=2)
     scale = tl.load(scale_ptr + cols, mask=col_in, other=0.0)
     y = acc * scale[None, :]
     if HAS_BIAS:
@@ -107,27 +115,26 @@ def _rescale_kernel(
     code_sums_ptr,  # (n,) int32 sum_k weight_int8[j, k] (unused unless AFFINE)
     zero_point_ptr,  # (1,) int32 activation zero point (unused unless AFFINE)
     out_ptr,  # (m, n) output in the layer's dtype
-    total,  # m * n
     n,
+    col_blocks,  # cdiv(n, BLOCK)
     PER_ROW: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     AFFINE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < total
-    row = offsets // n
-    col = offsets % n
+    # One program per (row, BLOCK columns): the row is a scalar (no per-element division).
+    pid = tl.program_id(0)
+    row = pid // col_blocks
+    cols = (pid % col_blocks) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n
+    offsets = row.to(tl.int64) * n + cols
     acc = tl.load(acc_ptr + offsets, mask=inside, other=0)
     if AFFINE:
-        acc -= tl.load(zero_point_ptr) * tl.load(code_sums_ptr + col, mask=inside, other=0)
-    if PER_ROW:
-        row_scale = tl.load(row_scale_ptr + row, mask=inside, other=0.0)
-    else:
-        row_scale = tl.load(row_scale_ptr)
-    y = acc.to(tl.float32) * row_scale * tl.load(weight_scale_ptr + col, mask=inside, other=0.0)
+        acc -= tl.load(zero_point_ptr) * tl.load(code_sums_ptr + cols, mask=inside, other=0)
+    row_scale = tl.load(row_scale_ptr + row) if PER_ROW else tl.load(row_scale_ptr)
+    y = acc.to(tl.float32) * row_scale * tl.load(weight_scale_ptr + cols, mask=inside, other=0.0)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + col, mask=inside, other=0.0).to(tl.float32)
+        y += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
@@ -143,9 +150,10 @@ def int8_linear_rescale(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale
     row_scale, weight_scale = row_scale.reshape(-1).contiguous(), weight_scale.contiguous()
     affine = zero_point is not None
     has_bias = bias is not None
-    block = 1024
-    launch(_rescale_kernel, (triton.cdiv(m * n, block),), acc, row_scale, weight_scale,
+    block = min(1024, triton.next_power_of_2(n))
+    col_blocks = triton.cdiv(n, block)
+    launch(_rescale_kernel, (m * col_blocks,), acc, row_scale, weight_scale,
            bias.contiguous() if has_bias else weight_scale, code_sums.contiguous() if affine else acc,
-           zero_point.reshape(1).contiguous() if affine else acc, out, m * n, n,
+           zero_point.reshape(1).contiguous() if affine else acc, out, n, col_blocks,
            PER_ROW=row_scale.numel() == m and m > 1, HAS_BIAS=has_bias, AFFINE=affine, BLOCK=block)
     return out
