@@ -82,6 +82,13 @@ def define_triton_ops() -> bool:
     return True
 
 
+# torch.compile runs it as it is rather than tracing it (as torch.compiler.assume_constant_result
+# would, without importing torch._dynamo here): a function compiled before any eager call may be
+# where the Triton backend is first found available, and dynamo cannot trace imports and op
+# registrations (tests/test_import.py).
+define_triton_ops._dynamo_marked_constant = True
+
+
 def _import_launcher(path: str) -> Callable:
     module, function = path.rsplit(".", 1)
     return getattr(importlib.import_module(f"{TRITON_PACKAGE}.{module}"), function)

@@ -61,8 +61,24 @@ def test_interpreter_request_defines_the_triton_ops_at_import():
     assert "triton" in added and "eitp_kernels.triton.finite_minmax" in added
 
 
+def test_triton_ops_defined_first_inside_a_compiled_function():
+    # On a GPU a compiled function can be where the triton backend is first found available:
+    # dynamo must run the definition (imports, op registrations) rather than trace it.
+    pytest.importorskip("triton")
+    code = ("import torch, eitp_kernels\n"
+            "from eitp_kernels import _registration\n"
+            "f = torch.compile(lambda x: x + int(_registration.define_triton_ops()), fullgraph=True)\n"
+            "print(f(torch.zeros(1)).item(), hasattr(torch.ops.eitp_triton, 'finite_minmax'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "EITP_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["1.0", "True"], out.stdout
+
+
 def test_the_constant_marking_is_what_assume_constant_result_sets():
-    # nn/int8.py marks _onednn_enabled by hand (the decorator imports torch._dynamo).
+    # nn/int8.py and _registration mark functions by hand (the decorator imports torch._dynamo).
+    from eitp_kernels import _registration
     from eitp_kernels.nn import int8
 
     def probe():
@@ -70,7 +86,8 @@ def test_the_constant_marking_is_what_assume_constant_result_sets():
 
     decorated = torch.compiler.assume_constant_result(probe)
     marks = {k: v for k, v in vars(decorated).items()}
-    assert marks and all(getattr(int8._onednn_enabled, k, None) == v for k, v in marks.items()), marks
+    for marked in (int8._onednn_enabled, _registration.define_triton_ops):
+        assert marks and all(getattr(marked, k, None) == v for k, v in marks.items()), (marked, marks)
 
 
 def _import_seconds(statement, repeats):

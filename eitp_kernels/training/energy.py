@@ -167,7 +167,7 @@ class EnergyMeter:
         nvml = self.nvml if self.nvml is not None else _import_nvml()
         indices = self._device_indices()
         if nvml is None:
-            self._why_not.append("NVML unavailable (nvidia-ml-py not installed)")
+            self._why_not.append("NVML unavailable (nvidia-ml-py not installed: pip install 'eitp-kernels[gpu]')")
         elif not indices:
             self._why_not.append("no CUDA device to meter with NVML")
         else:
