@@ -150,7 +150,22 @@ def _worker(rank, port, out_dir, backends):
                                                            codes[rank], process_group=dist.group.WORLD)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        _teardown()
+
+
+def _teardown():
+    """Leave the group in step: free every DDP model (their reducers hold the gloo process group,
+    and a reference cycle would keep one alive into interpreter finalization, where gloo's worker
+    threads then outlive Python), then a barrier, so rank 0 (the TCPStore's host) cannot destroy
+    the group and exit while rank 1 still has gloo work in flight, then destroy the group."""
+    import gc
+
+    gc.collect()
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _spawn(backends, out):
@@ -231,6 +246,29 @@ def test_regularizer_metrics_are_global(distributed_results, single_process_resu
 def test_regularizer_rejects_a_non_group():
     with pytest.raises(TypeError, match="process_group must be None or a torch.distributed.ProcessGroup"):
         EITPRegularizer(_model(), ["0"], process_group="world")
+
+
+@pytest.mark.slow
+def test_the_two_process_harness_exits_cleanly_many_times(tmp_path):
+    # A rank killed at teardown (SIGABRT: "terminate called without an active exception")
+    # makes mp.spawn raise ProcessExitedException naming the signal; every run must be clean
+    # and its results complete. EITP_DDP_STRESS_RUNS sets the count (default 30).
+    runs = int(os.environ.get("EITP_DDP_STRESS_RUNS", "30"))
+    available = eitp_kernels.backends()
+    backends = [b for b in ("cpp", "reference") if available[b].available]
+    failures = []
+    for i in range(runs):
+        out = tmp_path / f"run{i}"
+        out.mkdir()
+        try:
+            _, ranks = _spawn(backends, out)
+        except Exception as error:  # ProcessExitedException / ProcessRaisedException
+            failures.append(f"run {i}: {type(error).__name__}: {str(error).strip()[:300]}")
+            continue
+        for rank, got in enumerate(ranks):
+            if set(got) != set(backends) or "task_plus_entropy_plus_coherence" not in got[backends[0]]:
+                failures.append(f"run {i} rank {rank}: incomplete results")
+    assert not failures, f"{len(failures)} of {runs} runs failed:\n" + "\n".join(failures)
 
 
 @pytest.mark.triton_interpret
