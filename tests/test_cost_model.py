@@ -27,96 +27,51 @@ if INTERPRETER_ON:
 from eitp_kernels import _extension  # noqa: E402
 from eitp_kernels.bench import cost_model  # noqa: E402
 
+_FP64 = "fp64: the true division, with its slow path (the reciprocal and correction step is proved for fp32 only)"
+_SOFT_TABLES = "soft counts and their gradient table are float64 (docs/design.md §2.1)"
+_SOFT = "soft counts and their gradient table are float64 (docs/design.md §2.1); not vectorized"
+_GLOBAL_ATOMICS = ("bins beyond shared memory: a 64-bit global atomic per element and its address, "
+                   "1.4x of 0.8 of the 2-byte budget")
+_MANY_DTYPES = ("one kernel for every dtype of a tensor list: the model cannot tell its loops' dtypes apart, "
+                "so the fp64 tensors' loop counts as fp64 on narrower input")
+
 # kernel key -> why it cannot meet the rules yet (the model's finding). Shrinks as kernels are rewritten.
 KNOWN_FAILURES = {
-    'cuda backward_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.21x, 2 B in flight, 1 division slow-path calls',
-    'cuda backward_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.21x, 2 B in flight, 1 division slow-path calls',
     'cuda backward_kernel<double>':
-        'not yet rewritten: 8 B in flight, 4 division slow-path calls',
-    'cuda backward_kernel<float>':
-        'not yet rewritten: 4 B in flight, 4 division slow-path calls',
-    'cuda dequant_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.08x, 1 B in flight',
-    'cuda dequant_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.08x, 1 B in flight',
-    'cuda dequant_kernel<double>':
-        'not yet rewritten: 1 B in flight',
-    'cuda dequant_kernel<float>':
-        'not yet rewritten: 1 B in flight',
-    'cuda finite_minmax_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.35x, 2 B in flight',
-    'cuda finite_minmax_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.35x, 2 B in flight',
-    'cuda finite_minmax_kernel<double>':
-        'not yet rewritten: 8 B in flight',
-    'cuda finite_minmax_kernel<float>':
-        'not yet rewritten: 4 B in flight',
-    'cuda hist_rows_kernel<__half>':
-        'not yet rewritten: instructions over budget 3.42x, 2 B in flight, 1 division slow-path calls',
-    'cuda hist_rows_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 3.42x, 2 B in flight, 1 division slow-path calls',
+        _FP64,
+    'cuda hist_rows_global_kernel<__half>':
+        _GLOBAL_ATOMICS,
+    'cuda hist_rows_global_kernel<__nv_bfloat16>':
+        _GLOBAL_ATOMICS,
+    'cuda hist_rows_global_kernel<double>':
+        _FP64,
     'cuda hist_rows_kernel<double>':
-        'not yet rewritten: instructions over budget 1.32x, 8 B in flight, 1 division slow-path calls',
-    'cuda hist_rows_kernel<float>':
-        'not yet rewritten: instructions over budget 1.61x, 4 B in flight, 1 division slow-path calls',
-    'cuda hist_rows_kernel<int8>':
-        'not yet rewritten: instructions over budget 2.86x, 1 B in flight',
-    'cuda hist_rows_kernel<uint8>':
-        'not yet rewritten: instructions over budget 3.25x, 1 B in flight',
-    'cuda quant_block_rows_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.85x, 2 B in flight, 1 division slow-path calls',
-    'cuda quant_block_rows_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.85x, 2 B in flight, 1 division slow-path calls',
+        _FP64,
     'cuda quant_block_rows_kernel<double>':
-        'not yet rewritten: 8 B in flight, instructions over budget 1.11x, 1 division slow-path calls',
-    'cuda quant_block_rows_kernel<float>':
-        'not yet rewritten: 4 B in flight, instructions over budget 1.08x, 1 division slow-path calls',
-    'cuda quant_static_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.85x, 2 B in flight, 1 division slow-path calls',
-    'cuda quant_static_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.85x, 2 B in flight, 1 division slow-path calls',
+        _FP64,
     'cuda quant_static_kernel<double>':
-        'not yet rewritten: instructions over budget 1.13x, 8 B in flight, 1 division slow-path calls',
-    'cuda quant_static_kernel<float>':
-        'not yet rewritten: instructions over budget 1.14x, 4 B in flight, 4 division slow-path calls',
-    'cuda quant_warp_rows_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.23x, 2 B in flight, 4 division slow-path calls',
-    'cuda quant_warp_rows_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.23x, 2 B in flight, 4 division slow-path calls',
+        _FP64,
     'cuda quant_warp_rows_kernel<double>':
-        'not yet rewritten: 8 B in flight, 4 division slow-path calls',
-    'cuda quant_warp_rows_kernel<float>':
-        'not yet rewritten: 4 B in flight, 4 division slow-path calls',
-    'cuda range_chunks_kernel<__half>':
-        'not yet rewritten: instructions over budget 1.35x, 2 B in flight',
-    'cuda range_chunks_kernel<__nv_bfloat16>':
-        'not yet rewritten: instructions over budget 1.35x, 2 B in flight',
-    'cuda range_chunks_kernel<double>':
-        'not yet rewritten: 8 B in flight',
-    'cuda range_chunks_kernel<float>':
-        'not yet rewritten: 4 B in flight',
+        _FP64,
     'cuda segments_count_kernel':
-        'not yet rewritten: instructions over budget 3.10x, 1 B in flight, 1 division slow-path calls, 17 fp64 instructions',
+        (_MANY_DTYPES + '; both the shared and the global counting loops in it; '
+         'fp64 tensors divide with the slow path'),
     'cuda segments_range_kernel':
-        'not yet rewritten: instructions over budget 1.10x, 2 B in flight, 4 fp64 instructions',
+        _MANY_DTYPES,
     'cuda soft_backward_kernel<__half>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 11 fp64 instructions, 2 division slow-path calls',
+        _SOFT,
     'cuda soft_backward_kernel<__nv_bfloat16>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 11 fp64 instructions, 2 division slow-path calls',
+        _SOFT,
     'cuda soft_backward_kernel<double>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 9 division slow-path calls',
+        _SOFT + '; fp64 division',
     'cuda soft_backward_kernel<float>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 44 fp64 instructions, 9 division slow-path calls',
+        _SOFT,
     'cuda soft_hist_kernel<__half>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 8 B in flight, 20 fp64 instructions, 3 division slow-path calls',
+        _SOFT,
     'cuda soft_hist_kernel<__nv_bfloat16>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 8 B in flight, 20 fp64 instructions, 3 division slow-path calls',
-    'cuda soft_hist_kernel<double>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 3 division slow-path calls',
+        _SOFT,
     'cuda soft_hist_kernel<float>':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 8 B in flight, 20 fp64 instructions, 3 division slow-path calls',
+        _SOFT,
     'triton _dequant_rows_kernel [dequantize 4096x4096 channel]':
         'not yet rewritten: 8 B in flight',
     'triton _fake_quant_backward_kernel [fake_quant backward 4096x4096 channel]':
@@ -140,9 +95,9 @@ KNOWN_FAILURES = {
     'triton _quant_rows_kernel [quantize 4096x4096 channel]':
         'not yet rewritten: instructions over budget 1.06x, 9 division slow-path calls',
     'triton _soft_histogram_backward_kernel [soft histogram backward 16M fp32]':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); 106 fp64 instructions, 17 division slow-path calls',
+        _SOFT_TABLES + '; ' + '106 fp64 instructions, 17 division slow-path calls',
     'triton _soft_histogram_kernel [soft histogram 16M fp32]':
-        'soft counts and their gradient table are float64 (docs/design.md §2.1); instructions over budget 2.64x, 16 fp64 instructions, 9 division slow-path calls',
+        _SOFT_TABLES + '; ' + 'instructions over budget 2.64x, 16 fp64 instructions, 9 division slow-path calls',
 }
 
 

@@ -120,31 +120,15 @@ inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
   }
 }
 
-// Slots of a block for a finite, nonzero bin width: the reference's
-// arithmetic (hist_bin) without its w == 0 and NaN guards, which cannot
-// trigger here; uncounted values go to slot bins + 1. Branch-free: the
-// compiler vectorizes it.
+// Slots of a block: the bin of hist_bin (the quotient by Divisor(w), as
+// the CUDA kernels take it); uncounted values go to slot bins + 1.
+// Branch-free: the compiler vectorizes it.
 template <bool kExplicitRange, typename T, typename A>
-inline void block_bins(const T* x, int m, A lo, A hi, A w, int32_t bins, int32_t* idx) {
-  const A top = static_cast<A>(bins);
+inline void block_bins(const T* x, int m, A lo, A hi, const Divisor<A>& div, int32_t bins, int32_t* idx) {
   for (int i = 0; i < m; ++i) {
     const A v = load_acc(x[i]);
     const bool counted = kExplicitRange ? (v >= lo) & (v <= hi) : v - v == A(0);
-    A q = (v - lo) / w;       // NaN only for an uncounted v
-    q = q > A(0) ? q : A(0);  // maxps: NaN -> 0, so the conversion is defined
-    q = q < top ? q : top;
-    int32_t b = static_cast<int32_t>(q);
-    b = b < bins - 1 ? b : bins - 1;  // q == bins (x == hi): the last bin
-    idx[i] = counted ? b : bins + 1;
-  }
-}
-
-// The general case (w == 0 or infinite): hist_bin per value.
-template <typename T, typename A>
-inline void block_bins_guarded(const T* x, int m, A lo, A hi, A w, bool explicit_range, int32_t bins, int32_t* idx) {
-  for (int i = 0; i < m; ++i) {
-    const A v = load_acc(x[i]);
-    idx[i] = hist_counted<A>(v, lo, hi, explicit_range) ? hist_bin<A>(v, lo, w, bins) : bins + 1;
+    idx[i] = counted ? hist_bin<A>(v, lo, div, bins) : bins + 1;  // maxps in hist_bin: NaN -> bin 0
   }
 }
 
@@ -160,19 +144,15 @@ template <typename T>
 EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::type lo, typename AccType<T>::type hi,
                                     bool explicit_range, int32_t bins, PrivateHist hist) {
   using A = typename AccType<T>::type;
-  const A w = (hi - lo) / static_cast<A>(bins);
+  const Divisor<A> div((hi - lo) / static_cast<A>(bins));
   alignas(64) float buf[kCountBlock];
-  if (w == A(0) || !is_finite_value(w)) {
+  if (explicit_range) {
     count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
-      block_bins_guarded(block_values(x + s, m, buf), m, lo, hi, w, explicit_range, bins, idx);
-    }, hist);
-  } else if (explicit_range) {
-    count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
-      block_bins<true>(block_values(x + s, m, buf), m, lo, hi, w, bins, idx);
+      block_bins<true>(block_values(x + s, m, buf), m, lo, hi, div, bins, idx);
     }, hist);
   } else {
     count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
-      block_bins<false>(block_values(x + s, m, buf), m, lo, hi, w, bins, idx);
+      block_bins<false>(block_values(x + s, m, buf), m, lo, hi, div, bins, idx);
     }, hist);
   }
 }

@@ -49,8 +49,9 @@ template <typename T>
 EITP_CPU_HOT void span_quantize(const T* x, int64_t n, float scale, int32_t zero_point, bool symmetric, int8_t* q) {
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
+  const CodeDivisor<A> div(s);
   for (int64_t i = 0; i < n; ++i) {
-    const A r = clamp_code<A>(unclamped_code<A>(load_acc(x[i]), s, zp), qmin, qmax);
+    const A r = clamp_code<A>(unclamped_code<A>(load_acc(x[i]), div, zp), qmin, qmax);
     q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
   }
 }
@@ -60,10 +61,11 @@ template <typename T>
 EITP_CPU_HOT void span_fake_quant(const T* x, int64_t n, float scale, int32_t zero_point, bool symmetric, T* out) {
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
+  const CodeDivisor<A> div(s);
   for (int64_t i = 0; i < n; ++i) {
     const T xi = x[i];
     const A v = load_acc(xi);
-    const A r = clamp_code<A>(unclamped_code<A>(v, s, zp), qmin, qmax);
+    const A r = clamp_code<A>(unclamped_code<A>(v, div, zp), qmin, qmax);
     const T d = store_acc<T>((r - zp) * s);
     out[i] = select(v != v, xi, d);
   }
@@ -179,10 +181,11 @@ EITP_CPU_HOT void span_backward(const T* grad, const T* x, int64_t n, float scal
                                 bool symmetric, T* grad_x) {
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
+  const CodeDivisor<A> div(s);
   const T zero = store_acc<T>(A(0));
   for (int64_t i = 0; i < n; ++i) {
     const A v = load_acc(x[i]);
-    const A r = unclamped_code<A>(v, s, zp);
+    const A r = unclamped_code<A>(v, div, zp);
     const bool keep = is_finite_value(v) && r >= qmin && r <= qmax;
     grad_x[i] = select(keep, grad[i], zero);
   }

@@ -22,22 +22,32 @@ constexpr int64_t kItemsPerThread = 32;
 constexpr size_t kSharedBytes = 48 * 1024;  // default dynamic shared memory limit
 
 // Bin of element v of a histogram with range (lo, hi); false when it is not counted.
+// Counted: finite, and within [lo, hi] for an explicit range (hist_counted),
+// tested as count_lo <= v <= count_hi with the range clamped to the finite
+// values (a NaN bound stays NaN and counts nothing). The bin: hist_bin's,
+// without its clamp at 0, which only uncounted values (v < lo) reach.
 template <typename T> struct Binner {
   using A = typename cuda::DeviceAcc<T>::type;
   static constexpr bool kIsCode = false;
-  A lo, hi, w;
+  A lo, count_lo, count_hi, top;
+  Divisor<A> div;  // by the bin width w = (hi - lo) / bins: its reciprocal once per block
   int32_t bins;
-  bool explicit_range;
-  __device__ Binner(A lo_, A hi_, int64_t nbins, bool expl) : lo(lo_), hi(hi_) {
+  __device__ Binner(A lo_, A hi_, int64_t nbins, bool explicit_range)
+      : lo(lo_), div((hi_ - lo_) / static_cast<A>(static_cast<int32_t>(nbins))) {
+    const A most = std::numeric_limits<A>::max();
+    count_lo = explicit_range ? (lo_ < -most ? -most : lo_) : -most;
+    count_hi = explicit_range ? (hi_ > most ? most : hi_) : most;
     bins = static_cast<int32_t>(nbins);
-    w = (hi - lo) / static_cast<A>(bins);
-    explicit_range = expl;
+    top = static_cast<A>(bins - 1);
   }
-  __device__ __forceinline__ bool operator()(const T& raw, int32_t& b) const {
+  __device__ __forceinline__ bool bin(const T& raw, int32_t& b) const {
     const A v = cuda::load_acc(raw);
-    b = hist_bin<A>(v, lo, w, bins);
-    return hist_counted<A>(v, lo, hi, explicit_range);
+    // q >= 0 for a counted v (v >= lo); the conversion saturates and takes NaN to 0
+    b = to_int_rz(fmin(div.quotient(v - lo), top));
+    return v >= count_lo && v <= count_hi;
   }
+  static __device__ __forceinline__ int32_t to_int_rz(float q) { return __float2int_rz(q); }
+  static __device__ __forceinline__ int32_t to_int_rz(double q) { return __double2int_rz(q); }
 };
 
 // int8/uint8 codes: one bin per code, no range.
@@ -45,7 +55,7 @@ template <> struct Binner<int8_t> {
   using A = float;
   static constexpr bool kIsCode = true;
   __device__ Binner(A, A, int64_t, bool) {}
-  __device__ __forceinline__ bool operator()(const int8_t& raw, int32_t& b) const {
+  __device__ __forceinline__ bool bin(const int8_t& raw, int32_t& b) const {
     b = static_cast<int32_t>(raw) + 128;
     return true;
   }
@@ -54,7 +64,7 @@ template <> struct Binner<uint8_t> {
   using A = float;
   static constexpr bool kIsCode = true;
   __device__ Binner(A, A, int64_t, bool) {}
-  __device__ __forceinline__ bool operator()(const uint8_t& raw, int32_t& b) const {
+  __device__ __forceinline__ bool bin(const uint8_t& raw, int32_t& b) const {
     b = static_cast<int32_t>(raw);
     return true;
   }
@@ -71,19 +81,31 @@ __device__ Binner<T> row_binner(const void* lo, const void* hi, int64_t row, int
   }
 }
 
-// Counts x[begin, end) into hist (shared unsigned int or global unsigned long
-// long counters), the block's threads striding over the span.
-template <typename T, typename C>
+// Counts x[begin, end) into hist, the block's threads striding over the span
+// (16-byte loads), branch-free: a shared histogram has one more slot, bins,
+// for the values not counted; global counters get 0 added (to bin 0) for them.
+template <typename T>
 __device__ __forceinline__ void count_span(const T* __restrict__ x, int64_t begin, int64_t end,
-                                           const Binner<T>& binner, C* hist) {
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+                                           const Binner<T>& binner, int64_t bins, unsigned int* hist) {
+  const int32_t uncounted = static_cast<int32_t>(bins);
+  cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, threadIdx.x, blockDim.x, [&](int64_t, T raw) {
     int32_t b;
-    if (binner(x[i], b)) atomicAdd(hist + b, C(1));
-  }
+    const bool counted = binner.bin(raw, b);
+    atomicAdd(hist + (counted ? b : uncounted), 1u);
+  });
+}
+template <typename T>
+__device__ __forceinline__ void count_span(const T* __restrict__ x, int64_t begin, int64_t end,
+                                           const Binner<T>& binner, int64_t, unsigned long long* hist) {
+  cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, threadIdx.x, blockDim.x, [&](int64_t, T raw) {
+    int32_t b;
+    const bool counted = binner.bin(raw, b);
+    atomicAdd(hist + (counted ? b : 0), static_cast<unsigned long long>(counted));
+  });
 }
 
 __device__ __forceinline__ void zero_shared_hist(unsigned int* sh_hist, int64_t bins) {
-  for (int64_t b = threadIdx.x; b < bins; b += blockDim.x) sh_hist[b] = 0u;
+  for (int64_t b = threadIdx.x; b <= bins; b += blockDim.x) sh_hist[b] = 0u;  // and the slot of uncounted values
   __syncthreads();
 }
 
@@ -97,39 +119,55 @@ __device__ __forceinline__ void merge_shared_hist(const unsigned int* sh_hist, i
   }
 }
 
-// Grid = (chunks per row, rows): block (c, r) counts chunk c of row row0 + r.
+// Grid = (chunks per row, rows): block (c, r) counts chunk c of row row0 + r,
+// into a shared histogram of bins + 1 slots (bins <= kSharedHistogramMaxBins).
 template <typename T>
 __global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                 const void* hi, int64_t row0, int64_t bins, bool explicit_range, bool use_shared,
+                                 const void* hi, int64_t row0, int64_t bins, bool explicit_range,
                                  unsigned long long* counts) {
   extern __shared__ unsigned int sh_hist[];
   const int64_t row = row0 + blockIdx.y;
   const Binner<T> binner = row_binner<T>(lo, hi, row, bins, explicit_range);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
-  const T* row_ptr = x + row * row_length;
-  unsigned long long* out = counts + row * bins;
-  if (use_shared) {
-    zero_shared_hist(sh_hist, bins);
-    count_span(row_ptr, begin, end, binner, sh_hist);
-    merge_shared_hist(sh_hist, bins, out);
-  } else {
-    count_span(row_ptr, begin, end, binner, out);
-  }
+  zero_shared_hist(sh_hist, bins);
+  count_span(x + row * row_length, begin, end, binner, bins, sh_hist);
+  merge_shared_hist(sh_hist, bins, counts + row * bins);
+}
+
+// The same with one global atomic per element, for histograms too large for shared memory (float input only).
+template <typename T>
+__global__ void hist_rows_global_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
+                                        const void* hi, int64_t row0, int64_t bins, bool explicit_range,
+                                        unsigned long long* counts) {
+  const int64_t row = row0 + blockIdx.y;
+  const Binner<T> binner = row_binner<T>(lo, hi, row, bins, explicit_range);
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
+  const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
+  count_span(x + row * row_length, begin, end, binner, bins, counts + row * bins);
 }
 
 template <typename T>
 void launch_counts(const HistogramParams& p, cudaStream_t stream) {
-  const bool use_shared = p.bins <= kSharedHistogramMaxBins;
+  const bool use_shared = Binner<T>::kIsCode || p.bins <= kSharedHistogramMaxBins;  // codes: 256 bins
   const int64_t chunk = histogram_chunk(p.bins);
   const int64_t chunks = std::max<int64_t>(1, (p.row_length + chunk - 1) / chunk);
-  const size_t shared = use_shared ? static_cast<size_t>(p.bins) * sizeof(unsigned int) : 0;
+  const size_t shared = use_shared ? static_cast<size_t>(p.bins + 1) * sizeof(unsigned int) : 0;
   auto* counts = reinterpret_cast<unsigned long long*>(p.counts);  // int64 counts stay < 2^63
   for (int64_t row0 = 0; row0 < p.rows; row0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
     const dim3 grid(grid_x(chunks, "histogram_counts_cuda"), grid_yz(rows, "histogram_counts_cuda"));
-    hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(static_cast<const T*>(p.x), p.row_length, chunk, p.lo,
-                                                            p.hi, row0, p.bins, p.explicit_range, use_shared, counts);
+    const T* x = static_cast<const T*>(p.x);
+    if constexpr (Binner<T>::kIsCode) {
+      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
+                                                              p.explicit_range, counts);
+    } else if (use_shared) {
+      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
+                                                              p.explicit_range, counts);
+    } else {
+      hist_rows_global_kernel<T><<<grid, kThreads, 0, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
+                                                                p.explicit_range, counts);
+    }
   }
 }
 
@@ -208,8 +246,8 @@ __device__ void count_item(const SegmentTable& t, const WorkItem& w, int64_t bin
   using A = typename Binner<T>::A;
   const Binner<T> binner(static_cast<A>(t.lo[w.seg]), static_cast<A>(t.hi[w.seg]), bins, explicit_range);
   const T* x = reinterpret_cast<const T*>(t.x[w.seg]);
-  if (use_shared) count_span(x, w.begin, w.end, binner, sh_hist);
-  else count_span(x, w.begin, w.end, binner, out);
+  if (use_shared) count_span(x, w.begin, w.end, binner, bins, sh_hist);
+  else count_span(x, w.begin, w.end, binner, bins, out);
 }
 
 // One block per work item, into the counts row of its segment.
@@ -365,7 +403,7 @@ void histogram_counts_many_cuda(const HistogramManyParams& p, cudaStream_t strea
   const dim3 grid(grid_x(p.items, "histogram_counts_many_cuda"));
   if (p.auto_range_pass) segments_range_kernel<<<grid, kThreads, 0, stream>>>(p.table);
   const bool use_shared = p.bins <= kSharedHistogramMaxBins;
-  const size_t shared = use_shared ? static_cast<size_t>(p.bins) * sizeof(unsigned int) : 0;
+  const size_t shared = use_shared ? static_cast<size_t>(p.bins + 1) * sizeof(unsigned int) : 0;
   segments_count_kernel<<<grid, kThreads, shared, stream>>>(p.table, p.bins, p.explicit_range, use_shared,
                                                             reinterpret_cast<unsigned long long*>(p.counts));
   cuda::check_launch("histogram_counts_many_cuda");

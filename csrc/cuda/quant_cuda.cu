@@ -43,24 +43,28 @@ __device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __fl
 __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(double* p, double v) { *p = v; }
 
-// Quantize (or fake-quantize) elements [begin, end) of one row with stride `step`.
+// Quantize (or fake-quantize) elements [begin, end) of one row, shared by
+// `threads` threads (this one is `t`): 16-byte loads, the scale's reciprocal
+// once (CodeDivisor, kernels/quant.h).
 template <typename T>
 __device__ __forceinline__ void apply_row(const T* __restrict__ x, int8_t* __restrict__ q, T* __restrict__ out,
-                                          int64_t begin, int64_t end, int64_t step, float scale, int32_t zero_point,
-                                          bool symmetric) {
+                                          int64_t begin, int64_t end, int t, int threads, float scale,
+                                          int32_t zero_point, bool symmetric) {
   using A = typename cuda::DeviceAcc<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
-  for (int64_t i = begin; i < end; i += step) {
-    const T xv = x[i];
-    const A v = cuda::load_acc(xv);
-    const A r = clamp_code<A>(unclamped_code<A>(v, s, zp), qmin, qmax);
-    if (q != nullptr) {
+  const CodeDivisor<A> div(s);
+  if (q != nullptr) {
+    cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, t, threads, [&](int64_t i, T xv) {
+      const A r = clamp_code<A>(unclamped_code<A>(cuda::load_acc(xv), div, zp), qmin, qmax);
       q[i] = static_cast<int8_t>(static_cast<int32_t>(r));
-    } else if (v != v) {
-      out[i] = xv;  // NaN stays NaN (same bits)
-    } else {
-      store_out(out + i, (r - zp) * s);
-    }
+    });
+  } else {
+    cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, t, threads, [&](int64_t i, T xv) {
+      const A v = cuda::load_acc(xv);
+      const A r = clamp_code<A>(unclamped_code<A>(v, div, zp), qmin, qmax);
+      if (v != v) out[i] = xv;  // NaN stays NaN (same bits)
+      else store_out(out + i, (r - zp) * s);
+    });
   }
 }
 
@@ -68,11 +72,23 @@ template <typename A>
 struct RangeFold {
   bool symmetric;
   A lo = A(0), hi = A(0);
-  __device__ void operator()(A v) {
-    if (symmetric) fold_absmax<A>(v, hi);
-    else fold_range0<A>(v, lo, hi);
-  }
 };
+
+// Folds x[begin, end) into fold (symmetric: absmax in hi; affine: the range with 0 in (lo, hi)), shared by
+// `threads` threads (16-byte loads); one loop per kind, so neither carries the other's code.
+template <typename T, typename A>
+__device__ __forceinline__ void fold_span(const T* __restrict__ x, int64_t begin, int64_t end, int t, int threads,
+                                          RangeFold<A>& fold) {
+  A lo = fold.lo, hi = fold.hi;
+  if (fold.symmetric) {
+    cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, t, threads,
+                                               [&](int64_t, T v) { fold_absmax<A>(cuda::load_acc(v), hi); });
+  } else {
+    cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, t, threads,
+                                               [&](int64_t, T v) { fold_range0<A>(cuda::load_acc(v), lo, hi); });
+  }
+  fold.lo = lo, fold.hi = hi;
+}
 
 // Dynamic, one warp per row.
 template <typename T>
@@ -84,7 +100,7 @@ __global__ void quant_warp_rows_kernel(QuantRowsParams p) {
   const int64_t base = row * p.row_length;
   const T* x = static_cast<const T*>(p.x) + base;
   RangeFold<A> fold{p.symmetric};
-  for (int64_t i = lane; i < p.row_length; i += 32) fold(cuda::load_acc(x[i]));
+  fold_span(x, 0, p.row_length, lane, 32, fold);
   const A lo = cuda::warp_reduce(fold.lo, cuda::MinOp());
   const A hi = cuda::warp_reduce(fold.hi, cuda::MaxOp());
   float scale;
@@ -92,7 +108,7 @@ __global__ void quant_warp_rows_kernel(QuantRowsParams p) {
   row_scale_params<A>(p.symmetric, lo, hi, scale, zero_point);
   if (lane == 0) p.scale[row] = scale, p.zero_point[row] = zero_point;
   apply_row<T>(x, p.q != nullptr ? p.q + base : nullptr, p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr,
-               lane, p.row_length, 32, scale, zero_point, p.symmetric);
+               0, p.row_length, lane, 32, scale, zero_point, p.symmetric);
 }
 
 // Dynamic, one block per row.
@@ -106,7 +122,7 @@ __global__ void quant_block_rows_kernel(QuantRowsParams p) {
   const int64_t base = row * p.row_length;
   const T* x = static_cast<const T*>(p.x) + base;
   RangeFold<A> fold{p.symmetric};
-  for (int64_t i = threadIdx.x; i < p.row_length; i += blockDim.x) fold(cuda::load_acc(x[i]));
+  fold_span(x, 0, p.row_length, threadIdx.x, blockDim.x, fold);
   const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
   const A hi = cuda::block_reduce(fold.hi, A(0), scratch, cuda::MaxOp());
   if (threadIdx.x == 0) {
@@ -116,7 +132,7 @@ __global__ void quant_block_rows_kernel(QuantRowsParams p) {
   }
   __syncthreads();
   apply_row<T>(x, p.q != nullptr ? p.q + base : nullptr, p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr,
-               threadIdx.x, p.row_length, blockDim.x, shared_scale, shared_zero_point, p.symmetric);
+               0, p.row_length, threadIdx.x, blockDim.x, shared_scale, shared_zero_point, p.symmetric);
 }
 
 // Per-tensor first pass: block-reduce a chunk, one atomic per block into workspace[2*row], [2*row+1].
@@ -127,7 +143,7 @@ __global__ void range_chunks_kernel(QuantRowsParams p, int64_t chunks) {
   const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
   const T* x = static_cast<const T*>(p.x) + base;
   RangeFold<A> fold{p.symmetric};
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold(cuda::load_acc(x[i]));
+  fold_span(x, begin, end, threadIdx.x, blockDim.x, fold);
   const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
   const A hi = cuda::block_reduce(fold.hi, A(0), scratch, cuda::MaxOp());
   if (threadIdx.x == 0) {
@@ -151,7 +167,7 @@ template <typename T>
 __global__ void quant_static_kernel(QuantRowsParams p, int64_t chunks) {
   const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
   apply_row<T>(static_cast<const T*>(p.x) + base, p.q != nullptr ? p.q + base : nullptr,
-               p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr, begin + threadIdx.x, end, blockDim.x,
+               p.out != nullptr ? static_cast<T*>(p.out) + base : nullptr, begin, end, threadIdx.x, blockDim.x,
                p.scale[row], p.zero_point[row], p.symmetric);
 }
 
@@ -161,7 +177,8 @@ __global__ void dequant_kernel(DequantRowsParams p, int64_t chunks) {
   const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
   const A s = A(p.scale[row]), zp = A(p.zero_point != nullptr ? p.zero_point[row] : 0);
   T* out = static_cast<T*>(p.out) + base;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) store_out(out + i, (A(p.q[base + i]) - zp) * s);
+  cuda::for_each_element<cuda::kVectorLoads>(p.q + base, begin, end, threadIdx.x, blockDim.x,
+                                             [&](int64_t i, int8_t c) { store_out(out + i, (A(c) - zp) * s); });
 }
 
 template <typename T>
@@ -171,15 +188,17 @@ __global__ void backward_kernel(FakeQuantBackwardParams p, int64_t chunks) {
   const A s = A(p.scale[row]), zp = A(p.zero_point != nullptr ? p.zero_point[row] : 0);
   const A qmin = p.symmetric ? A(-127) : A(-128), qmax = A(127);
   const T* x = static_cast<const T*>(p.x) + base;
-  const T* grad = static_cast<const T*>(p.grad) + base;
-  T* grad_x = static_cast<T*>(p.grad_x) + base;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const A v = cuda::load_acc(x[i]);
-    const A r = unclamped_code<A>(v, s, zp);
+  const T* __restrict__ grad = static_cast<const T*>(p.grad) + base;
+  T* __restrict__ grad_x = static_cast<T*>(p.grad_x) + base;
+  const CodeDivisor<A> div(s);
+  cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, threadIdx.x, blockDim.x, [&](int64_t i, T xv) {
+    const T g = grad[i];  // unconditional: the loads of a vector issue together
+    const A v = cuda::load_acc(xv);
+    const A r = unclamped_code<A>(v, div, zp);
     const bool keep = is_finite_value(v) && r >= qmin && r <= qmax;
-    if (keep) grad_x[i] = grad[i];
+    if (keep) grad_x[i] = g;
     else store_out(grad_x + i, A(0));
-  }
+  });
 }
 
 int64_t chunks_of(int64_t row_length) { return std::max<int64_t>(1, (row_length + kChunk - 1) / kChunk); }

@@ -20,6 +20,49 @@ __device__ __forceinline__ float load_acc(const __nv_bfloat16& v) { return __bfl
 __device__ __forceinline__ float load_acc(const float& v) { return v; }
 __device__ __forceinline__ double load_acc(const double& v) { return v; }
 
+// The element loops: fn(i, x[i]) for every i in [begin, end), shared by
+// `threads` threads (this one is `t`) striding over the span. x must be
+// aligned to its element size. The elements up to the first 16-byte boundary
+// (fewer than 16) and the last partial vector are taken one per thread; the
+// rest as 16-byte vectors (4 floats, 8 halves, 16 codes), kLoads of them per
+// thread issued before any is used, so each thread keeps kLoads * 16 bytes
+// in flight (the cost model's rule: python -m eitp_kernels.bench.cost_model).
+template <int kLoads, typename T, typename Fn>
+__device__ __forceinline__ void for_each_element(const T* __restrict__ x, int64_t begin, int64_t end, int t,
+                                                 int threads, Fn&& fn) {
+  constexpr int kPerVector = 16 / static_cast<int>(sizeof(T));
+  if (begin >= end) return;
+  const int64_t misaligned = static_cast<int64_t>((reinterpret_cast<uintptr_t>(x + begin) & 15u) / sizeof(T));
+  int64_t head = misaligned ? kPerVector - misaligned : 0;
+  head = head < end - begin ? head : end - begin;
+  if (t < head) fn(begin + t, x[begin + t]);
+  const int64_t start = begin + head;
+  const int64_t vectors = (end - start) / kPerVector;
+  const uint4* xv = reinterpret_cast<const uint4*>(x + start);
+  for (int64_t base = t; base < vectors; base += static_cast<int64_t>(kLoads) * threads) {
+    uint4 v[kLoads];
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) {
+      const int64_t j = base + static_cast<int64_t>(k) * threads;
+      if (j < vectors) v[k] = __ldg(xv + j);
+    }
+#pragma unroll
+    for (int k = 0; k < kLoads; ++k) {
+      const int64_t j = base + static_cast<int64_t>(k) * threads;
+      if (j < vectors) {
+        const T* values = reinterpret_cast<const T*>(&v[k]);
+#pragma unroll
+        for (int e = 0; e < kPerVector; ++e) fn(start + j * kPerVector + e, values[e]);
+      }
+    }
+  }
+  const int64_t tail = start + vectors * kPerVector;
+  if (tail + t < end) fn(tail + t, x[tail + t]);
+}
+
+// Loads in flight per thread in the element loops (x 16 bytes).
+constexpr int kVectorLoads = 2;
+
 template <typename A, typename Op>
 __device__ __forceinline__ A warp_reduce(A v, Op op) {
   for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));

@@ -5,7 +5,8 @@
 // Bin arithmetic (exactly the reference's, in the accumulation type A =
 // double for fp64 input, float otherwise):
 //   w = (hi - lo) / bins;  b = clamp(floor((x - lo) / w), 0, bins - 1)
-// true division, no reciprocal. Non-finite x is never counted; with an
+// the true division's result (fp32: by the reciprocal of w and one
+// correction step, kernels/fast_divide.h, equal wherever it decides a bin). Non-finite x is never counted; with an
 // explicit range x < lo or x > hi is not counted; w == 0 puts everything in
 // bin 0. int8/uint8 codes: 256 bins, code c -> c + 128 (int8) or c (uint8).
 #pragma once
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "kernels/common.h"
+#include "kernels/fast_divide.h"
 
 #ifdef EITP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -88,16 +90,22 @@ template <typename A> EITP_HD bool hist_counted(A v, A lo, A hi, bool explicit_r
   return is_finite_value(v) && (!explicit_range || (v >= lo && v <= hi));
 }
 
-// Bin of a counted value. floor(q) clamped to [0, bins-1] equals trunc of q
-// clamped to [0, bins] then min'ed with bins-1 (trunc == floor for q >= 0),
-// which vectorizes with plain SSE2 conversions. NaN q (inf/inf) goes to 0.
-template <typename A> EITP_HD int32_t hist_bin(A v, A lo, A w, int32_t bins) {
-  A q = (v - lo) / w;
+// Bin of a counted value: floor(q), q = (v - lo) / w, clamped to
+// [0, bins-1], as trunc of q clamped to [0, bins - 1] (trunc == floor for
+// q >= 0; bins - 1 is exact in A for bins <= kMaxBins), which vectorizes with
+// plain SSE2 conversions. NaN q (inf/inf) goes to 0. The quotient is taken by
+// `div` (Divisor(w), kernels/fast_divide.h: IEEE division for fp32 wherever
+// the bin can depend on it; w == 0 or infinite gives bin 0).
+template <typename A> EITP_HD int32_t hist_bin(A v, A lo, const Divisor<A>& div, int32_t bins) {
+  A q = div.quotient(v - lo);
+  const A top = static_cast<A>(bins - 1);
+#ifdef __CUDA_ARCH__
+  q = fmin(fmax(q, A(0)), top);  // FMNMX: NaN -> 0
+#else
   q = q >= A(0) ? q : A(0);
-  q = q < A(bins) ? q : A(bins);
-  q = w == A(0) ? A(0) : q;
-  const int32_t b = static_cast<int32_t>(q);
-  return b < bins - 1 ? b : bins - 1;
+  q = q < top ? q : top;
+#endif
+  return static_cast<int32_t>(q);
 }
 
 // Linear binning of a value (reference arithmetic in A): u = (x-lo)/w - 0.5,

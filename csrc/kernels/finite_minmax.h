@@ -44,7 +44,10 @@ __device__ void block_finite_minmax(const T* __restrict__ x, int64_t begin, int6
   __shared__ A scratch[32];
   const A inf = std::numeric_limits<A>::infinity();
   lo = inf, hi = -inf;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) fold_finite_minmax<A>(cuda::load_acc(x[i]), lo, hi);
+  A l = inf, h = -inf;  // locals: the lambda's captures stay in registers
+  cuda::for_each_element<cuda::kVectorLoads>(x, begin, end, threadIdx.x, blockDim.x,
+                                             [&](int64_t, T v) { fold_finite_minmax<A>(cuda::load_acc(v), l, h); });
+  lo = l, hi = h;
   lo = cuda::block_reduce(lo, inf, scratch, cuda::MinOp());
   hi = cuda::block_reduce(hi, -inf, scratch, cuda::MaxOp());
 }

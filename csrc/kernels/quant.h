@@ -10,12 +10,14 @@
 //              q = clamp(rint(x / s) + zp, -128, 127)
 //   s == 0 after the division becomes 1. A range too wide for float32 is
 //   handled in float64 with a saturated scale (wide_range_scale below).
-//   x / s is a true division in A (fp32, or fp64 for fp64 input); rint is
+//   x / s is the true division's result in A (fp32, or fp64 for fp64 input;
+//   fp32 by CodeDivisor below, equal wherever it decides a code); rint is
 //   round half to even. NaN gives the code of 0, +-Inf the extreme codes.
 //   Dequantize: (q - zp) * s in A.
 #pragma once
 
 #include "kernels/common.h"
+#include "kernels/fast_divide.h"
 
 #ifdef EITP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -126,30 +128,69 @@ EITP_HD void row_scale_params(bool symmetric, A lo, A hi, float& scale, int32_t&
 // Non-finite values contribute 0: neutral for both.
 template <typename A>
 EITP_HD void fold_absmax(A v, A& absmax) {
+#ifdef __CUDA_ARCH__
+  absmax = fmax(absmax, is_finite_value(v) ? fabs(v) : A(0));  // FMNMX (no NaN reaches it)
+#else
   const A a = is_finite_value(v) ? (v < A(0) ? -v : v) : A(0);
   absmax = a > absmax ? a : absmax;
+#endif
 }
+// (A -0 may replace a +0 bound on the GPU: the scale and zero point are the same.)
 template <typename A>
 EITP_HD void fold_range0(A v, A& lo, A& hi) {
   const A f = is_finite_value(v) ? v : A(0);
+#ifdef __CUDA_ARCH__
+  lo = fmin(lo, f), hi = fmax(hi, f);
+#else
   lo = f < lo ? f : lo;
   hi = f > hi ? f : hi;
+#endif
 }
 
 EITP_HD float round_half_even(float v) { return rintf(v); }
 EITP_HD double round_half_even(double v) { return rint(v); }
 
-// The unclamped code rint(v / s) + zp (NaN -> zp), in A.
+// Division by a row's scale s for the codes: the numerator, scaled as
+// Divisor(s) scales it (kernels/fast_divide.h), is first clamped to 1024
+// times the scaled divisor (a quotient beyond +-1024 clamps to the same code
+// whatever its value, and the clamp keeps every quotient finite and within
+// the fast division's range; +-Inf gets the extreme codes as before).
+template <typename A> struct CodeDivisor {
+  Divisor<A> div;
+  A limit;
+  EITP_HD explicit CodeDivisor(A s) : div(s) {
+    const A d = div.d < A(0) ? -div.d : div.d;  // |s| times the scale: at most 2^96 (fp32), no overflow below
+    const A most = std::numeric_limits<A>::max(), l = d * A(1024);
+    limit = l < most ? l : most;  // (fp64 only: a divisor beyond max / 1024)
+  }
+  EITP_HD A quotient(A v) const {
+    if constexpr (sizeof(A) == 8) return v / div.d;  // fp64: the true division, no clamp needed
+    const A scaled = v * div.scale;
+#ifdef __CUDA_ARCH__
+    const A a = fmin(fmax(scaled, -limit), limit);  // FMNMX; a NaN v becomes -limit (unclamped_code replaces its code)
+#else
+    A a = scaled < -limit ? -limit : scaled;  // NaN stays NaN (unclamped_code replaces its code)
+    a = a > limit ? limit : a;
+#endif
+    return div.scaled_quotient(a);
+  }
+};
+
+// The unclamped code rint(v / s) + zp (NaN -> zp), in A; |v / s| > 1024 gives +-1024 + zp.
 template <typename A>
-EITP_HD A unclamped_code(A v, A s, A zp) {
-  const A r = round_half_even(v / s);
+EITP_HD A unclamped_code(A v, const CodeDivisor<A>& s, A zp) {
+  const A r = round_half_even(s.quotient(v));
   return (v != v ? A(0) : r) + zp;
 }
 
 template <typename A>
 EITP_HD A clamp_code(A r, A qmin, A qmax) {
+#ifdef __CUDA_ARCH__
+  return fmin(fmax(r, qmin), qmax);  // r is never NaN here: FMNMX
+#else
   r = r < qmin ? qmin : r;
   return r > qmax ? qmax : r;
+#endif
 }
 
 void quantize_int8_rows_cpu(const QuantRowsParams& p);

@@ -184,19 +184,18 @@ def _split_destinations(ins: Instr) -> tuple[list[str], list[str]]:
     ops = list(ins.operands)
     if not ops or ops[0].startswith(("[", "desc[")) or ins.base in _NO_DESTINATION:
         return [], ops
-    if ins.base in _SETP:  # predicates first, then sources
-        n = 0
-        while n < len(ops) and _PLAIN_PRED.fullmatch(ops[n]):
-            n += 1
+    if ins.base in _SETP:  # one or two predicates first (ISETP P0, PT, ...), then sources
+        n = 2 if len(ops) > 1 and _PLAIN_PRED.fullmatch(ops[0]) and _PLAIN_PRED.fullmatch(ops[1]) else 1
         return ops[:n], ops[n:]
-    # the first operand, and a second one that is a carry-out predicate or the register after a predicate
-    if len(ops) > 1 and (_PLAIN_PRED.fullmatch(ops[1]) or _PLAIN_PRED.fullmatch(ops[0])) \
-            and not ops[1].startswith(("[", "desc[")):
+    if _PLAIN_PRED.fullmatch(ops[0]) and len(ops) > 1:  # LOP3.LUT P0, R7, ...: a predicate and a register
         return ops[:2], ops[2:]
-    return ops[:1], ops[1:]
+    n = 1  # the register, then its carry-out predicates (IADD3 R21, P0, P1, ...)
+    while n < len(ops) and _PLAIN_PRED.fullmatch(ops[n]):
+        n += 1
+    return ops[:n], ops[n:]
 
 
-_NO_DESTINATION = {"STG", "STS", "ST", "STL", "RED", "BRA", "EXIT", "BAR", "CALL", "RET", "BSSY", "BSYNC", "WARPSYNC",
+_NO_DESTINATION = {"STG", "STS", "ST", "STL", "RED", "REDG", "BRA", "EXIT", "BAR", "CALL", "RET", "BSSY", "BSYNC", "WARPSYNC",
                    "MEMBAR", "DEPBAR", "NOP", "BPT", "YIELD", "ERRBAR", "CCTL", "REDUX", "BREAK", "BMOV"}
 
 
@@ -325,6 +324,15 @@ def _in_flight(body: list[Instr]) -> int:
     return best
 
 
+def _is_outside_call(ins: Instr, start: int, end: int) -> bool:
+    """A call to a subroutine (the division's slow path); sm_8x also 'calls' the next instruction to leave
+    a loop (CALL.REL.NOINC to end + 16), which is not one."""
+    if ins.base != "CALL":
+        return False
+    m = re.search(r"0x([0-9a-f]+)", ins.operands[-1]) if ins.operands else None
+    return not (m and start <= int(m.group(1), 16) <= end + 16)
+
+
 def _loop_stats(body: list[Instr], start: int, end: int, whole_kernel: bool = False) -> Loop:
     widths: dict = {}
     loaded = stored = 0
@@ -338,11 +346,11 @@ def _loop_stats(body: list[Instr], start: int, end: int, whole_kernel: bool = Fa
     return Loop(
         start=start, end=end, instructions=len(body), loaded=loaded, stored=stored, load_widths=widths,
         in_flight=_in_flight(body),
-        atomics=sum(ins.base in ("ATOM", "ATOMG", "ATOMS", "RED") for ins in body),
+        atomics=sum(ins.base in ("ATOM", "ATOMG", "ATOMS", "RED", "REDG") for ins in body),
         barriers=sum(ins.base == "BAR" for ins in body),
         votes=sum(ins.base in ("VOTE", "VOTEU", "MATCH") for ins in body),
         fp64=sum(bool(_FP64.match(ins.opcode)) for ins in body),
-        calls=sum(ins.base == "CALL" for ins in body),
+        calls=sum(_is_outside_call(ins, start, end) for ins in body),
         whole_kernel=whole_kernel,
     )
 
@@ -585,7 +593,7 @@ def cuda_reports(path: str | None = None, targets=TARGETS) -> list[KernelReport]
                               check=True).stdout
         for mangled, code in sorted(parse_sass(sass).items()):
             name, elem = _cuda_name(mangled)
-            use = usage.get(cc, {}).get(mangled, {})
+            use = (usage.get(cc) or usage.get(0) or {}).get(mangled, {})
             excluded = any(s in mangled for s in EXCLUDED_SOURCES)
             why = "coherence: matrix products and column statistics" if excluded else NOT_ELEMENTWISE.get(name, "")
             display = f"{name}<{elem}>" if elem else name
