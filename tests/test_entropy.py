@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import eitp_kernels
-from eitp_kernels import reference
+from eitp_kernels import _registration, reference
 from eitp_kernels._triton import triton
 from eitp_kernels.ops import entropy as ops
 from eitp_kernels.triton import entropy as triton_entropy
@@ -566,6 +566,7 @@ def test_many_ops_are_cudagraph_unsafe():
     # both copy a host-built table of data addresses per call: CUDA graphs must leave them out
     assert torch.Tag.cudagraph_unsafe in torch.ops.eitp.histogram_counts_many.default.tags
     if triton is not None:
+        assert _registration.define_triton_ops()  # the eitp_triton:: ops are defined on first need
         assert torch.Tag.cudagraph_unsafe in torch.ops.eitp_triton.histogram_counts_many.default.tags
 
 
