@@ -304,7 +304,7 @@ def test_a_layer_with_a_packed_weight_copies_and_pickles():
             assert twin._onednn_weight is None and twin._fbgemm_weight is None and twin._dequantized is None
             assert torch.equal(twin(x), y) and torch.equal(twin(x_few), y_few)
         older = pickle.loads(pickle.dumps(layer))
-        for name in ("_onednn_weight", "_fbgemm_weight", "_dequantized", "_plans"):
+        for name in ("_onednn_weight", "_fbgemm_weight", "_dequantized", "_plans", "_fast"):
             del older.__dict__[name]  # as pickled before these attributes existed
         assert torch.equal(older(x), y) and torch.equal(older(x_few), y_few)
         older.matmul = "dequantize"
@@ -399,6 +399,13 @@ def test_load_int8_decides_each_layers_paths_and_says_so():
     for m, path in ((1, "dequantized"), (31, "dequantized"), (32, expected[-1][1]), (512, expected[-1][1])):
         assert hidden.path(torch.randn(m, 512)) == path, m
     assert "path on cpu: " + enn.int8.describe_plan(expected) in repr(hidden)
+    if expected[-1][1] == enn.int8.INT8:
+        with torch.no_grad():
+            x1, x40 = torch.randn(1, 512), torch.randn(40, 512)
+            y1 = hidden(x1)
+            assert hidden._fast is not None and hidden._fast[6] == 31 * 512  # forward's shortcut, batches 1-31
+            assert torch.equal(hidden(x1), y1) and torch.equal(y1, _dequantized(hidden, x1))
+            assert not torch.equal(hidden(x40), _dequantized(hidden, x40))  # 40 rows: the int8 path
     summary = enn.int8_summary(model).splitlines()
     assert len(summary) == 3 and summary[1].startswith("2: Int8Linear 512 -> 512 on cpu: dequantized for batch 1-31")
     hidden.matmul = "int8"

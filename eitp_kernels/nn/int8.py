@@ -217,9 +217,10 @@ class Int8Linear(_Int8Weight):
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self._onednn_weight: _onednn_int8.PackedWeight | None = None  # the CPU int8 path's packed weights
         self._fbgemm_weight: _fbgemm_int8.PackedWeight | None = None
-        self._plans: dict = {}  # (device type, matmul, dtype) -> (path for <= FEW_ROWS rows, path for more)
+        self._plans: dict = {}  # (device type, matmul, dtype) -> Int8Linear.plan()
+        self._fast = None  # forward's shortcut for layers dequantized at every batch size
 
-    _CACHES = _Int8Weight._CACHES + ("_onednn_weight", "_fbgemm_weight")
+    _CACHES = _Int8Weight._CACHES + ("_onednn_weight", "_fbgemm_weight", "_fast")
 
     def _refresh_code_sums(self) -> None:
         affine = self.activation_symmetric is False
@@ -279,15 +280,38 @@ class Int8Linear(_Int8Weight):
         return self.path(x) == INT8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self.__dict__.get("_fast")
+        if fast is not None and not torch.compiler.is_compiling():
+            # A batch the plan gives the dequantized path: nn.Linear's cost, plus these
+            # checks (the cache's key, as dequantized_weight's, the plan's, the batch's size).
+            buffers = self._buffers
+            codes, scale = buffers["weight_int8"], buffers["weight_scale"]
+            if (fast[0] is codes and fast[1] == codes._version and fast[2] is scale and fast[3] == scale._version
+                    and fast[4] == (x.device.type, self.matmul, self.dtype) and x.dtype == self.dtype
+                    and (fast[6] is None or x.numel() <= fast[6])):
+                return F.linear(x, fast[5], self._parameters["bias"])
         path = self.path(x)
         if path == DEQUANTIZED:
-            return F.linear(_fake_quant_activation(x, self.activation_symmetric), self.dequantized_weight(),
-                            self.bias)
+            weight = self.dequantized_weight()
+            self._remember_fast_path(x, weight)
+            return F.linear(_fake_quant_activation(x, self.activation_symmetric), weight, self.bias)
         if path == INT8:
             return self._int8_forward(x)
         rows = _fake_quant_activation(x, self.activation_symmetric).reshape(-1, self.in_features)
         y = int8_linear.int8_weight_only_linear(rows, self.weight_int8, self.weight_scale, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _remember_fast_path(self, x: torch.Tensor, weight: torch.Tensor) -> None:
+        """Keep (codes, version, scales, version, plan key, weight, most input elements) for
+        forward's shortcut: the batches the plan for x's device starts with, when they are
+        dequantized and the activations are not quantized (None: every batch)."""
+        key = (x.device.type, self.matmul, self.dtype)
+        plan = self._plans.get(key) if "_plans" in self.__dict__ else None
+        if (plan and plan[0][1] == DEQUANTIZED and self.activation_symmetric is None and x.dtype == self.dtype
+                and not torch.compiler.is_compiling()):
+            codes, scale = self.weight_int8, self.weight_scale
+            most = (plan[1][0] - 1) * self.in_features if len(plan) > 1 else None
+            self._fast = (codes, codes._version, scale, scale._version, key, weight, most)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
