@@ -90,20 +90,20 @@ def test_the_constant_marking_is_what_assume_constant_result_sets():
         assert marks and all(getattr(marked, k, None) == v for k, v in marks.items()), (marked, marks)
 
 
-def _import_seconds(statement, repeats):
+def _import_seconds(statement):
     code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
-    times = []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-        times.append(float(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(times)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
     # The measurement behind "import eitp_kernels takes at most 1.3x import torch":
-    # interleaved fresh processes, medians.
+    # fresh processes, the two statements interleaved, medians.
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 7
-    torch_s = _import_seconds("import torch", repeats)
-    both_s = _import_seconds("import eitp_kernels", repeats)
-    print(f"import torch: {torch_s:.3f} s, import eitp_kernels (torch included): {both_s:.3f} s, "
-          f"ratio {both_s / torch_s:.2f} (medians of {repeats} fresh processes)")
+    torch_s, both_s = [], []
+    for _ in range(repeats):
+        torch_s.append(_import_seconds("import torch"))
+        both_s.append(_import_seconds("import eitp_kernels"))
+    a, b = statistics.median(torch_s), statistics.median(both_s)
+    print(f"import torch: {a:.3f} s, import eitp_kernels (torch included): {b:.3f} s, ratio {b / a:.2f} "
+          f"(medians of {repeats} interleaved fresh processes)")
