@@ -19,6 +19,7 @@ __all__ = [
     "slices_as_rows",
     "entropy_from_counts",
     "column_rstd",
+    "coherence_from_correlation",
     "to_rows",
     "from_rows",
     "scale_shape",
@@ -93,6 +94,22 @@ def column_rstd(var, eps, dtype):
     """
     beyond = ~(var <= torch.finfo(dtype).max)  # NaN variances too
     return torch.where(beyond, math.nan, torch.rsqrt(var.to(dtype) + eps))
+
+
+def coherence_from_correlation(r, diag_weight=1.0, offdiag_weight=1.0, squared=False):
+    """The coherence loss of a correlation matrix ``r`` (D x D', dimensionless):
+    ``L2 = diag_weight * sum_i (r_ii - 1)^2 + offdiag_weight * sum_{i != j} r_ij^2``
+    (the diagonal is ``i == j`` for ``i < min(D, D')``); ``L2`` if ``squared``
+    else ``sqrt(L2)``, in r's dtype. The one copy of this formula: the
+    reference's ``coherence_loss`` and the ``process_group`` path (the global
+    R) use it.
+    """
+    eye = torch.eye(r.shape[0], r.shape[1], dtype=torch.bool, device=r.device)
+    diag = torch.diagonal(r)
+    l_diag = ((diag - 1.0) ** 2).sum()
+    l_off = (r.masked_fill(eye, 0.0) ** 2).sum()
+    l2 = diag_weight * l_diag + offdiag_weight * l_off
+    return l2 if squared else torch.sqrt(l2)
 
 
 def to_rows(t, granularity, axis, group_size):

@@ -35,22 +35,21 @@ _pending_triton_ops: list[tuple] = []
 _triton_defined = [False]  # whether define_triton_ops ran (later registrations define at once)
 
 
-def register(name: str, launcher: str | None, fake: Callable, *, compiled_fake: Callable | None = None,
+def register(name: str, launcher: str | None, fake: Callable, *,
              autograd: tuple[Callable, Callable] | None = None, tags: tuple = (), compiled: bool = True) -> None:
     """Register op ``name`` in every namespace that exists here.
 
     ``launcher``: the Triton implementation as ``"<module>.<function>"`` in
     :mod:`eitp_kernels.triton` (imported only when the Triton ops are
     defined; None where the op has no Triton twin); ``fake``: shapes and dtypes of the outputs, for both namespaces
-    (``compiled_fake`` instead for ``eitp`` where the compiled schema has more
-    than the Triton one); ``autograd``: ``(setup_context, backward)``, where
+    (the two schemas are the same); ``autograd``: ``(setup_context, backward)``, where
     ``backward(ops, ctx, *grads)`` gets the namespace's ops (``torch.ops.eitp``
     or ``torch.ops.eitp_triton``) to call its backward op; ``tags``: the
     Triton op's tags (the compiled op's come from its C++ schema);
     ``compiled=False``: an op with no ``eitp::`` kernel (Triton and eager only).
     """
     if compiled and _extension.load()[0]:
-        torch.library.register_fake(f"{COMPILED}::{name}", compiled_fake or fake)
+        torch.library.register_fake(f"{COMPILED}::{name}", fake)
         _register_autograd(COMPILED, name, autograd)
     if launcher is None:
         return

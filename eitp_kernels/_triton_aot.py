@@ -205,8 +205,10 @@ def op_calls():
 
 
 def _coherence_both(coherence, x, y, squared):
-    loss, mx, rx, my, ry = coherence.coherence_forward(x, y, 1.0, 0.5, squared, 1e-5)
-    coherence.coherence_backward(torch.ones(()), loss, x, y, mx, rx, my, ry, 1.0, 0.5, squared)
+    # every path (GRAM, BLOCKS, PRODUCT: eitp_kernels.ops.coherence.plan) forward and backward
+    for path in (coherence.GRAM, coherence.BLOCKS, coherence.PRODUCT):
+        out = coherence.coherence_forward(x, y, 1.0, 0.5, squared, 1e-5, path)
+        coherence.coherence_backward(torch.ones(()), out[0], x, y, *out[1:], 1.0, 0.5, squared, path)
 
 
 def record(calls=None, cc: int = 90) -> list[Launch]:

@@ -23,7 +23,7 @@ ENTROPY_LOG_FLOOR, compute_dtype, finite_minmax, histogram_counts,
 histogram_entropy, standardize_columns, correlation_matrix, coherence_loss,
 quantize_int8, dequantize_int8, fake_quant_int8; and the steps the op modules
 share with them: divide, slices_as_rows, bin_counts, entropy_from_counts,
-linear_binning_counts, column_rstd, to_rows, from_rows, scale_shape,
+linear_binning_counts, column_rstd, coherence_from_correlation, to_rows, from_rows, scale_shape,
 int8_params_from_range.
 """
 
@@ -33,6 +33,7 @@ import torch
 
 from eitp_kernels._layout import (
     ENTROPY_LOG_FLOOR,
+    coherence_from_correlation,
     column_rstd,
     compute_dtype,
     divide,
@@ -54,6 +55,7 @@ __all__ = [
     "standardize_columns",
     "correlation_matrix",
     "coherence_loss",
+    "coherence_from_correlation",
     "quantize_int8",
     "dequantize_int8",
     "fake_quant_int8",
@@ -372,13 +374,7 @@ def coherence_loss(x, y=None, diag_weight=1.0, offdiag_weight=1.0,
     single column): the non-squared loss then has a NaN gradient; use
     ``squared=True`` where that can happen.
     """
-    r = correlation_matrix(x, y, eps)
-    eye = torch.eye(r.shape[0], r.shape[1], dtype=torch.bool, device=r.device)
-    diag = torch.diagonal(r)
-    l_diag = ((diag - 1.0) ** 2).sum()
-    l_off = (r.masked_fill(eye, 0.0) ** 2).sum()
-    l2 = diag_weight * l_diag + offdiag_weight * l_off
-    return l2 if squared else torch.sqrt(l2)
+    return coherence_from_correlation(correlation_matrix(x, y, eps), diag_weight, offdiag_weight, squared)
 
 
 # --------------------------------------------------------------------------

@@ -6,11 +6,14 @@ import torch
 import eitp_kernels
 from eitp_kernels import nn as eitp_nn
 from eitp_kernels import reference
+from eitp_kernels.ops import coherence as coherence_ops
 
 from conftest import FLOAT_DTYPES, cpu_backends
 
 CPU_BACKENDS = cpu_backends()
 COMPILED = ["cpp", pytest.param("triton", marks=pytest.mark.triton_interpret)]
+GRAM, BLOCKS, PRODUCT = coherence_ops.GRAM, coherence_ops.BLOCKS, coherence_ops.PRODUCT
+PATHS = [GRAM, BLOCKS, PRODUCT]
 
 
 def _ours(backend, *args, **kwargs):
@@ -290,13 +293,20 @@ def test_bad_inputs_name_the_argument():
 
 def test_compiled_ops_check_their_inputs():
     with pytest.raises(ValueError, match="at least 2 rows"):
-        torch.ops.eitp.coherence_forward(torch.randn(1, 3), None, 1.0, 1.0, False, 1e-5)
+        torch.ops.eitp.coherence_forward(torch.randn(1, 3), None, 1.0, 1.0, False, 1e-5, PRODUCT)
     with pytest.raises(ValueError, match="must be 2-D"):
-        torch.ops.eitp.coherence_forward(torch.randn(4), None, 1.0, 1.0, False, 1e-5)
+        torch.ops.eitp.coherence_forward(torch.randn(4), None, 1.0, 1.0, False, 1e-5, PRODUCT)
     with pytest.raises(ValueError, match="as many rows as x"):
-        torch.ops.eitp.coherence_forward(torch.randn(4, 2), torch.randn(3, 2), 1.0, 1.0, False, 1e-5)
+        torch.ops.eitp.coherence_forward(torch.randn(4, 2), torch.randn(3, 2), 1.0, 1.0, False, 1e-5, PRODUCT)
     with pytest.raises(TypeError, match="both be float64"):
-        torch.ops.eitp.coherence_forward(torch.randn(4, 2), torch.randn(4, 2).double(), 1.0, 1.0, False, 1e-5)
+        torch.ops.eitp.coherence_forward(torch.randn(4, 2), torch.randn(4, 2).double(), 1.0, 1.0, False, 1e-5,
+                                         PRODUCT)
+    with pytest.raises(ValueError, match="path must be 0"):
+        torch.ops.eitp.coherence_forward(torch.randn(4, 2), None, 1.0, 1.0, False, 1e-5, 3)
+    x = torch.randn(4, 2)
+    out = torch.ops.eitp.coherence_forward(x, None, 1.0, 1.0, False, 1e-5, GRAM)
+    with pytest.raises(ValueError, match=r"product must be \(D, D'\) = \(2, 2\)"):
+        torch.ops.eitp.coherence_backward(torch.ones(()), out[0], x, None, *out[1:], 1.0, 1.0, False, PRODUCT)
 
 
 # --------------------------------------------------------------------------
@@ -304,19 +314,24 @@ def test_compiled_ops_check_their_inputs():
 # --------------------------------------------------------------------------
 
 
+def _opcheck_both(ops, x, y, path):
+    # The fake kernel derives the product's shape from the path: opcheck compares it with the real one's.
+    torch.library.opcheck(ops.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5, path))
+    loss, mx, rx, my, ry, product = ops.coherence_forward(x.detach(), None if y is None else y.detach(), 0.5, 2.0,
+                                                          False, 1e-5, path)
+    assert product.shape == ((x.shape[1], x.shape[1] if y is None else y.shape[1]) if path == PRODUCT else (0,))
+    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, product, 0.5,
+            2.0, False, path)
+    torch.library.opcheck(ops.coherence_backward.default, args)
+
+
 @pytest.mark.parametrize("with_y", [False, True])
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("keep_product", [False, True])
-def test_opcheck_compiled_ops(with_y, transposed, keep_product):
+@pytest.mark.parametrize("path", PATHS)
+def test_opcheck_compiled_ops(with_y, transposed, path):
     x = torch.randn(5, 9).t().requires_grad_() if transposed else torch.randn(9, 5, requires_grad=True)
     y = torch.randn(9, 4, requires_grad=True) if with_y else None
-    torch.library.opcheck(torch.ops.eitp.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5, keep_product))
-    loss, mx, rx, my, ry, product = torch.ops.eitp.coherence_forward(
-        x.detach(), None if y is None else y.detach(), 0.5, 2.0, False, 1e-5, keep_product)
-    assert product.shape == ((5, 4 if with_y else 5) if keep_product else (0,))
-    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, False,
-            product)
-    torch.library.opcheck(torch.ops.eitp.coherence_backward.default, args)
+    _opcheck_both(torch.ops.eitp, x, y, path)
 
 
 @pytest.mark.parametrize("shape", [(300, 40, None), (300, 40, 70), (30, 50, None), (30, 50, 60), (700, 600, None)],
@@ -329,8 +344,8 @@ def test_kept_product_native(shape):
     n, d, dp = shape
     x = torch.randn(n, d, dtype=torch.float64) * 2 + 1
     y = None if dp is None else torch.randn(n, dp, dtype=torch.float64) - 1
-    out = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, True)
-    plain = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5)
+    out = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, PRODUCT)
+    plain = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, GRAM)
     assert plain[5].shape == (0,)
     torch.testing.assert_close(out[0], plain[0], rtol=1e-11, atol=0)
 
@@ -340,8 +355,8 @@ def test_kept_product_native(shape):
     zy = z(x) if y is None else z(y)
     torch.testing.assert_close(out[5], z(x).t() @ zy, rtol=1e-11, atol=1e-9)
     grads = [torch.ops.eitp.coherence_backward(torch.tensor(1.5, dtype=torch.float64), loss, x, y, mx, rx, my, ry,
-                                               0.5, 2.0, False, product)
-             for loss, mx, rx, my, ry, product in (out, plain)]
+                                               product, 0.5, 2.0, False, path)
+             for (loss, mx, rx, my, ry, product), path in ((out, PRODUCT), (plain, GRAM))]
     for kept, recomputed in zip(*grads):
         torch.testing.assert_close(kept, recomputed, rtol=1e-10, atol=1e-12)
 
@@ -370,11 +385,8 @@ def test_opcheck_triton_ops(with_y):
 
     x = torch.randn(9, 5, requires_grad=True)
     y = torch.randn(9, 4, requires_grad=True) if with_y else None
-    torch.library.opcheck(torch.ops.eitp_triton.coherence_forward.default, (x, y, 0.5, 2.0, True, 1e-5))
-    loss, mx, rx, my, ry = torch.ops.eitp_triton.coherence_forward(x.detach(), None if y is None else y.detach(),
-                                                                   0.5, 2.0, True, 1e-5)
-    args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, 0.5, 2.0, True)
-    torch.library.opcheck(torch.ops.eitp_triton.coherence_backward.default, args)
+    for path in PATHS:
+        _opcheck_both(torch.ops.eitp_triton, x, y, path)
 
 
 def _train_step_matches(backend_name, compile_backend):
@@ -487,6 +499,96 @@ def test_barlow_twins_rejects_different_widths():
 
 
 # --------------------------------------------------------------------------
+# the planner: one pure function of the shapes, the device and whether a
+# gradient follows; every backend takes its path as an argument
+# --------------------------------------------------------------------------
+
+# (N, D, D' or None) just on each side of the Gram rule: the N x N Gram path
+# when it costs under half the multiply-adds of P (self 2N < D, cross N (D + D') < D D').
+GRAM_SIDE = [(20, 41, None), (23, 40, 60)]
+PRODUCT_SIDE = [(20, 40, None), (24, 40, 60)]
+
+
+@pytest.mark.parametrize("shape", GRAM_SIDE + PRODUCT_SIDE, ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_plan_gram_rule(shape):
+    gram = shape in GRAM_SIDE
+    for device in ("cpu", "cuda"):
+        for backward in (False, True):
+            got = coherence_ops.plan(*shape, device, backward)
+            assert (got == GRAM) == gram, (shape, device, backward, got)
+            if not gram and (backward or device == "cuda"):
+                assert got == PRODUCT
+
+
+def test_plan_cpu_forward_alone():
+    assert coherence_ops.plan(2048, 1024, None, "cpu", False) == BLOCKS  # half the multiply-adds
+    assert coherence_ops.plan(2048, 1024, 1024, "cpu", False) == PRODUCT  # P no larger than the inputs
+    assert coherence_ops.plan(512, 1024, 1024, "cpu", False) == BLOCKS  # P twice the inputs
+    assert coherence_ops.plan(512, 1024, 1024, "cuda", False) == PRODUCT
+
+
+def test_python_plans_product_whenever_a_gradient_is_taken():
+    x = torch.randn(24, 40, dtype=torch.float64)
+    y = torch.randn(24, 60, dtype=torch.float64)
+    assert coherence_ops._plan_for(x, y) == BLOCKS
+    x.requires_grad_()
+    assert coherence_ops._plan_for(x, y) == PRODUCT
+    with torch.no_grad():
+        assert coherence_ops._plan_for(x, y) == BLOCKS
+
+
+def _path_results(ops, x, y, path, squared):
+    out = ops.coherence_forward(x, y, 0.7, 1.3, squared, 1e-5, path)
+    grads = ops.coherence_backward(torch.tensor(1.5, dtype=x.dtype), out[0], x, y, *out[1:], 0.7, 1.3, squared, path)
+    return out[0], grads
+
+
+def _assert_paths_agree(ops, shape, offset):
+    # every path on fp64 inputs: the loss and gradients of the reference's autograd
+    n, d, dp = shape
+    g = torch.Generator().manual_seed(n * d)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 2 + offset * torch.linspace(-1, 1, d, dtype=torch.float64)
+    y = None if dp is None else torch.randn(n, dp, generator=g, dtype=torch.float64) + 0.3 * x[:, :1]
+    for squared in (False, True):
+        xr = x.clone().requires_grad_()
+        yr = None if y is None else y.clone().requires_grad_()
+        ref = reference.coherence_loss(xr, yr, diag_weight=0.7, offdiag_weight=1.3, squared=squared)
+        want = torch.autograd.grad(ref * 1.5, [t for t in (xr, yr) if t is not None])
+        for path in PATHS:
+            loss, grads = _path_results(ops, x, y, path, squared)
+            torch.testing.assert_close(loss, ref.detach(), rtol=1e-10, atol=0, msg=f"path {path}")
+            for got, exp in zip(grads, want):
+                torch.testing.assert_close(got, exp, rtol=1e-8, atol=1e-10, msg=f"path {path}")
+
+
+@pytest.mark.parametrize("shape", [(20, 41, None), (24, 40, 60), (70, 33, 40), (300, 70, None)],
+                         ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_every_path_native(shape):
+    _assert_paths_agree(torch.ops.eitp, shape, offset=1.0)
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.parametrize("shape", [(20, 41, None), (24, 40, 60), (70, 33, 40)],
+                         ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
+def test_every_path_triton(shape):
+    from eitp_kernels.ops import coherence  # noqa: F401  (registers the Triton ops)
+
+    # offset 12: column means from 0 to 6 standard deviations, so some 32 x 32
+    # tiles of P take the raw product and others are recomputed standardized
+    _assert_paths_agree(torch.ops.eitp_triton, shape, offset=12.0)
+
+
+@pytest.mark.triton_interpret
+def test_triton_raw_product_tiles_fp32():
+    # fp32: tiles within the mean limit from the corrected raw product, the
+    # others recomputed; the loss and gradients against the fp64 reference
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 70, generator=g) + torch.linspace(-8, 8, 70)
+    y = torch.randn(200, 45, generator=g) + 0.5 * x[:, :45]
+    _grads_vs_reference("triton", x, y, diag_weight=1.0, offdiag_weight=0.0051, squared=True)
+
+
+# --------------------------------------------------------------------------
 # CPU cross-correlation backward by row blocks (kept P, N >= D: Barlow Twins)
 # --------------------------------------------------------------------------
 
@@ -566,12 +668,12 @@ def test_cross_row_block_backward_thread_counts_native():
     y = torch.randn(1100, 80, generator=g) + 0.5 * x[:, :80]
     old = torch.get_num_threads()
     try:
-        fwd = torch.ops.eitp.coherence_forward(x, y, 1.0, 0.0051, False, 1e-5, True)
+        fwd = torch.ops.eitp.coherence_forward(x, y, 1.0, 0.0051, False, 1e-5, PRODUCT)
         results = []
         for threads in (1, 2, 1):
             torch.set_num_threads(threads)
-            results.append(torch.ops.eitp.coherence_backward(torch.tensor(1.5), fwd[0], x, y, *fwd[1:5], 1.0, 0.0051,
-                                                             False, fwd[5]))
+            results.append(torch.ops.eitp.coherence_backward(torch.tensor(1.5), fwd[0], x, y, *fwd[1:6], 1.0, 0.0051,
+                                                             False, PRODUCT))
     finally:
         torch.set_num_threads(old)
     for other in results[1:]:
@@ -583,21 +685,22 @@ def test_cross_row_block_backward_matches_whole_matrix_backward_fp32_native():
     # Columns with a mean 3000x their spread: the standardized columns' means
     # (about 1e-5, not 0, in fp32) enter the gradient at the 1e-5 level; the
     # row-block backward accounts for them like the whole-matrix epilogue
-    # (product=None), which sums dz itself.
+    # (the GRAM path's), which sums dz itself.
     g = torch.Generator().manual_seed(5)
     x = torch.randn(700, 40, generator=g) + 3e3
     y = torch.randn(700, 30, generator=g) + 0.5 * x[:, :30]
-    out = torch.ops.eitp.coherence_forward(x, y, 1.0, 0.0051, True, 1e-5, True)
+    out = torch.ops.eitp.coherence_forward(x, y, 1.0, 0.0051, True, 1e-5, PRODUCT)
     one = torch.tensor(1.0)
-    whole = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:5], 1.0, 0.0051, True, None)
-    rows = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:5], 1.0, 0.0051, True, out[5])
+    whole = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:5], out[5].new_empty(0), 1.0, 0.0051, True,
+                                              GRAM)
+    rows = torch.ops.eitp.coherence_backward(one, out[0], x, y, *out[1:6], 1.0, 0.0051, True, PRODUCT)
     for got, exp in zip(rows, whole):
         assert _rel(got, exp) < 1e-6, _rel(got, exp)
 
 
 # --------------------------------------------------------------------------
 # CPU cross-correlation by products of the raw inputs (column means within two
-# standard deviations of zero: csrc/bindings/coherence.cpp, kRawMeanLimit)
+# standard deviations of zero: csrc/kernels/coherence.h, kRawMeanLimit)
 # --------------------------------------------------------------------------
 
 RAW_SHAPES = ROW_BLOCK_SHAPES + [(2, 1, 1), (64, 64, 5), (257, 33, 64)]

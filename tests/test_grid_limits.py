@@ -80,8 +80,9 @@ def test_triton_coherence_grids_fit_cuda_limits(grids, n, d, dp):
     backward = coherence.coherence_backward
     x = torch.empty((n, d), device="meta")
     y = torch.empty((n, dp), device="meta") if dp else None
-    loss, mx, rx, my, ry = forward(x, y, 1.0, 1.0, False, 1e-5)
-    backward(torch.ones((), device="meta"), loss, x, y, mx, rx, my, ry, 1.0, 1.0, False)
+    for path in (coherence.GRAM, coherence.PRODUCT):
+        out = forward(x, y, 1.0, 1.0, False, 1e-5, path)
+        backward(torch.ones((), device="meta"), out[0], x, y, *out[1:], 1.0, 1.0, False, path)
     _assert_within_limits(grids)
 
 

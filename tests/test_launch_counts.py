@@ -17,10 +17,11 @@ needs_triton = pytest.mark.skipif(_triton.triton is None, reason="triton not ins
 # printed by `python -m eitp_kernels.bench.launches`).
 MET = {
     "cuda": ["histogram_entropy_many(fp32, fp64, fp16)", "fake_quant_int8(x, channel)",
-             "fake_quant_int8(x, channel) fwd+bwd", "dequantize_int8(q, channel)"],
+             "fake_quant_int8(x, channel) fwd+bwd", "dequantize_int8(q, channel)",
+             "coherence_loss(x, y) Barlow Twins fwd+bwd"],
     "triton": ["histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
                "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "fake_quant_int8(x, channel) fwd+bwd",
-               "dequantize_int8(q, channel)"],
+               "dequantize_int8(q, channel)", "coherence_loss(x, y) Barlow Twins fwd+bwd"],
 }
 
 
@@ -88,9 +89,8 @@ def test_forced_backend_is_restored_and_rejects_cpu_backends():
 
 
 @needs_extension
-def test_every_extension_op_but_coherence_has_a_cuda_table_entry():
-    ops = {name for name in torch._C._dispatch_get_all_op_names()
-           if name.startswith("eitp::") and not name.startswith("eitp::coherence")}
+def test_every_extension_op_has_a_cuda_table_entry():
+    ops = {name for name in torch._C._dispatch_get_all_op_names() if name.startswith("eitp::")}
     assert "eitp::histogram_counts" in ops
     assert ops <= set(launches.CUDA_ONLY), sorted(ops - set(launches.CUDA_ONLY))
 

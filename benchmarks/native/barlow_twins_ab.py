@@ -4,6 +4,11 @@ the plain formula, interleaved in one process or each alone (--solo).
     .venv/bin/python benchmarks/native/barlow_twins_ab.py --threads 2
     .venv/bin/python benchmarks/native/barlow_twins_ab.py --threads 1 --cpu-time --shapes 2048x1024
     .venv/bin/python benchmarks/native/barlow_twins_ab.py --threads 2 --solo --shapes 2048x1024,4096x2048
+    .venv/bin/python benchmarks/native/barlow_twins_ab.py --threads 1 --cpu-time --solo --baseline ../before
+
+--baseline DIR (with --solo) adds "before": ours as built in another checkout
+DIR (its eitp_kernels, with its compiled extension), timed in the same rounds,
+so a change is measured against the tree before it in one run.
 
 Each repeat times ours, lightly and the plain formula back to back (order
 reversed every other repeat), so a busy spell hits all three; the table gives
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,6 +62,7 @@ def plain(a, b, lam):
 
 
 LAMBDA = 0.0051
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def inputs(n: int, d: int):
@@ -112,6 +119,7 @@ def main():
     parser.add_argument("--cpu-time", action="store_true", help="time.thread_time instead of perf_counter")
     parser.add_argument("--solo", action="store_true", help="each implementation alone in its own process")
     parser.add_argument("--rounds", type=int, default=3, help="--solo: processes per implementation")
+    parser.add_argument("--baseline", help="--solo: a checkout whose eitp_kernels is timed as 'before'")
     parser.add_argument("--worker", nargs=3, metavar=("NAME", "SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,7 +176,7 @@ def worker(args, clock):
 
 
 def solo(args):
-    names = ["ours", "lightly", "plain", "products"]
+    names = ["ours"] + (["before"] if args.baseline else []) + ["lightly", "plain", "products"]
     print(f"threads {args.threads}, {'thread CPU' if args.cpu_time else 'wall'} time, each alone in its process: "
           f"medians of {args.rounds} processes' medians of {args.repeats}")
     for shape in args.shapes.split(","):
@@ -176,12 +184,19 @@ def solo(args):
             medians = {k: [] for k in names}
             for r in range(args.rounds):
                 for k in names[r % len(names):] + names[:r % len(names)]:
-                    cmd = [sys.executable, __file__, "--worker", k, shape, mode, "--threads", str(args.threads),
-                           "--repeats", str(args.repeats)] + (["--cpu-time"] if args.cpu_time else [])
-                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    cmd = [sys.executable, __file__, "--worker", "ours" if k == "before" else k, shape, mode,
+                           "--threads", str(args.threads), "--repeats", str(args.repeats)] + \
+                        (["--cpu-time"] if args.cpu_time else [])
+                    tree = args.baseline if k == "before" else ROOT
+                    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tree).stdout
                     medians[k].append(statistics.median(json.loads(out.splitlines()[-1])))
             med = {k: statistics.median(v) * 1e3 for k, v in medians.items()}
             report(shape, mode, med, {k: med[k] / med["ours"] for k in ("lightly", "plain")})
+            if args.baseline:
+                print(f"{'':>10} {mode:8s} before {med['before']:9.3f} ms  before/ours {med['before'] / med['ours']:.3f}"
+                      f"  lightly/before {med['lightly'] / med['before']:.3f}  plain/before "
+                      f"{med['plain'] / med['before']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,44 +1,37 @@
 // eitp::coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight,
-//                         bool squared, float eps, bool keep_product=False)
+//                         bool squared, float eps, int path)
 //     -> (Tensor loss, Tensor mean_x, Tensor rstd_x, Tensor mean_y, Tensor rstd_y, Tensor product)
 // eitp::coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x,
-//                          Tensor rstd_x, Tensor mean_y, Tensor rstd_y, float diag_weight,
-//                          float offdiag_weight, bool squared, Tensor? product=None)
+//                          Tensor rstd_x, Tensor mean_y, Tensor rstd_y, Tensor product,
+//                          float diag_weight, float offdiag_weight, bool squared, int path)
 //     -> (Tensor dx, Tensor dy)
-// eitp::coherence_forward_keeps_product(int n, int d, int? d_y) -> bool
-//     whether coherence_forward with keep_product returns the (D, D') product
-//     for x (n, d) and y (n, d_y) (None: self-correlation), else an empty one
+// The same schemas as eitp_triton:: (eitp_kernels/triton/coherence.py).
 //
 // x: (N, D), y: (N, D') or None (self-correlation), float dtypes with the same
 // accumulation dtype (fp64, or fp32 for fp16/bf16/fp32). loss: () in the
 // accumulation dtype; mean/rstd: (D,) column statistics (mean_y/rstd_y are
-// empty (0,) tensors for self-correlation). keep_product: a backward will
-// follow (the caller takes a gradient), so a P the forward makes is kept for
-// it. product: P = Zx^T Zy (D, D') in the accumulation dtype
-// (self: symmetric) when keep_product and the forward takes the block path,
-// else empty (0,) (the Gram path makes no P; coherence_backward recomputes).
-// dx/dy: gradients in x's / y's dtype (dy empty for self-correlation).
+// empty (0,) tensors for self-correlation). path: the planner's choice
+// (eitp_kernels/ops/coherence.py, plan; decided once, from the shapes, the
+// device and whether a backward follows): 0 GRAM (N x N Gram matrices, short
+// wide batches), 1 BLOCKS (P reduced block by block, never whole: CPU
+// forward only), 2 PRODUCT (P made whole and returned: the backward's input).
+// product: P = Zx^T Zy (D, D') in the accumulation dtype for PRODUCT, else
+// empty (0,). dx/dy: gradients in x's / y's dtype (dy empty for self).
 //
-// Forward: P is reduced in blocks of at most kTileRows x kTileCols, each to
-// the two partial sums of the loss. Self-correlation makes only the blocks on
-// and right of the diagonal, each by one matrix product (ATen: BLAS /
-// cuBLAS) reduced as it is made. Cross-correlation on the CPU makes the whole
-// P by one threaded product first when it is kept or no larger than the
-// inputs (whole_product_fits); otherwise block by block as above, so without
-// keep_product a P larger than the inputs is never allocated. Short, wide
-// batches (N < D/2) use N x N Gram matrices instead (far fewer flops;
-// gram_path_is_cheaper, the one place that decides the path). With
-// keep_product the block path writes its blocks into one D x D' matrix that
-// the backward reuses.
-// Backward: W = Zp (Zp^T Z): with a kept P one product; else by the cheaper
-// association (one D x D' or up to two N x N buffers). Then one fused
-// epilogue pass per side. On the CPU, cross-correlation with a kept P goes
-// by row blocks instead (backward_cross_rows: no N x D intermediates).
-#include <ATen/Parallel.h>
-
+// This file checks, allocates and fills the params; the CPU thread
+// scheduling is in csrc/cpu, the kernels in csrc/cpu and csrc/cuda, the
+// products by ATen (BLAS, cuBLAS). How each path runs:
+//   GRAM      both devices: standardized Z, Gram matrices, the sums from them;
+//             backward W = (Zp Zp^T) Z and the fused epilogue per side.
+//   BLOCKS    CPU: blocks of standardized columns shared out to the threads.
+//   PRODUCT   CPU self: the blocks on and right of the diagonal into P, then
+//             mirrored; backward W = Z P and the epilogue. CPU cross: one
+//             product of the raw inputs corrected in place (kernels/
+//             coherence.h, CoherenceRawParams) where the means allow, else of
+//             standardized copies; backward by the raw form or by row blocks.
+//             CUDA (self and cross): the raw form, one product forward and
+//             one per gradient backward, the rest in seven kernel launches.
 #include <algorithm>
-#include <atomic>
-#include <functional>
 #include <vector>
 
 #include "bindings/tensor_args.h"
@@ -46,6 +39,13 @@
 
 namespace eitp {
 namespace {
+
+constexpr int64_t kGram = 0, kBlocks = 1, kProduct = 2;
+
+void check_path(int64_t path, const char* op) {
+  TORCH_CHECK_VALUE(path == kGram || path == kBlocks || path == kProduct, op,
+                    ": path must be 0 (GRAM), 1 (BLOCKS) or 2 (PRODUCT), got ", path);
+}
 
 // Blocks of P = Zx^T Zy: kTileRows x kTileCols per matrix product.
 // Self-correlation then costs 1/2 + kTileRows / (2D) of the multiply-adds of
@@ -160,7 +160,7 @@ at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::T
 template <typename Backend>
 at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
   const int64_t k = a.size(1);
-  if (k <= kGramPanel) return at::mm(a.t(), a);
+  if (!Backend::kPanelGram || k <= kGramPanel) return at::mm(a.t(), a);
   at::Tensor out = at::empty({k, k}, a.options());
   for (int64_t i0 = 0; i0 < k; i0 += kGramPanel) {
     const int64_t rows = std::min(kGramPanel, k - i0);
@@ -169,25 +169,6 @@ at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
   }
   be.mirror(out);
   return out;
-}
-
-// Whether the forward reduces N x N Gram matrices instead of blocks of the
-// D x D' product: when that costs less than half the multiply-adds (self:
-// N^2 D vs N D^2 / 2 .. N D^2, i.e. 2N < D). The Gram path keeps no product
-// even when keep_product: making P there would cost the flops it saves.
-bool gram_path_is_cheaper(int64_t n, int64_t d, int64_t dp, bool self) {
-  const double tile_cost = self ? double(n) * d * d : 2.0 * n * d * dp;
-  const double gram_cost = self ? double(n) * n * d : double(n) * n * (d + dp);
-  return 2.0 * gram_cost < tile_cost;
-}
-
-// The same rule as an op (coherence_forward_keeps_product), for the forward's
-// fake kernel (ops/coherence.py), which gives the outputs' shapes without
-// running the forward: whether coherence_forward(x (n, d), y (n, d_y) or
-// None for self-correlation, keep_product=True) returns the (D, D') product
-// rather than an empty one.
-bool forward_keeps_product(int64_t n, int64_t d, std::optional<int64_t> d_y) {
-  return !gram_path_is_cheaper(n, d, d_y.value_or(d), !d_y.has_value());
 }
 
 // (2,) double: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2 from N x N
@@ -227,131 +208,101 @@ std::vector<Block> product_blocks(int64_t d, int64_t dp, bool self) {
   return blocks;
 }
 
-// Whether cross-correlation makes the whole D x D' product by one (threaded)
-// matrix product before reducing it block by block: when P is no larger than
-// the inputs (D D' <= N (D + D') / 2), so the memory stays of the inputs'
-// order. One threaded product does less work than single-threaded blocks
-// shared out to the threads (2048 x 1024 fwd, 2 threads: 16.0 ms against
-// 17.4, `benchmarks/native/barlow_twins_ab.py --threads 2`), though it loses
-// while other processes compete for the cores (one descheduled thread stalls
-// it).
-bool whole_product_fits(int64_t n, int64_t d, int64_t dp) {
-  return 2.0 * double(d) * double(dp) <= double(n) * double(d + dp);
+// The loss from P's blocks on the CPU (coherence_reduce_tiles_cpu shares
+// them out to the threads). product undefined: each block made into its
+// worker's scratch (BLOCKS); defined: blocks made into it, or (whole) already
+// made and only read.
+struct TileContext {
+  at::Tensor zx, zy, product;
+  std::vector<Block> blocks;
+  bool whole, self;
+  at::TensorOptions options;
+};
+
+CoherenceTileParams make_tile(void* context, int64_t index, void* scratch) {
+  TileContext& c = *static_cast<TileContext*>(context);
+  const Block& b = c.blocks[index];
+  at::Tensor tile = c.product.defined() ? c.product.narrow(0, b.row0, b.rows).narrow(1, b.col0, b.cols)
+                                        : at::from_blob(scratch, {b.rows, b.cols}, c.options);
+  if (!c.whole) at::mm_out(tile, c.zx.narrow(1, b.row0, b.rows).t(), c.zy.narrow(1, b.col0, b.cols));
+  CoherenceTileParams p;
+  p.tile = tile.data_ptr();
+  p.is_double = c.zx.scalar_type() == at::kDouble;
+  p.rows = b.rows;
+  p.cols = b.cols;
+  p.ld = tile.stride(0);
+  p.row0 = b.row0;
+  p.col0 = b.col0;
+  p.n = c.zx.size(0);
+  p.symmetric = c.self;
+  return p;
 }
 
-// Cross-correlation on the CPU multiplies the raw inputs (in the accumulation
-// dtype) and corrects the product (kernels/coherence.h,
-// CoherenceCenterProductParams) when every column's mean is within
-// kRawMeanLimit standard deviations of zero: the error of X^T Y relative to P
-// then grows at most 1 + 2^2 = 5-fold, and the passes that write standardized
-// copies of x and y (forward) or of their row blocks (backward) go.
-constexpr double kRawMeanLimit = 2.0;
-
-bool raw_products_apply(const Sides& s, const at::Tensor& mean_x, const at::Tensor& rstd_x, const at::Tensor& mean_y,
-                        const at::Tensor& rstd_y) {
-  auto offset = [](const at::Tensor& mean, const at::Tensor& rstd) {
-    return (mean.to(at::kDouble).abs() * rstd.to(at::kDouble)).max().item<double>();
-  };
-  // A NaN statistic fails the comparison: the standardized path keeps its NaN rules.
-  return offset(mean_x, rstd_x) <= kRawMeanLimit && offset(mean_y, rstd_y) <= kRawMeanLimit;
+void cpu_block_loss(const at::Tensor& zx, const at::Tensor& zy, bool self, const at::Tensor& product, bool whole,
+                    double a, double b, bool squared, at::Tensor& loss) {
+  TileContext c{zx, zy, product, product_blocks(zx.size(1), zy.size(1), self), whole, self, zx.options()};
+  const int64_t count = static_cast<int64_t>(c.blocks.size());
+  at::Tensor scratch;
+  int64_t scratch_bytes = 0;
+  if (!product.defined()) {
+    scratch_bytes = c.blocks.front().rows * c.blocks.front().cols * static_cast<int64_t>(zx.element_size());
+    scratch = at::empty({coherence_tile_workers_cpu(count) * scratch_bytes}, zx.options().dtype(at::kByte));
+  }
+  coherence_reduce_tiles_cpu(count, &make_tile, &c, scratch.defined() ? scratch.data_ptr() : nullptr,
+                             scratch_bytes, zx.scalar_type() == at::kDouble, a, b, squared, loss.data_ptr());
 }
 
-template <typename Backend>
-void center_product(at::Tensor& product, int64_t n, const at::Tensor& mean_x, const at::Tensor& rstd_x,
-                    const at::Tensor& mean_y, const at::Tensor& rstd_y, Backend& be) {
-  CoherenceCenterProductParams p;
+CoherenceRawParams raw_params(const at::Tensor& x, const at::Tensor& y, bool self, const at::Tensor& mx,
+                              const at::Tensor& rx, const at::Tensor& my, const at::Tensor& ry,
+                              const at::Tensor& product, double eps, double a, double b, bool squared) {
+  CoherenceRawParams p{};
+  p.x = x.data_ptr();
+  p.y = y.data_ptr();
+  p.is_double = x.scalar_type() == at::kDouble;
+  p.symmetric = self;
+  p.n = x.size(0);
+  p.d = x.size(1);
+  p.dp = y.size(1);
+  p.eps = eps;
+  p.a = a;
+  p.b = b;
+  p.squared = squared;
+  p.mean_x = mx.data_ptr();
+  p.rstd_x = rx.data_ptr();
+  p.mean_y = my.data_ptr();
+  p.rstd_y = ry.data_ptr();
   p.product = product.data_ptr();
-  p.is_double = product.scalar_type() == at::kDouble;
-  p.n = n;
-  p.d = product.size(0);
-  p.dp = product.size(1);
-  p.mean_x = mean_x.data_ptr();
-  p.rstd_x = rstd_x.data_ptr();
-  p.mean_y = mean_y.data_ptr();
-  p.rstd_y = rstd_y.data_ptr();
-  be.center_product(p);
+  return p;
 }
 
-// (2,) double sums of the loss from P = Zx^T Zy, made block by block (one
-// matrix product each) and every block reduced as it is made. product:
-// undefined (blocks go through a small scratch buffer per worker) or a
-// (D, D') matrix that receives P (for the backward; self: mirrored into a
-// full symmetric matrix).
-// center: zx and zy are the raw inputs (raw_products_apply), the whole
-// product is made and then corrected by center().
-template <typename Backend>
-at::Tensor tile_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, at::Tensor& product, Backend& be,
-                     const std::function<void(at::Tensor&)>& center = nullptr) {
-  const int64_t n = zx.size(0), d = zx.size(1), dp = zy.size(1);
-  const bool keep = product.defined();
-  const bool whole = center != nullptr || (Backend::kWholeCrossProduct && !self && (keep || whole_product_fits(n, d, dp)));
-  at::Tensor full = keep || !whole ? product : empty_output({d, dp}, zx.options());
-  if (whole) at::mm_out(full, zx.t(), zy);
-  if (center) center(full);
-  const bool has_p = full.defined();
-  const std::vector<Block> blocks = product_blocks(d, dp, self);
-  auto make_block = [&](const Block& b, const at::Tensor& scratch) {
-    at::Tensor tile = has_p ? full.narrow(0, b.row0, b.rows).narrow(1, b.col0, b.cols)
-                            : scratch.narrow(0, 0, b.rows * b.cols).view({b.rows, b.cols});
-    if (!whole) at::mm_out(tile, zx.narrow(1, b.row0, b.rows).t(), zy.narrow(1, b.col0, b.cols));
-    CoherenceTileParams p;
-    p.tile = tile.data_ptr();
-    p.is_double = zx.scalar_type() == at::kDouble;
-    p.rows = b.rows;
-    p.cols = b.cols;
-    p.ld = tile.stride(0);
-    p.row0 = b.row0;
-    p.col0 = b.col0;
-    p.n = n;
-    p.symmetric = self;
-    return p;
-  };
-  const int64_t scratch_numel = has_p ? 0 : blocks.front().rows * blocks.front().cols;
-  at::Tensor sums = be.reduce_blocks(blocks, make_block, scratch_numel, zx.options());
-  if (keep && self) be.mirror(product);
-  return sums;
-}
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 template <typename Backend>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
-    const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b, bool squared, double eps,
-    bool keep_product) {
+ForwardResult forward_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in, double a, double b,
+                           bool squared, double eps, int64_t path) {
   Backend be(x_in);
   Sides s = check_inputs(x_in, y_in, "coherence_forward");
+  check_path(path, "coherence_forward");
+  TORCH_CHECK_VALUE(Backend::kHasBlocks || path != kBlocks,
+                    "coherence_forward: path BLOCKS (1) is a CPU path; on CUDA use GRAM (0) or PRODUCT (2)");
   const bool self = !s.y.defined();
-  const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
+  const auto acc = accumulation_dtype(s.x);
+  if (path == kProduct) return be.product_forward(s, a, b, squared, eps);
   auto [mean_x, rstd_x] = column_stats(s.x, eps, be);
-  at::Tensor mean_y, rstd_y;
-  if (self) {
-    mean_y = at::empty({0}, mean_x.options());
-    rstd_y = at::empty({0}, mean_x.options());
+  at::Tensor mean_y = at::empty({0}, mean_x.options()), rstd_y = at::empty({0}, mean_x.options());
+  if (!self) std::tie(mean_y, rstd_y) = column_stats(s.y, eps, be);
+  at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
+  at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be);
+  at::Tensor loss;
+  if (path == kGram) {
+    at::Tensor sums = gram_sums(zx, zy, self, be);
+    at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
+    loss = (squared ? l2 : l2.sqrt()).to(acc);
   } else {
-    std::tie(mean_y, rstd_y) = column_stats(s.y, eps, be);
+    loss = at::empty({}, mean_x.options());
+    be.block_loss(zx, zy, self, a, b, squared, loss);
   }
-  const auto acc_options = mean_x.options();
-  // keep_product: a backward will follow; P is kept where the block path makes it anyway.
-  const bool gram = gram_path_is_cheaper(n, d, dp, self);
-  at::Tensor product = keep_product && !gram ? empty_output({d, dp}, acc_options) : at::Tensor();
-  // (2,) double on the device: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2.
-  at::Tensor sums;
-  bool raw = false;
-  if constexpr (Backend::kRawCrossProducts) {
-    raw = !self && !gram && (product.defined() || whole_product_fits(n, d, dp)) &&
-          raw_products_apply(s, mean_x, rstd_x, mean_y, rstd_y);
-    if (raw) {
-      auto center = [&](at::Tensor& p) { center_product(p, n, mean_x, rstd_x, mean_y, rstd_y, be); };
-      sums = tile_sums(s.x.to(acc_options.dtype()), s.y.to(acc_options.dtype()), false, product, be, center);
-    }
-  }
-  if (!raw) {
-    at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
-    at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be);
-    sums = gram ? gram_sums(zx, zy, self, be) : tile_sums(zx, zy, self, product, be);
-  }
-  at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
-  at::Tensor loss = (squared ? l2 : l2.sqrt()).to(acc_options.dtype());
-  if (!product.defined()) product = at::empty({0}, acc_options);
-  return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
+  return {loss, mean_x, rstd_x, mean_y, rstd_y, at::empty({0}, mean_x.options())};
 }
 
 template <typename Backend>
@@ -464,180 +415,209 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   return {dx, dy};
 }
 
-// Cross-correlation backward through the kept P by products of the raw
-// inputs (raw_products_apply; kernels/coherence.h, CoherenceRawOperandsParams):
-// dx = x shift_x + const_x + Y M^T and dy = y shift_y + const_y + X M (one M for both): one
-// affine pass and one product per side; no standardized copy of x or y.
+// The gradients by the N x N association (GRAM): W = (Zp Zp^T) Z per side.
 template <typename Backend>
-std::tuple<at::Tensor, at::Tensor> backward_cross_raw(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
-                                                      const at::Tensor& mx, const at::Tensor& rx,
-                                                      const at::Tensor& my, const at::Tensor& ry, double a, double b,
-                                                      bool squared, const at::Tensor& product_in, Backend& be) {
-  const at::Tensor product = product_in.contiguous();
-  const int64_t d = s.x.size(1), dp = s.y.size(1);
-  const bool is_double = product.scalar_type() == at::kDouble;
-  at::Tensor m = empty_output({d, dp}, product.options());
-  at::Tensor affine_x = at::empty({2, d}, product.options()), affine_y = at::empty({2, dp}, product.options());
-  CoherenceRawOperandsParams op;
-  op.product = product.data_ptr();
-  op.is_double = is_double;
-  op.n = s.x.size(0);
-  op.d = d;
-  op.dp = dp;
-  op.grad = grad.data_ptr();
-  op.loss = loss.data_ptr();
-  op.a = a;
-  op.b = b;
-  op.squared = squared;
-  op.mean_x = mx.data_ptr();
-  op.rstd_x = rx.data_ptr();
-  op.mean_y = my.data_ptr();
-  op.rstd_y = ry.data_ptr();
-  op.m = m.data_ptr();
-  op.affine_x = affine_x.data_ptr();
-  op.affine_y = affine_y.data_ptr();
-  be.raw_operands(op);
-  auto side = [&](const at::Tensor& other, const at::Tensor& operand, const at::Tensor& self_in,
-                  const at::Tensor& affine) {
-    at::Tensor out = empty_output(self_in.sizes(), self_in.options());
-    CoherenceAffineRowsParams p;
-    p.out = out.data_ptr();
-    p.x = self_in.data_ptr();
-    p.affine = affine.data_ptr();
-    p.is_double = is_double;
-    p.rows = out.size(0);
-    p.d = out.size(1);
-    be.affine_rows(p);
-    return out.addmm_(other, operand);  // the product accumulated into the affine term (BLAS beta = 1)
-  };
-  const at::Tensor x = s.x.to(product.scalar_type()), y = s.y.to(product.scalar_type());
-  return {side(y, m.t(), x, affine_x).to(s.x.scalar_type()), side(x, m, y, affine_y).to(s.y.scalar_type())};
-}
-
-// product: P = Zx^T Zy (D x D') kept by the forward, or an empty/undefined
-// tensor to recompute what is needed here.
-template <typename Backend>
-std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, const at::Tensor& loss_in,
-                                                 const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
-                                                 const at::Tensor& mean_x, const at::Tensor& rstd_x,
-                                                 const at::Tensor& mean_y, const at::Tensor& rstd_y, double a,
-                                                 double b, bool squared, const c10::optional<at::Tensor>& product_in) {
-  Backend be(x_in);
-  Sides s = check_inputs(x_in, y_in, "coherence_backward");
-  const bool self = !s.y.defined();
-  const int64_t n = s.x.size(0), d = s.x.size(1), dp = self ? d : s.y.size(1);
-  const auto acc = accumulation_dtype(s.x);
-  TORCH_CHECK_VALUE(mean_x.numel() == d && rstd_x.numel() == d, "coherence_backward: mean_x/rstd_x must have D entries");
-  const at::Tensor mx = mean_x.to(acc).contiguous(), rx = rstd_x.to(acc).contiguous();
-  const at::Tensor grad = grad_in.to(acc).contiguous(), loss = loss_in.to(acc).contiguous();
-  TORCH_CHECK_VALUE(grad.numel() == 1 && loss.numel() == 1, "coherence_backward: grad and loss must be scalars");
-  at::Tensor product;
-  if (product_in.has_value() && product_in->defined() && product_in->numel() > 0) {
-    TORCH_CHECK_VALUE(product_in->dim() == 2 && product_in->size(0) == d && product_in->size(1) == dp,
-                      "coherence_backward: product must be (D, D') = (", d, ", ", dp, "), got ", product_in->sizes());
-    TORCH_CHECK_VALUE(product_in->device() == s.x.device(), "coherence_backward: product must be on x's device");
-    product = product_in->to(acc);
-  }
-  if (self) {
-    at::Tensor zx = standardized(s.x, mx, rx, be);
-    // dZ = 2 Z S / N with S = k (2b R + diag(c)): W = Z (Z^T Z) = (Z Z^T) Z.
-    at::Tensor w = product.defined() ? at::mm(zx, product)
-                   : n < d           ? at::mm(symmetric_gram(zx.t(), be), zx)
-                                     : at::mm(zx, symmetric_gram(zx, be));
-    epilogue(zx, zx, w, rx, grad, loss, d, a, b, squared, true, be);
+std::tuple<at::Tensor, at::Tensor> backward_gram(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
+                                                 const at::Tensor& mx, const at::Tensor& rx, const at::Tensor& my,
+                                                 const at::Tensor& ry, double a, double b, bool squared,
+                                                 Backend& be) {
+  at::Tensor zx = standardized(s.x, mx, rx, be);
+  if (!s.y.defined()) {
+    at::Tensor w = at::mm(symmetric_gram(zx.t(), be), zx);
+    epilogue(zx, zx, w, rx, grad, loss, zx.size(1), a, b, squared, true, be);
     return {w.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
   }
-  TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp, "coherence_backward: mean_y/rstd_y must have D' entries");
-  const at::Tensor my = mean_y.to(acc).contiguous(), ry = rstd_y.to(acc).contiguous();
-  if constexpr (Backend::kRowBlockCrossBackward) {
-    if (product.defined()) {
-      if (raw_products_apply(s, mx, rx, my, ry))
-        return backward_cross_raw(grad, loss, s, mx, rx, my, ry, a, b, squared, product, be);
-      return backward_cross_rows(grad, loss, s, mx, rx, my, ry, a, b, squared, product, be);
-    }
-  }
-  at::Tensor zx = standardized(s.x, mx, rx, be), zy = standardized(s.y, my, ry, be);
-  at::Tensor wx, wy;
-  // Wx = Zy (Zy^T Zx) and Wy = Zx (Zx^T Zy): via one D x D' product (6 N D D'
-  // flops, 4 N D D' when kept) or two N x N Gram matrices (4 N^2 (D + D')).
-  const double cost_dd = 6.0 * n * d * dp, cost_nn = 4.0 * n * n * (d + dp);
-  if (product.defined() || cost_dd <= cost_nn) {
-    const at::Tensor m = product.defined() ? product : at::mm(zx.t(), zy);
-    wx = at::mm(zy, m.t());
-    wy = at::mm(zx, m);
-  } else {
-    wx = at::mm(symmetric_gram(zy.t(), be), zx);
-    wy = at::mm(symmetric_gram(zx.t(), be), zy);
-  }
-  const int64_t m = std::min(d, dp);
+  at::Tensor zy = standardized(s.y, my, ry, be);
+  at::Tensor wx = at::mm(symmetric_gram(zy.t(), be), zx);
+  at::Tensor wy = at::mm(symmetric_gram(zx.t(), be), zy);
+  const int64_t m = std::min(zx.size(1), zy.size(1));
   epilogue(zx, zy, wx, rx, grad, loss, m, a, b, squared, false, be);
   epilogue(zy, zx, wy, ry, grad, loss, m, a, b, squared, false, be);
   return {wx.to(s.x.scalar_type()), wy.to(s.y.scalar_type())};
 }
 
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, const at::Tensor& loss_in,
+                                                 const at::Tensor& x_in, const c10::optional<at::Tensor>& y_in,
+                                                 const at::Tensor& mean_x, const at::Tensor& rstd_x,
+                                                 const at::Tensor& mean_y, const at::Tensor& rstd_y,
+                                                 const at::Tensor& product_in, double a, double b, bool squared,
+                                                 int64_t path) {
+  Backend be(x_in);
+  Sides s = check_inputs(x_in, y_in, "coherence_backward");
+  check_path(path, "coherence_backward");
+  const bool self = !s.y.defined();
+  const int64_t d = s.x.size(1), dp = self ? d : s.y.size(1);
+  const auto acc = accumulation_dtype(s.x);
+  TORCH_CHECK_VALUE(mean_x.numel() == d && rstd_x.numel() == d, "coherence_backward: mean_x/rstd_x must have D entries");
+  const at::Tensor mx = mean_x.to(acc).contiguous(), rx = rstd_x.to(acc).contiguous();
+  const at::Tensor grad = grad_in.to(acc).contiguous(), loss = loss_in.to(acc).contiguous();
+  TORCH_CHECK_VALUE(grad.numel() == 1 && loss.numel() == 1, "coherence_backward: grad and loss must be scalars");
+  at::Tensor my = mx, ry = rx;
+  if (!self) {
+    TORCH_CHECK_VALUE(mean_y.numel() == dp && rstd_y.numel() == dp,
+                      "coherence_backward: mean_y/rstd_y must have D' entries");
+    my = mean_y.to(acc).contiguous();
+    ry = rstd_y.to(acc).contiguous();
+  }
+  // GRAM, or BLOCKS (the planner never takes a gradient through it; the forward kept no P): the N x N association
+  if (path != kProduct) return backward_gram(grad, loss, s, mx, rx, my, ry, a, b, squared, be);
+  TORCH_CHECK_VALUE(product_in.dim() == 2 && product_in.size(0) == d && product_in.size(1) == dp,
+                    "coherence_backward: product must be (D, D') = (", d, ", ", dp, ") on the PRODUCT path, got ",
+                    product_in.sizes());
+  TORCH_CHECK_VALUE(product_in.device() == s.x.device(), "coherence_backward: product must be on x's device");
+  return be.product_backward(grad, loss, s, mx, rx, my, ry, a, b, squared, product_in.to(acc).contiguous());
+}
+
+// The raw-form backward's two products, shared by both devices: the affine
+// terms out_x / out_y (made by the backend) accumulate Y M^T and X M (BLAS
+// beta = 1), with the backend's operands (CPU: the raw inputs; CUDA: centered).
+std::tuple<at::Tensor, at::Tensor> raw_products(at::Tensor& out_x, at::Tensor& out_y, const at::Tensor& m,
+                                                const at::Tensor& op_x, const at::Tensor& op_y, const Sides& s) {
+  out_x.addmm_(op_y, m.t());
+  if (!s.y.defined()) return {out_x.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
+  out_y.addmm_(op_x, m);
+  return {out_x.to(s.x.scalar_type()), out_y.to(s.y.scalar_type())};
+}
+
 struct CpuBackend : CpuDevice {
   using CpuDevice::CpuDevice;
+  static constexpr bool kPanelGram = true, kHasBlocks = true;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
-  // Blocks are shared out to the threads, each making whole blocks with a
-  // single-threaded product (BLAS runs serially inside a parallel region) and
-  // reducing them while they are in its cache: small blocks parallelize
-  // badly inside one product. Per-block sums are added in block order, so the
-  // result does not depend on the thread count.
-  template <typename MakeBlock>
-  at::Tensor reduce_blocks(const std::vector<Block>& blocks, MakeBlock& make_block, int64_t scratch_numel,
-                           const at::TensorOptions& options) {
-    const int64_t count = static_cast<int64_t>(blocks.size());
-    const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
-    at::Tensor scratch = at::empty({workers, scratch_numel}, options);
-    std::vector<double> diag(count), off(count);
-    std::atomic<int64_t> next{0};  // blocks come largest first: dynamic, longest-first scheduling
-    at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-      for (int64_t w = w0; w < w1; ++w)
-        for (int64_t i = next++; i < count; i = next++)
-          coherence_tile_reduce_cpu(make_block(blocks[i], scratch[w]), &diag[i], &off[i]);
-    });
-    at::Tensor out = at::zeros({2}, options.dtype(at::kDouble));
-    double* sums = out.data_ptr<double>();
-    for (int64_t i = 0; i < count; ++i) sums[0] += diag[i], sums[1] += off[i];
-    return out;
-  }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cpu(p); }
-  static constexpr bool kRowBlockCrossBackward = true;
-  static constexpr bool kWholeCrossProduct = true;
   void z_column_means(const CoherenceStandardizeParams& p, double* out) { coherence_z_column_means_cpu(p, out); }
   void cross_coefficients(const CoherenceCrossCoefParams& p) { coherence_cross_coefficients_cpu(p); }
   void affine_grad_rows(const CoherenceAffineGradParams& p) { coherence_affine_grad_rows_cpu(p); }
-  static constexpr bool kRawCrossProducts = true;
-  void center_product(const CoherenceCenterProductParams& p) { coherence_center_product_cpu(p); }
-  void raw_operands(const CoherenceRawOperandsParams& p) { coherence_raw_operands_cpu(p); }
-  void affine_rows(const CoherenceAffineRowsParams& p) { coherence_affine_rows_cpu(p); }
+  void block_loss(const at::Tensor& zx, const at::Tensor& zy, bool self, double a, double b, bool squared,
+                  at::Tensor& loss) {
+    cpu_block_loss(zx, zy, self, at::Tensor(), false, a, b, squared, loss);
+  }
+
+  ForwardResult product_forward(const Sides& s, double a, double b, bool squared, double eps) {
+    const bool self = !s.y.defined();
+    auto [mean_x, rstd_x] = column_stats(s.x, eps, *this);
+    at::Tensor loss = at::empty({}, mean_x.options());
+    const int64_t d = s.x.size(1);
+    if (self) {
+      at::Tensor product = empty_output({d, d}, mean_x.options());
+      at::Tensor zx = standardized(s.x, mean_x, rstd_x, *this);
+      cpu_block_loss(zx, zx, true, product, false, a, b, squared, loss);
+      mirror(product);
+      return {loss, mean_x, rstd_x, at::empty({0}, mean_x.options()), at::empty({0}, mean_x.options()), product};
+    }
+    auto [mean_y, rstd_y] = column_stats(s.y, eps, *this);
+    at::Tensor product = empty_output({d, s.y.size(1)}, mean_x.options());
+    const auto acc = mean_x.scalar_type();
+    at::Tensor xa = s.x.to(acc), ya = s.y.to(acc);
+    CoherenceRawParams p = raw_params(xa, ya, false, mean_x, rstd_x, mean_y, rstd_y, product, eps, a, b, squared);
+    if (coherence_raw_applies_cpu(p)) {
+      at::mm_out(product, xa.t(), ya);
+      coherence_center_product_cpu(p);
+      cpu_block_loss(xa, ya, false, product, true, a, b, squared, loss);
+    } else {
+      at::Tensor zx = standardized(s.x, mean_x, rstd_x, *this), zy = standardized(s.y, mean_y, rstd_y, *this);
+      at::mm_out(product, zx.t(), zy);
+      cpu_block_loss(zx, zy, false, product, true, a, b, squared, loss);
+    }
+    return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
+  }
+
+  std::tuple<at::Tensor, at::Tensor> product_backward(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
+                                                      const at::Tensor& mx, const at::Tensor& rx,
+                                                      const at::Tensor& my, const at::Tensor& ry, double a, double b,
+                                                      bool squared, const at::Tensor& product) {
+    if (!s.y.defined()) {
+      at::Tensor zx = standardized(s.x, mx, rx, *this);
+      at::Tensor w = at::mm(zx, product);  // dZ = Z (S + S^T) / N: W = Z (Z^T Z)
+      eitp::epilogue(zx, zx, w, rx, grad, loss, zx.size(1), a, b, squared, true, *this);
+      return {w.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
+    }
+    const auto acc = product.scalar_type();
+    at::Tensor xa = s.x.to(acc), ya = s.y.to(acc);
+    CoherenceRawParams p = raw_params(xa, ya, false, mx, rx, my, ry, product, 0.0, a, b, squared);
+    if (!coherence_raw_applies_cpu(p))
+      return backward_cross_rows(grad, loss, s, mx, rx, my, ry, a, b, squared, product, *this);
+    at::Tensor m = empty_output(product.sizes(), product.options());
+    at::Tensor out_x = empty_output(xa.sizes(), xa.options()), out_y = empty_output(ya.sizes(), ya.options());
+    p.loss = loss.data_ptr();
+    p.grad = grad.data_ptr();
+    p.m = m.data_ptr();
+    p.out_x = out_x.data_ptr();
+    p.out_y = out_y.data_ptr();
+    coherence_raw_operands_cpu(p);
+    return raw_products(out_x, out_y, m, xa, ya, s);
+  }
 };
 
 #ifdef EITP_WITH_CUDA
 struct CudaBackend : CudaDevice {
   using CudaDevice::CudaDevice;
+  // One product per Gram matrix (the half-size panels are a CPU saving); no
+  // BLOCKS path: there the planner gives GRAM or PRODUCT (P is then at most
+  // twice the inputs' size).
+  static constexpr bool kPanelGram = false, kHasBlocks = false;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
-  void mirror(at::Tensor& m) {
-    coherence_mirror_upper_cuda(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0), stream);
-  }
-  // One block after the other on the stream; each reduction adds into acc by atomics.
-  template <typename MakeBlock>
-  at::Tensor reduce_blocks(const std::vector<Block>& blocks, MakeBlock& make_block, int64_t scratch_numel,
-                           const at::TensorOptions& options) {
-    at::Tensor acc = at::zeros({2}, options.dtype(at::kDouble));
-    at::Tensor scratch = at::empty({scratch_numel}, options);
-    for (const Block& b : blocks) coherence_tile_reduce_cuda(make_block(b, scratch), acc.data_ptr<double>(), stream);
-    return acc;
-  }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }
-  static constexpr bool kRowBlockCrossBackward = false;  // one stream: whole-matrix products are faster
-  static constexpr bool kWholeCrossProduct = false;
-  static constexpr bool kRawCrossProducts = false;
-};
+  void mirror(at::Tensor&) {}  // never called (kPanelGram)
+  void block_loss(const at::Tensor&, const at::Tensor&, bool, double, double, bool, at::Tensor&) {}  // kHasBlocks
 
+  // The raw form for self- and cross-correlation (self: y is x, symmetric).
+  struct Raw {
+    at::Tensor x, y, workspace;
+    CoherenceRawParams p;
+  };
+  Raw raw(const Sides& s, const at::Tensor& mx, const at::Tensor& rx, const at::Tensor& my, const at::Tensor& ry,
+          const at::Tensor& product, double eps, double a, double b, bool squared) {
+    const bool self = !s.y.defined();
+    const auto acc = accumulation_dtype(s.x);
+    Raw r;
+    r.x = s.x.to(acc);
+    r.y = self ? r.x : s.y.to(acc);
+    r.p = raw_params(r.x, r.y, self, mx, rx, self ? mx : my, self ? rx : ry, product, eps, a, b, squared);
+    r.workspace = at::empty({coherence_raw_workspace_bytes(r.p.n, r.p.d, r.p.dp)}, s.x.options().dtype(at::kByte));
+    r.p.workspace = r.workspace.data_ptr();
+    return r;
+  }
+
+  ForwardResult product_forward(const Sides& s, double a, double b, bool squared, double eps) {
+    const bool self = !s.y.defined();
+    const auto options = s.x.options().dtype(accumulation_dtype(s.x));
+    const int64_t d = s.x.size(1), dp = self ? d : s.y.size(1);
+    at::Tensor mean_x = at::empty({d}, options), rstd_x = at::empty({d}, options);
+    at::Tensor mean_y = at::empty({self ? 0 : dp}, options), rstd_y = at::empty({self ? 0 : dp}, options);
+    at::Tensor product = at::empty({d, dp}, options), loss = at::empty({}, options);
+    Raw r = raw(s, mean_x, rstd_x, mean_y, rstd_y, product, eps, a, b, squared);
+    r.p.loss = loss.data_ptr();
+    coherence_raw_stats_cuda(r.p, stream);
+    at::mm_out(product, r.x.t(), r.y);
+    coherence_raw_reduce_cuda(r.p, stream);
+    return {loss, mean_x, rstd_x, mean_y, rstd_y, product};
+  }
+
+  std::tuple<at::Tensor, at::Tensor> product_backward(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
+                                                      const at::Tensor& mx, const at::Tensor& rx,
+                                                      const at::Tensor& my, const at::Tensor& ry, double a, double b,
+                                                      bool squared, const at::Tensor& product) {
+    Raw r = raw(s, mx, rx, my, ry, product, 0.0, a, b, squared);
+    at::Tensor m = at::empty(product.sizes(), product.options());
+    at::Tensor centered_x = at::empty(r.x.sizes(), r.x.options()), out_x = at::empty(r.x.sizes(), r.x.options());
+    at::Tensor centered_y = s.y.defined() ? at::empty(r.y.sizes(), r.y.options()) : centered_x;
+    at::Tensor out_y = s.y.defined() ? at::empty(r.y.sizes(), r.y.options()) : out_x;
+    r.p.loss = const_cast<void*>(loss.data_ptr());
+    r.p.grad = grad.data_ptr();
+    r.p.m = m.data_ptr();
+    r.p.out_x = out_x.data_ptr();
+    r.p.out_y = out_y.data_ptr();
+    r.p.centered_x = centered_x.data_ptr();
+    r.p.centered_y = centered_y.data_ptr();
+    coherence_raw_operands_cuda(r.p, stream);
+    coherence_raw_center_cuda(r.p, stream);
+    return raw_products(out_x, out_y, m, centered_x, centered_y, s);
+  }
+};
 #endif
 
 // The schema's kernels for one device: its Backend's instantiations.
@@ -652,13 +632,11 @@ void register_kernels(torch::Library& m) {
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def(
       "coherence_forward(Tensor x, Tensor? y, float diag_weight, float offdiag_weight, bool squared, float eps, "
-      "bool keep_product=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int path) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "coherence_backward(Tensor grad, Tensor loss, Tensor x, Tensor? y, Tensor mean_x, Tensor rstd_x, "
-      "Tensor mean_y, Tensor rstd_y, float diag_weight, float offdiag_weight, bool squared, Tensor? product=None) "
-      "-> (Tensor, Tensor)");
-  // No tensor argument: one kernel for every device, callable under fake tensors.
-  m.def("coherence_forward_keeps_product(int n, int d, int? d_y) -> bool", &forward_keeps_product);
+      "Tensor mean_y, Tensor rstd_y, Tensor product, float diag_weight, float offdiag_weight, bool squared, "
+      "int path) -> (Tensor, Tensor)");
 }
 TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA

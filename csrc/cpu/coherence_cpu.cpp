@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -380,7 +381,18 @@ void mirror_upper(A* m, int64_t d) {
 }
 
 template <typename A>
-EITP_CPU_HOT void center_product(const CoherenceCenterProductParams& p) {
+bool raw_applies(const CoherenceRawParams& p) {
+  auto within = [](const void* mean, const void* rstd, int64_t count) {
+    const A *mu = static_cast<const A*>(mean), *rs = static_cast<const A*>(rstd);
+    for (int64_t j = 0; j < count; ++j)  // a NaN statistic fails the comparison
+      if (!(std::fabs(static_cast<double>(mu[j])) * static_cast<double>(rs[j]) <= kRawMeanLimit)) return false;
+    return true;
+  };
+  return within(p.mean_x, p.rstd_x, p.d) && within(p.mean_y, p.rstd_y, p.dp);
+}
+
+template <typename A>
+EITP_CPU_HOT void center_product(const CoherenceRawParams& p) {
   A* pm = static_cast<A*>(p.product);
   const A *mx = static_cast<const A*>(p.mean_x), *rx = static_cast<const A*>(p.rstd_x);
   const A *my = static_cast<const A*>(p.mean_y), *ry = static_cast<const A*>(p.rstd_y);
@@ -404,7 +416,20 @@ EITP_CPU_HOT void scale_row(const A* __restrict__ prow, A ax, const A* __restric
 }
 
 template <typename A>
-void raw_operands(const CoherenceRawOperandsParams& p) {
+EITP_CPU_HOT void affine_row(A* __restrict__ out, const A* __restrict__ x, const A* __restrict__ shift,
+                             const A* __restrict__ constant, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) out[j] = x[j] * shift[j] + constant[j];
+}
+
+// out = x_ij shift_j + const_j over the (n, d) rows.
+template <typename A>
+void affine_rows(A* out, const A* x, const A* shift, const A* constant, int64_t n, int64_t d) {
+#pragma omp parallel for schedule(static) if (worth_threads(n, d))
+  for (int64_t i = 0; i < n; ++i) affine_row(out + i * d, x + i * d, shift, constant, d);
+}
+
+template <typename A>
+void raw_operands(const CoherenceRawParams& p) {
   const int64_t d = p.d, dp = p.dp, m = std::min(d, dp);
   const A* pm = static_cast<const A*>(p.product);
   const A *mx = static_cast<const A*>(p.mean_x), *rx = static_cast<const A*>(p.rstd_x);
@@ -453,23 +478,11 @@ void raw_operands(const CoherenceRawOperandsParams& p) {
       affine[count + j] = static_cast<A>(static_cast<double>(gamma[j]) - shift * static_cast<double>(mean[j]) - n_mu);
     }
   };
-  constants(d, m, alpha_x, beta_x, gamma_x, delta_x, rx, mx, dot_x.data(), ry, my, static_cast<A*>(p.affine_x));
-  constants(dp, m, alpha_y, beta_y, gamma_y, delta_y, ry, my, dot_y.data(), rx, mx, static_cast<A*>(p.affine_y));
-}
-
-template <typename A>
-EITP_CPU_HOT void affine_row(A* __restrict__ out, const A* __restrict__ x, const A* __restrict__ shift,
-                             const A* __restrict__ constant, int64_t count) {
-  for (int64_t j = 0; j < count; ++j) out[j] = x[j] * shift[j] + constant[j];
-}
-
-template <typename A>
-void affine_rows(const CoherenceAffineRowsParams& p) {
-  A* out = static_cast<A*>(p.out);
-  const A* x = static_cast<const A*>(p.x);
-  const A *shift = static_cast<const A*>(p.affine), *constant = shift + p.d;
-#pragma omp parallel for schedule(static) if (worth_threads(p.rows, p.d))
-  for (int64_t i = 0; i < p.rows; ++i) affine_row(out + i * p.d, x + i * p.d, shift, constant, p.d);
+  std::vector<A> affine_x(2 * d), affine_y(2 * dp);
+  constants(d, m, alpha_x, beta_x, gamma_x, delta_x, rx, mx, dot_x.data(), ry, my, affine_x.data());
+  constants(dp, m, alpha_y, beta_y, gamma_y, delta_y, ry, my, dot_y.data(), rx, mx, affine_y.data());
+  affine_rows(static_cast<A*>(p.out_x), static_cast<const A*>(p.x), affine_x.data(), affine_x.data() + d, p.n, d);
+  affine_rows(static_cast<A*>(p.out_y), static_cast<const A*>(p.y), affine_y.data(), affine_y.data() + dp, p.n, dp);
 }
 
 }  // namespace
@@ -520,19 +533,47 @@ void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d) {
   else mirror_upper(static_cast<float*>(m), d);
 }
 
-void coherence_center_product_cpu(const CoherenceCenterProductParams& p) {
+bool coherence_raw_applies_cpu(const CoherenceRawParams& p) {
+  return p.is_double ? raw_applies<double>(p) : raw_applies<float>(p);
+}
+
+void coherence_center_product_cpu(const CoherenceRawParams& p) {
   if (p.is_double) center_product<double>(p);
   else center_product<float>(p);
 }
 
-void coherence_raw_operands_cpu(const CoherenceRawOperandsParams& p) {
+void coherence_raw_operands_cpu(const CoherenceRawParams& p) {
   if (p.is_double) raw_operands<double>(p);
   else raw_operands<float>(p);
 }
 
-void coherence_affine_rows_cpu(const CoherenceAffineRowsParams& p) {
-  if (p.is_double) affine_rows<double>(p);
-  else affine_rows<float>(p);
+// Blocks are shared out to the threads, each making whole blocks with a
+// single-threaded product (BLAS runs serially inside a parallel region) and
+// reducing them while they are in its cache: small blocks parallelize badly
+// inside one product. Dynamic, longest-first scheduling (the blocks come
+// largest first).
+int64_t coherence_tile_workers_cpu(int64_t count) {
+  return std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), count));
+}
+
+void coherence_reduce_tiles_cpu(int64_t count, CoherenceMakeTile make, void* context, void* scratch,
+                                int64_t scratch_bytes, bool is_double, double a, double b, bool squared,
+                                void* loss) {
+  const int64_t workers = coherence_tile_workers_cpu(count);
+  std::vector<double> diag(count), off(count);
+  std::atomic<int64_t> next{0};
+#pragma omp parallel for schedule(static, 1) num_threads(workers) if (workers > 1)
+  for (int64_t w = 0; w < workers; ++w) {
+    void* own = scratch == nullptr ? nullptr : static_cast<char*>(scratch) + w * scratch_bytes;
+    for (int64_t i = next++; i < count; i = next++)
+      coherence_tile_reduce_cpu(make(context, i, own), &diag[i], &off[i]);
+  }
+  double sums[2] = {0.0, 0.0};
+  for (int64_t i = 0; i < count; ++i) sums[0] += diag[i], sums[1] += off[i];
+  const double l2 = sums[0] * a + sums[1] * b;
+  const double value = squared ? l2 : std::sqrt(l2);
+  if (is_double) *static_cast<double*>(loss) = value;
+  else *static_cast<float*>(loss) = static_cast<float>(value);
 }
 
 }  // namespace eitp

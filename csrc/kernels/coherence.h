@@ -109,12 +109,14 @@ struct CoherenceBackwardParams {
 //   wcoef = 2b / n,  c_j = 2a (R_jj - 1) - 2b R_jj  on diagonal columns (0 elsewhere).
 template <typename A> struct BackwardFactors {
   A n, scale, wcoef, a, b;
+  EITP_HD BackwardFactors(int64_t n_rows, double a_, double b_, bool squared, bool symmetric, A grad, A loss)
+      : n(static_cast<A>(n_rows)),
+        scale((symmetric ? A(2) : A(1)) * (squared ? grad : grad / (A(2) * loss)) / static_cast<A>(n_rows)),
+        wcoef(A(2) * static_cast<A>(b_) / static_cast<A>(n_rows)),
+        a(static_cast<A>(a_)),
+        b(static_cast<A>(b_)) {}
   EITP_HD BackwardFactors(const CoherenceBackwardParams& p, A grad, A loss)
-      : n(static_cast<A>(p.n)),
-        scale((p.symmetric ? A(2) : A(1)) * (p.squared ? grad : grad / (A(2) * loss)) / static_cast<A>(p.n)),
-        wcoef(A(2) * static_cast<A>(p.b) / static_cast<A>(p.n)),
-        a(static_cast<A>(p.a)),
-        b(static_cast<A>(p.b)) {}
+      : BackwardFactors(p.n, p.a, p.b, p.squared, p.symmetric, grad, loss) {}
   EITP_HD A diag_coefficient(A r_jj) const { return A(2) * a * (r_jj - A(1)) - A(2) * b * r_jj; }
 };
 
@@ -177,62 +179,52 @@ struct CoherenceAffineGradParams {
   int64_t ld_dx;
 };
 
-// Cross-correlation on the CPU by products of the raw inputs (no
-// standardized copies of x and y). With mu, rstd the column statistics:
+// The raw-product form (docs/design.md §2.2): P from the product of the
+// inputs themselves, no standardized copy. With mu, rstd the column statistics:
 //   P = Zx^T Zy = diag(rstd_x) (X^T Y - N mu_x mu_y^T) diag(rstd_y)
-// (X^T Y by the binding's product; this corrects it in place, the
-// subtraction in double). Accurate while |mu_j| rstd_j stays small: the
-// rounding error of X^T Y relative to P grows as 1 + (mu rstd)^2 (the binding's
-// kRawMeanLimit bounds it).
-struct CoherenceCenterProductParams {
-  void* product;  // (d, dp) in: X^T Y; out: P. Accumulation dtype, contiguous
-  bool is_double;
-  int64_t n, d, dp;
-  const void* mean_x;  // (d,) accumulation dtype
-  const void* rstd_x;
-  const void* mean_y;  // (dp,)
-  const void* rstd_y;
-};
-
-// The backward of the raw-product path. With the affine coefficients alpha,
-// beta, gamma, delta of CoherenceCrossCoefParams (Z's column means taken as 0:
-// the corrected product centers exactly), expanding zx = (x - mu_x) rstd_x and
-// zy = (y - mu_y) rstd_y in dx_ij = alpha_j W_ij + beta_j zy_ij + gamma_j +
-// delta_j zx_ij (W = Zy P^T), and likewise for dy, gives one product of the
-// other raw input plus an affine term of this input per side:
-//   dx = x_ij shift_x_j + const_x_j + Y M^T,   dy = y_ik shift_y_k + const_y_k + X M
+// (X^T Y by the binding's product; corrected in one pass, the subtraction in
+// double). The rounding error of X^T Y relative to P grows as
+// 1 + (mu rstd)^2, so it is used where every column's mean is within
+// kRawMeanLimit standard deviations of zero (the CPU checks all columns
+// before the product; CUDA per tile of P after it, recomputing the tiles
+// beyond the limit from standardized values: no host sync).
+//
+// Backward (alpha, beta, gamma, delta of CoherenceCrossCoefParams, Z's column
+// means taken as 0: the corrected product centers exactly): one matrix
 //   M_jk = alpha_x_j P_jk rstd_y_k + [j == k < m] beta_x_j rstd_y_j
 //        = rstd_x_j P_jk alpha_y_k + [j == k < m] beta_y_k rstd_x_k
-//     (alpha = rstd * a common factor, beta_j = rstd_j * a factor of R_jj: the same matrix)
+//     (alpha = rstd * a common factor, beta_j = rstd_j * a factor of R_jj)
+// serves both gradients:
+//   dx = x_ij shift_x_j + const_x_j + Y M^T,   dy = y_ik shift_y_k + const_y_k + X M
 //   shift_x_j = delta_x_j rstd_x_j,  const_x_j = gamma_x_j - shift_x_j mu_x_j - sum_k M_jk mu_y_k
 //   shift_y_k = delta_y_k rstd_y_k,  const_y_k = gamma_y_k - shift_y_k mu_y_k - sum_j M_jk mu_x_j
-// The sums over M come from P's row and column passes that the coefficients
-// need anyway (sum_k P_jk rstd_y_k mu_y_k, sum_j P_jk rstd_x_j mu_x_j).
-struct CoherenceRawOperandsParams {
-  const void* product;  // (d, dp) P, accumulation dtype, contiguous
-  bool is_double;
-  int64_t n, d, dp;
-  const void* grad;    // () incoming gradient
-  const void* loss;    // () the forward's loss
-  double a, b;
-  bool squared;
-  const void* mean_x;  // (d,) accumulation dtype
-  const void* rstd_x;
-  const void* mean_y;  // (dp,)
-  const void* rstd_y;
-  void* m;         // (d, dp) out: M
-  void* affine_x;  // (2, d) out: shift, const
-  void* affine_y;  // (2, dp) out
-};
+// The CPU multiplies the raw inputs; CUDA the centered ones (x - mu_x, y -
+// mu_y: the constants are then 0 and the products keep their accuracy for
+// any mean). Self-correlation on CUDA is the cross form with y = x and
+// symmetric: the scale doubles (BackwardFactors) and only dx is made.
+constexpr double kRawMeanLimit = 2.0;
 
-// out_ij = x_ij shift_j + const_j over (rows, d), all in the accumulation
-// dtype (the binding then adds the product into out).
-struct CoherenceAffineRowsParams {
-  void* out;  // (rows, d) contiguous
-  const void* x;  // (rows, d) contiguous
-  const void* affine;  // (2, d): shift, const
-  bool is_double;
-  int64_t rows, d;
+struct CoherenceRawParams {
+  const void* x;  // (n, d) contiguous, in the accumulation dtype A
+  const void* y;  // (n, dp) contiguous, A (== x for self-correlation)
+  bool is_double;  // A
+  bool symmetric;  // self-correlation (CUDA)
+  int64_t n, d, dp;
+  double eps, a, b;
+  bool squared;
+  void* mean_x;  // (d,) A (CUDA writes the statistics, the CPU reads them)
+  void* rstd_x;
+  void* mean_y;  // (dp,) A
+  void* rstd_y;
+  void* product;  // (d, dp) A, contiguous. Forward in: X^T Y, out: P; backward in: P
+  void* loss;        // () A: the forward's output, the backward's input
+  const void* grad;  // () A: the backward's incoming gradient
+  void* m;           // (d, dp) A: backward out, M
+  void* out_x;       // (n, d) A: backward out, the affine term of dx (the binding adds Y M^T)
+  void* out_y;       // (n, dp)
+  void* centered_x;  // (n, d) A, CUDA backward out: x - mu_x (the products' operands)
+  void* centered_y;  // (n, dp)
+  void* workspace;   // CUDA: coherence_raw_workspace_bytes
 };
 
 void coherence_stats_cpu(const CoherenceStatsParams& p);
@@ -245,9 +237,25 @@ void coherence_backward_epilogue_cpu(const CoherenceBackwardParams& p);
 void coherence_z_column_means_cpu(const CoherenceStandardizeParams& p, double* out);
 void coherence_cross_coefficients_cpu(const CoherenceCrossCoefParams& p);
 void coherence_affine_grad_rows_cpu(const CoherenceAffineGradParams& p);
-void coherence_center_product_cpu(const CoherenceCenterProductParams& p);
-void coherence_raw_operands_cpu(const CoherenceRawOperandsParams& p);
-void coherence_affine_rows_cpu(const CoherenceAffineRowsParams& p);
+// The CPU raw-product steps: whether every column's mean is within
+// kRawMeanLimit standard deviations of zero (NaN statistics fail), P from
+// X^T Y in place, and M with out_x / out_y (the affine terms).
+bool coherence_raw_applies_cpu(const CoherenceRawParams& p);
+void coherence_center_product_cpu(const CoherenceRawParams& p);
+void coherence_raw_operands_cpu(const CoherenceRawParams& p);
+// Reduces `count` blocks of P to the loss (written at loss in the
+// accumulation dtype, L2 = a diag + b off, its sqrt unless squared).
+// make(context, i, scratch) makes block i (a single-threaded matrix product
+// into scratch, or a view of a whole P) and returns its params. The blocks
+// are shared out to coherence_tile_workers_cpu(count) threads, each with its
+// own scratch_bytes at scratch + w * scratch_bytes (scratch may be null),
+// longest first (the blocks come largest first); their sums are added in
+// block order, so the result does not depend on the thread count.
+using CoherenceMakeTile = CoherenceTileParams (*)(void* context, int64_t index, void* scratch);
+int64_t coherence_tile_workers_cpu(int64_t count);
+void coherence_reduce_tiles_cpu(int64_t count, CoherenceMakeTile make, void* context, void* scratch,
+                                int64_t scratch_bytes, bool is_double, double a, double b, bool squared,
+                                void* loss);
 // Copy the strict upper triangle of a square (d, d) row-major matrix onto its lower one.
 void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d);
 
@@ -256,9 +264,17 @@ void coherence_stats_cuda(const CoherenceStatsParams& p, cudaStream_t stream);
 void coherence_standardize_cuda(const CoherenceStandardizeParams& p, cudaStream_t stream);
 // Adds the tile's weighted sums into acc[0] (diag) and acc[1] (off), device
 // doubles (pre-zeroed), by atomics.
-void coherence_tile_reduce_cuda(const CoherenceTileParams& p, double* acc, cudaStream_t stream);
 void coherence_backward_epilogue_cuda(const CoherenceBackwardParams& p, cudaStream_t stream);
-void coherence_mirror_upper_cuda(void* m, bool is_double, int64_t d, cudaStream_t stream);
+// The raw-product form (CoherenceRawParams): the statistics of x and y (two
+// launches, rows split across blocks), then after the binding's X^T Y the
+// correction and reduction of P to the loss (two launches); backward: M and
+// P's row/column sums (one launch), then the centered operands and affine
+// terms (one launch) before the binding's two products.
+int64_t coherence_raw_workspace_bytes(int64_t n, int64_t d, int64_t dp);
+void coherence_raw_stats_cuda(const CoherenceRawParams& p, cudaStream_t stream);
+void coherence_raw_reduce_cuda(const CoherenceRawParams& p, cudaStream_t stream);
+void coherence_raw_operands_cuda(const CoherenceRawParams& p, cudaStream_t stream);
+void coherence_raw_center_cuda(const CoherenceRawParams& p, cudaStream_t stream);
 #endif
 
 }  // namespace eitp

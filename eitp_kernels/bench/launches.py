@@ -121,7 +121,34 @@ def _quant_rows(event) -> list[str]:
     return launches + ["quant_static_kernel"]
 
 
+def _coherence_sides(event) -> int:
+    return 2 if len(_shape(event, 3 if event.name.endswith("backward") else 1)) == 2 else 1
+
+
+def _coherence_forward(event) -> list[str]:
+    # csrc/bindings/coherence.cpp, CudaBackend. PRODUCT: the raw form (its one product is
+    # the binding's shared aten::mm); GRAM: statistics and standardized copies per side
+    # (the Gram matrices and sums are shared aten ops). Cross-correlation only: the CPU
+    # binding makes a self-correlation's P by blocks, which CUDA does not.
+    path = event.concrete_inputs[6] if len(event.concrete_inputs) > 6 else None
+    if path == 2:
+        return ["raw_stats_kernel", "raw_finalize_kernel", "raw_reduce_kernel", "raw_loss_kernel"]
+    return ["stats_kernel", "standardize_kernel"] * _coherence_sides(event)
+
+
+def _coherence_backward(event) -> list[str]:
+    # PRODUCT: M and P's sums, then the centered operands and affine terms (the two
+    # products are the binding's shared aten::addmm_); else standardized copies and
+    # the epilogue per side.
+    path = event.concrete_inputs[12] if len(event.concrete_inputs) > 12 else None
+    if path == 2:
+        return ["raw_operands_kernel", "raw_center_kernel"]
+    return ["standardize_kernel", "backward_epilogue_kernel"] * _coherence_sides(event)
+
+
 CUDA_ONLY: dict[str, Callable] = {
+    "eitp::coherence_forward": _coherence_forward,
+    "eitp::coherence_backward": _coherence_backward,
     "eitp::finite_minmax": _rows_kernel("finite_minmax_kernel"),
     "eitp::histogram_counts": _rows_kernel("hist_rows_kernel"),
     "eitp::histogram_counts_many": _counts_many,
@@ -267,6 +294,13 @@ def standard_calls(device: str = "cpu") -> dict[str, tuple[Callable[[], object],
     def fake_quant_backward():
         torch.autograd.grad(ek.fake_quant_int8(xg, granularity="channel"), xg, grad)
 
+    # two views of one batch (the raw-product path: column means near 0)
+    z1 = torch.randn(64, 48, generator=g).to(device).requires_grad_()
+    z2 = (0.8 * z1.detach() + 0.6 * torch.randn(64, 48, generator=g).to(device)).requires_grad_()
+
+    def barlow_twins():
+        torch.autograd.grad(ek.coherence_loss(z1, z2, offdiag_weight=0.0051, squared=True), (z1, z2))
+
     return {
         "histogram_entropy(x)": (lambda: ek.histogram_entropy(x), 3),
         "histogram_entropy(codes)": (lambda: ek.histogram_entropy(codes), 3),
@@ -277,6 +311,8 @@ def standard_calls(device: str = "cpu") -> dict[str, tuple[Callable[[], object],
         "fake_quant_int8(x, tensor)": (lambda: ek.fake_quant_int8(x), 3),
         "fake_quant_int8(x, channel)": (lambda: ek.fake_quant_int8(x, granularity="channel"), 2),
         "fake_quant_int8(x, channel) fwd+bwd": (fake_quant_backward, 2 + 2),
+        # 1 for autograd's gradient of the loss, 5 forward, 4 backward (3 kernels, 3 products)
+        "coherence_loss(x, y) Barlow Twins fwd+bwd": (barlow_twins, 10),
         "dequantize_int8(q, channel)": (lambda: ek.dequantize_int8(q, s, granularity="channel"), 2),
     }
 

@@ -16,12 +16,17 @@ Gradient: S = dL2/dR, S_ii = 2a(R_ii - 1), S_ij = 2b R_ij (/ 2L for the
 sqrt); dZx = Zy S^T / N, dZy = Zx S / N; dx = rstd * (dz - mean_n dz - z *
 mean_n(dz * z)).
 
-Memory: the cpp / cuda backends reduce P = Zx^T Zy block by block (one block
-per thread, plus Z), or use the N x N Gram matrices for short, wide batches;
-the only D x D' buffer is the P kept for the backward (block path, gradient
-taken: _keeps_product). The triton forward keeps neither Z nor P; the
-reference and the ``process_group`` path materialize R. How each backend
-evaluates the products: csrc/bindings/coherence.cpp and
+Paths: one pure planner (:func:`plan`: shapes, device, whether a gradient
+will be taken) picks how every backend evaluates the products, and the
+compiled (``eitp::``) and Triton (``eitp_triton::``) ops take its choice as
+their ``path`` argument, so the fake kernels know every output's shape:
+GRAM (N x N Gram matrices for short, wide batches), BLOCKS (CPU forward: P
+reduced block by block, never whole) or PRODUCT (P = Zx^T Zy made whole and
+returned: the backward's input; on the GPU by one cuBLAS product of the raw
+inputs, corrected in one pass). Memory: the only D x D' buffer is P on the
+PRODUCT path (at most twice the inputs' size when the planner gives it on a
+GPU); the reference and the ``process_group`` path materialize R. How each
+backend evaluates the products: csrc/bindings/coherence.cpp and
 ``eitp_kernels.triton.coherence``.
 """
 from __future__ import annotations
@@ -118,31 +123,53 @@ def _as_matrices(x, y):
 # --------------------------------------------------------------------------
 
 
-def _keeps_product(x2, y2):
-    """Whether a backward will follow (a gradient will be taken), the compiled
-    forward's ``keep_product``: it then keeps P = Zx^T Zy (D x D') for the
-    backward where it makes P anyway, and returns an empty product on its
-    N x N Gram path (csrc/bindings/coherence.cpp decides which). Memory: one
-    D x D' matrix alive until the backward."""
-    return torch.is_grad_enabled() and (x2.requires_grad or (y2 is not None and y2.requires_grad))
+GRAM, BLOCKS, PRODUCT = 0, 1, 2
+PATH_NAMES = {GRAM: "GRAM", BLOCKS: "BLOCKS", PRODUCT: "PRODUCT"}
+
+
+def plan(n: int, d: int, d_y: int | None, device_type: str, backward: bool) -> int:
+    """The path every backend takes for x (n, d) and y (n, d_y) (``d_y`` None:
+    self-correlation) on ``device_type``, with or without a backward to follow.
+
+    GRAM where the N x N Gram matrices cost under half the multiply-adds of P
+    (self: 2N < D; cross: N (D + D') < D D'). Otherwise PRODUCT when a
+    gradient will be taken (the backward multiplies by P) and on a GPU (one
+    cuBLAS product; not GRAM means P is at most twice the inputs' size). A
+    CPU forward alone: BLOCKS for self-correlation (only the blocks on and
+    right of the diagonal, shared out to the threads: about half the
+    multiply-adds), and for cross-correlation PRODUCT while P is no larger
+    than the inputs (D D' <= N (D + D') / 2: one threaded product), else
+    BLOCKS (the memory stays of the inputs' order).
+    """
+    if d_y is None:
+        gram_cost, product_cost = n * n * d, n * d * d
+    else:
+        gram_cost, product_cost = n * n * (d + d_y), 2 * n * d * d_y
+    if 2 * gram_cost < product_cost:
+        return GRAM
+    if backward or device_type != "cpu" or (d_y is not None and 2 * d * d_y <= n * (d + d_y)):
+        return PRODUCT
+    return BLOCKS
+
+
+def _plan_for(x2, y2):
+    backward = torch.is_grad_enabled() and (x2.requires_grad or (y2 is not None and y2.requires_grad))
+    return plan(x2.shape[0], x2.shape[1], None if y2 is None else y2.shape[1], x2.device.type, backward)
 
 
 def _reference_loss(x2, y2, a, b, squared, eps):
     return reference.coherence_loss(x2, y2, diag_weight=a, offdiag_weight=b, squared=squared, eps=eps)
 
 
-def _compiled_loss(x2, y2, a, b, squared, eps):
-    return torch.ops.eitp.coherence_forward(x2, y2, a, b, squared, eps, _keeps_product(x2, y2))[0]
+def _op_loss(forward):
+    def loss(x2, y2, a, b, squared, eps):
+        return forward(x2, y2, a, b, squared, eps, _plan_for(x2, y2))[0]
+    return loss
 
 
-_triton_forward = _backends.op_caller("eitp_triton", "coherence_forward")
-
-
-def _triton_loss(x2, y2, a, b, squared, eps):
-    return _triton_forward(x2, y2, a, b, squared, eps)[0]
-
-
-_LOSS = {"reference": _reference_loss, "cpp": _compiled_loss, "cuda": _compiled_loss, "triton": _triton_loss}
+_LOSS = {"reference": _reference_loss, "cpp": _op_loss(_backends.op_caller("eitp", "coherence_forward")),
+         "cuda": _op_loss(_backends.op_caller("eitp", "coherence_forward")),
+         "triton": _op_loss(_backends.op_caller("eitp_triton", "coherence_forward"))}
 
 
 # process_group: global-batch statistics
@@ -172,14 +199,7 @@ class _DistributedCoherence(torch.autograd.Function):
         p = zx.t() @ zy
         dist.all_reduce(p, group=group)
         r = p / n
-        # Every entry counted as the reference: the diagonal separately.
-        m = min(r.shape)
-        idx = torch.arange(m, device=r.device)
-        diag = r[idx, idx]
-        off = r.clone()
-        off[idx, idx] = 0.0
-        l2 = a * ((diag - 1.0) ** 2).sum() + b * (off * off).sum()
-        loss = l2 if squared else torch.sqrt(l2)
+        loss = _layout.coherence_from_correlation(r, a, b, squared)
         ctx.save_for_backward(zx, zy if y2 is not None else None, rx, ry if y2 is not None else None, r, loss, n)
         ctx.args = (a, b, squared, group, world, y2 is None, x2.dtype, None if y2 is None else y2.dtype)
         return loss
@@ -224,57 +244,45 @@ class _DistributedCoherence(torch.autograd.Function):
 # --------------------------------------------------------------------------
 
 
-def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=None):
-    """(loss, mean_x, rstd_x, mean_y, rstd_y), plus the kept product when
-    ``keep_product`` is given (the compiled op's flag: (D, D') when True and
-    the forward takes its block path, else (0,); the Triton op has neither
-    the flag nor the product)."""
+def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, path):
+    """(loss, mean_x, rstd_x, mean_y, rstd_y, product): the product is (D, D')
+    on the PRODUCT path and (0,) otherwise, on every backend."""
     acc = _layout.compute_dtype(x.dtype)
     d = x.shape[1]
     dp = 0 if y is None else y.shape[1]
-    outputs = (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),
-               x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc))
-    if keep_product is None:
-        return outputs
-    # The product is (D, D') on the block path, empty on the Gram path; C++
-    # decides which (coherence_forward_keeps_product).
-    kept = keep_product and torch.ops.eitp.coherence_forward_keeps_product(x.shape[0], d, None if y is None else dp)
-    return outputs + (x.new_empty((d, dp or d) if kept else (0,), dtype=acc),)
+    return (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),
+            x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc),
+            x.new_empty((d, dp or d) if path == PRODUCT else (0,), dtype=acc))
 
 
-def _compiled_forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product=False):
-    # The dispatcher does not fill in schema defaults for a fake: an omitted flag is False.
-    return _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, keep_product)
-
-
-def _backward_fake(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, diag_weight, offdiag_weight, squared,
-                   product=None):
+def _backward_fake(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, product, diag_weight, offdiag_weight, squared,
+                   path):
     # contiguous, like the real kernels (whatever the inputs' strides)
     return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
 
 def _forward_setup_context(ctx, inputs, output):
-    x, y, a, b, squared = inputs[:5]
-    loss, mean_x, rstd_x, mean_y, rstd_y = output[:5]
-    kept = output[5:]  # the compiled op's kept product (empty unless asked for)
+    x, y, a, b, squared, _eps, path = inputs
+    loss, mean_x, rstd_x, mean_y, rstd_y, product = output
     # Only what the backward needs: the inputs (alive anyway), the (D,)
-    # statistics, the scalar loss and any kept product; Z is recomputed (O(ND)).
-    ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept)
-    ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y, *kept)
+    # statistics, the scalar loss and P (empty off the PRODUCT path); Z is
+    # recomputed (O(ND)).
+    ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y, product)
+    ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y, product)
     ctx.set_materialize_grads(False)  # no zero "gradients" for those (a D x D' one for the product)
-    ctx.weights = (a, b, squared)
-    ctx.num_inputs = len(inputs)
+    ctx.args = (a, b, squared, path)
 
 
 def _forward_backward(ops, ctx, grad_loss, *unused):
     if grad_loss is None:
-        return (None,) * ctx.num_inputs
-    x, y, loss, mean_x, rstd_x, mean_y, rstd_y, *kept = ctx.saved_tensors
-    a, b, squared = ctx.weights
-    dx, dy = ops.coherence_backward(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, a, b, squared, *kept)
-    return (dx, None if y is None else dy) + (None,) * (ctx.num_inputs - 2)
+        return (None,) * 7
+    x, y, loss, mean_x, rstd_x, mean_y, rstd_y, product = ctx.saved_tensors
+    a, b, squared, path = ctx.args
+    dx, dy = ops.coherence_backward(grad_loss, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, product, a, b, squared,
+                                    path)
+    return (dx, None if y is None else dy) + (None,) * 5
 
 
 _registration.register("coherence_forward", "coherence.coherence_forward", _forward_fake,
-                       compiled_fake=_compiled_forward_fake, autograd=(_forward_setup_context, _forward_backward))
+                       autograd=(_forward_setup_context, _forward_backward))
 _registration.register("coherence_backward", "coherence.coherence_backward", _backward_fake)

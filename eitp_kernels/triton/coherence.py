@@ -1,17 +1,33 @@
 """Triton kernels and launchers of the coherence loss: the ``triton`` backend
-of :mod:`eitp_kernels.ops.coherence`, which validates, dispatches and
+of :mod:`eitp_kernels.ops.coherence`, which validates, plans, dispatches and
 registers them as the custom ops ``eitp_triton::coherence_forward`` and
-``eitp_triton::coherence_backward``.
+``eitp_triton::coherence_backward`` (the schemas of the compiled
+``eitp::`` ops: the planner's ``path`` is an argument, docs/design.md §2.2).
 
-Forward: column statistics (reads x twice), then one program per
-(BLOCK_D x BLOCK_D) tile on or above the diagonal reads its column blocks of x
-and y, normalizes them on the fly, multiplies them with tl.dot and reduces the
-tile straight to one partial sum: no Z and no R in memory. Backward: Z
-materialized, Gram and W products as Triton GEMMs, then a fused epilogue.
+The matrix products are ``torch.mm`` (cuBLAS on a GPU: fp32 products run at
+the library's rate, not at that of 32 x 32 Triton tiles, which are bound by
+shared memory); the kernels do everything around them.
 
-Launchers: ``coherence_forward``, ``coherence_backward`` (the arguments and
-results of ``torch.ops.eitp.coherence_forward`` / ``coherence_backward``
-without the kept product).
+PRODUCT (and BLOCKS, by row panels of P): the raw-product form. Column
+statistics of x and y with the rows split across programs (sums in float64
+of v - c and (v - c)^2, c the column's first value, and the extremes, which
+say whether a squared deviation overflows ACC as in the reference),
+finalized per column;
+P = X^T Y by one product of the raw inputs; one pass corrects it, P =
+diag(rstd_x) (X^T Y - N mu_x mu_y^T) diag(rstd_y), where every row and
+column of a 32 x 32 tile has its mean within ``RAW_MEAN_LIMIT`` standard
+deviations of zero (else the tile is recomputed from standardized values:
+no host sync), and reduces it to per-tile loss sums; one program adds them
+up. Backward: one pass over P makes M (kernels/coherence.h,
+CoherenceRawParams) and P's row and column sums of squares, one pass writes
+the centered inputs and the affine terms, and one product per gradient adds
+Yc M^T / Xc M to them. A Barlow Twins forward + backward: 7 Triton launches
+and 3 products.
+
+GRAM: standardized Z, the N x N Gram matrices by torch.mm, the loss from
+them; backward W = (Zp Zp^T) Z and a fused epilogue per side.
+
+Launchers: ``coherence_forward``, ``coherence_backward``.
 """
 from __future__ import annotations
 
@@ -20,154 +36,331 @@ import torch
 from eitp_kernels import _layout
 from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
 
+GRAM, BLOCKS, PRODUCT = 0, 1, 2  # eitp_kernels.ops.coherence.plan
+RAW_MEAN_LIMIT = tl.constexpr(2.0)  # csrc/kernels/coherence.h, kRawMeanLimit
+
 
 @triton_jit
-def _col_stats_kernel(
-    x_ptr,  # (N, D) any float dtype, row stride stride_n, unit column stride
-    mean_ptr,  # (D,) ACC
-    rstd_ptr,  # (D,) ACC
-    N, D, stride_n,
-    eps: tl.float64,  # fp64 parameter, rounded to ACC in the kernel (an unannotated float is .f32)
-    ACC: tl.constexpr,  # tl.float32 or tl.float64
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    # One program per BLOCK_D columns: mean, then the biased variance of the
-    # deviations (two passes over x, as the reference), rstd = 1 / sqrt(var + eps).
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    # Sums in float64 on every backend (_layout.column_rstd): finite inputs
-    # never overflow them.
-    total = tl.zeros([BLOCK_D], tl.float64)
-    for n0 in tl.range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask = (rows[:, None] < N) & col_ok[None, :]
-        v = tl.load(x_ptr + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0).to(ACC)
-        total += tl.sum(v.to(tl.float64), axis=0)
-    mean = (total / N).to(ACC)
-    sq = tl.zeros([BLOCK_D], tl.float64)
-    for n0 in tl.range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask = (rows[:, None] < N) & col_ok[None, :]
-        v = tl.load(x_ptr + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0).to(ACC)
-        dev = tl.where(mask, v - mean[None, :], 0.0)
-        sq += tl.sum((dev * dev).to(tl.float64), axis=0)  # squared in ACC, summed in float64, as the reference
-    var = tl.where(col_ok, sq / N, 1.0)  # padding columns: no 1/0 when eps == 0
+def _exact(v):
+    """A float64 scalar argument as a float64 value (the interpreter passes
+    Python floats, which Triton would round to float32)."""
+    return tl.full([], v, tl.float64)
+
+
+@triton_jit
+def _rstd(var, eps, ACC: tl.constexpr):
+    """column_rstd: 1 / sqrt(var + eps) in ACC (correctly rounded), NaN for a
+    variance beyond ACC's range (var: float64)."""
     eps_acc = tl.full([], eps, ACC)
     if ACC == tl.float64:
         beyond = (var <= 1.7976931348623157e308) == 0
-        rstd = 1.0 / tl.sqrt(var + eps_acc)  # fp64 sqrt and division are correctly rounded
+        rstd = 1.0 / tl.sqrt(var + eps_acc)
     else:
         beyond = (var <= 3.4028234663852886e38) == 0
-        # not the approximate fp32 sqrt and division
-        rstd = exact_div(tl.full([BLOCK_D], 1.0, tl.float32), tl.sqrt_rn(var.to(tl.float32) + eps_acc), False)
-    rstd = tl.where(beyond, float("nan"), rstd)  # no standardization in ACC: NaN loss, as the reference
-    tl.store(mean_ptr + cols, mean, mask=col_ok)
-    tl.store(rstd_ptr + cols, rstd, mask=col_ok)
+        rstd = exact_div(tl.full(var.shape, 1.0, tl.float32), tl.sqrt_rn(var.to(tl.float32) + eps_acc), False)
+    return tl.where(beyond, float("nan"), rstd)
+
+
+# --------------------------------------------------------------------------
+# Column statistics (every path)
+# --------------------------------------------------------------------------
 
 
 @triton_jit
-def _corr_tile_kernel(
-    x_ptr, y_ptr,  # (N, D) and (N, D'), row strides sx, sy (y_ptr == x_ptr for self-correlation)
-    mx_ptr, rx_ptr, my_ptr, ry_ptr,  # column statistics, ACC
-    partial_ptr,  # (tiles_i * tiles_j, 2) ACC: per tile sum (R_ii - 1)^2 and weighted sum R_ij^2, i != j
-    N, D, DP, sx, sy, tiles_j,
-    skip_lower,  # 1 for self-correlation (tiles below the diagonal do nothing), else 0
-    SYMMETRIC: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+def _shifted_sums(ptr, N, C, block, chunk, chunk_rows, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # sums over rows [chunk * chunk_rows, ..) of v - c and (v - c)^2 in float64, c = the column's first value
+    cols = block * BLOCK_D + tl.arange(0, BLOCK_D)
+    ok = cols < C
+    shift = tl.load(ptr + cols, mask=ok, other=0.0).to(tl.float64)
+    s1 = tl.zeros([BLOCK_D], tl.float64)
+    s2 = tl.zeros([BLOCK_D], tl.float64)
+    hi = shift
+    lo = shift
+    for n0 in tl.range(0, chunk_rows, BLOCK_N):
+        rows = chunk * chunk_rows + n0 + tl.arange(0, BLOCK_N)
+        m = (rows[:, None] < N) & ok[None, :]
+        v = tl.load(ptr + rows[:, None] * C + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        c = tl.where(m, v - shift[None, :], 0.0)
+        s1 += tl.sum(c, axis=0)
+        s2 += tl.sum(c * c, axis=0)
+        hi = tl.maximum(hi, tl.max(tl.where(m, v, shift[None, :]), axis=0))
+        lo = tl.minimum(lo, tl.min(tl.where(m, v, shift[None, :]), axis=0))
+    return cols, ok, s1, s2, hi, lo
+
+
+@triton_jit
+def _stats_partial_kernel(
+    x_ptr, y_ptr,  # (N, D), (N, D') contiguous, ACC
+    part_ptr,  # (chunks, D + D', 4) float64: sum (v - c), sum (v - c)^2, max v, min v
+    N, D, DP, x_blocks, col_blocks,
+    chunk_rows,  # rows per chunk, a multiple of BLOCK_N
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # One program per BLOCK_D x BLOCK_D tile of R: normalizes its column blocks
-    # of x and y on the fly, multiplies them with tl.dot over the batch, and
-    # reduces the tile straight to two numbers. Self-correlation: tiles below
-    # the diagonal do nothing, off-diagonal entries of the others count twice.
+    # One program per BLOCK_D columns (x's, then y's) and chunk_rows rows, on one grid axis.
+    pid = tl.program_id(0).to(tl.int64)
+    block = pid % col_blocks
+    chunk = pid // col_blocks
+    if block < x_blocks:
+        cols, ok, s1, s2, hi, lo = _shifted_sums(x_ptr, N, D, block, chunk, chunk_rows, BLOCK_N, BLOCK_D)
+        out = part_ptr + (chunk * (D + DP) + cols) * 4
+    else:
+        cols, ok, s1, s2, hi, lo = _shifted_sums(y_ptr, N, DP, block - x_blocks, chunk, chunk_rows, BLOCK_N,
+                                                 BLOCK_D)
+        out = part_ptr + (chunk * (D + DP) + D + cols) * 4
+    tl.store(out, s1, mask=ok)
+    tl.store(out + 1, s2, mask=ok)
+    tl.store(out + 2, hi, mask=ok)
+    tl.store(out + 3, lo, mask=ok)
+
+
+@triton_jit
+def _stats_finalize_kernel(
+    x_ptr, y_ptr, part_ptr,
+    mean_x_ptr, rstd_x_ptr, mean_y_ptr, rstd_y_ptr,  # (D,), (D',) ACC
+    ok_ptr,  # (D + D',) int32: the column's mean within RAW_MEAN_LIMIT standard deviations of zero
+    N, D, DP, COLS, chunks,
+    eps: tl.float64,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = g < COLS
+    is_y = g >= D
+    jy = g - D
+    shift = tl.where(is_y, tl.load(y_ptr + jy, mask=ok & is_y, other=0.0),
+                     tl.load(x_ptr + g, mask=ok & (g < D), other=0.0)).to(tl.float64)
+    s1 = tl.zeros([BLOCK], tl.float64)
+    s2 = tl.zeros([BLOCK], tl.float64)
+    hi = shift
+    lo = shift
+    stride = tl.full([], 0, tl.int64) + D + DP  # int64 offsets
+    for c in tl.range(0, chunks):
+        base = part_ptr + (c * stride + g) * 4
+        s1 += tl.load(base, mask=ok, other=0.0)
+        s2 += tl.load(base + 1, mask=ok, other=0.0)
+        hi = tl.maximum(hi, tl.load(base + 2, mask=ok, other=0.0))
+        lo = tl.minimum(lo, tl.load(base + 3, mask=ok, other=0.0))
+    m1 = s1 / N
+    var = s2 / N - m1 * m1
+    var = tl.where(var < 0.0, 0.0, var)  # rounding; a NaN stays NaN
+    mean = (shift + m1).to(ACC)
+    # The reference squares each deviation in ACC: one beyond ACC's range makes its variance infinite (rstd NaN)
+    d_hi = hi.to(ACC) - mean
+    d_lo = lo.to(ACC) - mean
+    var = tl.where((d_hi * d_hi == float("inf")) | (d_lo * d_lo == float("inf")), float("inf"), var)
+    var = tl.where(ok, var, 1.0)  # padding columns: no 1/0 when eps == 0
+    rstd = _rstd(var, eps, ACC)
+    tl.store(mean_x_ptr + g, mean, mask=ok & (g < D))
+    tl.store(rstd_x_ptr + g, rstd, mask=ok & (g < D))
+    tl.store(mean_y_ptr + jy, mean, mask=ok & is_y)
+    tl.store(rstd_y_ptr + jy, rstd, mask=ok & is_y)
+    raw_ok = tl.abs(mean.to(tl.float64)) * rstd.to(tl.float64) <= RAW_MEAN_LIMIT  # NaN fails
+    tl.store(ok_ptr + g, raw_ok.to(tl.int32), mask=ok)
+
+
+# --------------------------------------------------------------------------
+# PRODUCT / BLOCKS forward: the correction and reduction of P, the loss
+# --------------------------------------------------------------------------
+
+
+@triton_jit
+def _reduce_kernel(
+    panel_ptr,  # (rows, D') ACC: in X^T Y for P's rows [row0, row0 + rows), out P
+    x_ptr, y_ptr,  # (N, D), (N, D') contiguous ACC (y_ptr == x_ptr for self-correlation)
+    mx_ptr, rx_ptr, my_ptr, ry_ptr, okx_ptr, oky_ptr,
+    partial_ptr,  # (tiles, 2) float64: per tile sum (R_ii - 1)^2 and sum R_ij^2, i != j
+    N, D, DP, row0, rows, tiles_c, tile0,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+):
     pid = tl.program_id(0)
-    ti = pid // tiles_j
-    tj = pid % tiles_j
-    d_diag = tl.zeros([], ACC)
-    d_off = tl.zeros([], ACC)
-    if tj >= ti * skip_lower:
-        ci = ti.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-        cj = tj.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-        ok_i = ci < D
-        ok_j = cj < DP
-        mxi = tl.load(mx_ptr + ci, mask=ok_i, other=0.0)
-        rxi = tl.load(rx_ptr + ci, mask=ok_i, other=0.0)
-        myj = tl.load(my_ptr + cj, mask=ok_j, other=0.0)
-        ryj = tl.load(ry_ptr + cj, mask=ok_j, other=0.0)
-        acc = tl.zeros([BLOCK_D, BLOCK_D], ACC)
+    tr = pid // tiles_c
+    tc = pid % tiles_c
+    ri = tr.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # rows of the panel
+    gi = row0 + ri  # rows of P (columns of x)
+    cj = tc.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok_i = ri < rows
+    ok_j = cj < DP
+    valid = ok_i[:, None] & ok_j[None, :]
+    raw_ok = tl.min(tl.load(okx_ptr + gi, mask=ok_i, other=1), axis=0) * \
+        tl.min(tl.load(oky_ptr + cj, mask=ok_j, other=1), axis=0)
+    mxi = tl.load(mx_ptr + gi, mask=ok_i, other=0.0)
+    rxi = tl.load(rx_ptr + gi, mask=ok_i, other=0.0)
+    myj = tl.load(my_ptr + cj, mask=ok_j, other=0.0)
+    ryj = tl.load(ry_ptr + cj, mask=ok_j, other=0.0)
+    tile = panel_ptr + ri[:, None] * DP + cj[None, :]
+    if raw_ok > 0:
+        raw = tl.load(tile, mask=valid, other=0.0).to(tl.float64)
+        centered = raw - (N * mxi.to(tl.float64))[:, None] * myj.to(tl.float64)[None, :]
+        p = (centered * rxi.to(tl.float64)[:, None] * ryj.to(tl.float64)[None, :]).to(ACC)
+    else:
+        # a column's mean beyond the limit: the tile from standardized values
+        p = tl.zeros([BLOCK, BLOCK], ACC)
         for n0 in tl.range(0, N, BLOCK_N):
-            rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-            row_ok = rows < N
-            mi = row_ok[:, None] & ok_i[None, :]
-            mj = row_ok[:, None] & ok_j[None, :]
-            xv = tl.load(x_ptr + rows[:, None] * sx + ci[None, :], mask=mi, other=0.0).to(ACC)
-            yv = tl.load(y_ptr + rows[:, None] * sy + cj[None, :], mask=mj, other=0.0).to(ACC)
+            rows_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+            mi = (rows_n[:, None] < N) & ok_i[None, :]
+            mj = (rows_n[:, None] < N) & ok_j[None, :]
+            xv = tl.load(x_ptr + rows_n[:, None] * D + gi[None, :], mask=mi, other=0.0)
+            yv = tl.load(y_ptr + rows_n[:, None] * DP + cj[None, :], mask=mj, other=0.0)
             zx = tl.where(mi, (xv - mxi[None, :]) * rxi[None, :], 0.0)
             zy = tl.where(mj, (yv - myj[None, :]) * ryj[None, :], 0.0)
-            acc += tl.dot(tl.trans(zx), zy, input_precision="ieee")
-        r = exact_div(acc, tl.zeros([], ACC) + N, ACC == tl.float64)
-        valid = ok_i[:, None] & ok_j[None, :]
-        on_diag = valid & (ci[:, None] == cj[None, :])
-        d_diag = tl.sum(tl.sum(tl.where(on_diag, (r - 1.0) * (r - 1.0), 0.0), axis=1), axis=0)
-        if SYMMETRIC:
-            off = valid & (cj[None, :] > ci[:, None])
-            d_off = 2.0 * tl.sum(tl.sum(tl.where(off, r * r, 0.0), axis=1), axis=0)
-        else:
-            off = valid & (cj[None, :] != ci[:, None])
-            d_off = tl.sum(tl.sum(tl.where(off, r * r, 0.0), axis=1), axis=0)
-    tl.store(partial_ptr + pid * 2, d_diag)
-    tl.store(partial_ptr + pid * 2 + 1, d_off)
+            p += tl.dot(tl.trans(zx), zy, input_precision="ieee")
+    tl.store(tile, p, mask=valid)
+    r = exact_div(p, tl.zeros([], ACC) + N, ACC == tl.float64)
+    on_diag = valid & (gi[:, None] == cj[None, :])
+    off = valid & (gi[:, None] != cj[None, :])
+    d_diag = tl.sum(tl.sum(tl.where(on_diag, ((r - 1.0) * (r - 1.0)).to(tl.float64), 0.0), axis=1), axis=0)
+    d_off = tl.sum(tl.sum(tl.where(off, (r * r).to(tl.float64), 0.0), axis=1), axis=0)
+    tl.store(partial_ptr + (tile0 + pid) * 2, d_diag)
+    tl.store(partial_ptr + (tile0 + pid) * 2 + 1, d_off)
 
 
 @triton_jit
-def _tile(col_blocks, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(row indices, column indices) of this program's BLOCK_R x BLOCK_C tile: one
-    flat axis of row blocks x column blocks (CUDA's grid axes 1 and 2 stop at 65535)."""
+def _loss_kernel(partial_ptr, loss_ptr, tiles, a: tl.float64, b: tl.float64,
+                 SQUARED: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # the tiles' sums in a fixed order; L2 = a diag + b off, its sqrt unless SQUARED
+    a, b = _exact(a), _exact(b)
+    d_diag = tl.zeros([BLOCK], tl.float64)
+    d_off = tl.zeros([BLOCK], tl.float64)
+    for t0 in tl.range(0, tiles, BLOCK):
+        t = t0 + tl.arange(0, BLOCK)
+        d_diag += tl.load(partial_ptr + t * 2, mask=t < tiles, other=0.0)
+        d_off += tl.load(partial_ptr + t * 2 + 1, mask=t < tiles, other=0.0)
+    l2 = a * tl.sum(d_diag, axis=0) + b * tl.sum(d_off, axis=0)
+    if not SQUARED:
+        l2 = tl.sqrt(l2)
+    tl.store(loss_ptr, l2.to(ACC))
+
+
+# --------------------------------------------------------------------------
+# PRODUCT backward: M, P's sums, the centered operands and affine terms
+# --------------------------------------------------------------------------
+
+
+@triton_jit
+def _factors(grad_ptr, loss_ptr, N, b, SQUARED: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """(scale, wcoef) of BackwardFactors in float64: scale = k / N (x2 for
+    self-correlation), k = grad (or grad / (2L)); wcoef = 2b / N."""
+    k = tl.load(grad_ptr).to(tl.float64)
+    if not SQUARED:
+        k = k / (2.0 * tl.load(loss_ptr).to(tl.float64))
+    if SYMMETRIC:
+        k = 2.0 * k
+    return k / N, 2.0 * b / N
+
+
+@triton_jit
+def _diag_coefficient(p_ptr, cols, has_diag, N, DP, a, b, ACC: tl.constexpr):
+    """(c_j, R_jj) in float64 for the columns with a diagonal entry (0 elsewhere):
+    R_jj = P_jj / N in ACC as the forward, c_j = 2a (R_jj - 1) - 2b R_jj."""
+    pd = tl.load(p_ptr + cols * DP + cols, mask=has_diag, other=0.0)
+    r = exact_div(pd, tl.zeros([], ACC) + N, ACC == tl.float64).to(tl.float64)
+    c = 2.0 * a * (r - 1.0) - 2.0 * b * r
+    return tl.where(has_diag, c, 0.0), tl.where(has_diag, r, 0.0)
+
+
+@triton_jit
+def _operands_kernel(
+    p_ptr, m_ptr,  # (D, D') ACC: P in, M out
+    rx_ptr, ry_ptr, grad_ptr, loss_ptr,
+    row_sq_ptr,  # (tiles_c, D) float64: per tile column, sum_k P_jk^2 over the tile
+    col_sq_ptr,  # (tiles_r, D') float64 (cross-correlation only)
+    N, D, DP, M_DIAG, tiles_c,
+    a: tl.float64, b: tl.float64,
+    SQUARED: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # M_jk = alpha_j P_jk rstd_y_k + [j == k < m] beta_j rstd_y_j, alpha_j = rstd_x_j scale wcoef,
+    # beta_j = rstd_x_j scale c_j (kernels/coherence.h)
+    a, b = _exact(a), _exact(b)
+    pid = tl.program_id(0)
+    tr = pid // tiles_c
+    tc = pid % tiles_c
+    ci = tr.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    cj = tc.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok_i = ci < D
+    ok_j = cj < DP
+    valid = ok_i[:, None] & ok_j[None, :]
+    scale, wcoef = _factors(grad_ptr, loss_ptr, N, b, SQUARED, SYMMETRIC)
+    rxi = tl.load(rx_ptr + ci, mask=ok_i, other=0.0)
+    ryj = tl.load(ry_ptr + cj, mask=ok_j, other=0.0)
+    p = tl.load(p_ptr + ci[:, None] * DP + cj[None, :], mask=valid, other=0.0)
+    alpha = (rxi.to(tl.float64) * scale * wcoef).to(ACC)
+    m = alpha[:, None] * p * ryj[None, :]
+    has_diag = ci < M_DIAG
+    c, _r = _diag_coefficient(p_ptr, ci, has_diag, N, DP, a, b, ACC)
+    beta = (rxi.to(tl.float64) * scale * c).to(ACC)
+    ryi = tl.load(ry_ptr + ci, mask=has_diag, other=0.0)
+    m += tl.where(has_diag[:, None] & (ci[:, None] == cj[None, :]), (beta * ryi)[:, None], 0.0)
+    tl.store(m_ptr + ci[:, None] * DP + cj[None, :], m, mask=valid)
+    sq = tl.where(valid, p.to(tl.float64) * p.to(tl.float64), 0.0)
+    tl.store(row_sq_ptr + tc.to(tl.int64) * D + ci, tl.sum(sq, axis=1), mask=ok_i)
+    if not SYMMETRIC:
+        tl.store(col_sq_ptr + tr.to(tl.int64) * DP + cj, tl.sum(sq, axis=0), mask=ok_j)
+
+
+@triton_jit
+def _center_side(src_ptr, mean_ptr, rstd_ptr, sq_ptr, tiles, C, p_ptr, DP, M_DIAG, centered_ptr, out_ptr,
+                 N, block, row_block, a, b, scale, wcoef,
+                 ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    cols = block * BLOCK_D + tl.arange(0, BLOCK_D)
+    ok = cols < C
+    sq = tl.zeros([BLOCK_D], tl.float64)
+    stride = tl.full([], 0, tl.int64) + C  # int64 offsets
+    for t in tl.range(0, tiles):
+        sq += tl.load(sq_ptr + t * stride + cols, mask=ok, other=0.0)
+    c, r = _diag_coefficient(p_ptr, cols, ok & (cols < M_DIAG), N, DP, a, b, ACC)
+    rs = tl.load(rstd_ptr + cols, mask=ok, other=0.0).to(tl.float64)
+    mean_dzz = scale * (wcoef * sq / N + c * r)
+    shift = (-rs * mean_dzz * rs).to(ACC)  # delta_j rstd_j
+    mean = tl.load(mean_ptr + cols, mask=ok, other=0.0)
+    rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = (rows[:, None] < N) & ok[None, :]
+    offsets = rows[:, None] * C + cols[None, :]
+    dev = tl.load(src_ptr + offsets, mask=m, other=0.0) - mean[None, :]
+    tl.store(centered_ptr + offsets, dev, mask=m)
+    tl.store(out_ptr + offsets, shift[None, :] * dev, mask=m)
+
+
+@triton_jit
+def _center_kernel(
+    x_ptr, y_ptr, p_ptr, mx_ptr, rx_ptr, my_ptr, ry_ptr, grad_ptr, loss_ptr, row_sq_ptr, col_sq_ptr,
+    cx_ptr, cy_ptr, ox_ptr, oy_ptr,  # out: x - mu_x, y - mu_y and the affine terms shift * (x - mu)
+    N, D, DP, M_DIAG, x_blocks, col_blocks, tiles_r, tiles_c,
+    a: tl.float64, b: tl.float64,
+    SQUARED: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # One program per BLOCK_N x BLOCK_D block of x (column blocks below x_blocks), then of y, on one grid axis.
+    a, b = _exact(a), _exact(b)
     pid = tl.program_id(0).to(tl.int64)
-    return ((pid // col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R),
-            (pid % col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C))
+    block = pid % col_blocks
+    row_block = pid // col_blocks
+    scale, wcoef = _factors(grad_ptr, loss_ptr, N, b, SQUARED, SYMMETRIC)
+    if block < x_blocks:
+        _center_side(x_ptr, mx_ptr, rx_ptr, row_sq_ptr, tiles_c, D, p_ptr, DP, M_DIAG, cx_ptr, ox_ptr,
+                     N, block, row_block, a, b, scale, wcoef, ACC, BLOCK_N, BLOCK_D)
+    else:
+        _center_side(y_ptr, my_ptr, ry_ptr, col_sq_ptr, tiles_r, DP, p_ptr, DP, M_DIAG, cy_ptr, oy_ptr,
+                     N, block - x_blocks, row_block, a, b, scale, wcoef, ACC, BLOCK_N, BLOCK_D)
+
+
+# --------------------------------------------------------------------------
+# GRAM: standardized copies and the backward epilogue
+# --------------------------------------------------------------------------
 
 
 @triton_jit
 def _standardize_kernel(
-    x_ptr, mean_ptr, rstd_ptr, z_ptr,  # x (N, D) row stride sx; z (N, D) contiguous ACC
-    N, D, sx,
-    col_blocks,  # cdiv(D, BLOCK_D)
-    ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    x_ptr, mean_ptr, rstd_ptr, z_ptr,  # x (N, D) contiguous ACC; z (N, D) ACC
+    N, D, col_blocks,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows, cols = _tile(col_blocks, BLOCK_N, BLOCK_D)
+    pid = tl.program_id(0).to(tl.int64)
+    rows = (pid // col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = (pid % col_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < N) & (cols[None, :] < D)
-    v = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(ACC)
+    v = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=mask, other=0.0)
     mean = tl.load(mean_ptr + cols, mask=cols < D, other=0.0)
     rstd = tl.load(rstd_ptr + cols, mask=cols < D, other=0.0)
     tl.store(z_ptr + rows[:, None] * D + cols[None, :], (v - mean[None, :]) * rstd[None, :], mask=mask)
-
-
-@triton_jit
-def _matmul_kernel(
-    a_ptr, b_ptr, c_ptr,  # C (M, P) = A (M, K) @ B (K, P); any strides (transposes are free)
-    M, P, K,
-    sam, sak, sbk, sbp, scm, scp,
-    p_blocks,  # cdiv(P, BLOCK_P)
-    ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    rm, rp = _tile(p_blocks, BLOCK_M, BLOCK_P)
-    acc = tl.zeros([BLOCK_M, BLOCK_P], ACC)
-    for k0 in tl.range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        a = tl.load(a_ptr + rm[:, None] * sam + rk[None, :] * sak, mask=(rm[:, None] < M) & (rk[None, :] < K),
-                    other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * sbk + rp[None, :] * sbp, mask=(rk[:, None] < K) & (rp[None, :] < P),
-                    other=0.0)
-        acc += tl.dot(a, b, input_precision="ieee")
-    tl.store(c_ptr + rm[:, None] * scm + rp[None, :] * scp, acc, mask=(rm[:, None] < M) & (rp[None, :] < P))
 
 
 @triton_jit
@@ -175,32 +368,20 @@ def _backward_epilogue_kernel(
     z_ptr, zp_ptr,  # (N, D) this side, (N, D') partner: contiguous ACC (zp_ptr == z_ptr for self)
     w_ptr,  # (N, D) in: Zp (Zp^T Z); out: dx (ACC), contiguous
     rstd_ptr, grad_ptr, loss_ptr,
-    coef_ptr,  # (2,) ACC: diag_weight, offdiag_weight (in ACC precision, not as fp32 scalars)
     N, D, DP, M_DIAG,
-    SQUARED: tl.constexpr,
-    SYMMETRIC: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    a: tl.float64, b: tl.float64,
+    SQUARED: tl.constexpr, SYMMETRIC: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # dz_j = scale ((2b/N) w_j + c_j zp_j), c_j = 2a(R_jj - 1) - 2b R_jj (j < M_DIAG),
-    # scale = k / N (x2 self), k = grad (squared) or grad / (2L);
     # dx = rstd (dz - mean_n dz - z mean_n(dz z)). One program per BLOCK_D columns.
+    a, b = _exact(a), _exact(b)
     cols = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
     has_diag = cols < M_DIAG
-    g = tl.load(grad_ptr).to(ACC)
-    a = tl.load(coef_ptr)
-    b = tl.load(coef_ptr + 1)
-    if SQUARED:
-        k = g
-    else:
-        k = exact_div(g, 2.0 * tl.load(loss_ptr).to(ACC), ACC == tl.float64)
-    if SYMMETRIC:
-        scale = exact_div(2.0 * k, tl.zeros([], ACC) + N, ACC == tl.float64)
-    else:
-        scale = exact_div(k, tl.zeros([], ACC) + N, ACC == tl.float64)
-    wcoef = exact_div(2.0 * b, tl.zeros([], ACC) + N, ACC == tl.float64)
+    scale64, wcoef64 = _factors(grad_ptr, loss_ptr, N, b, SQUARED, SYMMETRIC)
+    scale = scale64.to(ACC)
+    wcoef = wcoef64.to(ACC)
     rdiag = tl.zeros([BLOCK_D], ACC)
     for n0 in tl.range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -209,7 +390,7 @@ def _backward_epilogue_kernel(
         pv = tl.load(zp_ptr + rows[:, None] * DP + cols[None, :], mask=md, other=0.0)
         rdiag += tl.sum(zv * pv, axis=0)
     rdiag = exact_div(rdiag, tl.zeros([], ACC) + N, ACC == tl.float64)
-    c = tl.where(has_diag, 2.0 * a * (rdiag - 1.0) - 2.0 * b * rdiag, 0.0)
+    c = tl.where(has_diag, (2.0 * a * (rdiag - 1.0) - 2.0 * b * rdiag).to(ACC), 0.0)
     s_dz = tl.zeros([BLOCK_D], ACC)
     s_dzz = tl.zeros([BLOCK_D], ACC)
     for n0 in tl.range(0, N, BLOCK_N):
@@ -235,122 +416,164 @@ def _backward_epilogue_kernel(
                  rstd[None, :] * (dz - mdz[None, :] - zv * mdzz[None, :]), mask=m)
 
 
-_STATS_BLOCK_N, _STATS_BLOCK_D = 64, 32
-_TILE_BLOCK_N, _TILE_BLOCK_D = 32, 32
-_MM_BLOCK = 32
+# --------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------
+
+_STATS_ROWS, _MAX_CHUNKS, _BLOCK_N, _BLOCK_D = 256, 4096, 64, 32
+_TILE = 32
+_LOSS_BLOCK = 256
+_PANEL_ROWS = 256  # BLOCKS: rows of P per product
 
 
-def _column_stats(x2, eps):
-    n, d = x2.shape
-    acc = _layout.compute_dtype(x2.dtype)
-    mean = torch.empty(d, dtype=acc, device=x2.device)
-    rstd = torch.empty(d, dtype=acc, device=x2.device)
-    launch(_col_stats_kernel, (triton.cdiv(d, _STATS_BLOCK_D),), x2, mean, rstd, n, d, x2.stride(0), float(eps),
-           ACC=acc_tl(acc), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
-    return mean, rstd
+def _acc_inputs(x, y):
+    """x and y contiguous in the accumulation dtype (the products' operands);
+    y is x for self-correlation."""
+    acc = _layout.compute_dtype(x.dtype)
+    xa = x.to(acc).contiguous()
+    return xa, (xa if y is None else y.to(acc).contiguous())
 
 
-def _standardize(x2, mean, rstd):
-    n, d = x2.shape
-    z = torch.empty((n, d), dtype=mean.dtype, device=x2.device)
-    col_blocks = triton.cdiv(d, _STATS_BLOCK_D)
-    launch(_standardize_kernel, (triton.cdiv(n, _STATS_BLOCK_N) * col_blocks,), x2, mean, rstd, z, n, d,
-           x2.stride(0), col_blocks, ACC=acc_tl(mean.dtype), BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
+def _column_stats(xa, ya, self_corr, eps):
+    """mean, rstd of x and y (y's: empty for self-correlation) and the per-column raw flags."""
+    n, d = xa.shape
+    dp = 0 if self_corr else ya.shape[1]
+    acc = xa.dtype
+    # chunks of _STATS_ROWS rows, or more where that would make over _MAX_CHUNKS partials per column
+    chunk_rows = triton.cdiv(max(_STATS_ROWS, triton.cdiv(n, _MAX_CHUNKS)), _BLOCK_N) * _BLOCK_N
+    chunks = triton.cdiv(n, chunk_rows)
+    x_blocks = triton.cdiv(d, _BLOCK_D)
+    col_blocks = x_blocks + triton.cdiv(dp, _BLOCK_D)
+    part = torch.empty((chunks, d + dp, 4), dtype=torch.float64, device=xa.device)
+    launch(_stats_partial_kernel, (col_blocks * chunks,), xa, ya, part, n, d, dp, x_blocks, col_blocks, chunk_rows,
+           BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
+    mean_x, rstd_x = torch.empty(d, dtype=acc, device=xa.device), torch.empty(d, dtype=acc, device=xa.device)
+    mean_y, rstd_y = torch.empty(dp, dtype=acc, device=xa.device), torch.empty(dp, dtype=acc, device=xa.device)
+    raw_ok = torch.empty(d + dp, dtype=torch.int32, device=xa.device)
+    launch(_stats_finalize_kernel, (triton.cdiv(d + dp, _LOSS_BLOCK),), xa, ya, part, mean_x, rstd_x, mean_y,
+           rstd_y, raw_ok, n, d, dp, d + dp, chunks, float(eps), ACC=acc_tl(acc), BLOCK=_LOSS_BLOCK)
+    return mean_x, rstd_x, mean_y, rstd_y, raw_ok
+
+
+def _standardize(xa, mean, rstd):
+    n, d = xa.shape
+    z = torch.empty_like(xa)
+    col_blocks = triton.cdiv(d, _BLOCK_D)
+    launch(_standardize_kernel, (triton.cdiv(n, _BLOCK_N) * col_blocks,), xa, mean, rstd, z, n, d, col_blocks,
+           BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
     return z
 
 
-def _matmul(a, b):
-    m, k = a.shape
-    p = b.shape[1]
-    c = torch.empty((m, p), dtype=a.dtype, device=a.device)
-    p_blocks = triton.cdiv(p, _MM_BLOCK)
-    launch(_matmul_kernel, (triton.cdiv(m, _MM_BLOCK) * p_blocks,), a, b, c, m, p, k, a.stride(0), a.stride(1),
-           b.stride(0), b.stride(1), c.stride(0), c.stride(1), p_blocks,
-           ACC=acc_tl(a.dtype), BLOCK_M=_MM_BLOCK, BLOCK_P=_MM_BLOCK, BLOCK_K=_MM_BLOCK)
-    return c
+def _loss_from_gram(zx, zy, a, b, squared):
+    """||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F / N^2 and R_ii = mean_n zx_i zy_i (csrc/bindings/coherence.cpp, gram_sums)."""
+    n = zx.shape[0]
+    m = min(zx.shape[1], zy.shape[1])
+    gx = torch.mm(zx, zx.t())
+    gy = gx if zy is zx else torch.mm(zy, zy.t())
+    total = (gx * gy).sum(dtype=torch.float64) / (n * n)
+    rdiag = (zx[:, :m] * zy[:, :m]).sum(0) / n
+    diag = ((rdiag - 1.0) ** 2).sum(dtype=torch.float64)
+    off = total - (rdiag * rdiag).sum(dtype=torch.float64)
+    l2 = a * diag + b * off
+    return (l2 if squared else torch.sqrt(l2)).to(zx.dtype)
 
 
-def _backward_epilogue(z, zp, w, rstd, grad, loss, m_diag, coef, squared, symmetric):
-    n, d = z.shape
-    launch(_backward_epilogue_kernel, (triton.cdiv(d, _STATS_BLOCK_D),),
-           z, zp, w, rstd, grad, loss, coef, n, d, zp.shape[1], m_diag,
-           SQUARED=squared, SYMMETRIC=symmetric, ACC=acc_tl(z.dtype),
-           BLOCK_N=_STATS_BLOCK_N, BLOCK_D=_STATS_BLOCK_D)
-
-
-def _gram_first(n: int, d: int, dp: int | None) -> bool:
-    """Whether the backward's W products take fewer multiply-adds through the N x N
-    Gram matrices than through the D x D' product M = Zx^T Zy.
-
-    Self-correlation (``dp`` None), W = (Z Z^T) Z or Z (Z^T Z): 2 N^2 D against
-    2 N D^2. Cross: (Zy Zy^T) Zx and (Zx Zx^T) Zy cost 2 N^2 (D + D'); M = Zx^T Zy,
-    then Zy M^T and Zx M, cost 3 N D D'.
-    """
-    if dp is None:
-        return n < d
-    return 3 * n * d * dp > 2 * n * n * (d + dp)
-
-
-def _x_and_y_contiguous_rows(x2, y2):
-    # Kernels take a row stride and a unit column stride.
-    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-    y2 = None if y2 is None else (y2 if y2.stride(-1) == 1 else y2.contiguous())
-    return x2, y2
+def _loss_from_products(xa, ya, stats, a, b, squared, path):
+    """P = X^T Y corrected and reduced (PRODUCT: whole, returned; BLOCKS: by row panels)."""
+    n, d = xa.shape
+    dp = ya.shape[1]
+    mean_x, rstd_x, mean_y, rstd_y, raw_ok = stats
+    self_corr = mean_y.numel() == 0
+    my, ry = (mean_x, rstd_x) if self_corr else (mean_y, rstd_y)
+    ok_y = raw_ok if self_corr else raw_ok[d:]
+    tiles_c = triton.cdiv(dp, _TILE)
+    panel_rows = d if path == PRODUCT else min(d, _PANEL_ROWS)
+    partials = torch.empty((triton.cdiv(d, _TILE) * tiles_c, 2), dtype=torch.float64, device=xa.device)
+    product = torch.empty((panel_rows, dp), dtype=xa.dtype, device=xa.device)
+    for row0 in range(0, d, panel_rows):
+        rows = min(panel_rows, d - row0)
+        panel = product[:rows]
+        torch.mm(xa[:, row0:row0 + rows].t(), ya, out=panel)
+        tiles = triton.cdiv(rows, _TILE) * tiles_c
+        launch(_reduce_kernel, (tiles,), panel, xa, ya, mean_x, rstd_x, my, ry, raw_ok, ok_y, partials,
+               n, d, dp, row0, rows, tiles_c, (row0 // _TILE) * tiles_c,
+               ACC=acc_tl(xa.dtype), BLOCK=_TILE, BLOCK_N=_TILE)
+    loss = torch.empty((), dtype=xa.dtype, device=xa.device)
+    launch(_loss_kernel, (1,), partials, loss, partials.shape[0], float(a), float(b), SQUARED=squared,
+           ACC=acc_tl(xa.dtype), BLOCK=_LOSS_BLOCK)
+    return loss, (product if path == PRODUCT else product.new_empty((0,)))
 
 
 def coherence_forward(x: torch.Tensor, y: torch.Tensor | None, diag_weight: float, offdiag_weight: float,
-                      squared: bool, eps: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, y = _x_and_y_contiguous_rows(x, y)
-    n, d = x.shape
-    mean_x, rstd_x = _column_stats(x, eps)
-    if y is None:
-        yy, mean_y, rstd_y = x, mean_x, rstd_x
+                      squared: bool, eps: float, path: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    xa, ya = _acc_inputs(x, y)
+    stats = _column_stats(xa, ya, y is None, eps)
+    mean_x, rstd_x, mean_y, rstd_y, _raw_ok = stats
+    if path == GRAM:
+        zx = _standardize(xa, mean_x, rstd_x)
+        zy = zx if y is None else _standardize(ya, mean_y, rstd_y)
+        loss, product = _loss_from_gram(zx, zy, diag_weight, offdiag_weight, squared), xa.new_empty((0,))
     else:
-        yy = y
-        mean_y, rstd_y = _column_stats(y, eps)
-    dp = yy.shape[1]
-    tiles_i, tiles_j = triton.cdiv(d, _TILE_BLOCK_D), triton.cdiv(dp, _TILE_BLOCK_D)
-    partials = torch.empty((tiles_i * tiles_j, 2), dtype=mean_x.dtype, device=x.device)
-    launch(_corr_tile_kernel, (tiles_i * tiles_j,),
-           x, yy, mean_x, rstd_x, mean_y, rstd_y, partials, n, d, dp, x.stride(0), yy.stride(0), tiles_j,
-           int(y is None), SYMMETRIC=y is None, ACC=acc_tl(mean_x.dtype), BLOCK_N=_TILE_BLOCK_N,
-           BLOCK_D=_TILE_BLOCK_D)
-    sums = partials.to(torch.float64).sum(0)
-    l2 = diag_weight * sums[0] + offdiag_weight * sums[1]
-    loss = (l2 if squared else torch.sqrt(l2)).to(mean_x.dtype)
-    if y is None:
-        mean_y = mean_x.new_empty((0,))
-        rstd_y = mean_x.new_empty((0,))
-    return loss, mean_x, rstd_x, mean_y, rstd_y
+        loss, product = _loss_from_products(xa, ya, stats, diag_weight, offdiag_weight, squared, path)
+    return loss, mean_x, rstd_x, mean_y, rstd_y, product
+
+
+def _backward_gram(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rstd_y, a, b, squared):
+    n, d = xa.shape
+    zx = _standardize(xa, mean_x, rstd_x)
+    zy = zx if self_corr else _standardize(ya, mean_y, rstd_y)
+    sides = [(zx, zy, rstd_x)] if self_corr else [(zx, zy, rstd_x), (zy, zx, rstd_y)]
+    m_diag = min(zx.shape[1], zy.shape[1])
+    out = []
+    for z, zp, rstd in sides:
+        w = torch.mm(torch.mm(zp, zp.t()), z)  # Zp (Zp^T Z) by the N x N association
+        launch(_backward_epilogue_kernel, (triton.cdiv(z.shape[1], _BLOCK_D),), z, zp, w, rstd, grad, loss,
+               n, z.shape[1], zp.shape[1], m_diag, float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr,
+               ACC=acc_tl(z.dtype), BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
+        out.append(w)
+    return out
+
+
+def _backward_product(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rstd_y, product, a, b, squared):
+    n, d = xa.shape
+    dp = ya.shape[1]
+    my, ry = (mean_x, rstd_x) if self_corr else (mean_y, rstd_y)
+    tiles_r, tiles_c = triton.cdiv(d, _TILE), triton.cdiv(dp, _TILE)
+    m = torch.empty_like(product)
+    row_sq = torch.empty((tiles_c, d), dtype=torch.float64, device=xa.device)
+    col_sq = torch.empty((0 if self_corr else tiles_r, dp), dtype=torch.float64, device=xa.device)
+    acc = acc_tl(xa.dtype)
+    launch(_operands_kernel, (tiles_r * tiles_c,), product, m, rstd_x, ry, grad, loss, row_sq, col_sq,
+           n, d, dp, min(d, dp), tiles_c, float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr, ACC=acc,
+           BLOCK=_TILE)
+    cx, ox = torch.empty_like(xa), torch.empty_like(xa)
+    cy, oy = (cx, ox) if self_corr else (torch.empty_like(ya), torch.empty_like(ya))
+    x_blocks = triton.cdiv(d, _BLOCK_D)
+    col_blocks = x_blocks + (0 if self_corr else triton.cdiv(dp, _BLOCK_D))
+    launch(_center_kernel, (col_blocks * triton.cdiv(n, _BLOCK_N),), xa, ya, product, mean_x, rstd_x, my,
+           ry, grad, loss, row_sq, col_sq, cx, cy, ox, oy, n, d, dp, min(d, dp), x_blocks, col_blocks, tiles_r,
+           tiles_c,
+           float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr, ACC=acc, BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
+    ox.addmm_(cy, m.t())  # dx = shift_x (x - mu_x) + (y - mu_y) M^T
+    if self_corr:
+        return [ox]
+    oy.addmm_(cx, m)  # dy = shift_y (y - mu_y) + (x - mu_x) M
+    return [ox, oy]
 
 
 def coherence_backward(grad: torch.Tensor, loss: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
-                       mean_x: torch.Tensor, rstd_x: torch.Tensor, mean_y: torch.Tensor,
-                       rstd_y: torch.Tensor, diag_weight: float, offdiag_weight: float,
-                       squared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _x_and_y_contiguous_rows(x, y)
-    n, d = x.shape
-    acc = mean_x.dtype
-    grad = grad.to(acc).reshape(1).contiguous()
-    loss = loss.to(acc).reshape(1).contiguous()
-    coef = torch.empty(2, dtype=acc, device=x.device)  # filled on the device: no host sync
-    coef[0] = diag_weight
-    coef[1] = offdiag_weight
-    zx = _standardize(x, mean_x, rstd_x)
-    if y is None:
-        w = _matmul(_matmul(zx, zx.t()), zx) if _gram_first(n, d, None) else _matmul(zx, _matmul(zx.t(), zx))
-        _backward_epilogue(zx, zx, w, rstd_x, grad, loss, d, coef, squared, True)
-        return w.to(x.dtype), x.new_empty((0,))
-    zy = _standardize(y, mean_y, rstd_y)
-    dp = y.shape[1]
-    if _gram_first(n, d, dp):
-        wx = _matmul(_matmul(zy, zy.t()), zx)
-        wy = _matmul(_matmul(zx, zx.t()), zy)
-    else:
-        m = _matmul(zx.t(), zy)
-        wx, wy = _matmul(zy, m.t()), _matmul(zx, m)
-    m_diag = min(d, dp)
-    _backward_epilogue(zx, zy, wx, rstd_x, grad, loss, m_diag, coef, squared, False)
-    _backward_epilogue(zy, zx, wy, rstd_y, grad, loss, m_diag, coef, squared, False)
-    return wx.to(x.dtype), wy.to(y.dtype)
+                       mean_x: torch.Tensor, rstd_x: torch.Tensor, mean_y: torch.Tensor, rstd_y: torch.Tensor,
+                       product: torch.Tensor, diag_weight: float, offdiag_weight: float, squared: bool,
+                       path: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xa, ya = _acc_inputs(x, y)
+    acc = xa.dtype
+    grad = grad.to(acc).reshape(1)
+    loss = loss.to(acc).reshape(1)
+    args = (grad, loss, xa, ya, y is None, mean_x, rstd_x, mean_y, rstd_y)
+    if path == PRODUCT:
+        grads = _backward_product(*args, product.to(acc).contiguous(), diag_weight, offdiag_weight, squared)
+    else:  # GRAM, or BLOCKS (the forward kept no P): the N x N association
+        grads = _backward_gram(*args, diag_weight, offdiag_weight, squared)
+    dx = grads[0].to(x.dtype)
+    return dx, (x.new_empty((0,)) if y is None else grads[1].to(y.dtype))
