@@ -54,17 +54,21 @@ def exact_div(a, b, IS_F64: tl.constexpr):
     return out
 
 
-# Division by a loop-invariant fp32 divisor d: the reciprocal r = 1/d (correctly rounded) once
-# per program, then per element q0 = a*r, res = fma(-q0, d, a) (exact), q = fma(res, r, q0): three
-# instructions instead of the ~11 of a correctly rounded division with its slow-path call.
-# Proved equal to IEEE a / d by tests/test_fast_div.py (every divisor significand, numerators near
-# the quotient's rounding midpoints, exponents across the range) for DIV_MIN <= |d| <= DIV_MAX and
-# 2^-101 <= |a|, 2^-125 <= |a / d| <= 2^125; a smaller |a| or |a / d| gives |a / d| < 2^-5 and a
-# result of magnitude below 2^-4 (what a floor or a round of the quotient does not tell apart).
-DIV_MIN = tl.constexpr(2.0**-96)
-DIV_MAX = tl.constexpr(2.0**96)
+# Division by a loop-invariant fp32 divisor d without a per-element slow path. Once per program
+# (div_setup): a power of two s with |d * s| in [1, 2) (subnormal d: [2^-23, 1)), dn = d * s, and
+# r = 1/dn correctly rounded, by FMAs (no division call). Per element (div_fast) the numerator is
+# scaled too (a * s, exact: callers keep it finite) and q0 = a*r, res = fma(-q0, dn, a) (exact),
+# q = fma(res, r, q0): three instructions instead of the ~11 of a correctly rounded division with
+# its slow-path call. tests/test_fast_div.py proves q == IEEE a / d (every divisor significand,
+# numerators next to the quotient's rounding midpoints, every exponent) wherever
+# 2^-101 <= |a * s| and 2^-125 <= |a / d| <= 2^125; below those, |a / d| < 2^-5 and |q| < 2^-4
+# (the same floor, the same round half to even).
 # The interpreter computes tl.fma as a * b + c, rounded twice: there the fused multiply-add is
 # emulated exactly in float64 (below), so the interpreted kernels take the same float32 steps.
+# The divisor range of the correction step's proof (tests/test_fast_div.py); div_setup's dn is in
+# [2^-23, 4), far inside.
+DIV_MIN = 2.0**-96
+DIV_MAX = 2.0**96
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"))
 
 
@@ -74,14 +78,15 @@ def fma_rn(x, y, z):
     x*y and the float64 sum's error are exact, the sum is rounded to odd in float64, then to
     nearest in float32, which rounds the exact value correctly)."""
     if _INTERPRETED:
-        p = x.to(tl.float64) * y.to(tl.float64)
-        z64 = z.to(tl.float64)
-        s = p + z64
-        t = s - p
-        err = (p - (s - t)) + (z64 - t)  # p + z == s + err exactly
-        bits = s.to(tl.int64, bitcast=True)
+        zero = tl.zeros([], tl.float64)  # widens a float32 tensor or a Python float exactly
+        p = (zero + x) * (zero + y)
+        z64 = zero + z
+        t = p + z64
+        u = t - p
+        err = (p - (t - u)) + (z64 - u)  # p + z == t + err exactly
+        bits = t.to(tl.int64, bitcast=True)
         sticky = (err != 0) & ((bits & 1) == 0)
-        bits = tl.where(sticky, tl.where((err > 0) == (s > 0), bits + 1, bits - 1), bits)
+        bits = tl.where(sticky, tl.where((err > 0) == (t > 0), bits + 1, bits - 1), bits)
         out = bits.to(tl.float64, bitcast=True).to(tl.float32)
     else:
         out = tl.fma(x, y, z)
@@ -89,22 +94,102 @@ def fma_rn(x, y, z):
 
 
 @triton_jit
-def div_setup(d):
-    """(r, fast) for dividing by the fp32 scalar d: r = 1/d correctly rounded, and whether
-    :func:`div_fast` equals IEEE division by d (DIV_MIN <= |d| <= DIV_MAX). Once per program."""
-    r = tl.math.div_rn(tl.full([], 1.0, tl.float32), d)
-    ad = tl.abs(d)
-    return r, (ad >= DIV_MIN) & (ad <= DIV_MAX)
+def _closer_reciprocal(m, y, c):
+    """Of the positive floats y and c, the one nearer 1/m (|1 - m*y| is exact by FMA)."""
+    return tl.where(tl.abs(fma_rn(-m, c, 1.0)) < tl.abs(fma_rn(-m, y, 1.0)), c, y)
 
 
 @triton_jit
-def div_fast(a, d, r):
-    """a / d for fp32 a and the fp32 scalars d and r = 1/d from :func:`div_setup` (fast true):
-    one correction step (three instructions). Equal to IEEE division in the range given above
-    (a zero quotient may differ in sign); inf or NaN a gives NaN."""
+def _reciprocal(m):
+    """1/m correctly rounded for a positive normal fp32 scalar m, by FMAs only (no division:
+    neither a call nor the approximate div.full.f32). m = m1 * 2^j with m1 in [1, 2); from
+    24/17 - 8/17 * m1 (within 1/17), three Newton steps y + y * (1 - m1*y) reach a few ulps,
+    two more and the nearest of y and its two neighbours give RN(1/m1) (the steps alone miss
+    the significand 1.11...1); RN(1/m) = RN(1/m1) * 2^-j (normal here)."""
+    bits = m.to(tl.int32, bitcast=True)
+    m1 = ((bits & 0x007FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
+    y = 1.411764705882353 - 0.47058823529411764 * m1
+    for _ in tl.static_range(5):
+        y = fma_rn(fma_rn(-m1, y, 1.0), y, y)
+    ybits = y.to(tl.int32, bitcast=True)
+    y = _closer_reciprocal(m1, y, (ybits + 1).to(tl.float32, bitcast=True))
+    y = _closer_reciprocal(m1, y, (ybits - 1).to(tl.float32, bitcast=True))
+    # 2^-j: the exponent field of 1/2^j is 254 minus that of m
+    return y * ((254 - ((bits >> 23) & 0xFF)) << 23).to(tl.float32, bitcast=True)
+
+
+@triton_jit
+def div_setup(d):
+    """(s, dn, r) for dividing by the fp32 scalar d: the power of two s, dn = d * s and
+    r = 1/dn correctly rounded (:func:`_reciprocal`); a / d == div_fast(a * s, dn, r) (see
+    above). Once per program. d = 0, +-inf or NaN gives (0, 1, 1): a quotient 0 for finite a
+    (IEEE for d = +-inf)."""
+    ad = tl.abs(d)
+    usable = (ad > 0) & (ad < float("inf"))
+    e = ad.to(tl.int32, bitcast=True) >> 23  # the biased exponent
+    k = tl.minimum(tl.maximum(127 - e, -126), 126)
+    s = ((k + 127) << 23).to(tl.float32, bitcast=True)
+    m = tl.where(usable, ad * s, 1.0)
+    y = _reciprocal(m)
+    negative = d < 0
+    return (tl.where(usable, s, 0.0), tl.where(negative, -m, m), tl.where(negative, -y, y))
+
+
+@triton_jit
+def div_fast(a, dn, r):
+    """a / dn for fp32 a (already scaled by s) and the fp32 scalars dn, r from :func:`div_setup`:
+    one correction step (three instructions). Infinite or NaN a gives NaN."""
     q0 = a * r
-    res = fma_rn(-q0, d, a)
+    res = fma_rn(-q0, dn, a)
     return fma_rn(res, r, q0)
+
+
+def div_constants(d: float) -> tuple[float, float, float]:
+    """:func:`div_setup`'s (s, dn, r) for a divisor known on the host (float32 d, finite, nonzero),
+    to pass to a kernel as arguments: s a power of two, dn = d * s in [1, 2) (the float32
+    exponent range allows), r = 1/dn correctly rounded (numpy's IEEE float32 division)."""
+    import numpy as np
+
+    d32 = np.float32(d)
+    if not (np.isfinite(d32) and d32 != 0):
+        raise ValueError(f"div_constants: the divisor must be finite and nonzero, got {d!r}")
+    k = min(max(-int(np.frexp(d32)[1]) + 1, -126), 126)
+    s = np.float32(2.0**k)
+    dn = np.float32(d32 * s)
+    return float(s), float(dn), float(np.float32(1) / dn)
+
+
+# div_rn_by_count: 2^-26 (the scaled quotient under which the result is subnormal), 2^100 and 2^-100
+# (the scaling of a tiny numerator), 2^49 (with 2^100: 2^149, a subnormal's unit), 2^-75 * 2^-74.
+_TINY = tl.constexpr(2.0**-64)
+
+
+@triton_jit
+def div_rn_by_count(x, count, s, dn, r):
+    """x / count correctly rounded, for an fp32 scalar x and a positive integer count <= 2^24
+    (a number of bins) with :func:`div_constants` (s, dn, r) of count: no division call.
+
+    |x| >= 2^-64: div_fast. Smaller |x| is scaled by 2^100 first (exact); the result is scaled
+    back when it is normal, and when it is subnormal, rounded to the nearest multiple of 2^-149
+    (ties to even) from the exact remainder of |x| * 2^149 / count (an integer below 2^47
+    divided by count <= 2^24: the FMA remainder is exact). Zero, infinite and NaN x give x * r
+    (0, +-inf, NaN: IEEE's x / count)."""
+    ax = tl.abs(x)
+    tiny = ax < _TINY
+    big = tl.where(tiny, ax * 1.2676506002282294e30, ax)  # 2^100
+    q = div_fast(big * s, dn, r)
+    w = tl.where(tiny, q * 7.888609052210118e-31, q)  # 2^-100: exact for a normal result
+    # subnormal result: n = round_half_even(ax * 2^149 / count), w = n * 2^-149
+    y = big * 562949953421312.0  # 2^49
+    n = tl.floor(div_fast(y * s, dn, r))
+    rem = fma_rn(-n, count, y)
+    n = tl.where(rem < 0, n - 1.0, n)
+    rem = tl.where(rem < 0, rem + count, rem)
+    odd = n - 2.0 * tl.floor(n * 0.5) != 0
+    n = tl.where((2.0 * rem > count) | ((2.0 * rem == count) & odd), n + 1.0, n)
+    w = tl.where(tiny & (q < 1.4901161193847656e-08), n * 2.6469779601696886e-23 * 5.293955920339377e-23, w)
+    usable = (ax > 0) & (ax < float("inf"))
+    return tl.where(usable, tl.where(x < 0, -w, w), x * r)
 
 
 # CUDA's launch limits: gridDim.x < 2^31, gridDim.y and gridDim.z <= 65535.

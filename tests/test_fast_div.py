@@ -1,23 +1,25 @@
-"""The fp32 division by a reciprocal with one correction step (eitp_kernels._triton.div_fast)
-equals IEEE division wherever its operands are in range.
+"""The fp32 division by a reciprocal with one correction step (eitp_kernels._triton.div_setup,
+div_fast) equals IEEE division wherever its operands are in range.
 
-The kernels divide by a divisor that is constant over their loop (a bin width, an int8 scale):
-r = 1/d correctly rounded once per program, then q0 = a*r, res = fma(-q0, d, a), q = fma(res, r,
-q0). Here the same float32 steps run in numpy (the fused multiply-add emulated exactly: the
-product and the float64 sum's error are exact, the sum is rounded to odd in float64, then to
-nearest in float32) and are compared with numpy's IEEE float32 division over every divisor
-significand, numerators whose quotient lies next to a rounding midpoint, and exponents across
-the range; then the Triton helpers run under the interpreter on the same kind of sample.
+The kernels divide by a divisor d that is constant over their loop (a bin width, an int8 scale).
+Once per program: a power of two s with d * s in [1, 2), dn = d * s and r = 1/dn correctly
+rounded (a linear guess, five Newton steps, the nearest of it and its neighbours); per element
+q0 = a*r, res = fma(-q0, dn, a), q = fma(res, r, q0) on the scaled numerator a * s. A bin width
+(hi - lo) / bins is rounded the same way (div_rn_by_count), subnormal widths included.
+Here the same float32 steps run in numpy (the fused multiply-add emulated exactly: the product
+and the float64 sum's error are exact, the sum is rounded to odd in float64, then to nearest in
+float32) and are compared with numpy's IEEE float32 division over every divisor significand,
+numerators whose quotient lies next to a rounding midpoint, and exponents across the range
+(subnormal divisors included); then the Triton helpers run under the interpreter.
 """
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from eitp_kernels._triton import div_fast, div_setup, tl, triton_jit
+from eitp_kernels._triton import DIV_MAX, DIV_MIN, div_constants, div_fast, div_rn_by_count, div_setup, tl, triton_jit
 
 F32, F64 = np.float32, np.float64
-DIV_MIN, DIV_MAX = 2.0**-96, 2.0**96  # eitp_kernels._triton.DIV_MIN / DIV_MAX
 A_MIN, Q_MIN, Q_MAX = 2.0**-101, 2.0**-125, 2.0**125  # the numerator and quotient range of the proof
 
 
@@ -35,12 +37,55 @@ def fma32(x, y, z):
     return bits.view(F64).astype(F32)
 
 
-def fast_div(a, d):
-    """The kernels' steps: r = RN(1/d), q0 = RN(a*r), res = fma(-q0, d, a), q = fma(res, r, q0)."""
-    r = (F32(1.0) / d).astype(F32)
+def fast_div(a, d, r=None):
+    """The correction step: q0 = RN(a*r), res = fma(-q0, d, a), q = fma(res, r, q0), r = RN(1/d)."""
+    r = (F32(1.0) / d).astype(F32) if r is None else r
     q0 = (a * r).astype(F32)
     res = fma32(-q0, d, a)
     return fma32(res, r, q0)
+
+
+def next_float(y, steps):
+    """y moved by `steps` ulps (positive float32 y)."""
+    return (y.view(np.int32) + np.int32(steps)).view(F32)
+
+
+def reciprocal(m, fused=True, first_error=None):
+    """div_setup's r = 1/m for positive normal float32 m (_triton._reciprocal): the significand
+    m1, the guess 24/17 - 8/17 * m1 (one FMA on the GPU, ``fused``; two roundings under the
+    interpreter), five Newton steps, the nearest of y and its neighbours, times 2^-j. With
+    ``first_error``, the steps start instead from RN(1/m1) moved by that many ulps and only the
+    last two run (the margin: five steps from the guess end far closer)."""
+    one = np.ones_like(m)
+    bits = m.view(np.int32)
+    m1 = ((bits & 0x007FFFFF) | 0x3F800000).astype(np.int32).view(F32)
+    if first_error is None:
+        a, c = np.full_like(m1, F32(-8 / 17)), np.full_like(m1, F32(24 / 17))
+        y = fma32(a, m1, c) if fused else (c + (a * m1).astype(F32)).astype(F32)
+        steps = 5
+    else:
+        y, steps = next_float((one / m1).astype(F32), first_error), 2
+    for _ in range(steps):
+        y = fma32(fma32(-m1, y, one), y, y)
+    for c in (next_float(y, 1), next_float(y, -1)):
+        y = np.where(np.abs(fma32(-m1, c, one)) < np.abs(fma32(-m1, y, one)), c, y)
+    return (y * ((254 - ((bits >> 23) & 0xFF)) << 23).astype(np.int32).view(F32)).astype(F32)
+
+
+def setup(d, fused=True):
+    """div_setup's (s, dn, r) for finite nonzero float32 d."""
+    e = np.abs(d).view(np.int32) >> 23
+    k = np.clip(127 - e, -126, 126)
+    s = ((k + 127) << 23).astype(np.int32).view(F32)
+    m = (np.abs(d) * s).astype(F32)
+    r = reciprocal(m, fused)
+    return s, np.where(d < 0, -m, m), np.where(d < 0, -r, r)
+
+
+def scaled_div(a, d, fused=True):
+    """The kernels' a / d: div_setup once, then div_fast on a * s."""
+    s, dn, r = setup(d, fused)
+    return fast_div((a * s).astype(F32), dn, r)
 
 
 def significands(rng, n):
@@ -57,7 +102,8 @@ def assert_equal_division(a, d):
     with np.errstate(all="ignore"):
         got, want = fast_div(a, d), (a / d).astype(F32)
     bad = got != want
-    assert not bad.any(), f"{bad.sum()} mismatches, e.g. a={a[bad][:4]!r} d={d[bad][:4]!r}: {got[bad][:4]} != {want[bad][:4]}"
+    assert not bad.any(), (f"{bad.sum()} mismatches, e.g. a={a[bad][:4]!r} d={d[bad][:4]!r}: "
+                           f"{got[bad][:4]} != {want[bad][:4]}")
 
 
 def test_fma_emulation_rounds_correctly():
@@ -122,6 +168,84 @@ def test_tiny_numerators_and_quotients_stay_below_a_sixteenth():
     assert (np.abs(want) < 2.0**-5).all() and (np.abs(got) < 2.0**-4).all()
 
 
+def test_reciprocal_is_correctly_rounded_for_every_significand():
+    m = (1.0 + np.arange(1 << 23, dtype=F64) / (1 << 23)).astype(F32)
+    assert (reciprocal(m) == (F32(1) / m).astype(F32)).all()
+    # the neighbour pick is needed: Newton steps alone miss 1 / 1.11...1
+    y = next_float((F32(1) / m[-1:]).astype(F32), 1)
+    for _ in range(2):
+        y = fma32(fma32(-m[-1:], y, np.ones(1, F32)), y, y)
+    assert y[0] != F32(1) / m[-1]
+
+
+def test_scaled_division_every_exponent():
+    # divisors of every exponent, subnormal ones included; numerators with |a * s| >= 2^-101
+    rng = np.random.default_rng(6)
+    n = 1 << 21
+    d = (significands(rng, n).astype(F64) * np.exp2(rng.integers(-149, 128, n).astype(F64))).astype(F32)
+    d = np.where(d == 0, F32(1e-45), d) * rng.choice([-1, 1], n).astype(F32)
+    s, _, _ = setup(d)
+    q_exp = rng.integers(-24, 24, n).astype(F64)  # quotients near the kernels' (bins, codes)
+    a = (significands(rng, n).astype(F64) * np.exp2(q_exp) * d.astype(F64)).astype(F32)
+    with np.errstate(all="ignore"):
+        keep = np.isfinite(a) & (np.abs(a.astype(F64) * s) >= A_MIN) & in_range(a, d)
+        assert keep.mean() > 0.8
+        got, want = scaled_div(a[keep], d[keep]), (a[keep] / d[keep]).astype(F32)
+    bad = got != want
+    assert not bad.any(), f"a={a[keep][bad][:4]!r} d={d[keep][bad][:4]!r}"
+    with np.errstate(all="ignore"):
+        assert (scaled_div(a[keep][:4096], d[keep][:4096], fused=False) == want[:4096]).all()
+
+
+def by_count(x, count):
+    """div_rn_by_count's steps (float32 x, a positive integer count <= 2^24): x / count."""
+    s, dn, r = (F32(v) for v in div_constants(count))
+    c = F32(count)
+    ax = np.abs(x)
+    tiny = ax < F32(2.0**-64)
+    big = np.where(tiny, ax * F32(2.0**100), ax).astype(F32)
+    q = fast_div((big * s).astype(F32), np.full_like(x, dn), np.full_like(x, r))
+    w = np.where(tiny, q * F32(2.0**-100), q).astype(F32)
+    y = (big * F32(2.0**49)).astype(F32)
+    n = np.floor(fast_div((y * s).astype(F32), np.full_like(x, dn), np.full_like(x, r)))
+    rem = fma32(-n, np.full_like(x, c), y)
+    n = np.where(rem < 0, n - 1, n).astype(F32)
+    rem = np.where(rem < 0, rem + c, rem).astype(F32)
+    odd = n - 2 * np.floor(n * F32(0.5)) != 0
+    n = np.where((2 * rem > c) | ((2 * rem == c) & odd), n + 1, n).astype(F32)
+    w = np.where(tiny & (q < F32(2.0**-26)), (n * F32(2.0**-75)).astype(F32) * F32(2.0**-74), w).astype(F32)
+    usable = (ax > 0) & (ax < np.inf)
+    return np.where(usable, np.where(x < 0, -w, w), x * r).astype(F32)
+
+
+COUNTS = [1, 2, 3, 7, 10, 100, 255, 256, 257, 1000, 4095, 4096, 5000, 65535, (1 << 24) - 1, 1 << 24]
+
+
+def test_division_by_a_count_every_exponent():
+    # a bin width (hi - lo) / bins: normal, tiny and subnormal widths, rounded once
+    rng = np.random.default_rng(7)
+    n = 1 << 18
+    x = (significands(rng, n).astype(F64) * np.exp2(rng.integers(-149, 128, n).astype(F64))).astype(F32)
+    x[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3e-45, F32(3.4028235e38)]
+    for count in COUNTS + list(rng.integers(1, 1 << 24, 8)):
+        with np.errstate(all="ignore"):
+            got, want = by_count(x, int(count)), (x / F32(count)).astype(F32)
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        assert same.all(), f"count={count}: x={x[~same][:4]!r} got {got[~same][:4]} want {want[~same][:4]}"
+        # subnormal quotients half-way between two multiples of 2^-149 (ties go to even)
+        k = rng.integers(0, 1 << 22, 4096)
+        ties = ((2 * k + 1).astype(F64) * 2.0**-150 * count).astype(F32)
+        with np.errstate(all="ignore"):
+            assert (by_count(ties, int(count)) == (ties / F32(count)).astype(F32)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_error", [None, -4, -3, -2, -1, 0, 1, 2, 3, 4])
+def test_reciprocal_every_significand_unfused_and_from_any_close_start(first_error):
+    m = (1.0 + np.arange(1 << 23, dtype=F64) / (1 << 23)).astype(F32)
+    assert (reciprocal(m, fused=False, first_error=first_error) == (F32(1) / m).astype(F32)).all()
+
+
 @pytest.mark.slow
 def test_every_divisor_significand_many_numerators():
     rng = np.random.default_rng(4)
@@ -137,15 +261,13 @@ def test_every_divisor_significand_many_numerators():
 
 
 @triton_jit
-def _divide_rows_kernel(a_ptr, d_ptr, q_ptr, fast_ptr, n, BLOCK: tl.constexpr):
-    # row i of a divided by d[i]: the reciprocal once per program, then div_fast
+def _divide_rows_kernel(a_ptr, d_ptr, q_ptr, n, BLOCK: tl.constexpr):
+    # row i of a divided by d[i]: div_setup once per program, then div_fast
     row = tl.program_id(0)
-    d = tl.load(d_ptr + row)
-    r, fast = div_setup(d)
+    s, dn, r = div_setup(tl.load(d_ptr + row))
     offs = tl.arange(0, BLOCK)
     a = tl.load(a_ptr + row * n + offs, mask=offs < n, other=1.0)
-    tl.store(q_ptr + row * n + offs, div_fast(a, d, r), mask=offs < n)
-    tl.store(fast_ptr + row, fast.to(tl.int32))
+    tl.store(q_ptr + row * n + offs, div_fast(a * s, dn, r), mask=offs < n)
 
 
 @pytest.mark.triton_interpret
@@ -153,19 +275,48 @@ def test_triton_helpers_match_ieee_division():
     import torch
 
     rng = np.random.default_rng(5)
-    rows, n = 512, 1024
-    d = significands(rng, rows) * np.exp2(rng.integers(-100, 100, rows)).astype(F32)
-    d[:4] = [DIV_MIN, DIV_MAX, 2.0**-97, 2.0**97]
-    a = (significands(rng, (rows, n)) * np.exp2(rng.integers(-20, 20, (rows, n))) * d[:, None]).astype(F32)
-    a[:, : n // 2] = ((rng.integers(1 << 23, 1 << 24, (rows, n // 2)) + 0.5) * 2.0**-23 * d[:, None]).astype(F32)
+    rows, n = 128, 1024
+    d = (significands(rng, rows).astype(F64) * np.exp2(rng.integers(-149, 128, rows).astype(F64))).astype(F32)
+    d = np.where(d == 0, F32(1e-45), d)
+    d[:6] = [float.fromhex("0x1.fffffep+0"), 1.0, 2.0**-149, float.fromhex("0x1.fffffep+127"), -3.0, 0.1]
+    with np.errstate(over="ignore"):  # the largest divisors give some infinite numerators (not kept)
+        a = (significands(rng, (rows, n)) * np.exp2(rng.integers(-20, 20, (rows, n))) * d[:, None]).astype(F32)
+        a[:, : n // 2] = ((rng.integers(1 << 23, 1 << 24, (rows, n // 2)) + 0.5) * 2.0**-23 * d[:, None]).astype(F32)
     q = torch.empty((rows, n), dtype=torch.float32)
-    fast = torch.empty(rows, dtype=torch.int32)
-    _divide_rows_kernel[(rows,)](torch.from_numpy(a), torch.from_numpy(d), q, fast, n, BLOCK=n)
-    expect_fast = (np.abs(d) >= DIV_MIN) & (np.abs(d) <= DIV_MAX)
-    assert (fast.numpy().astype(bool) == expect_fast).all()
+    _divide_rows_kernel[(rows,)](torch.from_numpy(a), torch.from_numpy(d), q, n, BLOCK=n)
     dd = np.broadcast_to(d[:, None], a.shape).astype(F32)
-    keep = expect_fast[:, None] & in_range(a, dd)
-    assert keep.mean() > 0.9
+    s, _, _ = setup(dd)
     with np.errstate(all="ignore"):
+        keep = np.isfinite(a) & (np.abs(a.astype(F64) * s) >= A_MIN) & in_range(a, dd)
+        assert keep.mean() > 0.8
         assert (q.numpy()[keep] == (a / dd)[keep]).all()
-        assert (q.numpy()[keep] == fast_div(a, dd)[keep]).all()
+        assert (q.numpy()[keep] == scaled_div(a, dd)[keep]).all()
+    # zero, infinite and NaN divisors: quotient 0 for finite numerators
+    special = torch.tensor([0.0, float("inf"), float("-inf"), float("nan")])
+    q = torch.empty((4, 16))
+    _divide_rows_kernel[(4,)](torch.ones(4, 16), special, q, 16, BLOCK=16)
+    assert (q == 0).all()
+
+
+@triton_jit
+def _divide_by_count_kernel(x_ptr, out_ptr, count, s, dn, r, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    tl.store(out_ptr + offs, div_rn_by_count(x, tl.zeros([], tl.float32) + count, s, dn, r))
+
+
+@pytest.mark.triton_interpret
+def test_triton_division_by_a_count():
+    import torch
+
+    rng = np.random.default_rng(8)
+    n = 1 << 14
+    x = (significands(rng, n).astype(F64) * np.exp2(rng.integers(-149, 128, n).astype(F64))).astype(F32)
+    x[:6] = [0.0, np.inf, -np.inf, np.nan, 1e-45, -2.5e-44]
+    for count in (1, 7, 256, 4095, 1 << 24):
+        out = torch.empty(n)
+        _divide_by_count_kernel[(n // 1024,)](torch.from_numpy(x), out, count, *div_constants(count), BLOCK=1024)
+        with np.errstate(all="ignore"):
+            want = (x / F32(count)).astype(F32)
+        got = out.numpy()
+        assert ((got == want) | (np.isnan(got) & np.isnan(want))).all(), count

@@ -2,9 +2,12 @@
 :mod:`eitp_kernels.ops.entropy`, which validates, dispatches and registers them
 as custom ops.
 
-The hard counts kernel keeps a block-local histogram (``tl.histogram``,
-bins <= 4096) and merges it with one atomic per bin per program (above 4096
-bins: one global atomic per element); the soft counts kernel uses two float64
+The hard counts kernel counts one tile per program (256 bytes of input a
+thread, all loaded before the first is used) into a block-local histogram
+(``tl.histogram``, bins <= 4096), zeroed once, merged with one relaxed atomic
+per bin (above 4096 bins: one global atomic per element); the bins come from
+the division by the program's reciprocal (``_triton.div_setup``: no division
+per element, the true division's bins). The soft counts kernel uses two float64
 global atomics per element. Many tensors: each tensor is a segment of a flat
 buffer per dtype; a work item is one chunk of one segment, found by binary
 search in the prefix sum of work items per segment, so one launch covers every
@@ -20,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout, _validation
-from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
+from eitp_kernels._triton import (acc_tl, div_constants, div_fast, div_rn_by_count, div_setup, exact_div, fma_rn,
+                                  launch, tl, triton, triton_jit)
 from eitp_kernels.triton import finite_minmax
 
 # The block-local histogram holds next_power_of_2(bins) int32 counters per
@@ -28,6 +32,8 @@ from eitp_kernels.triton import finite_minmax
 # shared memory: python -m eitp_kernels._triton_aot); above this many bins each
 # element takes one global atomic instead.
 _LOCAL_HIST_MAX_BINS = 4096
+# Bytes of input each thread of the counting kernel loads (its one tile).
+_TILE_BYTES = 256
 
 
 @triton_jit
@@ -47,50 +53,107 @@ def _bin_width(lo_ptr, hi_ptr, bins, ACC: tl.constexpr, IS_F64: tl.constexpr):
 
 
 @triton_jit
+def _exact_bins(v, lo, hi, w, nb, DROP: tl.constexpr, EXPLICIT: tl.constexpr, IS_F64: tl.constexpr):
+    """Bins (int32) of values v by true division, DROP for values not counted (float64 input)."""
+    ok = v - v == 0  # finite (the span's masked tail loads NaN)
+    if EXPLICIT:
+        ok = ok & (v >= lo) & (v <= hi)
+    q = exact_div(v - lo, w, IS_F64)
+    # floor clamped to [0, bins-1] == trunc of q clamped to [0, bins-1]
+    q = tl.where(q >= 0, q, 0.0)  # also NaN -> 0
+    q = tl.where(q < nb - 1.0, q, nb - 1.0)
+    q = tl.where(w == 0, 0.0, q)
+    return tl.where(ok, q.to(tl.int32), DROP)
+
+
+@triton_jit
+def _fast_bins(v, lo, hi, w, nb, DROP: tl.constexpr, EXPLICIT: tl.constexpr, LOCAL_HIST: tl.constexpr):
+    """Bins (int32) of float32 values v, DROP for values not counted, by _triton.div_setup /
+    div_fast: the bins of the true division (docs/design.md §2.1), w a scalar.
+
+    (v - lo) * s is one FMA, fma(v, s, -lo * s): exact scaling by the power of two s. A value
+    at the top edge may get bin ``bins`` (q = (hi - lo) / w rounds to bins): the merge adds
+    that bin to the last one, so no clamp is needed while bins < 2^22 (block-local
+    histograms). A non-finite v gives q = NaN, which the minimum with DROP turns into DROP;
+    with the automatic range every finite v is in [lo, hi], so no comparison either."""
+    s, dn, r = div_setup(w)  # w == 0 or not finite: s = 0, every counted value in bin 0
+    q = div_fast(fma_rn(v, s, -tl.where(s == 0.0, 0.0, lo * s)), dn, r)
+    if LOCAL_HIST:
+        q = tl.minimum(q, DROP)
+    else:
+        q = tl.where(q == q, tl.minimum(q, nb - 1.0), DROP)  # bins up to 2^24: q(hi) may pass bins + 1
+    if EXPLICIT:
+        # lo and hi may be infinite (a range beyond float32): v - v == 0 drops +-inf then
+        q = tl.where((v >= lo) & (v <= hi) & (v - v == 0), q, DROP)
+    return q.to(tl.int32)
+
+
+@triton_jit
 def _count_span(
     x_ptr,
-    begin,  # counts x[begin, end)
+    begin,  # counts x[begin, end), end - begin <= CHUNK
     end,
     lo_ptr,  # this histogram's range, ACC (not read for codes)
     hi_ptr,
-    out_ptr,  # (bins,) int64 counts to add to
-    bins,
+    out_ptr,  # (BINS,) int64 counts to add to
+    bins_s,  # _triton.div_constants(BINS): w = (hi - lo) / BINS without a division call
+    bins_dn,
+    bins_r,
+    BINS: tl.constexpr,  # the number of bins (a constant: the merge's masks and addresses fold)
     EXPLICIT: tl.constexpr,  # drop x < lo and x > hi
     IS_CODE: tl.constexpr,  # int8/uint8 input: bin = code + CODE_OFFSET
     CODE_OFFSET: tl.constexpr,
     ACC: tl.constexpr,  # tl.float32 or tl.float64
     IS_F64: tl.constexpr,
-    NB: tl.constexpr,  # power of two >= bins (block-local histogram length)
+    NB: tl.constexpr,  # power of two >= BINS + 2: the block-local histogram (BINS, the top edge, dropped)
     LOCAL_HIST: tl.constexpr,  # block-local histogram, else one atomic per element
-    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BF16_PAIRS: tl.constexpr,  # bf16 x read as 32-bit words (begin and end even, x 4-byte aligned)
 ):
-    if not IS_CODE:
-        lo, hi, nb, w = _bin_width(lo_ptr, hi_ptr, bins, ACC, IS_F64)
-    hist = tl.zeros([NB], tl.int32)
-    for start in tl.range(begin, end, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        in_span = offsets < end
-        if IS_CODE:
-            b = tl.load(x_ptr + offsets, mask=in_span, other=0).to(tl.int32) + CODE_OFFSET
-            ok = in_span
+    # The whole span is one tile: every load is issued before the first use, and the
+    # block-local histogram is zeroed, filled and merged once per program. The tail past the
+    # span loads zeros (one instruction per two registers); their bin, pad_bin, comes off at
+    # the merge.
+    DROP: tl.constexpr = NB - 1 if LOCAL_HIST else (1 << 30)  # the bin of values not counted (> BINS)
+    offsets = tl.arange(0, CHUNK)  # from begin: 32-bit masks, one base address
+    in_span = offsets < (end - begin).to(tl.int32)
+    if BF16_PAIRS:
+        # two bf16 values per 32-bit word, widened by a shift and a mask (one instruction each);
+        # the histogram takes them in any order
+        half = tl.arange(0, CHUNK // 2)
+        words = tl.load((x_ptr + begin).to(tl.pointer_type(tl.uint32), bitcast=True) + half,
+                        mask=half < ((end - begin) // 2).to(tl.int32), other=0)
+        x = tl.reshape(tl.join((words << 16).to(tl.float32, bitcast=True),
+                               (words & 0xFFFF0000).to(tl.float32, bitcast=True)), [CHUNK], can_reorder=True)
+    else:
+        x = tl.load(x_ptr + begin + offsets, mask=in_span, other=0)
+    if IS_CODE:
+        b = x.to(tl.int32) + CODE_OFFSET
+        pad_bin = CODE_OFFSET
+    else:
+        lo = tl.load(lo_ptr)
+        hi = tl.load(hi_ptr)
+        nb = _as_acc(BINS, ACC)
+        if IS_F64:
+            w = exact_div(hi - lo, nb, IS_F64)
+            b = _exact_bins(x.to(ACC), lo, hi, w, nb, DROP, EXPLICIT, IS_F64)
+            pad_bin = _exact_bins(tl.zeros([], ACC), lo, hi, w, nb, DROP, EXPLICIT, IS_F64)
         else:
-            v = tl.load(x_ptr + offsets, mask=in_span, other=0.0).to(ACC)
-            ok = in_span & (v - v == 0)  # finite
-            if EXPLICIT:
-                ok = ok & (v >= lo) & (v <= hi)
-            q = exact_div(v - lo, w, IS_F64)
-            # floor clamped to [0, bins-1] == trunc of q clamped to [0, bins]
-            q = tl.where(q >= 0, q, 0.0)  # also NaN -> 0
-            q = tl.where(q < nb, q, nb)
-            q = tl.where(w == 0, 0.0, q)
-            b = tl.minimum(q.to(tl.int32), bins - 1)
-        if LOCAL_HIST:
-            hist += tl.histogram(b, NB, mask=ok)
-        else:
-            tl.atomic_add(out_ptr + b, tl.full([BLOCK], 1, tl.int64), mask=ok)
+            w = div_rn_by_count(hi - lo, nb, bins_s, bins_dn, bins_r)
+            b = _fast_bins(x.to(ACC), lo, hi, w, nb, DROP, EXPLICIT, LOCAL_HIST)
+            pad_bin = _fast_bins(tl.zeros([], ACC), lo, hi, w, nb, DROP, EXPLICIT, LOCAL_HIST)
+    pad = (CHUNK - (end - begin)).to(tl.int32)
     if LOCAL_HIST:
+        hist = tl.histogram(b, NB)
         idx = tl.arange(0, NB)
-        tl.atomic_add(out_ptr + idx, hist.to(tl.int64), mask=(idx < bins) & (hist > 0))
+        # bin `BINS` holds values at the top edge: they count in the last bin
+        tl.atomic_add(out_ptr + tl.minimum(idx, BINS - 1), hist.to(tl.int64), mask=(idx <= BINS) & (hist > 0),
+                      sem="relaxed")
+        # (a negative pad_bin was not counted: tl.histogram ignores bins outside [0, NB))
+        tl.atomic_add(out_ptr + tl.minimum(pad_bin, BINS - 1), -pad.to(tl.int64),
+                      mask=(pad > 0) & (pad_bin >= 0) & (pad_bin <= BINS), sem="relaxed")
+    else:
+        tl.atomic_add(out_ptr + b, tl.full([CHUNK], 1, tl.int64), mask=(b < BINS) & in_span, sem="relaxed")
 
 
 @triton_jit
@@ -101,11 +164,14 @@ def _histogram_counts_kernel(
     row_ptr,  # SEGMENTED: (segments,) output row of each segment
     lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
     hi_ptr,  # (rows,)
-    counts_ptr,  # (rows, bins) int64, zero-filled
+    counts_ptr,  # (rows, BINS) int64, zero-filled
     length,  # rows: row_length; SEGMENTED: segments
     steps,  # rows: programs per row (program p counts chunk p % steps of row p // steps);
             # SEGMENTED: binary-search steps, >= ceil(log2(segments))
-    bins,
+    bins_s,  # _triton.div_constants(BINS)
+    bins_dn,
+    bins_r,
+    BINS: tl.constexpr,
     SEGMENTED: tl.constexpr,  # work items from the segment table (many tensors), else rows x chunks
     EXPLICIT: tl.constexpr,
     IS_CODE: tl.constexpr,
@@ -114,8 +180,8 @@ def _histogram_counts_kernel(
     IS_F64: tl.constexpr,
     NB: tl.constexpr,
     LOCAL_HIST: tl.constexpr,
-    CHUNK: tl.constexpr,  # elements per program
-    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,  # elements per program (one tile)
+    BF16_PAIRS: tl.constexpr,  # bf16 rows of even length from a 4-byte aligned x: read as 32-bit words
 ):
     if SEGMENTED:
         seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, length, steps, CHUNK)
@@ -128,21 +194,25 @@ def _histogram_counts_kernel(
         begin = (pid % steps) * CHUNK
         end = tl.minimum(begin + CHUNK, length)
         span_ptr = x_ptr + row * length
-    _count_span(span_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * bins, bins,
-                EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, BLOCK)
+    _count_span(span_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * BINS, bins_s, bins_dn,
+                bins_r, BINS, EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, CHUNK, BF16_PAIRS)
 
 
 def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
     """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
     local = bins <= _LOCAL_HIST_MAX_BINS
     acc = _layout.compute_dtype(dtype)
-    # short spans (many of them): one program each, no idle loop steps
-    block = min(1024, max(16, triton.next_power_of_2(max_span)))
-    chunk = min(16384 if local else 4096, max(block, triton.next_power_of_2(max_span)))
+    # One tile per program: _TILE_BYTES per thread, all loaded before the first use (the
+    # once-per-program work, about 200 instructions on sm_90, spread over 64-256 elements
+    # per thread); short spans (many of them) in one tile each, on fewer warps.
+    per_thread = _TILE_BYTES // dtype.itemsize
+    chunk = max(16, triton.next_power_of_2(max_span))
+    chunk = min(chunk, 8 * 32 * per_thread if local else 4096)
     return dict(
         EXPLICIT=explicit, IS_CODE=dtype in _validation.CODE_DTYPES, CODE_OFFSET=128 if dtype == torch.int8 else 0,
         ACC=acc_tl(acc), IS_F64=acc == torch.float64,
-        NB=triton.next_power_of_2(bins) if local else 1, LOCAL_HIST=local, CHUNK=chunk, BLOCK=block,
+        BINS=bins, NB=triton.next_power_of_2(bins + 2), LOCAL_HIST=local, CHUNK=chunk,
+        num_warps=min(8, max(1, chunk // (32 * per_thread))) if local else 4,
     )
 
 
@@ -156,8 +226,10 @@ def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor 
     if meta["IS_CODE"]:
         lo = hi = counts  # unused
     chunks = triton.cdiv(row_length, meta["CHUNK"])
+    # (the allocator aligns storages to 16 bytes or more: an even offset is a 4-byte aligned bf16 pair)
+    pairs = x.dtype == torch.bfloat16 and row_length % 2 == 0 and x.storage_offset() % 2 == 0
     launch(_histogram_counts_kernel, (n_rows * chunks,), x, counts, counts, counts, lo, hi, counts, row_length, chunks,
-           bins, SEGMENTED=False, **meta)  # counts: the segment table, unused
+           *div_constants(bins), SEGMENTED=False, BF16_PAIRS=pairs, **meta)  # counts: the segment table, unused
     return counts
 
 
@@ -421,11 +493,11 @@ def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] 
             part_lo = torch.empty(items, dtype=lo.dtype, device=device)
             part_hi = torch.empty_like(part_lo)
             launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,
-                   ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=meta["BLOCK"])
+                   ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=min(1024, meta["CHUNK"]))
             launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
                    BLOCK=128)
-        launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, bins,
-               SEGMENTED=True, **meta)
+        launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps,
+               *div_constants(bins), SEGMENTED=True, BF16_PAIRS=False, **meta)
     return counts
 
 

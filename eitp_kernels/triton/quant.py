@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout
-from eitp_kernels._triton import exact_div, launch, tl, triton, triton_jit
+from eitp_kernels._triton import div_fast, div_setup, exact_div, launch, tl, triton, triton_jit
 
 
 @triton_jit
@@ -118,6 +118,39 @@ def _unclamped_code(v, sa, za, IS_F64: tl.constexpr):
 
 
 @triton_jit
+def _scale_divisor(sa, IS_F64: tl.constexpr):
+    """Once per program: _triton.div_setup of a float32 scale, and 256 * |dn|, the bound the
+    scaled values are clamped to ((0, 1, 1, 0) unused for float64)."""
+    if IS_F64:
+        s, dn, r = 0.0, 1.0, 1.0
+    else:
+        s, dn, r = div_setup(sa)
+    return s, dn, r, 256.0 * tl.abs(dn)
+
+
+@triton_jit
+def _fast_unclamped_code(v, za, s, dn, r, bound):
+    """_unclamped_code for float32 v without a division: v * s clamped to +-256 |dn| (exact;
+    beyond +-256 the code clamps the same, so the clamp changes no code and no backward mask,
+    and infinite v gets +-256), div_fast (_triton), then round half to even by adding and
+    subtracting 1.5 * 2^23 (exact for |q| <= 256)."""
+    q = div_fast(tl.minimum(tl.maximum(v * s, -bound), bound), dn, r)
+    rounded = (q + 12582912.0) - 12582912.0
+    return tl.where(v != v, 0.0, rounded) + za
+
+
+@triton_jit
+def _code(v, sa, za, s, dn, r, bound, IS_F64: tl.constexpr):
+    """rint(v / scale) + zero point before the clamp: the true division for float64, else the
+    division by the program's reciprocal (the same codes)."""
+    if IS_F64:
+        out = _unclamped_code(v, sa, za, IS_F64)
+    else:
+        out = _fast_unclamped_code(v, za, s, dn, r, bound)
+    return out
+
+
+@triton_jit
 def _quant_rows_kernel(
     x_ptr,  # (rows, row_length) contiguous, float
     q_ptr,  # (rows, row_length) int8 codes (written unless FAKE)
@@ -146,6 +179,7 @@ def _quant_rows_kernel(
         tl.store(zp_ptr + row, zpf.to(tl.int32))
     sa = _to_acc(s, IS_F64)
     za = _to_acc(zpf, IS_F64)
+    ds, dn, dr, bound = _scale_divisor(s, IS_F64)
     qmin = -127.0 if SYMMETRIC else -128.0
     begin = part * chunk
     for start in tl.range(0, chunk, BLOCK):
@@ -153,7 +187,7 @@ def _quant_rows_kernel(
         mask = offsets < row_length
         xv = tl.load(row_x + offsets, mask=mask, other=0.0)
         v = _to_acc(xv, IS_F64)
-        r = _unclamped_code(v, sa, za, IS_F64)
+        r = _code(v, sa, za, ds, dn, dr, bound, IS_F64)
         r = tl.minimum(tl.maximum(r, qmin), 127.0)
         if FAKE:
             d = _cast_rne((r - za) * sa, xv.dtype)
@@ -171,6 +205,13 @@ def _row_part_scale(scale_ptr, zp_ptr, chunks, IS_F64: tl.constexpr):
 
 
 @triton_jit
+def _runs_of_4(BLOCK: tl.constexpr):
+    """tl.arange(0, BLOCK) seen by the compiler as runs of 4 contiguous offsets."""
+    i = tl.arange(0, BLOCK)
+    return (i // 4) * 4 + i % 4
+
+
+@triton_jit
 def _dequant_rows_kernel(
     q_ptr,  # (rows, row_length) int8
     scale_ptr,  # (rows,) float32
@@ -184,7 +225,9 @@ def _dequant_rows_kernel(
 ):
     row, part, sa, za = _row_part_scale(scale_ptr, zp_ptr, chunks, IS_F64)
     for start in tl.range(0, chunk, BLOCK):
-        offsets = part * chunk + start + tl.arange(0, BLOCK)
+        # runs of 4: codes load 4 to a thread (32 bits) in the layout of the 4 floats each
+        # thread stores (128 bits), so no exchange through shared memory (no barriers)
+        offsets = part * chunk + start + _runs_of_4(BLOCK)
         mask = offsets < row_length
         q = _to_acc(tl.load(q_ptr + row * row_length + offsets, mask=mask, other=0), IS_F64)
         out = (q - za) * sa
@@ -206,13 +249,14 @@ def _fake_quant_backward_kernel(
     BLOCK: tl.constexpr,
 ):
     row, part, sa, za = _row_part_scale(scale_ptr, zp_ptr, chunks, IS_F64)
+    ds, dn, dr, bound = _scale_divisor(tl.load(scale_ptr + row), IS_F64)
     qmin = -127.0 if SYMMETRIC else -128.0
     for start in tl.range(0, chunk, BLOCK):
         offsets = part * chunk + start + tl.arange(0, BLOCK)
         mask = offsets < row_length
         v = _to_acc(tl.load(x_ptr + row * row_length + offsets, mask=mask, other=0.0), IS_F64)
         g = tl.load(grad_ptr + row * row_length + offsets, mask=mask, other=0.0)
-        r = _unclamped_code(v, sa, za, IS_F64)
+        r = _code(v, sa, za, ds, dn, dr, bound, IS_F64)
         keep = (v - v == 0) & (r >= qmin) & (r <= 127.0)
         tl.store(grad_x_ptr + row * row_length + offsets, tl.where(keep, g, 0.0).to(g.dtype), mask=mask)
 
@@ -263,11 +307,17 @@ def _params_from_partials_kernel(
     tl.store(zp_ptr + row, zpf.to(tl.int32))
 
 
-def _blocks(row_length: int) -> tuple[int, int, int]:
-    """(BLOCK, chunk, chunks) for a row of row_length elements."""
-    block = min(1024, max(16, triton.next_power_of_2(max(row_length, 1))))
-    chunk = block * 16
+def _blocks(row_length: int, max_block: int = 1024) -> tuple[int, int, int]:
+    """(BLOCK, chunk, chunks) for a row of row_length elements: chunks of up to 16 blocks, no
+    more blocks than the row has."""
+    block = min(max_block, max(16, triton.next_power_of_2(max(row_length, 1))))
+    chunk = block * min(16, max(1, triton.cdiv(row_length, block)))
     return block, chunk, max(1, triton.cdiv(row_length, chunk))
+
+
+def _warps(block: int) -> int:
+    """Warps for blocks of `block` elements: at least 4 elements (16 bytes of fp32) a thread."""
+    return max(1, min(4, block // 128))
 
 
 def quantize_int8_rows(x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
@@ -314,7 +364,7 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
         parts = chunks if static else 1
         launch(_quant_rows_kernel, (rows * parts,), x, result, result, s, zp, row_length,
                chunk if static else max(row_length, 1), parts,
-               STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64, BLOCK=block)
+               STATIC=static, SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64, BLOCK=block, num_warps=_warps(block))
     return result, s, zp
 
 
@@ -324,7 +374,8 @@ def dequantize_int8_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch
     rows, row_length = q.shape
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
     zp = zero_point if zero_point is not None else torch.zeros_like(scale, dtype=torch.int32)
-    block, chunk, chunks = _blocks(row_length)
+    # 4096 codes a block: 32 a thread, 8 loads of 4 in flight
+    block, chunk, chunks = _blocks(row_length, max_block=4096)
     if q.numel() > 0:
         launch(_dequant_rows_kernel, (rows * chunks,), q, scale.contiguous(), zp.contiguous(), out, row_length,
                chunk, chunks, IS_F64=dtype == torch.float64, BLOCK=block)
