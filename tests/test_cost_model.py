@@ -72,28 +72,6 @@ KNOWN_FAILURES = {
         _SOFT,
     'cuda soft_hist_kernel<float>':
         _SOFT,
-    'triton _dequant_rows_kernel [dequantize 4096x4096 channel]':
-        'not yet rewritten: 8 B in flight',
-    'triton _fake_quant_backward_kernel [fake_quant backward 4096x4096 channel]':
-        'not yet rewritten: 9 division slow-path calls',
-    'triton _histogram_counts_kernel [histogram_entropy 16M bfloat16]':
-        'not yet rewritten: instructions over budget 2.28x, 9 division slow-path calls',
-    'triton _histogram_counts_kernel [histogram_entropy 16M float32]':
-        'not yet rewritten: instructions over budget 1.13x, 9 division slow-path calls',
-    'triton _histogram_counts_kernel [histogram_entropy 16M int8]':
-        'not yet rewritten: 8 B in flight',
-    'triton _histogram_counts_kernel [histogram_entropy 4096x4096 bfloat16]':
-        'not yet rewritten: instructions over budget 2.28x, 9 division slow-path calls',
-    'triton _histogram_counts_kernel [histogram_entropy 4096x4096 float32]':
-        'not yet rewritten: instructions over budget 1.13x, 9 division slow-path calls',
-    'triton _quant_rows_kernel [fake_quant 4096x4096 channel]':
-        'not yet rewritten: 9 division slow-path calls',
-    'triton _quant_rows_kernel [fake_quant 4096x4096 group128]':
-        'not yet rewritten: 4 B in flight, 1 division slow-path calls',
-    'triton _quant_rows_kernel [fake_quant 4096x4096 tensor]':
-        'not yet rewritten: 9 division slow-path calls',
-    'triton _quant_rows_kernel [quantize 4096x4096 channel]':
-        'not yet rewritten: instructions over budget 1.06x, 9 division slow-path calls',
     'triton _soft_histogram_backward_kernel [soft histogram backward 16M fp32]':
         _SOFT_TABLES + '; ' + '106 fp64 instructions, 17 division slow-path calls',
     'triton _soft_histogram_kernel [soft histogram 16M fp32]':
