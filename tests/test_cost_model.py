@@ -149,7 +149,7 @@ def test_the_model_reads_loops_loads_and_division_calls():
     (loop,) = cost_model.hot_loops(cost_model.parse_sass(sass)["k"])
     assert (loop.instructions, loop.loaded, loop.stored, loop.in_flight) == (10, 32, 4, 32)
     assert (loop.fp64, loop.calls, loop.load_widths) == (1, 1, {16: 2})
-    assert loop.budget(cost_model.H200) == pytest.approx(36 * cost_model.H200.issue_rate / cost_model.H200.copy_rate)
+    assert cost_model.loop_budget(loop, cost_model.H200) == pytest.approx(36 * cost_model.H200.issue_rate / cost_model.H200.copy_rate)
 
 
 def test_a_search_loop_is_not_a_hot_loop():

@@ -55,6 +55,8 @@ import subprocess
 import sys
 import tempfile
 
+from eitp_kernels.bench.sass import Loop, hot_loops, parse_sass
+
 # --------------------------------------------------------------------------
 # The machines
 # --------------------------------------------------------------------------
@@ -97,276 +99,14 @@ def budget_per_byte(gpu: Gpu, writes: bool) -> float:
     return gpu.issue_rate / (gpu.copy_rate if writes else gpu.read_rate)
 
 
-# --------------------------------------------------------------------------
-# SASS
-# --------------------------------------------------------------------------
+def loop_budget(loop: Loop, gpu: Gpu) -> float:
+    """Instructions a memory-bound iteration of ``loop`` may issue on ``gpu``."""
+    return budget_per_byte(gpu, loop.stored > 0) * (loop.loaded + loop.stored)
 
 
-@dataclasses.dataclass(frozen=True)
-class Instr:
-    address: int
-    predicate: str
-    opcode: str  # with modifiers, e.g. LDG.E.128.CONSTANT
-    operands: tuple
-
-    @property
-    def base(self) -> str:
-        return self.opcode.split(".")[0]
-
-
-_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
-_FUNCTION = re.compile(r"Function\s*:\s*(\S+)")
-
-
-def parse_sass(text: str) -> dict[str, list[Instr]]:
-    """{function name: instructions} from ``cuobjdump -sass`` output (one architecture)."""
-    functions: dict[str, list[Instr]] = {}
-    current = None
-    for line in text.splitlines():
-        m = _FUNCTION.search(line)
-        if m:
-            current = functions.setdefault(m.group(1), [])
-            continue
-        m = _LINE.search(line)
-        if m and current is not None:
-            operands = tuple(o.strip() for o in _split_operands(m.group(4)) if o.strip())
-            current.append(Instr(int(m.group(1), 16), (m.group(2) or "").strip(), m.group(3), operands))
-    return functions
-
-
-def _split_operands(text: str) -> list[str]:
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            out.append(text[start:i])
-            start = i + 1
-    out.append(text[start:])
-    return out
-
-
-_REG = re.compile(r"(?<![\w.])-?\|?(R\d+)(\.64)?")
-_PRED = re.compile(r"(?<![\w.])!?(U?P[0-6])\b")
-
-
-def _registers(operand: str, wide: int = 1) -> set[str]:
-    regs = set()
-    for m in _REG.finditer(operand):
-        n = int(m.group(1)[1:])
-        count = 2 if m.group(2) else wide
-        regs |= {f"R{n + k}" for k in range(count)}
-    return regs
-
-
-def _load_width(ins: Instr) -> int:
-    """Bytes one global load of ``ins`` reads per thread."""
-    mods = ins.opcode.split(".")[1:]
-    if "128" in mods:
-        return 16
-    if "64" in mods:
-        return 8
-    if any(m in mods for m in ("U16", "S16")):
-        return 2
-    if any(m in mods for m in ("U8", "S8")):
-        return 1
-    return 4
-
-
-_SETP = ("ISETP", "FSETP", "DSETP", "HSETP2", "PSETP", "PLOP3", "FCHK", "VOTEU")
-_PLAIN_PRED = re.compile(r"U?P[0-6T]")
-
-
-def _split_destinations(ins: Instr) -> tuple[list[str], list[str]]:
-    """(destination operands, source operands) of an instruction."""
-    ops = list(ins.operands)
-    if not ops or ops[0].startswith(("[", "desc[")) or ins.base in _NO_DESTINATION:
-        return [], ops
-    if ins.base in _SETP:  # one or two predicates first (ISETP P0, PT, ...), then sources
-        n = 2 if len(ops) > 1 and _PLAIN_PRED.fullmatch(ops[0]) and _PLAIN_PRED.fullmatch(ops[1]) else 1
-        return ops[:n], ops[n:]
-    if _PLAIN_PRED.fullmatch(ops[0]) and len(ops) > 1:  # LOP3.LUT P0, R7, ...: a predicate and a register
-        return ops[:2], ops[2:]
-    n = 1  # the register, then its carry-out predicates (IADD3 R21, P0, P1, ...)
-    while n < len(ops) and _PLAIN_PRED.fullmatch(ops[n]):
-        n += 1
-    return ops[:n], ops[n:]
-
-
-_NO_DESTINATION = {"STG", "STS", "ST", "STL", "RED", "REDG", "BRA", "EXIT", "BAR", "CALL", "RET", "BSSY", "BSYNC", "WARPSYNC",
-                   "MEMBAR", "DEPBAR", "NOP", "BPT", "YIELD", "ERRBAR", "CCTL", "REDUX", "BREAK", "BMOV"}
-
-
-def _operand_names(operand: str, wide: int = 1) -> set[str]:
-    names = _registers(operand, wide)
-    names |= {m.group(1) for m in _PRED.finditer(operand)}
-    return names
-
-
-def _destinations(ins: Instr) -> set[str]:
-    dests, _ = _split_destinations(ins)
-    wide = 1
-    if ins.base in ("LDG", "LD", "LDS", "LDC", "ATOMG", "ATOM", "ATOMS", "LDSM"):
-        wide = max(1, _load_width(ins) // 4)
-    elif ".WIDE" in ins.opcode or ".64" in ins.opcode or ins.base.startswith("D") or "F64" in ins.opcode:
-        wide = 2
-    names = set()
-    for operand in dests:
-        names |= _operand_names(operand, wide)
-    return names
-
-
-def _sources(ins: Instr) -> set[str]:
-    _, sources = _split_destinations(ins)
-    names = set()
-    for operand in sources:
-        names |= _operand_names(operand, 2 if ins.base.startswith("D") else 1)
-    if ins.predicate:
-        names.add(ins.predicate.lstrip("@!"))
-    return names
-
-
-def _branch_target(ins: Instr) -> int | None:
-    if ins.base != "BRA" or not ins.operands:
-        return None
-    m = re.search(r"0x([0-9a-f]+)", ins.operands[-1])
-    return int(m.group(1), 16) if m else None
-
-
-# --------------------------------------------------------------------------
-# Hot loops
-# --------------------------------------------------------------------------
-
-_FP64 = re.compile(r"^(DADD|DMUL|DFMA|DSETP|DMNMX|DSET|DMMA)\b|^(F2F|I2F|F2I|FRND)\.[\w.]*F64|^MUFU\.(RCP|RSQ)64")
-
-
-@dataclasses.dataclass
-class Loop:
-    """One hot loop, per thread and iteration."""
-    start: int
-    end: int
-    instructions: int
-    loaded: int  # global load bytes
-    stored: int  # global store bytes
-    load_widths: dict  # bytes -> count
-    in_flight: int  # most load bytes issued and not yet used
-    atomics: int
-    barriers: int
-    votes: int
-    fp64: int
-    calls: int
-    whole_kernel: bool = False
-
-    def budget(self, gpu: Gpu) -> float:
-        """Instructions a memory-bound iteration may issue on ``gpu``."""
-        return budget_per_byte(gpu, self.stored > 0) * (self.loaded + self.stored)
-
-    def issue_cost(self, gpu: Gpu) -> float:
-        return self.instructions + (gpu.fp64_weight - 1.0) * self.fp64
-
-
-def _innermost_loops(code: list[Instr]) -> list[tuple[int, int]]:
-    """(first, last) instruction indices of every innermost loop (a backward branch and its body)."""
-    index = {ins.address: i for i, ins in enumerate(code)}
-    loops = []
-    for i, ins in enumerate(code):
-        target = _branch_target(ins)
-        if target is not None and target <= ins.address and target in index:
-            loops.append((index[target], i))
-    return [(a, b) for a, b in loops if not any((c, d) != (a, b) and a <= c and d <= b for c, d in loops)]
-
-
-def _is_global_load(ins: Instr) -> bool:
-    return ins.base in ("LDG", "LD") and not ins.opcode.startswith("LDGSTS")
-
-
-def _is_global_store(ins: Instr) -> bool:
-    return ins.base in ("STG", "ST")
-
-
-def _data_dependent_exit(body: list[Instr]) -> bool:
-    """Does the loop's backward branch depend on a value it loads (a search, not a walk over elements)?"""
-    tainted: set[str] = set()
-    for _ in range(2):
-        for ins in body:
-            if _is_global_load(ins) or _sources(ins) & tainted:
-                tainted |= _destinations(ins)
-            elif not ins.predicate:
-                tainted -= _destinations(ins)
-    last = body[-1]
-    return bool(last.predicate and last.predicate.lstrip("@!") in tainted)
-
-
-def _in_flight(body: list[Instr]) -> int:
-    """The most global-load bytes issued and not yet used, over two passes of the body."""
-    pending: dict[str, tuple[int, int]] = {}  # register -> (load id, bytes)
-    best = 0
-    load_id = 0
-    for rep in range(2):
-        for ins in body:
-            used = _sources(ins)
-            done = {pending[r][0] for r in used if r in pending}
-            if done:
-                pending = {r: v for r, v in pending.items() if v[0] not in done}
-            if _is_global_load(ins):
-                load_id += 1
-                width = _load_width(ins)
-                regs = _destinations(ins) or {f"load{load_id}"}
-                for reg in regs:
-                    pending[reg] = (load_id, width)
-            else:
-                for reg in _destinations(ins):
-                    pending.pop(reg, None)
-            if rep == 1:
-                best = max(best, sum({lid: w for lid, w in pending.values()}.values()))
-    return best
-
-
-def _is_outside_call(ins: Instr, start: int, end: int) -> bool:
-    """A call to a subroutine (the division's slow path); sm_8x also 'calls' the next instruction to leave
-    a loop (CALL.REL.NOINC to end + 16), which is not one."""
-    if ins.base != "CALL":
-        return False
-    m = re.search(r"0x([0-9a-f]+)", ins.operands[-1]) if ins.operands else None
-    return not (m and start <= int(m.group(1), 16) <= end + 16)
-
-
-def _loop_stats(body: list[Instr], start: int, end: int, whole_kernel: bool = False) -> Loop:
-    widths: dict = {}
-    loaded = stored = 0
-    for ins in body:
-        if _is_global_load(ins):
-            w = _load_width(ins)
-            loaded += w
-            widths[w] = widths.get(w, 0) + 1
-        elif _is_global_store(ins):
-            stored += _load_width(ins)
-    return Loop(
-        start=start, end=end, instructions=len(body), loaded=loaded, stored=stored, load_widths=widths,
-        in_flight=_in_flight(body),
-        atomics=sum(ins.base in ("ATOM", "ATOMG", "ATOMS", "RED", "REDG") for ins in body),
-        barriers=sum(ins.base == "BAR" for ins in body),
-        votes=sum(ins.base in ("VOTE", "VOTEU", "MATCH") for ins in body),
-        fp64=sum(bool(_FP64.match(ins.opcode)) for ins in body),
-        calls=sum(_is_outside_call(ins, start, end) for ins in body),
-        whole_kernel=whole_kernel,
-    )
-
-
-def hot_loops(code: list[Instr]) -> list[Loop]:
-    """The hot loops of one function: innermost loops that read global memory with a data-independent trip
-    count; without any, the whole body as one iteration if it reads global memory."""
-    loops = []
-    for a, b in _innermost_loops(code):
-        body = code[a:b + 1]
-        if any(_is_global_load(ins) for ins in body) and not _data_dependent_exit(body):
-            loops.append(_loop_stats(body, code[a].address, code[b].address))
-    if not loops and any(_is_global_load(ins) for ins in code):
-        body = [ins for ins in code if not (ins.base == "BRA" and _branch_target(ins) == ins.address)]
-        loops.append(_loop_stats(body, code[0].address, code[-1].address, whole_kernel=True))
-    return loops
+def issue_cost(loop: Loop, gpu: Gpu) -> float:
+    """Issue slots of one iteration of ``loop`` on ``gpu`` (fp64 instructions weighted by its fp32:fp64 rate)."""
+    return loop.instructions + (gpu.fp64_weight - 1.0) * loop.fp64
 
 
 # --------------------------------------------------------------------------
@@ -449,7 +189,7 @@ class KernelReport:
             read = self.element_size  # the table stays in L1/L2
         written = loop.stored / per_iter
         bytes_bound = elements * (read + written) / (gpu.copy_rate if written else gpu.read_rate)
-        issue = elements * loop.issue_cost(gpu) / per_iter / gpu.issue_rate
+        issue = elements * issue_cost(loop, gpu) / per_iter / gpu.issue_rate
         resident = self.occupancy() * gpu.sms
         in_flight = loop.in_flight * resident
         latency = elements * (loop.loaded / per_iter) * gpu.latency / in_flight if in_flight else float("inf")
@@ -464,9 +204,9 @@ class KernelReport:
             return [f"no hot loop found{': ' + self.not_judged_why if self.not_judged_why else ''}"]
         for loop in self.loops:
             where = "kernel body" if loop.whole_kernel else f"loop {loop.start:#x}-{loop.end:#x}"
-            budget = BUDGET_FRACTION * loop.budget(H200)
-            if loop.issue_cost(H200) > budget:
-                found.append(f"{where}: {loop.issue_cost(H200):.0f} instructions > {budget:.1f} "
+            budget = BUDGET_FRACTION * loop_budget(loop, H200)
+            if issue_cost(loop, H200) > budget:
+                found.append(f"{where}: {issue_cost(loop, H200):.0f} instructions > {budget:.1f} "
                              f"(0.8 of the sm_90 budget for {loop.loaded} B loaded + {loop.stored} B stored)")
             if loop.in_flight < MIN_BYTES_IN_FLIGHT:
                 found.append(f"{where}: {loop.in_flight} B in flight per thread < {MIN_BYTES_IN_FLIGHT}")
@@ -485,7 +225,7 @@ class KernelReport:
             per = self.elements_per_iteration(loop)
             where = "kernel body" if loop.whole_kernel else f"loop {loop.start:#06x}-{loop.end:#06x}"
             widths = " ".join(f"{n}x{w}B" for w, n in sorted(loop.load_widths.items()))
-            per_elem = f"{loop.instructions / per:.1f} instr/elem, budget {loop.budget(gpu) / per:.1f}" if per else \
+            per_elem = f"{loop.instructions / per:.1f} instr/elem, budget {loop_budget(loop, gpu) / per:.1f}" if per else \
                 f"{loop.instructions / max(loop.loaded + loop.stored, 1):.2f} instr/B"
             lines.append(f"  {where}: {loop.instructions} instr, {per:g} elem/iter ({per_elem}); loads {widths or '-'} "
                          f"= {loop.loaded} B, stores {loop.stored} B, in flight {loop.in_flight} B; "
