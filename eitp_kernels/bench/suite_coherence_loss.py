@@ -8,10 +8,9 @@ for the forward (the fused kernels do about half for self-correlation, so
 this is the eager-equivalent rate) and 3x that for forward + backward.
 
 The Barlow Twins cases carry lightly's ``BarlowTwinsLoss`` and the paper's
-formula (``peers.barlow_twins_alternatives``). Targets (full sizes): issue
-16's >= 1.15x lightly forward + backward at 2048x1024 and 4096x2048 and no
-Barlow Twins case below 1.0x either alternative; the README's results table's
-self-correlation 2048x1024 >= 1.6x eager forward, >= 1.5x eager forward +
+formula (``peers.barlow_twins_alternatives``). Targets (full sizes): >= 1.15x
+lightly forward + backward at 2048x1024 and 4096x2048 and no Barlow Twins
+case below 1.0x either alternative; self-correlation 2048x1024 >= 1.6x eager forward, >= 1.5x eager forward +
 backward, >= torch.compile both, and at 512x4096 a forward peak below 25% of
 the reference's. The floor at N >= D: one N x D x D' product forward and two
 backward (dZx = Zy G^T and dZy = Zx G), the same GEMMs the plain formula
