@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from eitp_kernels import _extension
+from eitp_kernels.bench import cost_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SHARED_LIMIT = 48 * 1024  # per block, no cudaFuncSetAttribute opt-in in the launchers
@@ -75,23 +76,8 @@ def _max_dynamic_shared():
 
 
 def _resource_usage(cuobjdump, path):
-    """{arch: {function: {REG, STACK, SHARED, LOCAL}}} from ``cuobjdump --dump-resource-usage``."""
-    out = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
-    usage, arch, function = {}, None, None
-    for line in out.splitlines():
-        m = re.match(r"\s*arch = (sm_\d+)", line)
-        if m:
-            arch = m.group(1)
-            usage.setdefault(arch, {})
-            continue
-        m = re.match(r"\s*Function (\S+):", line)
-        if m:
-            function = m.group(1)
-            continue
-        if function and "REG:" in line:
-            usage[arch][function] = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
-            function = None
-    return usage
+    """{"sm_XX": {function: {REG, STACK, SHARED, LOCAL}}}: the cost model's reading, keyed as the arch list."""
+    return {f"sm_{arch}": functions for arch, functions in cost_model.resource_usage(cuobjdump, path).items() if arch}
 
 
 @pytest.fixture(scope="module")

@@ -298,7 +298,8 @@ def _cuda_name(mangled: str) -> tuple[str, str]:
     return mangled, ""
 
 
-def _resource_usage(cuobjdump: str, path: str) -> dict:
+def resource_usage(cuobjdump: str, path: str) -> dict:
+    """{arch number: {function: {REG, STACK, SHARED, LOCAL}}} from ``cuobjdump --dump-resource-usage``."""
     out = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
     usage, arch, function = {0: {}}, 0, None
     for line in out.splitlines():
@@ -326,7 +327,7 @@ def cuda_reports(path: str | None = None, targets=TARGETS) -> list[KernelReport]
     cuobjdump = tool("cuobjdump")
     if cuobjdump is None:
         raise RuntimeError("cuobjdump not found (ships with Triton and the CUDA toolkit)")
-    usage = _resource_usage(cuobjdump, path)
+    usage = resource_usage(cuobjdump, path)
     reports = []
     for cc in targets:
         sass = subprocess.run([cuobjdump, "-sass", "-arch", f"sm_{cc}", path], capture_output=True, text=True,
@@ -452,7 +453,7 @@ def compile_sass(launch, cc: int) -> dict:
             f.flush()
             sass = subprocess.run([tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True,
                                   check=True).stdout
-            usage = _resource_usage(tool("cuobjdump"), f.name)
+            usage = resource_usage(tool("cuobjdump"), f.name)
         registers = max((u.get("REG", 0) for fns in usage.values() for u in fns.values()), default=0)
         return {"sass": sass, "registers": registers,
                 "shared": int(kernel.metadata.shared), "num_warps": int(kernel.metadata.num_warps)}
