@@ -23,6 +23,10 @@
                       dequantized weight.
     Int8Conv1d/2d     int8 codes + scales; the cached dequantized weight
                       (outputs bit-identical to the fake-quant convolution).
+
+One file of about 600 lines: the layers, their per-shape plan and the export
+and load that decide it share the int8 product rule (int8_matmul_supported)
+and the cached-weight invalidation; split apart, each would import the rest.
 """
 from __future__ import annotations
 
