@@ -11,6 +11,7 @@ TF32 matmuls off.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -68,3 +69,10 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for the MASTER_PORT of a spawned gloo job."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,7 +12,6 @@ One spawn runs every case on every backend, so the whole file costs one
 process start-up (seconds).
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -22,6 +21,8 @@ import torch.multiprocessing as mp
 import eitp_kernels
 from eitp_kernels import reference
 from eitp_kernels.training import EITPRegularizer
+
+from conftest import free_port
 
 WORLD = 2
 N_PER_RANK = 9
@@ -120,12 +121,6 @@ def _run_cases(model_fn, x, y, target, x2, pg):
     return out
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, port, out_dir, backends):
     # torchrun's environment; init_method env:// reads it
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
@@ -170,7 +165,7 @@ def _teardown():
 
 def _spawn(backends, out):
     """Every case on each of ``backends`` in WORLD spawned ranks: (backends, [per-rank results])."""
-    mp.spawn(_worker, args=(_free_port(), str(out), backends), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out), backends), nprocs=WORLD, join=True)
     return backends, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 

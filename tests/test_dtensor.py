@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import traceback
 
 import pytest
@@ -30,6 +29,8 @@ import torch.multiprocessing as mp
 import eitp_kernels
 from eitp_kernels import nn as enn
 from eitp_kernels.training import EITPRegularizer, load_compressed, load_compressed_int8, save_compressed
+
+from conftest import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -381,12 +382,6 @@ def _check_regularizer(mesh, rank, world):
 # ----- the spawned worker -----------------------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, out_dir):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -424,7 +419,7 @@ CHECKS = ([f"{check} {p}" for p in PLACEMENTS for check in
 
 
 def _spawn(world, out):
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(world)]
 
 
