@@ -174,6 +174,10 @@ def resolve(op_name: str, device: torch.device, implemented: Mapping[str, Sequen
     (for example ``{"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}``).
     """
     requested = requested_backend()
+    if torch.compiler.is_compiling():
+        # Traced once per graph: a lookup in _resolved would become a guard on its contents,
+        # and filling it on the first call would fail that guard and trace again.
+        return _resolve(op_name, device.type, requested, implemented)
     key = (op_name, device.type, requested, id(implemented))
     chosen = _resolved.get(key)
     if chosen is None:
@@ -216,6 +220,8 @@ def op_caller(namespace: str, name: str):
     found = []  # the op's default overload once it exists (calling it skips the packet's overload lookup)
 
     def call(*args):
+        if torch.compiler.is_compiling():  # as in resolve: no guard on a list filled by the first call
+            return getattr(getattr(torch.ops, namespace), name).default(*args)
         if not found:
             found.append(getattr(getattr(torch.ops, namespace), name).default)
         return found[0](*args)

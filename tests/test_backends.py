@@ -53,6 +53,25 @@ def test_compiled_code_follows_use_backend_blocks():
     assert _backends._requested_while_compiling is None
 
 
+def test_compiled_code_traces_once_across_calls():
+    # The per-process caches of backend choices and op handles are not read while tracing:
+    # a guard on their contents failed when the first call filled them (a second trace).
+    import torch._dynamo.testing
+
+    counter = torch._dynamo.testing.CompileCounter()
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def monitored(x):
+        return eitp_kernels.histogram_entropy(x) + eitp_kernels.fake_quant_int8(x, granularity="tensor").sum()
+
+    x = torch.randn(300)
+    torch._dynamo.reset()
+    _backends._resolved.clear()
+    for _ in range(3):
+        monitored(x)
+    assert counter.frame_count == 1
+
+
 def test_use_backend_rejects_unknown_name():
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         with eitp_kernels.use_backend("fast"):
