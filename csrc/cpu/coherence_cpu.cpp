@@ -364,19 +364,37 @@ EITP_CPU_HOT void affine_grad_rows(const CoherenceAffineGradParams& p) {
   }
 }
 
-// By kMirrorBlock x kMirrorBlock blocks below the diagonal, so the column
-// reads of the upper triangle stay within a few cache lines per row.
+// By kMirrorBlock-row blocks (one per work item), each filled by
+// kMirrorTile x kMirrorTile tiles: a tile reads kMirrorTile row pieces of the
+// upper triangle and writes kMirrorTile row pieces below the diagonal. Whole
+// 64-column blocks read down a column touch 64 lines a row stride apart, which
+// at d = 512 (fp32: a 2 KiB stride) fall into two L1 sets: so mirrored, a
+// 512 x 512 P took 5.7% of the regularizer's coherence forward + backward
+// (256 x 512, 1 thread: perf record of 3000 calls of the ops).
 constexpr int64_t kMirrorBlock = 64;
+constexpr int64_t kMirrorTile = 8;
+
+template <typename A>
+EITP_CPU_HOT void mirror_rows(A* m, int64_t d, int64_t i0, int64_t i1) {
+  for (int64_t j0 = 0; j0 < i1; j0 += kMirrorTile) {
+    const int64_t j1 = std::min(j0 + kMirrorTile, i1);
+    for (int64_t t0 = std::max(i0, j0); t0 < i1; t0 += kMirrorTile) {
+      const int64_t t1 = std::min(t0 + kMirrorTile, i1);
+      for (int64_t j = j0; j < j1; ++j) {
+        const A* src = m + j * d;
+        for (int64_t i = std::max(t0, j + 1); i < t1; ++i) m[i * d + j] = src[i];
+      }
+    }
+  }
+}
 
 template <typename A>
 void mirror_upper(A* m, int64_t d) {
   const int64_t blocks = (d + kMirrorBlock - 1) / kMirrorBlock;
 #pragma omp parallel for schedule(dynamic, 1) if (d >= 512)
   for (int64_t bi = 0; bi < blocks; ++bi) {
-    const int64_t i0 = bi * kMirrorBlock, i1 = std::min(d, i0 + kMirrorBlock);
-    for (int64_t j0 = 0; j0 <= i0; j0 += kMirrorBlock)
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = j0, j1 = std::min(i, j0 + kMirrorBlock); j < j1; ++j) m[i * d + j] = m[j * d + i];
+    const int64_t i0 = bi * kMirrorBlock;
+    mirror_rows(m, d, i0, std::min(d, i0 + kMirrorBlock));
   }
 }
 

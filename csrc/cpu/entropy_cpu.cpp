@@ -25,6 +25,17 @@
 namespace eitp {
 namespace {
 
+// The counting loop's pieces are forced inline into count_float_range, which
+// is compiled per target (EITP_CPU_HOT): a lambda or helper left out of line
+// is compiled for the baseline target only, where the bin arithmetic's fmaf
+// (kernels/fast_divide.h) is a libm call per value. Counts of two
+// tanh(randn(256, 512)) fp32 tensors, 64 bins, 1 thread
+// (torch.ops.eitp.histogram_counts_many([a, b], 64, None), thread CPU time,
+// medians of 200 calls, load average 8 on 2 cores): 1.16-1.72 ms out of line,
+// 0.45-0.47 ms inlined. Check: `objdump -dC eitp_kernels/_C.abi3.so` shows
+// fmaf@plt called only from "[clone .default]" functions.
+#define EITP_INLINE_HOT __attribute__((always_inline)) inline
+
 constexpr int64_t kMinChunk = int64_t(1) << 17;
 constexpr int64_t kParallelThreshold = int64_t(1) << 18;  // fewer elements: one thread (a parallel region costs
                                                             // far more than counting them on a busy machine)
@@ -76,7 +87,7 @@ int64_t hist_stride(int64_t bins) { return bins + 2; }
 // copies: a run of equal bins does not chain each increment on the store of
 // the previous one.
 template <typename I>
-inline void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset = 0) {
+EITP_INLINE_HOT void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset = 0) {
   int64_t i = 0;
   uint32_t* c0 = h.slots + offset;
   if (h.copies == 4) {
@@ -103,7 +114,7 @@ inline void add_indices(const I* idx, int64_t m, PrivateHist h, int32_t offset =
 constexpr int kCountBlock = 64;
 
 template <typename Fill>
-inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
+EITP_INLINE_HOT void count_blocks(int64_t n, Fill fill, PrivateHist h) {
   constexpr int kBlock = kCountBlock;
   alignas(64) int32_t idx[2][kBlock];
   const int64_t full = n / kBlock;
@@ -124,7 +135,7 @@ inline void count_blocks(int64_t n, Fill fill, PrivateHist h) {
 // the CUDA kernels take it); uncounted values go to slot bins + 1.
 // Branch-free: the compiler vectorizes it.
 template <bool kExplicitRange, typename T, typename A>
-inline void block_bins(const T* x, int m, A lo, A hi, const Divisor<A>& div, int32_t bins, int32_t* idx) {
+EITP_INLINE_HOT void block_bins(const T* x, int m, A lo, A hi, const Divisor<A>& div, int32_t bins, int32_t* idx) {
   for (int i = 0; i < m; ++i) {
     const A v = load_acc(x[i]);
     const bool counted = kExplicitRange ? (v >= lo) & (v <= hi) : v - v == A(0);
@@ -134,8 +145,8 @@ inline void block_bins(const T* x, int m, A lo, A hi, const Divisor<A>& div, int
 
 // The values of a block as the block kernels read them: x itself, or for
 // fp16 the block converted into `buf` (F16C: one instruction per 8 values).
-template <typename T> const T* block_values(const T* x, int, float*) { return x; }
-inline const float* block_values(const Half16* x, int m, float* buf) {
+template <typename T> EITP_INLINE_HOT const T* block_values(const T* x, int, float*) { return x; }
+EITP_INLINE_HOT const float* block_values(const Half16* x, int m, float* buf) {
   halves_to_floats(x, m, buf);
   return buf;
 }
@@ -147,11 +158,11 @@ EITP_CPU_HOT void count_float_range(const T* x, int64_t n, typename AccType<T>::
   const Divisor<A> div((hi - lo) / static_cast<A>(bins));
   alignas(64) float buf[kCountBlock];
   if (explicit_range) {
-    count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
+    count_blocks(n, [&](int64_t s, int m, int32_t* idx) __attribute__((always_inline)) {
       block_bins<true>(block_values(x + s, m, buf), m, lo, hi, div, bins, idx);
     }, hist);
   } else {
-    count_blocks(n, [&](int64_t s, int m, int32_t* idx) {
+    count_blocks(n, [&](int64_t s, int m, int32_t* idx) __attribute__((always_inline)) {
       block_bins<false>(block_values(x + s, m, buf), m, lo, hi, div, bins, idx);
     }, hist);
   }
