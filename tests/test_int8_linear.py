@@ -1,6 +1,6 @@
 """Int8Linear's int8 path (dynamic activation quantization + an exact int8
-product (oneDNN's u8 x s8 kernel on CPUs where it applies, else torch._int_mm)
-+ rescale) against its dequantized fp32 path, the shape rules that pick the
+product (fbgemm's or oneDNN's packed kernels on CPUs where they apply, else
+torch._int_mm) + rescale) against its dequantized fp32 path, the shape rules that pick the
 path, the two products against each other, and the digits accuracy of an int8
 model against its QAT model."""
 import copy
@@ -243,35 +243,34 @@ needs_onednn = pytest.mark.skipif(not _onednn_int8.available(),
 
 def _int_mm_output(layer, x, monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(_onednn_int8, "applies", lambda m, k: False)
-        patch.setattr(_fbgemm_int8, "applies", lambda m, k: False)
+        patch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n: enn.int8.INT_MM)
         return layer(x)
 
 
 needs_fbgemm = pytest.mark.skipif(not _fbgemm_int8.available(),
                                   reason="fbgemm's dynamic linear is missing or inexact in this torch")
-_PRODUCTS = {"onednn": (_onednn_int8, "_onednn_weight", needs_onednn), "fbgemm": (_fbgemm_int8, "_fbgemm_weight",
-                                                                                  needs_fbgemm)}
+_PRODUCTS = {"onednn": (enn.int8.ONEDNN, "_onednn_weight", needs_onednn),
+             "fbgemm": (enn.int8.FBGEMM, "_fbgemm_weight", needs_fbgemm)}
 
 
 @pytest.mark.parametrize("activations", [None, True, False], ids=["per-row", "symmetric", "affine"])
 @pytest.mark.parametrize("product, m, in_f, out_f", [
-    ("fbgemm", 2, 64, 64), ("fbgemm", 5, 12, 20), ("fbgemm", 16, 264, 256), ("onednn", 2, 64, 64),
-    ("onednn", 17, 128, 24), ("onednn", 64, 264, 256)])
+    ("fbgemm", 1, 64, 64), ("fbgemm", 5, 12, 20), ("fbgemm", 16, 264, 256), ("fbgemm", 40, 72, 16),
+    ("onednn", 2, 64, 64), ("onednn", 17, 128, 24), ("onednn", 64, 264, 256)])
 def test_cpu_products_are_bit_identical_to_int_mm(monkeypatch, product, activations, m, in_f, out_f):
-    module, attribute, needs = _PRODUCTS[product]
+    """The whole layer's output, every product forced in turn: the same bits as
+    torch._int_mm's (the weight scales in fbgemm's and oneDNN's epilogues)."""
+    name, attribute, needs = _PRODUCTS[product]
     if needs.args[0]:  # the skipif condition
         pytest.skip(needs.kwargs["reason"])
-    for other, (other_module, _, _) in _PRODUCTS.items():
-        if other != product:
-            monkeypatch.setattr(other_module, "applies", lambda m, k: False)
+    monkeypatch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n: name)
     layer, _ = _int8_layer(in_f, out_f, activations=activations, matmul="int8")
     x = torch.randn(m, in_f) * 3 + (0.7 if activations is False else 0.0)  # affine: a non-zero zero point
     with torch.no_grad():
-        assert module.applies(m, in_f)
         y = layer(x)
         assert getattr(layer, attribute) is not None  # that product ran
         assert torch.equal(y, _int_mm_output(layer, x, monkeypatch))
+        assert torch.equal(layer(x), y)  # again, on the kept buffers and packed weight
     if activations is False:
         assert int(quantize_int8(x, granularity="tensor", symmetric=False)[2]) != 0
 
@@ -313,12 +312,19 @@ def test_a_layer_with_a_packed_weight_copies_and_pickles():
 
 
 def test_fbgemm_rules_and_probe(monkeypatch):
-    assert not _fbgemm_int8.applies(1, 64)  # one row: torch._int_mm was faster
-    assert not _fbgemm_int8.applies(17, 64)  # more than 16: oneDNN
-    assert not _fbgemm_int8.applies(2, 1)  # the range row needs two columns
-    assert not _fbgemm_int8.applies(2, _fbgemm_int8.MAX_K + 1)
+    assert not _fbgemm_int8.applies(_fbgemm_int8.MAX_K + 1)
+    assert not _fbgemm_int8.applies(1)  # wrong sums for k = 1
     assert _fbgemm_int8.MAX_K * 255 * 128 <= 2**31 - 1
-    probe = _fbgemm_int8.available.__wrapped__
+    if "qnnpack" in torch.backends.quantized.supported_engines:
+        saved = torch.backends.quantized.engine
+        try:
+            torch.backends.quantized.engine = "qnnpack"  # no fbgemm under it: not used, nothing raised
+            assert not _fbgemm_int8.applies(64)
+        finally:
+            torch.backends.quantized.engine = saved
+
+    def probe():
+        return _fbgemm_int8._probe.__wrapped__(torch.backends.quantized.engine)
 
     def missing(*args):
         raise RuntimeError("no such op")
@@ -329,29 +335,73 @@ def test_fbgemm_rules_and_probe(monkeypatch):
     assert probe() is False  # an inexact op is not used
 
 
+def test_cpu_product_rule():
+    rule = enn.int8.cpu_int8_product
+    assert rule(1, 1024, 1024) == enn.int8.INT_MM  # one row: oneDNN's GEMV, no packing
+    if _fbgemm_int8.available():
+        assert rule(2, 1024, 1024) == rule(16, 4096, 4096) == enn.int8.FBGEMM
+        assert rule(2, _fbgemm_int8.MAX_K + 1, 8) != enn.int8.FBGEMM
+    if _onednn_int8.available():
+        assert rule(17, 4096, 4096) == rule(512, 1024, 1024) == enn.int8.ONEDNN
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert rule(512, 1024, 1024) == enn.int8.INT_MM  # switched off after the probe: not used
+
+
 @needs_fbgemm
 def test_fbgemm_gets_the_layers_own_codes_whatever_the_range():
-    """The range row pins fbgemm's own quantization to scale 1 and zero point
-    128 + zero_point: rows that never reach the extreme codes, all-zero rows
-    and every zero point still give the exact integer product."""
+    """The padding columns' range pins fbgemm's own quantization to scale 1 and
+    zero point 128 + zero_point: rows that never reach the extreme codes,
+    all-zero rows and every zero point, one after another on the kept buffers,
+    still give the exact integer product times the scales."""
     generator = torch.Generator().manual_seed(1)
     w = torch.randint(-127, 128, (24, 40), dtype=torch.int8, generator=generator)
+    scale = torch.rand(24, generator=generator) + 1e-3
     packed = _fbgemm_int8.PackedWeight()
     sums = w.sum(1, dtype=torch.int32)
     for qx in (torch.randint(-3, 4, (3, 40), dtype=torch.int8, generator=generator), torch.zeros(2, 40, dtype=torch.int8),
-               torch.randint(-128, 128, (16, 40), dtype=torch.int8, generator=generator)):
-        for zero_point in (0, 1, -128, 127, 37):
+               torch.randint(-128, 128, (16, 40), dtype=torch.int8, generator=generator),
+               torch.randint(-128, 128, (1, 40), dtype=torch.int8, generator=generator)):
+        for zero_point in (0, 1, -128, 127, 37, 0):
             expected = (torch._int_mm(qx, w.t()) - zero_point * sums).float()
             assert torch.equal(_fbgemm_int8.product(qx, zero_point, packed.of(w)), expected)
+            assert torch.equal(_fbgemm_int8.product(qx, zero_point, packed.of(w, scale)), expected * scale)
     w.neg_()  # in place: repacked
-    assert torch.equal(_fbgemm_int8.product(qx, 0, packed.of(w)), torch._int_mm(qx, w.t()).float())
+    assert torch.equal(_fbgemm_int8.product(qx, 0, packed.of(w, scale)), torch._int_mm(qx, w.t()).float() * scale)
+    scale.mul_(2)  # the scales in place: repacked too
+    assert torch.equal(_fbgemm_int8.product(qx, 0, packed.of(w, scale)), torch._int_mm(qx, w.t()).float() * scale)
+
+
+@needs_fbgemm
+def test_fbgemm_buffers_are_per_thread():
+    """Threads multiplying at once each fill their own buffers."""
+    import threading
+
+    generator = torch.Generator().manual_seed(2)
+    w = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=generator)
+    packed = _fbgemm_int8.PackedWeight()
+    packed_weight = packed.of(w)
+    inputs = [torch.randint(-127, 128, (4, 256), dtype=torch.int8, generator=generator) for _ in range(4)]
+    expected = [torch._int_mm(qx, w.t()).float() for qx in inputs]
+    failures = []
+
+    def work(i):
+        for _ in range(200):
+            if not torch.equal(_fbgemm_int8.product(inputs[i], 0, packed_weight), expected[i]):
+                failures.append(i)
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
 
 
 def test_onednn_rules_and_probe(monkeypatch):
-    assert not _onednn_int8.applies(1, 64)  # one row: torch._int_mm was faster
-    assert not _onednn_int8.applies(2, _onednn_int8.MAX_K + 1)
+    assert not _onednn_int8.applies(_onednn_int8.MAX_K + 1)
     with torch.backends.mkldnn.flags(enabled=False):
-        assert not _onednn_int8.applies(64, 64)  # switched off after the probe: not used
+        assert not _onednn_int8.applies(64)  # switched off after the probe: not used
     assert _onednn_int8.MAX_K * 255 * 128 <= 2**31 - 1
     probe = _onednn_int8.available.__wrapped__
 

@@ -67,7 +67,7 @@ def main():
         med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
         print(f"m {m:5d}  product: onednn {med['onednn']:8.3f}  int_mm {med['int_mm']:8.3f}   layer: Int8Linear "
               f"{med['Int8Linear']:8.3f}  quantize_dynamic {med['quantize_dynamic']:8.3f}  "
-              f"(Int8Linear path: {'onednn' if _onednn_int8.applies(m, k) else 'int_mm'})", flush=True)
+              f"(Int8Linear's product: {enn.int8.cpu_int8_product(m, k, n)})", flush=True)
 
 
 if __name__ == "__main__":

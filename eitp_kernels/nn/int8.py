@@ -105,6 +105,32 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
     return m > FEW_ROWS
 
 
+# The CPU int8 products (cpu_int8_product).
+FBGEMM, ONEDNN, INT_MM = "fbgemm", "oneDNN", "torch._int_mm"
+_CPU_FBGEMM_ROWS = (2, 16)
+
+
+def cpu_int8_product(m: int, k: int, n: int) -> str:
+    """Which exact int8 product the CPU int8 path of ``Int8Linear`` runs for an
+    (m, k) activation and an (n, k) weight: FBGEMM (fbgemm's packed product,
+    ``_fbgemm_int8``), ONEDNN (oneDNN's packed u8 x s8 product,
+    ``_onednn_int8``) or INT_MM (``torch._int_mm``: oneDNN's GEMV for one
+    row, no packing). All give the same value; each of fbgemm and oneDNN only
+    where its probe passed. Deciding figures (1 thread, 10th percentiles of
+    the thread's CPU time, us, each product with the weight scales applied,
+    ``python benchmarks/native/int8_linear_steps.py --threads 1`` on the
+    shared 2-core development VM, load ~7): 1024 x 1024: m = 1 fbgemm 82,
+    oneDNN 105, torch._int_mm 41; m = 8: 131, 179, 173; m = 512 fbgemm 4275,
+    oneDNN 3484. 4096 x 4096: m = 1: 1096, 1750, 951; m = 8: 1253, 1779,
+    6948; m = 64: 6572, 6244, 11755; m = 512: 52911, 42553 (torch._int_mm
+    reorders the weight on every call)."""
+    if _CPU_FBGEMM_ROWS[0] <= m <= _CPU_FBGEMM_ROWS[1] and _fbgemm_int8.applies(k):
+        return FBGEMM
+    if m > 1 and _onednn_int8.applies(k):
+        return ONEDNN
+    return INT_MM
+
+
 def weight_only_supported(m: int, device: torch.device | str) -> bool:
     """Whether ``Int8Linear`` (``matmul="auto"``) takes the weight-only int8
     kernel for m rows on ``device``: CUDA, m <= 16, and the Triton backend
@@ -179,13 +205,15 @@ class Int8Linear(_Int8Weight):
 
         y[i, j] = sx[i] * weight_scale[j] * (qx @ weight_int8^T)[i, j] + bias[j]
 
-    with ``qx @ weight_int8^T`` an exact int32 product (CPU, 1-16 rows:
-    fbgemm's packed product, ``eitp_kernels._fbgemm_int8``; more rows:
-    oneDNN's u8 x s8 kernel, ``eitp_kernels._onednn_int8``; each keeps a
-    packed copy of the int8 weight from its first call on, one more byte per
-    weight; else ``torch._int_mm``: the same value every way) and the rescale
-    done in place on its fp32 conversion (computed in float32, returned in the
-    layer's dtype). ``sx`` is per row (per token: quantize_int8
+    with ``qx @ weight_int8^T`` an exact int32 product (CPU, per
+    :func:`cpu_int8_product`: fbgemm's packed product for 2-16 rows,
+    ``eitp_kernels._fbgemm_int8``; oneDNN's u8 x s8 kernel for more,
+    ``eitp_kernels._onednn_int8``; each keeps a packed copy of the int8
+    weight from its first call on, one more byte per weight; else
+    ``torch._int_mm``: the same value every way), converted to float32 once
+    and multiplied by ``weight_scale`` (in fbgemm's and oneDNN's epilogues),
+    then by ``sx`` with the bias added in one in-place pass (float32, returned
+    in the layer's dtype). ``sx`` is per row (per token: quantize_int8
     granularity="channel", axis=0 on the 2-D view, symmetric) for layers
     trained without activation quantization, or per tensor with the trained
     mode (symmetric, or affine with ``- zero_point * sum_k weight_int8[j, k]``)
@@ -329,12 +357,11 @@ class Int8Linear(_Int8Weight):
                 torch._int_mm(qx, self.weight_int8.t()), sx, self.weight_scale, self.bias,
                 self._weight_code_sums if affine else None, zero_point if affine else None, self.dtype)
             return y.reshape(*x.shape[:-1], self.out_features)
-        # Rescale in place on the fp32 product: one (m, n) allocation, three in-place
-        # passes (an addcmul of the int32 product by an (m, n) scale was much slower at m=512).
-        y = self._int8_product(qx, zero_point)
-        y.mul_(sx).mul_(self.weight_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
+        # y = float32(acc) * weight_scale from the product, then one pass: y * sx + bias, in place
+        # (one (m, n) allocation in all).
+        y = self._scaled_int8_product(qx, zero_point)
+        bias = self.bias
+        y = y.mul_(sx) if bias is None else torch.addcmul(bias, y, sx, out=y)
         return y.to(self.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _quantize_activations(self, rows: torch.Tensor):
@@ -356,30 +383,33 @@ class Int8Linear(_Int8Weight):
             return qx, sx.unsqueeze(1), 0
         return qx.reshape(rows.shape), sx, 0 if symmetric else zero_point.reshape(())
 
-    def _int8_product(self, qx: torch.Tensor, zero_point) -> torch.Tensor:
-        """float32 (m, n): the exact int32 sum_k (qx - zero_point) weight_int8^T,
-        converted once: fbgemm (1-16 rows) or oneDNN on CPUs where they apply
-        (_fbgemm_int8, _onednn_int8), else torch._int_mm."""
+    def _scaled_int8_product(self, qx: torch.Tensor, zero_point) -> torch.Tensor:
+        """float32 (m, n): float32(sum_k (qx - zero_point) weight_int8^T) * weight_scale,
+        the int32 sum exact: on CPUs by the product :func:`cpu_int8_product` names
+        (fbgemm or oneDNN with the scales in their epilogue, _fbgemm_int8 and
+        _onednn_int8, each keeping a packed copy of the weight), else torch._int_mm.
+        The same value every way."""
         m, k = qx.shape
-        if qx.device.type == "cpu" and not torch.compiler.is_compiling():  # one row: torch._int_mm was fastest
-            if _fbgemm_int8.applies(m, k):
+        if qx.device.type == "cpu" and not torch.compiler.is_compiling():
+            product = cpu_int8_product(m, k, self.out_features)
+            if product == FBGEMM:
                 if getattr(self, "_fbgemm_weight", None) is None:  # None too in a layer pickled by an older release
                     self._fbgemm_weight = _fbgemm_int8.PackedWeight()
-                return _fbgemm_int8.product(qx, zero_point, self._fbgemm_weight.of(self.weight_int8))
-            if _onednn_int8.applies(m, k):
+                return _fbgemm_int8.product(qx, zero_point, self._fbgemm_weight.of(self.weight_int8, self.weight_scale))
+            if product == ONEDNN:
                 if getattr(self, "_onednn_weight", None) is None:
                     self._onednn_weight = _onednn_int8.PackedWeight()
-                return _onednn_int8.product(qx, zero_point, self._onednn_weight.of(self.weight_int8))
+                return _onednn_int8.product(qx, zero_point, self._onednn_weight.of(self.weight_int8, self.weight_scale))
         if qx.device.type == "cuda" and m <= FEW_ROWS:  # torch._int_mm's CUDA kernel needs m > 16 (forced "int8")
             padded = torch.zeros(FEW_ROWS + 1, k, dtype=qx.dtype, device=qx.device)
             padded[:m] = qx
-            return self._int8_product(padded, zero_point)[:m]
+            return self._scaled_int8_product(padded, zero_point)[:m]
         acc = torch._int_mm(qx, self.weight_int8.t())
         if self.activation_symmetric is False:
             if self._weight_code_sums is None or self._weight_code_sums.device != acc.device:
                 self._refresh_code_sums()
             acc = acc - zero_point * self._weight_code_sums
-        return acc.to(torch.float32)
+        return acc.to(torch.float32).mul_(self.weight_scale)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
