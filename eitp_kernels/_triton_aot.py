@@ -142,6 +142,8 @@ def op_calls():
             tag = f"{dtype} {shape} bins={bins} explicit={explicit}"
             add(f"counts {tag}",
                 lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.histogram_counts(x, lo, hi, b, e))
+            add(f"entropy in one call {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit:
+                entropy.histogram_entropy_rows(x, lo if e else None, hi if e else None, b, e, None))
             add(f"soft {tag}",
                 lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.soft_histogram(x, lo, hi, b, e))
             add(f"soft backward {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.soft_histogram_backward(
@@ -162,6 +164,8 @@ def op_calls():
         for shape in (long, short, one):
             x = torch.zeros(shape, dtype=code)
             add(f"counts {code} {shape}", lambda x=x: entropy.histogram_counts(x, None, None, 256, False))
+            add(f"entropy in one call {code} {shape}",
+                lambda x=x: entropy.histogram_entropy_rows(x, None, None, 256, False, 0.6931471805599453))
     # entropy of int64 counts: with and without a base; one bin
     for rows, bins, log_base in ((37, 7, None), (3, 5000, 0.6931471805599453), (1, 1, None)):
         add(f"entropy of counts ({rows}, {bins}) log_base={log_base}",

@@ -355,6 +355,64 @@ def test_many_triton_launches_do_not_grow_with_the_list(monkeypatch):
     assert launched(2, (-1.0, 1.0)) == launched(40, (-1.0, 1.0)) == ["_histogram_counts_kernel"] * 2
 
 
+def _three_ops_entropy(rows, bins, lo, hi, explicit, log_base):
+    """The Triton path of histogram_entropy as three ops: range (or the given one), counts, entropy, .to()."""
+    o = torch.ops.eitp_triton
+    if rows.dtype not in (torch.int8, torch.uint8) and lo is None:
+        lo, hi = o.finite_minmax(rows)
+    counts = o.histogram_counts(rows, lo, hi, bins, explicit)
+    return counts, o.entropy_from_counts(counts, log_base).to(reference.compute_dtype(rows.dtype))
+
+
+@pytest.mark.triton_interpret
+@pytest.mark.parametrize("case", ["parts", "bf16_rows", "fp64", "codes", "bins_zeroed_by_parts", "explicit",
+                                  "empty_rows"])
+def test_triton_one_call_op_equals_its_three_steps(case, monkeypatch):
+    """histogram_entropy_rows (three launches: the range pass zeroes the counts, the counting
+    programs fold the range partials, the entropy kernel writes the result's dtype) is bit for bit
+    the three ops it replaces, and its counts are the reference's. Fresh buffers hold garbage, as
+    on a GPU, so counts the range pass did not zero would show."""
+    empty = torch.empty
+
+    def garbage(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(7 if not t.is_floating_point() else NAN)
+
+    monkeypatch.setattr(torch, "empty", garbage)
+    g = torch.Generator().manual_seed(3)
+    lo = hi = None
+    explicit, bins, log_base = False, 256, None
+    if case == "parts":  # 2 rows of 3 range parts each, NaN and inf inside
+        rows = torch.randn(2, 40000, generator=g) * 3
+        rows[0, 5], rows[1, 39999], rows[1, 20000] = NAN, INF, -7e3
+        log_base = math.log(2.0)
+    elif case == "bf16_rows":
+        rows = torch.randn(37, 101, generator=g).bfloat16()
+        bins = 7
+    elif case == "fp64":
+        rows = torch.randn(3, 17000, generator=g, dtype=torch.float64)
+        bins = 100
+    elif case == "codes":
+        rows = torch.randint(-128, 128, (4, 3001), generator=g, dtype=torch.int8)
+    elif case == "bins_zeroed_by_parts":  # 70000 bins over 2 parts of the range pass, one element each
+        rows = torch.randn(2, 300, generator=g)
+        bins = 70000
+    elif case == "explicit":
+        rows = torch.randn(5, 999, generator=g) * 2
+        lo, hi = torch.full((5,), -1.0), torch.full((5,), 1.5)
+        explicit, bins = True, 33
+    else:
+        rows = torch.empty(3, 0)
+    with eitp_kernels.use_backend("triton"):
+        h = torch.ops.eitp_triton.histogram_entropy_rows(rows, lo, hi, bins, explicit, log_base)
+        counts, want = _three_ops_entropy(rows, bins, lo, hi, explicit, log_base)
+    if rows.dtype not in (torch.int8, torch.uint8):
+        rng = (-1.0, 1.5) if explicit else None
+        assert torch.equal(counts, reference.histogram_counts(rows, bins=bins, range=rng, dim=1).to(torch.int64))
+    assert h.dtype == want.dtype and torch.equal(h.isnan(), want.isnan())
+    assert torch.equal(h.nan_to_num(), want.nan_to_num()), (h, want)
+
+
 def test_entropy_monitor_returns_every_parameter():
     model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
     monitor = eitp_kernels.nn.EntropyMonitor(model, bins=64)
@@ -549,6 +607,15 @@ def _opcheck_cases(namespace):
     ]
 
 
+def _opcheck_triton_only_cases():
+    o = torch.ops.eitp_triton
+    x = torch.randn(3, 41)
+    return [(o.histogram_entropy_rows.default, (x, None, None, 16, False, None)),
+            (o.histogram_entropy_rows.default, (x.double(), x.double().amin(1), x.double().amax(1), 16, True, 2.0)),
+            (o.histogram_entropy_rows.default, (torch.randint(0, 256, (2, 9), dtype=torch.uint8), None, None, 256,
+                                                False, None))]
+
+
 def test_opcheck_every_compiled_op():
     for op, args in _opcheck_cases("eitp"):
         torch.library.opcheck(op, args)
@@ -558,7 +625,7 @@ def test_opcheck_every_compiled_op():
 
 @pytest.mark.triton_interpret
 def test_opcheck_every_triton_op():
-    for op, args in _opcheck_cases("eitp_triton"):
+    for op, args in _opcheck_cases("eitp_triton") + _opcheck_triton_only_cases():
         torch.library.opcheck(op, args)
 
 

@@ -19,7 +19,8 @@ MET = {
     "cuda": ["histogram_entropy_many(fp32, fp64, fp16)", "fake_quant_int8(x, channel)",
              "fake_quant_int8(x, channel) fwd+bwd", "dequantize_int8(q, channel)",
              "coherence_loss(x, y) Barlow Twins fwd+bwd"],
-    "triton": ["histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
+    "triton": ["histogram_entropy(x)", "histogram_entropy(codes)", "histogram_entropy(x, dim=1)",
+               "histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
                "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "fake_quant_int8(x, channel) fwd+bwd",
                "dequantize_int8(q, channel)", "coherence_loss(x, y) Barlow Twins fwd+bwd"],
 }

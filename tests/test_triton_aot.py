@@ -74,6 +74,8 @@ _NEVER_ONE = {
     "_range_partials_kernel": ("chunk", "chunks", "row_length"),
     "_params_from_partials_kernel": ("chunks",),  # folds the partials of those rows
     "_finite_minmax_fold_kernel": ("chunks",),  # launched only for rows of several chunks
+    # eitp_kernels/triton/entropy.py: the range pass's parts are multiples of 2048 elements, >= 16384
+    "_range_partials_zero_kernel": ("chunk",),
     # eitp_kernels/triton/coherence.py: the BLOCKS path's panels start at multiples of 256 rows of P
     # (row0) and of 8 tile rows (tile0); chunk_rows is a multiple of 64
     "_reduce_kernel": ("row0", "tile0"),

@@ -355,7 +355,7 @@ def bench_calls():
     """(name, thunk) per Triton launcher call the benchmark cases make, at their sizes (2^24 elements).
 
     The cases (eitp_kernels/bench/suite_*.py): finite_minmax and histogram
-    entropy (automatic range: a finite_minmax pass, then counting, 256 bins)
+    entropy (automatic range: the range pass, counting and the entropy, 256 bins)
     of 16M and 4096 x 4096 (dim=1) in fp32 / fp16 / bf16, entropy of 16M int8
     codes; fake-quant per channel / tensor / group of 128, quantize and
     dequantize per channel, fp32 4096 x 4096, symmetric; the fake-quant
@@ -373,11 +373,11 @@ def bench_calls():
             x = torch.empty(shape, dtype=dtype)
             calls.append((f"finite_minmax {label} {tag}", lambda x=x: finite_minmax.finite_minmax(x)))
             if dtype != torch.float16:
-                lo, hi = torch.zeros(shape[0]), torch.ones(shape[0])
                 calls.append((f"histogram_entropy {label} {tag}",
-                              lambda x=x, lo=lo, hi=hi: entropy.histogram_counts(x, lo, hi, 256, False)))
+                              lambda x=x: entropy.histogram_entropy_rows(x, None, None, 256, False, None)))
     codes = torch.empty(flat, dtype=torch.int8)
-    calls.append(("histogram_entropy 16M int8", lambda: entropy.histogram_counts(codes, None, None, 256, False)))
+    calls.append(("histogram_entropy 16M int8",
+                  lambda: entropy.histogram_entropy_rows(codes, None, None, 256, False, None)))
     x = torch.empty(square)
     group = torch.empty((1 << 24) // 128, 128)
     per_tensor = torch.empty(flat)

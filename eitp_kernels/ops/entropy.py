@@ -11,7 +11,9 @@ counts match the reference bit for bit.
 
 Each call is three compiled ops on (rows, length) views: ``finite_minmax``
 (the range; skipped for an explicit range and for codes),
-``histogram_counts`` (rows x bins int64) and ``entropy_from_counts``.
+``histogram_counts`` (rows x bins int64) and ``entropy_from_counts``; on the
+Triton backend (without a process group) one op, ``histogram_entropy_rows``,
+that launches the three steps' kernels and nothing else.
 Differentiable mode (linear binning): ``soft_histogram`` makes float64 soft
 counts (x adds 1-f to bin k and f to bin k+1, u = (x-lo)/w - 0.5, k =
 floor(u), f = u - k), and the entropy's gradient dH/dc_j = -(ln p_j + H) / N
@@ -131,6 +133,8 @@ def histogram_entropy(
         return reference.histogram_entropy(x, bins=bins, range=rng, dim=dim, base=base)
     rows, batch = _layout.slices_as_rows(x, dim)
     rows = rows.contiguous()
+    if backend in _ENTROPY_ROWS and process_group is None:
+        return _entropy_one_call(backend, rows, bins, rng, log_base).reshape(batch)
     if is_code:
         lo = hi = None
     else:
@@ -317,6 +321,16 @@ def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
     return _ENTROPY[backend](counts, log_base)
 
 
+def _entropy_one_call(backend: str, rows: torch.Tensor, bins: int, rng, log_base) -> torch.Tensor:
+    """H per row (accumulation dtype) by one op that finds the range, counts and takes the
+    entropy on the device (triton: three launches); the automatic range where rng is None."""
+    if rng is None or rows.dtype in _validation.CODE_DTYPES:
+        lo = hi = None
+    else:
+        lo, hi = _range_rows(backend, rows, rng, None)
+    return _ENTROPY_ROWS[backend](rows, lo, hi, bins, rng is not None, log_base)
+
+
 def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
     """Linear-binning counts (float64) as in the reference, differentiable by autograd."""
     return reference.linear_binning_counts(xs, lo.unsqueeze(1), hi.unsqueeze(1), bins, explicit)[0]
@@ -365,6 +379,8 @@ _SOFT_COUNTS = {"reference": _soft_counts_torch, "cpp": _op("eitp", "soft_histog
                 "cuda": _op("eitp", "soft_histogram"), "triton": _op("eitp_triton", "soft_histogram")}
 _ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts"),
             "cuda": _op("eitp", "entropy_from_counts"), "triton": _op("eitp_triton", "entropy_from_counts")}
+# The whole call in one op (range, counts, entropy; no process group), where a backend has it.
+_ENTROPY_ROWS = {"triton": _op("eitp_triton", "histogram_entropy_rows")}
 
 
 # --------------------------------------------------------------------------
@@ -392,6 +408,10 @@ def _entropy_from_counts_fake(counts, log_base):
     return counts.new_empty((counts.shape[0],), dtype=torch.float64)
 
 
+def _entropy_rows_fake(x, lo, hi, bins, explicit_range, log_base):
+    return x.new_empty((x.shape[0],), dtype=_layout.compute_dtype(x.dtype))
+
+
 def _soft_histogram_setup_context(ctx, inputs, output):
     x, lo, hi, bins, explicit_range = inputs
     ctx.save_for_backward(x, lo, hi)
@@ -415,3 +435,4 @@ _registration.register("soft_histogram", "entropy.soft_histogram", _soft_histogr
 _registration.register("soft_histogram_backward", "entropy.soft_histogram_backward",
                        _soft_histogram_backward_fake)
 _registration.register("entropy_from_counts", "entropy.entropy_from_counts", _entropy_from_counts_fake)
+_registration.register("histogram_entropy_rows", "entropy.histogram_entropy_rows", _entropy_rows_fake, compiled=False)

@@ -16,7 +16,10 @@ tensor of a dtype.
 Launchers, one per op ``eitp_triton::<name>`` with the arguments of its
 compiled twin ``eitp::<name>`` (rows: a contiguous (R, L) view):
 ``histogram_counts``, ``soft_histogram``, ``soft_histogram_backward``,
-``histogram_counts_many``, ``entropy_from_counts``.
+``histogram_counts_many``, ``entropy_from_counts``; and ``histogram_entropy_rows``
+(Triton only): a whole ``histogram_entropy`` call in three launches, the range
+pass zeroing the counts, every counting program folding its row's range
+partials, the entropy kernel writing the result's dtype.
 """
 from __future__ import annotations
 
@@ -34,6 +37,16 @@ from eitp_kernels.triton import finite_minmax
 _LOCAL_HIST_MAX_BINS = 4096
 # Bytes of input each thread of the counting kernel loads (its one tile).
 _TILE_BYTES = 256
+# The range pass of histogram_entropy_rows: parts of at least _RANGE_CHUNK elements (the chunk of
+# triton/finite_minmax.py, in blocks of _RANGE_BLOCK: 16 elements a thread); at most
+# _MAX_RANGE_PARTS per row, since every counting program of the row folds them (two loads of
+# 4 values a thread at 1024); each part zeroes up to _ZERO_PER_PART bins of the row's counts,
+# _ZERO_BLOCK at a time.
+_RANGE_CHUNK = 16384
+_RANGE_BLOCK = 2048
+_MAX_RANGE_PARTS = 1024
+_ZERO_PER_PART = 1 << 16
+_ZERO_BLOCK = 512
 
 
 @triton_jit
@@ -93,8 +106,8 @@ def _count_span(
     x_ptr,
     begin,  # counts x[begin, end), end - begin <= CHUNK
     end,
-    lo_ptr,  # this histogram's range, ACC (not read for codes)
-    hi_ptr,
+    lo,  # this histogram's range, ACC scalars (unused for codes)
+    hi,
     out_ptr,  # (BINS,) int64 counts to add to
     bins_s,  # _triton.div_constants(BINS): w = (hi - lo) / BINS without a division call
     bins_dn,
@@ -131,8 +144,6 @@ def _count_span(
         b = x.to(tl.int32) + CODE_OFFSET
         pad_bin = CODE_OFFSET
     else:
-        lo = tl.load(lo_ptr)
-        hi = tl.load(hi_ptr)
         nb = _as_acc(BINS, ACC)
         if IS_F64:
             w = exact_div(hi - lo, nb, IS_F64)
@@ -157,17 +168,33 @@ def _count_span(
 
 
 @triton_jit
+def _row_range(lo_ptr, hi_ptr, parts, ACC: tl.constexpr, PARTS: tl.constexpr):
+    """(lo, hi) of one row, ACC scalars: its one stored range (PARTS == 1), or the fold of its
+    ``parts`` <= PARTS range partials (min/max: exact in any order; +-inf pads), loaded at once."""
+    if PARTS == 1:
+        lo = tl.load(lo_ptr)
+        hi = tl.load(hi_ptr)
+    else:
+        offsets = tl.arange(0, PARTS)
+        live = offsets < parts
+        lo = tl.min(tl.load(lo_ptr + offsets, mask=live, other=float("inf")).to(ACC), axis=0)
+        hi = tl.max(tl.load(hi_ptr + offsets, mask=live, other=float("-inf")).to(ACC), axis=0)
+    return lo, hi
+
+
+@triton_jit
 def _histogram_counts_kernel(
     x_ptr,  # rows: (rows, row_length) contiguous; SEGMENTED: the segments one after another. Float or int8/uint8
     first_item_ptr,  # SEGMENTED: (segments + 1,) exclusive prefix sum of the work items per segment
     offset_ptr,  # SEGMENTED: (segments + 1,) element offset of each segment in x
     row_ptr,  # SEGMENTED: (segments,) output row of each segment
-    lo_ptr,  # (rows,) range per output row, accumulation dtype (unused for codes)
-    hi_ptr,  # (rows,)
+    lo_ptr,  # (rows, parts) range partials per output row (parts 1: the range), accumulation dtype
+    hi_ptr,  # (rows, parts); lo and hi unused for codes
     counts_ptr,  # (rows, BINS) int64, zero-filled
     length,  # rows: row_length; SEGMENTED: segments
     steps,  # rows: programs per row (program p counts chunk p % steps of row p // steps);
             # SEGMENTED: binary-search steps, >= ceil(log2(segments))
+    parts,  # range partials per row, folded by every program of the row (1 for SEGMENTED)
     bins_s,  # _triton.div_constants(BINS)
     bins_dn,
     bins_r,
@@ -182,6 +209,7 @@ def _histogram_counts_kernel(
     LOCAL_HIST: tl.constexpr,
     CHUNK: tl.constexpr,  # elements per program (one tile)
     BF16_PAIRS: tl.constexpr,  # bf16 rows of even length from a 4-byte aligned x: read as 32-bit words
+    PARTS: tl.constexpr,  # 1 (one range per row), or a power of two >= parts
 ):
     if SEGMENTED:
         seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, length, steps, CHUNK)
@@ -194,7 +222,12 @@ def _histogram_counts_kernel(
         begin = (pid % steps) * CHUNK
         end = tl.minimum(begin + CHUNK, length)
         span_ptr = x_ptr + row * length
-    _count_span(span_ptr, begin, end, lo_ptr + row, hi_ptr + row, counts_ptr + row * BINS, bins_s, bins_dn,
+    if IS_CODE:
+        lo = 0.0
+        hi = 0.0
+    else:
+        lo, hi = _row_range(lo_ptr + row * parts, hi_ptr + row * parts, parts, ACC, PARTS)
+    _count_span(span_ptr, begin, end, lo, hi, counts_ptr + row * BINS, bins_s, bins_dn,
                 bins_r, BINS, EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, CHUNK, BF16_PAIRS)
 
 
@@ -220,8 +253,18 @@ def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor 
                      explicit_range: bool) -> torch.Tensor:
     n_rows, row_length = x.shape
     counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
+    _launch_counts(x, lo, hi, 1, counts, explicit_range)
+    return counts
+
+
+def _launch_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, parts: int,
+                   counts: torch.Tensor, explicit_range: bool) -> None:
+    """Add the counts of each row of x to ``counts`` (rows, bins), zero-filled before the launch; the
+    range of row r: the fold of lo[r, :parts], hi[r, :parts] (parts 1: lo[r], hi[r])."""
+    n_rows, row_length = x.shape
+    bins = counts.shape[1]
     if x.numel() == 0:
-        return counts
+        return
     meta = _count_meta(x.dtype, bins, explicit_range, row_length)
     if meta["IS_CODE"]:
         lo = hi = counts  # unused
@@ -229,8 +272,8 @@ def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor 
     # (the allocator aligns storages to 16 bytes or more: an even offset is a 4-byte aligned bf16 pair)
     pairs = x.dtype == torch.bfloat16 and row_length % 2 == 0 and x.storage_offset() % 2 == 0
     launch(_histogram_counts_kernel, (n_rows * chunks,), x, counts, counts, counts, lo, hi, counts, row_length, chunks,
-           *div_constants(bins), SEGMENTED=False, BF16_PAIRS=pairs, **meta)  # counts: the segment table, unused
-    return counts
+           parts, *div_constants(bins), SEGMENTED=False, BF16_PAIRS=pairs,
+           PARTS=1 if parts == 1 else _MAX_RANGE_PARTS, **meta)  # counts: the segment table, unused
 
 
 # ---- many tensors: one flat buffer per dtype, segments found by binary search
@@ -496,8 +539,8 @@ def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] 
                    ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=min(1024, meta["CHUNK"]))
             launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
                    BLOCK=128)
-        launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps,
-               *div_constants(bins), SEGMENTED=True, BF16_PAIRS=False, **meta)
+        launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, 1,
+               *div_constants(bins), SEGMENTED=True, BF16_PAIRS=False, PARTS=1, **meta)
     return counts
 
 
@@ -529,15 +572,90 @@ def _entropy_from_counts_kernel(
     h = tl.where(n > 0, h, float("nan"))
     if HAS_BASE:
         h = h / log_base
-    tl.store(out_ptr + row, h)
+    tl.store(out_ptr + row, h.to(out_ptr.dtype.element_ty))  # rounded to nearest, as torch's .to()
 
 
 def entropy_from_counts(counts: torch.Tensor, log_base: float | None) -> torch.Tensor:
     """H per row of counts (float64), docs/design.md §2.1; NaN for a row with nothing counted."""
-    counts = counts.contiguous()
+    out = torch.empty((counts.shape[0],), dtype=torch.float64, device=counts.device)
+    _launch_entropy(counts.contiguous(), out, log_base)
+    return out
+
+
+def _launch_entropy(counts: torch.Tensor, out: torch.Tensor, log_base: float | None) -> None:
+    """out[r] = H of counts[r] (contiguous), computed in float64 and rounded to out's dtype."""
     rows, bins = counts.shape
-    out = torch.empty((rows,), dtype=torch.float64, device=counts.device)
     if rows > 0:
         launch(_entropy_from_counts_kernel, (rows,), counts, out, bins, 1.0 if log_base is None else log_base,
                HAS_BASE=log_base is not None, BLOCK=min(1024, triton.next_power_of_2(max(bins, 16))))
+
+
+# ---- one call: range, counts and entropy in three launches
+
+
+@triton_jit
+def _range_partials_zero_kernel(
+    x_ptr,  # (rows, row_length) contiguous, float
+    part_lo_ptr,  # (rows, parts) finite min of each part, accumulation dtype
+    part_hi_ptr,  # (rows, parts) finite max
+    counts_ptr,  # (rows, bins) int64: zeroed here, for the counting kernel that follows
+    row_length,
+    parts,  # programs per row: program p takes part p % parts of row p // parts
+    chunk,  # elements per part (a multiple of BLOCK); parts past the row's end are empty
+    bins,
+    zero_span,  # bins each part zeroes: ceil(bins / parts)
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ZERO_BLOCK: tl.constexpr,
+):
+    # The range pass of histogram_entropy: finite min/max partials of one part of a row
+    # (an empty part gives (+inf, -inf)), and that part's share of the row's counts
+    # zeroed, so that no separate fill is launched.
+    pid = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    row = pid // parts
+    part = pid % parts
+    begin = tl.minimum(part * chunk, row_length)
+    lo, hi = finite_minmax._finite_minmax_span(x_ptr + row * row_length, begin,
+                                               tl.minimum(begin + chunk, row_length), ACC, BLOCK)
+    tl.store(part_lo_ptr + pid, lo)
+    tl.store(part_hi_ptr + pid, hi)
+    zero_begin = part * zero_span
+    zero_end = tl.minimum(zero_begin + zero_span, bins)
+    for start in tl.range(zero_begin, zero_end, ZERO_BLOCK):
+        offsets = start + tl.arange(0, ZERO_BLOCK)
+        tl.store(counts_ptr + row * bins + offsets, tl.zeros([ZERO_BLOCK], tl.int64), mask=offsets < zero_end)
+
+
+def _range_parts(row_length: int, bins: int) -> tuple[int, int]:
+    """(parts, chunk) of each row's range pass: chunks of _RANGE_CHUNK elements, longer (a multiple of
+    the block) where a row would have more than _MAX_RANGE_PARTS (every counting program folds its
+    row's partials); more parts, some empty, where each would zero more than _ZERO_PER_PART bins."""
+    chunk = max(_RANGE_CHUNK, triton.cdiv(triton.cdiv(row_length, _MAX_RANGE_PARTS), _RANGE_BLOCK) * _RANGE_BLOCK)
+    return max(1, triton.cdiv(row_length, chunk), triton.cdiv(bins, _ZERO_PER_PART)), chunk
+
+
+def histogram_entropy_rows(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
+                           explicit_range: bool, log_base: float | None) -> torch.Tensor:
+    """H of each row of x (contiguous (rows, row_length)), in x's accumulation dtype, in three launches.
+
+    Float x with lo and hi None (the automatic range): range partials that also zero the counts,
+    counts (each program folds its row's partials), entropy. Codes, or a given (rows,) range:
+    a zero fill, counts, entropy. The entropy kernel writes the result's dtype (no copy after)."""
+    n_rows, row_length = x.shape
+    acc = _layout.compute_dtype(x.dtype)
+    out = torch.empty((n_rows,), dtype=acc, device=x.device)
+    if n_rows == 0:
+        return out
+    parts = 1
+    if lo is None and x.dtype not in _validation.CODE_DTYPES and row_length > 0:
+        parts, chunk = _range_parts(row_length, bins)
+        counts = torch.empty((n_rows, bins), dtype=torch.int64, device=x.device)
+        lo = torch.empty((n_rows, parts), dtype=acc, device=x.device)
+        hi = torch.empty_like(lo)
+        launch(_range_partials_zero_kernel, (n_rows * parts,), x, lo, hi, counts, row_length, parts, chunk, bins,
+               triton.cdiv(bins, parts), ACC=acc_tl(acc), BLOCK=_RANGE_BLOCK, ZERO_BLOCK=_ZERO_BLOCK)
+    else:
+        counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
+    _launch_counts(x, lo, hi, parts, counts, explicit_range)
+    _launch_entropy(counts, out, log_base)
     return out
