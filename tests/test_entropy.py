@@ -589,6 +589,43 @@ def test_entropy_from_counts_independent_of_thread_count():
     assert torch.equal(one, many)
 
 
+# ---------------------------------------------------------------- the fused steps of a histogram_entropy call
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", [c for c in CASES if _cases()[c][2] is None])
+def test_counts_over_the_automatic_range_equal_counts_over_finite_minmax(dtype, case):
+    x, bins, _, dim = _cases()[case]
+    rows = reference.slices_as_rows(x.to(dtype), dim)[0].contiguous()
+    lo, hi = torch.ops.eitp.finite_minmax(rows)
+    want = torch.ops.eitp.histogram_counts(rows, lo, hi, bins, False)
+    assert torch.equal(torch.ops.eitp.histogram_counts_auto_range(rows, bins), want)
+
+
+def test_counts_over_the_automatic_range_of_empty_rows_and_bad_input():
+    assert torch.equal(torch.ops.eitp.histogram_counts_auto_range(torch.empty(3, 0), 4),
+                       torch.zeros(3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        torch.ops.eitp.histogram_counts_auto_range(torch.randn(3), 4)
+    with pytest.raises(TypeError, match="must be a float tensor"):
+        torch.ops.eitp.histogram_counts_auto_range(torch.zeros(2, 3, dtype=torch.int8), 256)
+    with pytest.raises(ValueError, match="bins must be in"):
+        torch.ops.eitp.histogram_counts_auto_range(torch.randn(2, 3), 0)
+
+
+@pytest.mark.parametrize("counts", [torch.randint(0, 1000, (9, 300)), torch.rand(9, 300, dtype=torch.float64)])
+@pytest.mark.parametrize("log_base", [None, math.log(2.0)])
+def test_entropy_from_counts_writes_float32_as_a_conversion_of_float64(counts, log_base):
+    counts[2] = 0  # NaN
+    wide = torch.ops.eitp.entropy_from_counts(counts, log_base)
+    narrow = torch.ops.eitp.entropy_from_counts(counts, log_base, torch.float32)
+    assert narrow.dtype == torch.float32
+    torch.testing.assert_close(narrow, wide.to(torch.float32), rtol=0, atol=0, equal_nan=True)
+    assert torch.ops.eitp.entropy_from_counts(counts, log_base, torch.float64).dtype == torch.float64
+    with pytest.raises(TypeError, match="dtype must be float64 or float32"):
+        torch.ops.eitp.entropy_from_counts(counts, log_base, torch.float16)
+
+
 # ---------------------------------------------------------------- registration, compile
 
 
@@ -621,6 +658,9 @@ def test_opcheck_every_compiled_op():
         torch.library.opcheck(op, args)
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.randint(0, 5, (4, 8)), 2.0))
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))
+    torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default,
+                          (torch.randint(0, 5, (4, 8)), None, torch.float32))
+    torch.library.opcheck(torch.ops.eitp.histogram_counts_auto_range.default, (torch.randn(3, 41), 16))
 
 
 @pytest.mark.triton_interpret

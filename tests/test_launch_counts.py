@@ -16,9 +16,10 @@ needs_triton = pytest.mark.skipif(_triton.triton is None, reason="triton not ins
 # The calls whose budget the GPU paths meet, per backend (the others are
 # printed by `python -m eitp_kernels.bench.launches`).
 MET = {
-    "cuda": ["histogram_entropy_many(fp32, fp64, fp16)", "fake_quant_int8(x, channel)",
-             "fake_quant_int8(x, channel) fwd+bwd", "dequantize_int8(q, channel)",
-             "coherence_loss(x, y) Barlow Twins fwd+bwd"],
+    "cuda": ["histogram_entropy(x)", "histogram_entropy(codes)", "histogram_entropy(x, dim=1)",
+             "histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
+             "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "fake_quant_int8(x, channel) fwd+bwd",
+             "dequantize_int8(q, channel)", "coherence_loss(x, y) Barlow Twins fwd+bwd"],
     "triton": ["histogram_entropy(x)", "histogram_entropy(codes)", "histogram_entropy(x, dim=1)",
                "histogram_entropy_many(fp32, fp64, fp16)", "finite_minmax(x)", "quantize_int8(x, tensor)",
                "fake_quant_int8(x, tensor)", "fake_quant_int8(x, channel)", "fake_quant_int8(x, channel) fwd+bwd",
@@ -75,10 +76,20 @@ def test_cuda_table_follows_the_launcher_branches():
     short = count_launches(lambda: ek.quantize_int8(x_short, granularity="channel"), "cuda")
     long = count_launches(lambda: ek.quantize_int8(x_long, granularity="channel"), "cuda")
     static = count_launches(lambda: ek.quantize_int8(x_long, granularity="channel", scale=scale), "cuda")
-    assert [k.split(":")[-1] for k in short.kernels] == ["zero workspace", "quant_warp_rows_kernel"]
+    assert [k.split(":")[-1] for k in short.kernels] == ["quant_warp_rows_kernel"]
     assert [k.split(":")[-1] for k in long.kernels] == [
-        "zero workspace", "range_chunks_kernel", "params_from_workspace_kernel", "quant_static_kernel"]
-    assert static.kernels[-1].endswith("quant_static_kernel") and "zero workspace" not in str(static)
+        "range_chunks_kernel", "params_from_workspace_kernel", "quant_static_kernel"]
+    assert [k for k in static.kernels if k.startswith("eitp::")] == ["eitp::quantize_int8_rows:quant_static_kernel"]
+    # finite_minmax_cuda: rows of one range block are done by the range pass; longer ones add the fold
+    one_block, folded = torch.randn(5, 4096), torch.randn(2, 4097)
+    assert [k.split(":")[-1] for k in count_launches(lambda: ek.finite_minmax(one_block, dim=1), "cuda").kernels] == [
+        "range_partials_kernel"]
+    assert [k.split(":")[-1] for k in count_launches(lambda: ek.finite_minmax(folded, dim=1), "cuda").kernels] == [
+        "range_partials_kernel", "finite_minmax_fold_kernel"]
+    # histogram_entropy over the automatic range: range pass, counting pass, entropy (no fill, zero or copy)
+    x_half = x_long.half()
+    assert [k.split(":")[-1] for k in count_launches(lambda: ek.histogram_entropy(x_half), "cuda").kernels] == [
+        "range_partials_kernel", "hist_rows_kernel", "entropy_kernel"]
 
 
 def test_forced_backend_is_restored_and_rejects_cpu_backends():

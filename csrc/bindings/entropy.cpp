@@ -4,6 +4,11 @@
 // eitp::histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor
 //     x (rows, L) float or int8/uint8 codes; lo/hi (rows,) in the accumulation
 //     dtype (None for codes). Returns int64 counts (rows, bins).
+// eitp::histogram_counts_auto_range(Tensor x, int bins) -> Tensor
+//     histogram_counts of a float x over each row's finite min/max (the
+//     automatic range, finite_minmax's), found inside the op: on CUDA the
+//     range pass (which also zeroes the counts) and the counting pass, whose
+//     blocks fold their row's range partials. Returns int64 counts (rows, bins).
 // eitp::histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor
 //     one histogram per tensor (all elements; automatic finite range per
 //     tensor unless range = [lo, hi]). Returns int64 counts (len(xs), bins).
@@ -12,12 +17,15 @@
 // eitp::soft_histogram_backward(Tensor grad_counts, Tensor x, Tensor lo, Tensor hi, int bins,
 //                               bool explicit_range) -> Tensor
 //     dL/dx = (g[k+1] - g[k]) / w for live values, in the accumulation dtype.
-// eitp::entropy_from_counts(Tensor counts, float? log_base) -> Tensor
-//     H = -sum_{c>0} p ln p per row (float64; NaN for an empty row; / log_base).
+// eitp::entropy_from_counts(Tensor counts, float? log_base, ScalarType? dtype=None) -> Tensor
+//     H = -sum_{c>0} p ln p per row, computed in float64 (NaN for an empty
+//     row; / log_base), written as dtype: float64 (None) or float32.
+#include <algorithm>
 #include <optional>
 
 #include "bindings/tensor_args.h"
 #include "kernels/entropy.h"
+#include "kernels/finite_minmax.h"
 #ifdef EITP_WITH_CUDA
 #include "kernels/entropy_many.h"
 #endif
@@ -78,6 +86,31 @@ HistogramParams counts_params(const CountsArgs& a, int64_t bins, bool explicit_r
   p.bins = bins;
   p.explicit_range = explicit_range;
   p.counts = a.counts.data_ptr<int64_t>();
+  return p;
+}
+
+// ---------------------------------------------------------------- histogram_counts_auto_range
+
+void check_auto_range(const at::Tensor& x, int64_t bins) {
+  const char* op = "histogram_counts_auto_range";
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (rows, row_length), got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(is_float_dtype(x), op, ": x must be a float tensor, got ", x.scalar_type());
+  check_bins(bins, op);
+}
+
+// The parameters of a count over the automatic range; the range itself is
+// the backend's (lo, hi null here).
+HistogramParams auto_range_params(const at::Tensor& x, int64_t bins, at::Tensor& counts) {
+  const char* op = "histogram_counts_auto_range";
+  HistogramParams p;
+  p.x = x.data_ptr();
+  p.dtype = kernel_dtype(x, op);
+  p.rows = x.size(0);
+  p.row_length = x.size(1);
+  p.lo = p.hi = nullptr;
+  p.bins = bins;
+  p.explicit_range = false;
+  p.counts = counts.data_ptr<int64_t>();
   return p;
 }
 
@@ -198,8 +231,16 @@ EntropyFromCountsParams entropy_params(const at::Tensor& counts, std::optional<d
   p.rows = counts.size(0);
   p.bins = counts.size(1);
   p.log_base = log_base.has_value() ? *log_base : 0.0;
-  p.out = out.data_ptr<double>();
+  p.out = out.data_ptr();
+  p.out_is_float = out.scalar_type() == at::kFloat;
   return p;
+}
+
+at::ScalarType entropy_dtype(std::optional<at::ScalarType> dtype) {
+  const at::ScalarType d = dtype.value_or(at::kDouble);
+  TORCH_CHECK_TYPE(d == at::kDouble || d == at::kFloat, "entropy_from_counts: dtype must be float64 or float32, got ",
+                   d);
+  return d;
 }
 
 at::Tensor check_counts(const at::Tensor& counts) {
@@ -212,9 +253,24 @@ at::Tensor check_counts(const at::Tensor& counts) {
 
 // ---------------------------------------------------------------- backends
 
+// auto_range_scratch(rows, row_length): accumulation-dtype values that
+// counts_auto_range needs for the range.
 struct CpuBackend : CpuDevice {
   using CpuDevice::CpuDevice;
   void counts(const HistogramParams& p) { histogram_counts_cpu(p); }
+  static int64_t auto_range_scratch(int64_t rows, int64_t) { return 2 * rows; }
+  // finite_minmax_cpu into the scratch (lo of every row, then hi), then the
+  // counts: the same two passes as the finite_minmax and histogram_counts ops.
+  void counts_auto_range(HistogramParams p, void* scratch) {
+    const size_t acc_size = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+    void* lo = scratch;
+    void* hi = static_cast<char*>(scratch) + static_cast<size_t>(p.rows) * acc_size;
+    finite_minmax_cpu(FiniteMinMaxParams{p.x, p.dtype, p.rows, p.row_length, lo, hi});
+    p.lo = lo;
+    p.hi = hi;
+    std::fill_n(p.counts, p.rows * p.bins, int64_t(0));
+    histogram_counts_cpu(p);
+  }
   at::Tensor counts_many(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
     return counts_many_cpu(xs, bins, range);
   }
@@ -281,6 +337,21 @@ at::Tensor counts_many_cuda(const at::TensorList xs_in, int64_t bins, const std:
 struct CudaBackend : CudaDevice {
   using CudaDevice::CudaDevice;
   void counts(const HistogramParams& p) { histogram_counts_cuda(p, stream); }
+  static int64_t auto_range_scratch(int64_t rows, int64_t row_length) {
+    return 2 * rows * range_blocks_per_row(row_length);
+  }
+  // Two launches: the range pass (its partials into the scratch; it zeroes
+  // the counts) and the counting pass, whose blocks fold their row's partials.
+  void counts_auto_range(HistogramParams p, void* scratch) {
+    finite_minmax_partials_cuda(FiniteMinMaxParams{p.x, p.dtype, p.rows, p.row_length, nullptr, nullptr}, scratch,
+                                p.counts, p.bins, stream);
+    const int64_t per_row = range_blocks_per_row(p.row_length);
+    const size_t acc_size = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+    p.lo = scratch;
+    p.hi = static_cast<char*>(scratch) + static_cast<size_t>(p.rows * per_row) * acc_size;
+    p.range_partials_per_row = per_row;
+    histogram_counts_cuda(p, stream);
+  }
   at::Tensor counts_many(const at::TensorList xs, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
     return counts_many_cuda(xs, bins, range, stream);
   }
@@ -299,6 +370,20 @@ at::Tensor histogram_counts_impl(const at::Tensor& x, const std::optional<at::Te
   CountsArgs a = prepare_counts(x, lo, hi, bins, explicit_range);
   if (a.x.numel() > 0) be.counts(counts_params(a, bins, explicit_range));
   return a.counts;
+}
+
+template <typename Backend>
+at::Tensor histogram_counts_auto_range_impl(const at::Tensor& x_in, int64_t bins) {
+  Backend be(x_in);
+  check_auto_range(x_in, bins);
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor counts = at::empty({x.size(0), bins}, x.options().dtype(at::kLong));
+  HistogramParams p = auto_range_params(x, bins, counts);
+  if (x.numel() == 0) return counts.zero_();  // rows of no element: nothing for the kernels to write
+  at::Tensor scratch = at::empty({Backend::auto_range_scratch(p.rows, p.row_length)},
+                                 x.options().dtype(accumulation_dtype(x)));
+  be.counts_auto_range(p, scratch.data_ptr());
+  return counts;
 }
 
 template <typename Backend>
@@ -329,10 +414,11 @@ at::Tensor soft_histogram_backward_impl(const at::Tensor& grad_counts, const at:
 }
 
 template <typename Backend>
-at::Tensor entropy_from_counts_impl(const at::Tensor& counts_in, std::optional<double> log_base) {
+at::Tensor entropy_from_counts_impl(const at::Tensor& counts_in, std::optional<double> log_base,
+                                   std::optional<at::ScalarType> dtype) {
   Backend be(counts_in);
   const at::Tensor counts = check_counts(counts_in);
-  at::Tensor out = at::empty({counts.size(0)}, counts.options().dtype(at::kDouble));
+  at::Tensor out = at::empty({counts.size(0)}, counts.options().dtype(entropy_dtype(dtype)));
   if (counts.size(0) > 0) be.entropy(entropy_params(counts, log_base, out));
   return out;
 }
@@ -341,6 +427,7 @@ at::Tensor entropy_from_counts_impl(const at::Tensor& counts_in, std::optional<d
 template <typename Backend>
 void register_kernels(torch::Library& m) {
   m.impl("histogram_counts", &histogram_counts_impl<Backend>);
+  m.impl("histogram_counts_auto_range", &histogram_counts_auto_range_impl<Backend>);
   m.impl("histogram_counts_many", &histogram_counts_many_impl<Backend>);
   m.impl("soft_histogram", &soft_histogram_impl<Backend>);
   m.impl("soft_histogram_backward", &soft_histogram_backward_impl<Backend>);
@@ -351,6 +438,7 @@ void register_kernels(torch::Library& m) {
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def("histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor");
+  m.def("histogram_counts_auto_range(Tensor x, int bins) -> Tensor");
   // cudagraph_unsafe: the CUDA impl copies a host-built table (data addresses)
   // from pinned memory that is reused after the call, so a captured graph
   // would replay a stale copy; torch.compile's CUDA graphs leave it outside.
@@ -359,7 +447,7 @@ TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def(
       "soft_histogram_backward(Tensor grad_counts, Tensor x, Tensor lo, Tensor hi, int bins, bool explicit_range) "
       "-> Tensor");
-  m.def("entropy_from_counts(Tensor counts, float? log_base) -> Tensor");
+  m.def("entropy_from_counts(Tensor counts, float? log_base, ScalarType? dtype=None) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(eitp, CPU, m) { register_kernels<CpuBackend>(m); }
 #ifdef EITP_WITH_CUDA

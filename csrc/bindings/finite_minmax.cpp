@@ -18,32 +18,41 @@ FiniteMinMaxParams make_params(const at::Tensor& x, at::Tensor& lo, at::Tensor& 
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> check_and_allocate(const at::Tensor& x) {
+void check_x(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() == 2, "finite_minmax: x must be 2-D (rows, row_length), got ", x.dim(), "-D");
   TORCH_CHECK_TYPE(is_float_dtype(x), "finite_minmax: x must be a float tensor, got ", x.scalar_type());
-  const auto options = x.options().dtype(accumulation_dtype(x));
-  const double inf = std::numeric_limits<double>::infinity();
-  return {at::full({x.size(0)}, inf, options), at::full({x.size(0)}, -inf, options)};
 }
 
+// The kernels write every row's lo/hi (nothing pre-filled); scratch(rows,
+// row_length) is the accumulation-dtype scratch a backend's kernels need.
 struct CpuBackend : CpuDevice {
   using CpuDevice::CpuDevice;
-  void finite_minmax(const FiniteMinMaxParams& p) { finite_minmax_cpu(p); }
+  static int64_t scratch(int64_t, int64_t) { return 0; }
+  void finite_minmax(const FiniteMinMaxParams& p, void*) { finite_minmax_cpu(p); }
 };
 
 #ifdef EITP_WITH_CUDA
 struct CudaBackend : CudaDevice {
   using CudaDevice::CudaDevice;
-  void finite_minmax(const FiniteMinMaxParams& p) { finite_minmax_cuda(p, stream); }
+  static int64_t scratch(int64_t rows, int64_t row_length) { return finite_minmax_cuda_scratch(rows, row_length); }
+  void finite_minmax(const FiniteMinMaxParams& p, void* scratch) { finite_minmax_cuda(p, scratch, stream); }
 };
 #endif
 
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> finite_minmax_impl(const at::Tensor& x_in) {
   Backend be(x_in);
-  auto [lo, hi] = check_and_allocate(x_in);
+  check_x(x_in);
+  const auto options = x_in.options().dtype(accumulation_dtype(x_in));
+  const int64_t rows = x_in.size(0);
+  if (x_in.numel() == 0) {  // rows of no element: nothing for a kernel to write
+    const double inf = std::numeric_limits<double>::infinity();
+    return {at::full({rows}, inf, options), at::full({rows}, -inf, options)};
+  }
   const at::Tensor x = x_in.contiguous();
-  if (x.numel() > 0) be.finite_minmax(make_params(x, lo, hi));
+  at::Tensor lo = at::empty({rows}, options), hi = at::empty({rows}, options);
+  at::Tensor scratch = at::empty({Backend::scratch(rows, x.size(1))}, options);
+  be.finite_minmax(make_params(x, lo, hi), scratch.data_ptr());
   return {lo, hi};
 }
 

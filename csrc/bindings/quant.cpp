@@ -104,7 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_impl(const at::Tensor& x_in
   QuantArgs a = prepare_quant(x_in, scale, zero_point, symmetric, op);
   at::Tensor result = empty_output(a.x.sizes(), kFake ? a.x.options() : a.x.options().dtype(at::kChar));
   if (Backend::kScaleWorkspace && !a.static_scale)
-    a.workspace = at::zeros({2 * a.x.size(0)}, a.x.options().dtype(accumulation_dtype(a.x)));
+    a.workspace = at::empty({quant_cuda_workspace(a.x.size(0), a.x.size(1))},
+                            a.x.options().dtype(accumulation_dtype(a.x)));
   if (a.x.size(0) > 0)
     be.quantize(make_params(a, symmetric, kFake ? nullptr : result.data_ptr<int8_t>(),
                             kFake ? result.data_ptr() : nullptr, op));

@@ -458,7 +458,7 @@ void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
                                        : sum_q_log_q(static_cast<const double*>(p.counts) + r * p.bins, p.bins);
     double h = row.total > 0 ? -row.sum + 0.0 : std::numeric_limits<double>::quiet_NaN();  // + 0.0: no -0
     if (p.log_base != 0.0) h /= p.log_base;
-    p.out[r] = h;
+    store_entropy(p, r, h);
   }
 }
 

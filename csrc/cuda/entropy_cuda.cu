@@ -2,7 +2,11 @@
 // counts one chunk of one row into a shared-memory histogram (shared atomics),
 // then merges it into the row's global counts with one atomic per non-empty
 // bin. Histograms too large for shared memory count with global atomics
-// directly. The range (lo, hi) is read on the device: no host sync.
+// directly. The range (lo, hi) is read on the device: no host sync; with the
+// automatic range of histogram_counts_auto_range each block folds its row's
+// range partials itself (the range pass before it also zeroed the counts),
+// so a histogram entropy is three launches: range, counts, entropy (which
+// writes the result's dtype).
 // histogram_counts_many: the same counting, one block per (tensor, chunk)
 // work item of a segment table (kernels/entropy_many.h), so a whole list of
 // tensors of any dtypes takes one range launch and one counting launch.
@@ -70,14 +74,41 @@ template <> struct Binner<uint8_t> {
   }
 };
 
-// Binner of row `row` of a (rows,) range in the accumulation dtype.
+// The range of row `row` in the accumulation dtype: lo/hi are (rows,), or, with
+// partials_per_row > 0, (rows, partials_per_row) range partials
+// (finite_minmax_partials_cuda) that warp 0 folds and shares with the block
+// (a barrier: call it from every thread; partials_per_row is uniform).
+template <typename A>
+__device__ __forceinline__ void row_range(const void* lo_p, const void* hi_p, int64_t partials_per_row, int64_t row,
+                                          A& lo, A& hi) {
+  const A* lo_a = static_cast<const A*>(lo_p);
+  const A* hi_a = static_cast<const A*>(hi_p);
+  if (partials_per_row == 0) {
+    lo = lo_a[row], hi = hi_a[row];
+    return;
+  }
+  __shared__ A range_shared[2];
+  if (threadIdx.x < 32) {
+    const A inf = std::numeric_limits<A>::infinity();
+    const A l = warp_fold(lo_a + row * partials_per_row, partials_per_row, inf, cuda::MinOp());
+    const A h = warp_fold(hi_a + row * partials_per_row, partials_per_row, -inf, cuda::MaxOp());
+    if (threadIdx.x == 0) range_shared[0] = l, range_shared[1] = h;
+  }
+  __syncthreads();
+  lo = range_shared[0], hi = range_shared[1];
+}
+
+// Binner of row `row` (row_range's lo/hi; codes have none: lo, hi are null).
 template <typename T>
-__device__ Binner<T> row_binner(const void* lo, const void* hi, int64_t row, int64_t bins, bool explicit_range) {
+__device__ Binner<T> row_binner(const void* lo, const void* hi, int64_t partials_per_row, int64_t row, int64_t bins,
+                                bool explicit_range) {
   using A = typename Binner<T>::A;
   if constexpr (Binner<T>::kIsCode) {
-    return Binner<T>(A(0), A(0), bins, explicit_range);  // no range (lo, hi are null)
+    return Binner<T>(A(0), A(0), bins, explicit_range);
   } else {
-    return Binner<T>(static_cast<const A*>(lo)[row], static_cast<const A*>(hi)[row], bins, explicit_range);
+    A l, h;
+    row_range<A>(lo, hi, partials_per_row, row, l, h);
+    return Binner<T>(l, h, bins, explicit_range);
   }
 }
 
@@ -123,11 +154,11 @@ __device__ __forceinline__ void merge_shared_hist(const unsigned int* sh_hist, i
 // into a shared histogram of bins + 1 slots (bins <= kSharedHistogramMaxBins).
 template <typename T>
 __global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                 const void* hi, int64_t row0, int64_t bins, bool explicit_range,
-                                 unsigned long long* counts) {
+                                 const void* hi, int64_t partials_per_row, int64_t row0, int64_t bins,
+                                 bool explicit_range, unsigned long long* counts) {
   extern __shared__ unsigned int sh_hist[];
   const int64_t row = row0 + blockIdx.y;
-  const Binner<T> binner = row_binner<T>(lo, hi, row, bins, explicit_range);
+  const Binner<T> binner = row_binner<T>(lo, hi, partials_per_row, row, bins, explicit_range);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
   zero_shared_hist(sh_hist, bins);
@@ -138,10 +169,10 @@ __global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, in
 // The same with one global atomic per element, for histograms too large for shared memory (float input only).
 template <typename T>
 __global__ void hist_rows_global_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                        const void* hi, int64_t row0, int64_t bins, bool explicit_range,
-                                        unsigned long long* counts) {
+                                        const void* hi, int64_t partials_per_row, int64_t row0, int64_t bins,
+                                        bool explicit_range, unsigned long long* counts) {
   const int64_t row = row0 + blockIdx.y;
-  const Binner<T> binner = row_binner<T>(lo, hi, row, bins, explicit_range);
+  const Binner<T> binner = row_binner<T>(lo, hi, partials_per_row, row, bins, explicit_range);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
   count_span(x + row * row_length, begin, end, binner, bins, counts + row * bins);
@@ -158,15 +189,16 @@ void launch_counts(const HistogramParams& p, cudaStream_t stream) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
     const dim3 grid(grid_x(chunks, "histogram_counts_cuda"), grid_yz(rows, "histogram_counts_cuda"));
     const T* x = static_cast<const T*>(p.x);
+    const int64_t per_row = p.range_partials_per_row;
     if constexpr (Binner<T>::kIsCode) {
-      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
-                                                              p.explicit_range, counts);
+      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, per_row, row0,
+                                                              p.bins, p.explicit_range, counts);
     } else if (use_shared) {
-      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
-                                                              p.explicit_range, counts);
+      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, per_row, row0,
+                                                              p.bins, p.explicit_range, counts);
     } else {
-      hist_rows_global_kernel<T><<<grid, kThreads, 0, stream>>>(x, p.row_length, chunk, p.lo, p.hi, row0, p.bins,
-                                                                p.explicit_range, counts);
+      hist_rows_global_kernel<T><<<grid, kThreads, 0, stream>>>(x, p.row_length, chunk, p.lo, p.hi, per_row, row0,
+                                                                p.bins, p.explicit_range, counts);
     }
   }
 }
@@ -358,7 +390,8 @@ void launch_soft_backward(const SoftHistogramBackwardParams& p, cudaStream_t str
 struct SumOp { __device__ double operator()(double a, double b) const { return a + b; } };
 
 template <typename C>
-__global__ void entropy_kernel(const C* __restrict__ counts, int64_t bins, double log_base, double* out) {
+__global__ void entropy_kernel(const C* __restrict__ counts, int64_t bins, double log_base,
+                               EntropyFromCountsParams p) {
   __shared__ double scratch[32];
   const int64_t row = blockIdx.x;
   const C* c = counts + row * bins;
@@ -382,7 +415,7 @@ __global__ void entropy_kernel(const C* __restrict__ counts, int64_t bins, doubl
     double h = -s + 0.0;
     if (!(total > 0)) h = nan("");
     if (log_base != 0.0) h = h / log_base;
-    out[row] = h;
+    store_entropy(p, row, h);  // the result's dtype: no conversion launch after it
   }
 }
 
@@ -424,10 +457,10 @@ void entropy_from_counts_cuda(const EntropyFromCountsParams& p, cudaStream_t str
   const dim3 grid(grid_x(p.rows, "entropy_from_counts_cuda"));
   if (p.counts_are_int) {
     entropy_kernel<int64_t><<<grid, kThreads, 0, stream>>>(static_cast<const int64_t*>(p.counts), p.bins, p.log_base,
-                                                           p.out);
+                                                           p);
   } else {
     entropy_kernel<double><<<grid, kThreads, 0, stream>>>(static_cast<const double*>(p.counts), p.bins, p.log_base,
-                                                          p.out);
+                                                          p);
   }
   cuda::check_launch("entropy_from_counts_cuda");
 }

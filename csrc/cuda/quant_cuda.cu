@@ -6,9 +6,11 @@
 //     the row is reduced with warp shuffles, then re-read (from L1/L2) and
 //     quantized: one DRAM read, one write.
 //   longer rows, many of them (per channel): one block per row, block reduction.
-//   few long rows (per tensor): a chunked reduction with one atomic per block
-//     into the zero-filled workspace, a tiny kernel turning it into
-//     (scale, zero point), then the static kernel (two reads, one write).
+//   few long rows (per tensor): the range pass of kernels/finite_minmax.h
+//     (at most kRangeBlocksPerRow blocks a row, each writing its partial into
+//     the workspace: nothing to zero first), one warp per row folding the
+//     partials into (scale, zero point), then the static kernel (two reads,
+//     one write): three launches.
 // Static scales, dequantize and the backward: a flat grid of
 //   rows * chunks blocks, each walking its chunk with a block stride.
 // All offsets are int64; launches go to the caller's (current) stream.
@@ -36,7 +38,6 @@ __device__ __forceinline__ RowChunk row_chunk(int64_t row_length, int64_t chunks
   const int64_t row = block / chunks, begin = (block % chunks) * kChunk;
   return {row, begin, std::min<int64_t>(begin + kChunk, row_length), row * row_length};
 }
-constexpr int64_t kWarpRowMax = 1024;
 
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
@@ -135,31 +136,38 @@ __global__ void quant_block_rows_kernel(QuantRowsParams p) {
                0, p.row_length, threadIdx.x, blockDim.x, shared_scale, shared_zero_point, p.symmetric);
 }
 
-// Per-tensor first pass: block-reduce a chunk, one atomic per block into workspace[2*row], [2*row+1].
+// Per-tensor first pass, grid = rows * P blocks (P = range_blocks_per_row):
+// block c of a row folds its chunks c, c + P, ... and writes its partial,
+// lo into workspace[row * P + c] and hi into workspace[(rows + row) * P + c].
 template <typename T>
-__global__ void range_chunks_kernel(QuantRowsParams p, int64_t chunks) {
+__global__ void range_chunks_kernel(QuantRowsParams p, int64_t per_row) {
   using A = typename cuda::DeviceAcc<T>::type;
   __shared__ A scratch[32];
-  const auto [row, begin, end, base] = row_chunk(p.row_length, chunks);
-  const T* x = static_cast<const T*>(p.x) + base;
+  const int64_t row = blockIdx.x / per_row, first = blockIdx.x % per_row;
+  const T* x = static_cast<const T*>(p.x) + row * p.row_length;
   RangeFold<A> fold{p.symmetric};
-  fold_span(x, begin, end, threadIdx.x, blockDim.x, fold);
-  const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());
+  for (int64_t begin = first * kRangeChunk; begin < p.row_length; begin += per_row * kRangeChunk)
+    fold_span(x, begin, std::min<int64_t>(begin + kRangeChunk, p.row_length), threadIdx.x, blockDim.x, fold);
+  const A lo = cuda::block_reduce(fold.lo, A(0), scratch, cuda::MinOp());  // the range always holds 0
   const A hi = cuda::block_reduce(fold.hi, A(0), scratch, cuda::MaxOp());
   if (threadIdx.x == 0) {
     A* ws = static_cast<A*>(p.workspace);
-    cuda::atomic_min(ws + 2 * row, lo);  // workspace starts at 0: the range always holds 0
-    cuda::atomic_max(ws + 2 * row + 1, hi);
+    ws[blockIdx.x] = lo;
+    ws[p.rows * per_row + blockIdx.x] = hi;
   }
 }
 
+// One warp per row: the row's P partials folded into its scale and zero point.
 template <typename T>
-__global__ void params_from_workspace_kernel(QuantRowsParams p) {
+__global__ void params_from_workspace_kernel(QuantRowsParams p, int64_t per_row) {
   using A = typename cuda::DeviceAcc<T>::type;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= p.rows) return;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= p.rows) return;  // whole warps exit together
   const A* ws = static_cast<const A*>(p.workspace);
-  row_scale_params<A>(p.symmetric, ws[2 * row], ws[2 * row + 1], p.scale[row], p.zero_point[row]);
+  // symmetric: absmax in hi (every lo partial is 0)
+  const A lo = p.symmetric ? A(0) : warp_fold(ws + row * per_row, per_row, A(0), cuda::MinOp());
+  const A hi = warp_fold(ws + (p.rows + row) * per_row, per_row, A(0), cuda::MaxOp());
+  if ((threadIdx.x & 31) == 0) row_scale_params<A>(p.symmetric, lo, hi, p.scale[row], p.zero_point[row]);
 }
 
 // Static scale (given, or from the per-tensor pass): flat grid of rows * chunks blocks.
@@ -207,19 +215,22 @@ template <typename T>
 void launch_quant(const QuantRowsParams& p, cudaStream_t stream) {
   const int64_t chunks = chunks_of(p.row_length);
   if (!p.static_scale) {
-    if (p.row_length <= kWarpRowMax) {
+    if (p.row_length <= kQuantWarpRowMax) {
       const int64_t rows_per_block = kThreads / 32;
       const int64_t blocks = (p.rows + rows_per_block - 1) / rows_per_block;
       quant_warp_rows_kernel<T><<<grid_x(blocks, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p);
       return cuda::check_launch("quantize_int8_rows_cuda (warp rows)");
     }
-    if (p.rows >= 256 || chunks == 1) {
+    if (!quant_cuda_range_pass(p.rows, p.row_length)) {  // 256 rows or more, or rows of one chunk
       quant_block_rows_kernel<T><<<grid_x(p.rows, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p);
       return cuda::check_launch("quantize_int8_rows_cuda (block rows)");
     }
-    range_chunks_kernel<T><<<grid_x(p.rows * chunks, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p, chunks);
+    const int64_t per_row = range_blocks_per_row(p.row_length);
+    range_chunks_kernel<T><<<grid_x(p.rows * per_row, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p, per_row);
     cuda::check_launch("quantize_int8_rows_cuda (range)");
-    params_from_workspace_kernel<T><<<grid_x((p.rows + kThreads - 1) / kThreads, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p);
+    const int64_t rows_per_block = kThreads / 32;
+    params_from_workspace_kernel<T><<<grid_x((p.rows + rows_per_block - 1) / rows_per_block, "quantize_int8_rows_cuda"),
+                                      kThreads, 0, stream>>>(p, per_row);
     cuda::check_launch("quantize_int8_rows_cuda (params)");
   }
   quant_static_kernel<T><<<grid_x(p.rows * chunks, "quantize_int8_rows_cuda"), kThreads, 0, stream>>>(p, chunks);

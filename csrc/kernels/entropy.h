@@ -49,6 +49,9 @@ struct HistogramParams {
   int64_t bins;
   bool explicit_range;    // drop x < lo, x > hi
   int64_t* counts;        // (rows, bins), zero-filled by the caller
+  // CUDA, automatic range: > 0 when lo / hi are (rows, this many) range
+  // partials (finite_minmax_partials_cuda) whose min / max is the row's range.
+  int64_t range_partials_per_row = 0;
 };
 
 struct SoftHistogramParams {
@@ -82,8 +85,16 @@ struct EntropyFromCountsParams {
   int64_t rows;
   int64_t bins;
   double log_base;        // 0 for nats, else ln(base): H is divided by it
-  double* out;            // (rows,) float64
+  void* out;              // (rows,) float64, or float32 when out_is_float
+  bool out_is_float;
 };
+
+// Stores row r's entropy, computed in float64, in the output's dtype (float32:
+// rounded to nearest, as a float64 -> float32 conversion of the result would).
+EITP_HD void store_entropy(const EntropyFromCountsParams& p, int64_t r, double h) {
+  if (p.out_is_float) static_cast<float*>(p.out)[r] = static_cast<float>(h);
+  else static_cast<double*>(p.out)[r] = h;
+}
 
 // Is v counted? Finite, and inside [lo, hi] for an explicit range.
 template <typename A> EITP_HD bool hist_counted(A v, A lo, A hi, bool explicit_range) {
@@ -153,6 +164,9 @@ void histogram_counts_segments_cpu(std::vector<HistSegment>& segments, int64_t b
                                    int64_t* counts /* (segments, bins), zero-filled */);
 
 #ifdef EITP_WITH_CUDA
+// The counting launch(es); with p.range_partials_per_row > 0 each block folds
+// its row's range partials first (histogram_counts_auto_range: the range pass
+// ran before it on `stream` and zeroed p.counts).
 void histogram_counts_cuda(const HistogramParams& p, cudaStream_t stream);
 void soft_histogram_cuda(const SoftHistogramParams& p, cudaStream_t stream);
 void soft_histogram_backward_cuda(const SoftHistogramBackwardParams& p, cudaStream_t stream);

@@ -18,6 +18,7 @@
 
 #include "kernels/common.h"
 #include "kernels/fast_divide.h"
+#include "kernels/finite_minmax.h"
 
 #ifdef EITP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -37,8 +38,24 @@ struct QuantRowsParams {
   int32_t* zero_point;  // (rows,); 0 for symmetric (written when dynamic)
   int8_t* q;            // (rows, row_length) codes, or nullptr (fake-quant)
   void* out;            // (rows, row_length) fake-quantized values in x's dtype, or nullptr (quantize)
-  void* workspace;      // CUDA only: 2 * rows accumulation-dtype values, zero-filled (per-tensor reduction)
+  void* workspace;      // CUDA only: quant_cuda_workspace(rows, row_length) accumulation-dtype values
 };
+
+// The CUDA launcher's plan for computed scales (csrc/cuda/quant_cuda.cu):
+// rows of at most kQuantWarpRowMax elements one warp each; else rows of one
+// kRangeChunk, or 256 rows or more, one block each; else (few long rows: per
+// tensor) the range pass (kernels/finite_minmax.h: P partials per row, written
+// into the workspace, lo of every row then hi), one warp per row folding them
+// into (scale, zero point), then the apply kernel.
+constexpr int64_t kQuantWarpRowMax = 1024;
+
+inline bool quant_cuda_range_pass(int64_t rows, int64_t row_length) {
+  return row_length > kQuantWarpRowMax && rows < 256 && row_length > kRangeChunk;
+}
+// Workspace values quantize_int8_rows_cuda needs for computed scales.
+inline int64_t quant_cuda_workspace(int64_t rows, int64_t row_length) {
+  return quant_cuda_range_pass(rows, row_length) ? 2 * rows * range_blocks_per_row(row_length) : 0;
+}
 
 // dequantize_int8_rows.
 struct DequantRowsParams {

@@ -131,7 +131,8 @@ _LOADED_PER_ELEMENT = {
 # Kernels whose loops walk something other than the input elements: the test does not judge them.
 NOT_ELEMENTWISE = {
     "entropy_kernel": "a loop over a row's bins (the counts), not over the input",
-    "params_from_workspace_kernel": "one thread per row: scale arithmetic, no element loop",
+    "params_from_workspace_kernel": "one warp per row: folds the row's range partials into its scale, no element loop",
+    "finite_minmax_fold_kernel": "one warp per row: folds the row's range partials, no element loop",
 }
 # The coherence kernels (matrix products and column statistics) are outside the element rules.
 EXCLUDED_SOURCES = ("coherence",)
@@ -284,12 +285,16 @@ def tool(name: str) -> str | None:
 
 
 def _cuda_name(mangled: str) -> tuple[str, str]:
-    """(kernel name, element type) of a mangled kernel name, e.g. ('hist_rows_kernel', 'float')."""
-    for m in re.finditer(r"(?=(\d+))", mangled):
-        n, end = int(m.group(1)), m.start() + len(m.group(1))
-        name = mangled[end:end + n]
-        if len(name) == n and name.endswith("_kernel"):
-            rest = mangled[end + n:]
+    """(kernel name, element type) of a mangled kernel name, e.g. ('hist_rows_kernel', 'float').
+
+    The nested name's length-prefixed parts are read in order (``_ZN4eitp48_GLOBAL__N__..._cu_<hash>20soft_...``):
+    a digit run inside the anonymous namespace's hash can read as a length that also ends at ``_kernel``."""
+    pos = 3 if mangled.startswith("_ZN") else 2 if mangled.startswith("_Z") else len(mangled)
+    while m := re.match(r"\d+", mangled[pos:]):
+        start = pos + len(m.group())
+        name, pos = mangled[start:start + int(m.group())], start + int(m.group())
+        if name.endswith("_kernel"):
+            rest = mangled[pos:]
             if not rest.startswith("I"):
                 return name, ""
             t = re.match(r"I(\d+)", rest)

@@ -85,6 +85,33 @@ def _rows_kernel(name: str, arg: int = 0) -> Callable:
     return launches
 
 
+# csrc/kernels/finite_minmax.h: kRangeChunk, kRangeBlocksPerRow (the range pass)
+_RANGE_CHUNK = 256 * 16
+_RANGE_BLOCKS_PER_ROW = 512
+
+
+def _range_blocks_per_row(length: int) -> int:
+    return min(max(1, math.ceil(length / _RANGE_CHUNK)), _RANGE_BLOCKS_PER_ROW)
+
+
+def _finite_minmax(event) -> list[str]:
+    # finite_minmax_cuda: the range pass (its partials are the result when a
+    # row has one), else a fold launch; rows of no element: the binding's fills.
+    shape = _shape(event, 0)
+    if len(shape) != 2 or shape[0] * shape[1] == 0:
+        return []
+    fold = ["finite_minmax_fold_kernel"] if _range_blocks_per_row(shape[1]) > 1 else []
+    return ["range_partials_kernel"] * _slices(shape[0]) + fold
+
+
+def _counts_auto_range(event) -> list[str]:
+    # CudaBackend::counts_auto_range: the range pass (which zeroes the counts), the counting pass.
+    shape = _shape(event, 0)
+    if len(shape) != 2 or shape[0] * shape[1] == 0:
+        return []
+    return ["range_partials_kernel"] * _slices(shape[0]) + ["hist_rows_kernel"] * _slices(shape[0])
+
+
 def _entropy_from_counts(event) -> list[str]:
     return ["entropy_kernel"] if _shape(event, 0) and _shape(event, 0)[0] > 0 else []
 
@@ -99,26 +126,24 @@ def _counts_many(event) -> list[str]:
         ["segments_count_kernel"]
 
 
-# csrc/cuda/quant_cuda.cu: kWarpRowMax, kChunk (kThreads * 16)
+# csrc/kernels/quant.h: kQuantWarpRowMax, quant_cuda_range_pass
 _QUANT_WARP_ROW_MAX = 1024
-_QUANT_CHUNK = 256 * 16
 
 
 def _quant_rows(event) -> list[str]:
+    # quantize_int8_rows_cuda (its workspace for computed scales is written, never zeroed first)
     x = _shape(event, 0)
     static = bool(_shape(event, 1)) or (len(event.concrete_inputs) > 1 and event.concrete_inputs[1] is not None)
-    launches = [] if static else ["zero workspace"]  # CudaBackend::kScaleWorkspace
     if len(x) != 2 or x[0] == 0:
-        return launches
+        return []
     rows, length = x
-    chunks = max(1, math.ceil(length / _QUANT_CHUNK))
     if not static:
         if length <= _QUANT_WARP_ROW_MAX:
-            return launches + ["quant_warp_rows_kernel"]
-        if rows >= 256 or chunks == 1:
-            return launches + ["quant_block_rows_kernel"]
-        launches += ["range_chunks_kernel", "params_from_workspace_kernel"]
-    return launches + ["quant_static_kernel"]
+            return ["quant_warp_rows_kernel"]
+        if rows >= 256 or length <= _RANGE_CHUNK:
+            return ["quant_block_rows_kernel"]
+        return ["range_chunks_kernel", "params_from_workspace_kernel", "quant_static_kernel"]
+    return ["quant_static_kernel"]
 
 
 def _coherence_sides(event) -> int:
@@ -149,8 +174,9 @@ def _coherence_backward(event) -> list[str]:
 CUDA_ONLY: dict[str, Callable] = {
     "eitp::coherence_forward": _coherence_forward,
     "eitp::coherence_backward": _coherence_backward,
-    "eitp::finite_minmax": _rows_kernel("finite_minmax_kernel"),
+    "eitp::finite_minmax": _finite_minmax,
     "eitp::histogram_counts": _rows_kernel("hist_rows_kernel"),
+    "eitp::histogram_counts_auto_range": _counts_auto_range,
     "eitp::histogram_counts_many": _counts_many,
     "eitp::soft_histogram": _rows_kernel("soft_hist_kernel"),
     "eitp::soft_histogram_backward": _rows_kernel("soft_backward_kernel", arg=1),

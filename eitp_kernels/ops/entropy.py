@@ -136,15 +136,17 @@ def histogram_entropy(
     if backend in _ENTROPY_ROWS and process_group is None:
         return _entropy_one_call(backend, rows, bins, rng, log_base).reshape(batch)
     if is_code:
-        lo = hi = None
+        counts = _counts_rows(backend, rows, None, None, bins, False)
+    elif rng is None and process_group is None and backend in _COUNTS_AUTO_RANGE:
+        counts = _COUNTS_AUTO_RANGE[backend](rows, bins)  # the range found inside the op
     else:
         lo, hi = _range_rows(backend, rows, rng, process_group)
-    counts = _counts_rows(backend, rows, lo, hi, bins, rng is not None)
+        counts = _counts_rows(backend, rows, lo, hi, bins, rng is not None)
     if process_group is not None:
         import torch.distributed as dist
 
         dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=process_group)
-    return _entropy_rows(backend, counts, log_base).to(acc).reshape(batch)
+    return _entropy_rows(backend, counts, log_base, acc).reshape(batch)
 
 
 def histogram_entropy_many(
@@ -202,10 +204,10 @@ def histogram_entropy_many(
     backend = _backends.resolve(MANY_OP, tensors[0].device, _backends.IMPLEMENTED)
     if _validation.range_has_tensor(rng):
         counts = _counts_each_with_tensor_range(backend, list(tensors), bins, rng)
-        return _entropy_rows(backend, counts, log_base).to(out_dtype)
+        return _entropy_rows(backend, counts, log_base, out_dtype)
     if backend in _COUNTS_MANY:
         counts = _counts_many(backend, list(tensors), bins, rng)
-        return _entropy_rows(backend, counts, log_base).to(out_dtype)
+        return _entropy_rows(backend, counts, log_base, out_dtype)
     return torch.stack([reference.histogram_entropy(t, bins=bins, range=rng, base=base).to(out_dtype)
                         for t in tensors])
 
@@ -317,8 +319,12 @@ def _entropy_torch(counts: torch.Tensor, log_base) -> torch.Tensor:
     return _layout.entropy_from_counts(counts.to(torch.float64), log_base)
 
 
-def _entropy_rows(backend: str, counts: torch.Tensor, log_base) -> torch.Tensor:
-    return _ENTROPY[backend](counts, log_base)
+def _entropy_rows(backend: str, counts: torch.Tensor, log_base, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """H per row of counts as ``dtype`` (float32 or float64); the compiled ops
+    write it directly, without a conversion after them."""
+    if backend in _ENTROPY_AS_DTYPE:
+        return _ENTROPY_AS_DTYPE[backend](counts, log_base, dtype)
+    return _ENTROPY[backend](counts, log_base).to(dtype)
 
 
 def _entropy_one_call(backend: str, rows: torch.Tensor, bins: int, rng, log_base) -> torch.Tensor:
@@ -381,6 +387,11 @@ _ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts
             "cuda": _op("eitp", "entropy_from_counts"), "triton": _op("eitp_triton", "entropy_from_counts")}
 # The whole call in one op (range, counts, entropy; no process group), where a backend has it.
 _ENTROPY_ROWS = {"triton": _op("eitp_triton", "histogram_entropy_rows")}
+# The compiled ops that take the result's dtype, and that count over the
+# automatic range themselves (a GPU call: range, counts, entropy launches).
+_ENTROPY_AS_DTYPE = {"cpp": _ENTROPY["cpp"], "cuda": _ENTROPY["cuda"]}
+_COUNTS_AUTO_RANGE = {"cpp": _op("eitp", "histogram_counts_auto_range"),
+                      "cuda": _op("eitp", "histogram_counts_auto_range")}
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +400,10 @@ _ENTROPY_ROWS = {"triton": _op("eitp_triton", "histogram_entropy_rows")}
 
 
 def _counts_fake(x, lo, hi, bins, explicit_range):
+    return x.new_empty((x.shape[0], bins), dtype=torch.int64)
+
+
+def _counts_auto_range_fake(x, bins):
     return x.new_empty((x.shape[0], bins), dtype=torch.int64)
 
 
@@ -404,8 +419,8 @@ def _soft_histogram_backward_fake(grad_counts, x, lo, hi, bins, explicit_range):
     return x.new_empty(x.shape, dtype=_layout.compute_dtype(x.dtype))
 
 
-def _entropy_from_counts_fake(counts, log_base):
-    return counts.new_empty((counts.shape[0],), dtype=torch.float64)
+def _entropy_from_counts_fake(counts, log_base, dtype=None):
+    return counts.new_empty((counts.shape[0],), dtype=torch.float64 if dtype is None else dtype)
 
 
 def _entropy_rows_fake(x, lo, hi, bins, explicit_range, log_base):
@@ -426,6 +441,7 @@ def _soft_histogram_backward(ops, ctx, grad_counts):
 
 
 _registration.register("histogram_counts", "entropy.histogram_counts", _counts_fake)
+_registration.register("histogram_counts_auto_range", None, _counts_auto_range_fake)  # no Triton twin
 # cudagraph_unsafe (as the compiled op's schema): the launcher copies a segment
 # table built on the host from pinned memory reused after the call.
 _registration.register("histogram_counts_many", "entropy.histogram_counts_many", _counts_many_fake,
