@@ -87,6 +87,11 @@ def test_cuda_table_follows_the_launcher_branches():
     assert [k.split(":")[-1] for k in count_launches(lambda: ek.finite_minmax(folded, dim=1), "cuda").kernels] == [
         "range_partials_kernel", "finite_minmax_fold_kernel"]
     # histogram_entropy over the automatic range: range pass, counting pass, entropy (no fill, zero or copy)
+    # histogram_counts_many_cuda: the range pass with the automatic range only
+    auto = count_launches(lambda: ek.histogram_entropy_many([x_short, x_long]), "cuda").kernels
+    given = count_launches(lambda: ek.histogram_entropy_many([x_short, x_long], range=(-1.0, 1.0)), "cuda").kernels
+    assert "eitp::histogram_counts_many:segments_range_kernel" in auto
+    assert "eitp::histogram_counts_many:segments_range_kernel" not in given
     x_half = x_long.half()
     assert [k.split(":")[-1] for k in count_launches(lambda: ek.histogram_entropy(x_half), "cuda").kernels] == [
         "range_partials_kernel", "hist_rows_kernel", "entropy_kernel"]

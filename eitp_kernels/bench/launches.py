@@ -118,12 +118,11 @@ def _entropy_from_counts(event) -> list[str]:
 
 def _counts_many(event) -> list[str]:
     # counts_many_cuda: the pinned segment table's host-to-device copy, the
-    # range pass (automatic range with a float tensor), the counting pass.
-    dtypes = event.input_dtypes[0] if event.input_dtypes else []
+    # range pass (automatic range; the launcher skips it for a list of int8/uint8
+    # codes only, which the profiler's record of a tensor list, dtype
+    # 'TensorList', cannot tell: counted), the counting pass.
     auto_range = event.concrete_inputs[2] is None if len(event.concrete_inputs) > 2 else True
-    any_float = any(str(d) in ("float", "double", "c10::Half", "c10::BFloat16") for d in (dtypes or []))
-    return ["copy segment table"] + (["segments_range_kernel"] if auto_range and any_float else []) + \
-        ["segments_count_kernel"]
+    return ["copy segment table"] + (["segments_range_kernel"] if auto_range else []) + ["segments_count_kernel"]
 
 
 # csrc/kernels/quant.h: kQuantWarpRowMax, quant_cuda_range_pass
