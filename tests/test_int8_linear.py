@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from eitp_kernels import _fbgemm_int8, _onednn_int8, quantize_int8, reference
+from eitp_kernels import _fbgemm_int8, _int8_gemv, _onednn_int8, quantize_int8, reference
 from eitp_kernels import nn as enn
 
 
@@ -243,32 +243,40 @@ needs_onednn = pytest.mark.skipif(not _onednn_int8.available(),
 
 def _int_mm_output(layer, x, monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n: enn.int8.INT_MM)
+        patch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n, epilogue=True: enn.int8.INT_MM)
         return layer(x)
 
 
 needs_fbgemm = pytest.mark.skipif(not _fbgemm_int8.available(),
                                   reason="fbgemm's dynamic linear is missing or inexact in this torch")
+needs_own = pytest.mark.skipif(not _int8_gemv.available(),
+                               reason="the int8_linear_rows op is missing here or this CPU has no AVX-512 VNNI")
 _PRODUCTS = {"onednn": (enn.int8.ONEDNN, "_onednn_weight", needs_onednn),
-             "fbgemm": (enn.int8.FBGEMM, "_fbgemm_weight", needs_fbgemm)}
+             "fbgemm": (enn.int8.FBGEMM, "_fbgemm_weight", needs_fbgemm),
+             "own": (enn.int8.OWN, "_own_weight", needs_own)}
 
 
 @pytest.mark.parametrize("activations", [None, True, False], ids=["per-row", "symmetric", "affine"])
 @pytest.mark.parametrize("product, m, in_f, out_f", [
     ("fbgemm", 1, 64, 64), ("fbgemm", 5, 12, 20), ("fbgemm", 16, 264, 256), ("fbgemm", 40, 72, 16),
-    ("onednn", 2, 64, 64), ("onednn", 17, 128, 24), ("onednn", 64, 264, 256)])
-def test_cpu_products_are_bit_identical_to_int_mm(monkeypatch, product, activations, m, in_f, out_f):
+    ("onednn", 2, 64, 64), ("onednn", 17, 128, 24), ("onednn", 64, 264, 256),
+    ("own", 1, 64, 64), ("own", 5, 12, 20), ("own", 7, 66, 130), ("own", 64, 264, 256), ("own", 3, 3, 1)])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_cpu_products_are_bit_identical_to_int_mm(monkeypatch, product, activations, m, in_f, out_f, bias):
     """The whole layer's output, every product forced in turn: the same bits as
-    torch._int_mm's (the weight scales in fbgemm's and oneDNN's epilogues)."""
+    torch._int_mm's (the weight scales in fbgemm's and oneDNN's epilogues, the
+    whole epilogue in our own kernel's; affine activations do not take ours)."""
     name, attribute, needs = _PRODUCTS[product]
     if needs.args[0]:  # the skipif condition
         pytest.skip(needs.kwargs["reason"])
-    monkeypatch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n: name)
-    layer, _ = _int8_layer(in_f, out_f, activations=activations, matmul="int8")
+    monkeypatch.setattr(enn.int8, "cpu_int8_product",
+                        lambda m, k, n, epilogue=True: name if epilogue or name != enn.int8.OWN else enn.int8.INT_MM)
+    layer, _ = _int8_layer(in_f, out_f, activations=activations, matmul="int8", bias=bias)
     x = torch.randn(m, in_f) * 3 + (0.7 if activations is False else 0.0)  # affine: a non-zero zero point
     with torch.no_grad():
         y = layer(x)
-        assert getattr(layer, attribute) is not None  # that product ran
+        ran = getattr(layer, attribute) is not None
+        assert ran == (name != enn.int8.OWN or activations is not False)  # that product ran (ours: not affine)
         assert torch.equal(y, _int_mm_output(layer, x, monkeypatch))
         assert torch.equal(layer(x), y)  # again, on the kept buffers and packed weight
     if activations is False:
@@ -291,24 +299,30 @@ def test_onednn_weight_follows_in_place_replaced_and_loaded_weights(monkeypatch)
 
 
 @needs_onednn
-def test_a_layer_with_a_packed_weight_copies_and_pickles():
+def test_a_layer_with_a_packed_weight_copies_and_pickles(monkeypatch):
     layer, _ = _int8_layer(64, 32, matmul="int8")
-    x, x_few = torch.randn(20, 64), torch.randn(4, 64)
+    x, x_few, x_one = torch.randn(20, 64), torch.randn(4, 64), torch.randn(1, 64)
+    rows = {20: enn.int8.ONEDNN, 4: enn.int8.FBGEMM, 1: enn.int8.OWN}
+    monkeypatch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n, epilogue=True: rows[m])
     with torch.no_grad():
         y, y_few = layer(x), layer(x_few)  # packs the weight for oneDNN and for fbgemm
+        y_one = layer(x_one) if _int8_gemv.available() else None  # and for our kernel
         layer.matmul = "dequantize"
         y_float = layer(x)  # caches the dequantized weight
         layer.matmul = "int8"
         for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
             assert twin._onednn_weight is None and twin._fbgemm_weight is None and twin._dequantized is None
+            assert twin._own_weight is None
             assert torch.equal(twin(x), y) and torch.equal(twin(x_few), y_few)
+            assert y_one is None or torch.equal(twin(x_one), y_one)
         older = pickle.loads(pickle.dumps(layer))
-        for name in ("_onednn_weight", "_fbgemm_weight", "_dequantized", "_plans", "_fast"):
+        for name in ("_onednn_weight", "_fbgemm_weight", "_own_weight", "_dequantized", "_plans", "_fast"):
             del older.__dict__[name]  # as pickled before these attributes existed
         assert torch.equal(older(x), y) and torch.equal(older(x_few), y_few)
         older.matmul = "dequantize"
         assert torch.equal(older(x), y_float)
         assert layer._onednn_weight is not None and (layer._fbgemm_weight is not None or not _fbgemm_int8.available())
+        assert (layer._own_weight is not None) == _int8_gemv.available()
 
 
 def test_fbgemm_rules_and_probe(monkeypatch):
@@ -337,14 +351,71 @@ def test_fbgemm_rules_and_probe(monkeypatch):
 
 def test_cpu_product_rule():
     rule = enn.int8.cpu_int8_product
-    assert rule(1, 1024, 1024) == enn.int8.INT_MM  # one row: oneDNN's GEMV, no packing
+    if _int8_gemv.available():
+        assert rule(1, 1024, 1024) == rule(64, 4096, 4096) == enn.int8.OWN
+        assert rule(65, 1024, 1024) != enn.int8.OWN
+    assert rule(1, 1024, 1024, epilogue=False) == enn.int8.INT_MM  # one row: oneDNN's GEMV, no packing
     if _fbgemm_int8.available():
-        assert rule(2, 1024, 1024) == rule(16, 4096, 4096) == enn.int8.FBGEMM
-        assert rule(2, _fbgemm_int8.MAX_K + 1, 8) != enn.int8.FBGEMM
+        assert rule(2, 1024, 1024, epilogue=False) == rule(16, 4096, 4096, epilogue=False) == enn.int8.FBGEMM
+        assert rule(2, _fbgemm_int8.MAX_K + 1, 8, epilogue=False) != enn.int8.FBGEMM
     if _onednn_int8.available():
-        assert rule(17, 4096, 4096) == rule(512, 1024, 1024) == enn.int8.ONEDNN
+        assert rule(17, 4096, 4096, epilogue=False) == rule(512, 1024, 1024) == enn.int8.ONEDNN
         with torch.backends.mkldnn.flags(enabled=False):
             assert rule(512, 1024, 1024) == enn.int8.INT_MM  # switched off after the probe: not used
+
+
+@needs_own
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 5, 63), (4, 64, 64), (6, 130, 65), (17, 1027, 200)])
+def test_own_int8_product_is_the_int_mm_epilogue_bit_for_bit(m, k, n):
+    """Extreme codes (both weights and activations at -128 and 127), k and n
+    off the packing's multiples: (float32(qx @ w^T) * s_j) * sx_i + b_j."""
+    generator = torch.Generator().manual_seed(m * 1000 + k)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=generator)
+    w[0], w[-1, ::2] = -128, 127
+    qx = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=generator)
+    qx[0] = 127
+    weight_scale, bias = torch.rand(n, generator=generator) + 1e-3, torch.randn(n, generator=generator)
+    row_scale = torch.rand(m, 1, generator=generator) + 0.5
+    packed = _int8_gemv.PackedWeight()
+    expected = (torch._int_mm(qx, w.t()).float() * weight_scale) * row_scale
+    assert torch.equal(_int8_gemv.product(qx, row_scale, packed.of(w), weight_scale, None), expected)
+    assert torch.equal(_int8_gemv.product(qx, row_scale, packed.of(w), weight_scale, bias), expected + bias)
+    w.neg_()  # in place: repacked
+    expected = (torch._int_mm(qx, w.t()).float() * weight_scale) * row_scale
+    assert torch.equal(_int8_gemv.product(qx, row_scale.reshape(-1), packed.of(w), weight_scale, None), expected)
+
+
+@needs_own
+def test_own_int8_product_bad_inputs_name_the_argument():
+    w = torch.randint(-127, 128, (16, 8), dtype=torch.int8)
+    packed, sums = _int8_gemv.pack(w)
+    qx, sx, ws = torch.zeros(2, 8, dtype=torch.int8), torch.ones(2), torch.ones(16)
+    op = torch.ops.eitp.int8_linear_rows
+    with pytest.raises(TypeError, match="q must be int8"):
+        op(qx.float(), sx, packed, sums, ws, None)
+    with pytest.raises(ValueError, match="row_scale must have shape"):
+        op(qx, torch.ones(3), packed, sums, ws, None)
+    with pytest.raises(ValueError, match="packed holds k_pad"):
+        op(torch.zeros(2, 12, dtype=torch.int8), sx, packed, sums, ws, None)
+    with pytest.raises(ValueError, match="packed holds n_pad"):
+        op(qx, sx, packed, sums, torch.ones(80), None)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        op(qx, sx, packed, sums, ws, torch.ones(15))
+    with pytest.raises(TypeError, match="col_sums must be Int"):
+        op(qx, sx, packed, sums.long(), ws, None)
+    assert op(torch.zeros(0, 8, dtype=torch.int8), torch.ones(0), packed, sums, ws, None).shape == (0, 16)
+
+
+def test_own_int8_product_probe(monkeypatch):
+    probe = _int8_gemv.available.__wrapped__
+
+    def missing(*args):
+        raise NotImplementedError("no AVX-512 VNNI")
+
+    monkeypatch.setattr(_int8_gemv, "product", missing)
+    assert probe() is False
+    monkeypatch.setattr(_int8_gemv, "product", lambda qx, sx, packed, ws, bias: torch.zeros(qx.shape[0], 70))
+    assert probe() is False  # an inexact op is not used
 
 
 @needs_fbgemm
@@ -656,3 +727,26 @@ def test_opcheck_rescale_triton_op():
     torch.library.opcheck(torch.ops.eitp_triton.int8_linear_rescale.default,
                           (acc, torch.rand(1), torch.rand(8), None, torch.zeros(8, dtype=torch.int32),
                            torch.ones(1, dtype=torch.int32), torch.bfloat16))
+
+
+@needs_own
+def test_own_product_shortcut_follows_the_layer(monkeypatch):
+    """forward's shortcut to our product: taken again for a batch size that took it,
+    left for the full path when the codes change, the rule is another or grad is wanted."""
+    layer, _ = _int8_layer(64, 32, matmul="int8")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        y = layer(x)
+        assert layer._own_fast is not None and layer._own_fast[6] == {3}
+        assert torch.equal(layer(x), y)
+        layer(torch.randn(5, 64))
+        assert layer._own_fast[6] == {3, 5}
+        layer.weight_int8.neg_()  # in place: the packed weight is rebuilt
+        assert torch.equal(layer(x), _int_mm_output(layer, x, monkeypatch)) and not torch.equal(layer(x), y)
+        assert layer._own_fast[6] == {3}
+        monkeypatch.setattr(enn.int8, "cpu_int8_product", lambda m, k, n, epilogue=True: enn.int8.FBGEMM)
+        layer._fbgemm_weight = None
+        layer(x)  # another rule: the full path, which asks it
+        assert layer._fbgemm_weight is not None or not _fbgemm_int8.available()
+    xg = x.clone().requires_grad_()
+    assert layer(xg).requires_grad  # the dequantized path, differentiable

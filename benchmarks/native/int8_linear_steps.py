@@ -6,8 +6,9 @@ Per square layer (--sides) and row count (--rows): the whole layer's forward
 (``layer``, matmul="auto") and quantize_dynamic's Linear on the same weight
 (``qdyn``), then the layer's steps on their own: the activation quantization
 (``quantize``), each exact product it can use with the weight scales applied
-(``fbgemm``, ``oneDNN``, ``torch._int_mm``; the layer's choice marked *) and
-the epilogue (``epilogue``: y * sx + bias in place). All interleaved (the
+(``fbgemm``, ``oneDNN``, ``torch._int_mm``; ``eitp int8_linear_rows``, ours,
+with the whole epilogue; the layer's choice marked *) and the others'
+epilogue (``epilogue``: y * sx, + bias, in place). All interleaved (the
 order reversed every other round), after warm-up; printed: the --percentile
 of each one's times (us; a low percentile, as the machine may be shared) and
 layer / qdyn per round pair (its median: > 1 means the layer is slower).
@@ -37,7 +38,7 @@ def main():
     parser.add_argument("--wall", action="store_true", help="wall time even with one thread")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from eitp_kernels import _fbgemm_int8, _onednn_int8
+    from eitp_kernels import _fbgemm_int8, _int8_gemv, _onednn_int8
     from eitp_kernels import nn as enn
     from eitp_kernels.nn import int8
     from eitp_kernels.ops import quant
@@ -59,7 +60,7 @@ def main():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notices
             dynamic = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
         w, scale = layer.weight_int8, layer.weight_scale
-        fbgemm, onednn = _fbgemm_int8.PackedWeight(), _onednn_int8.PackedWeight()
+        fbgemm, onednn, own = _fbgemm_int8.PackedWeight(), _onednn_int8.PackedWeight(), _int8_gemv.PackedWeight()
         quantize_rows = quant._QUANTIZE_ROWS["cpp"]
         for m in (int(v) for v in args.rows.split(",")):
             x = torch.randn(m, k)
@@ -70,13 +71,15 @@ def main():
             calls = {"layer": lambda: layer(x), "qdyn": lambda: dynamic(x)}
             if not args.no_steps:
                 calls["quantize"] = lambda: quantize_rows(x, None, None, True)
+                if _int8_gemv.applies(k):
+                    calls[int8.OWN] = lambda: _int8_gemv.product(qx, sx, own.of(w), scale, layer.bias)
                 if _fbgemm_int8.applies(k):
                     calls[int8.FBGEMM] = lambda: _fbgemm_int8.product(qx, 0, fbgemm.of(w, scale))
                 if _onednn_int8.applies(k):
                     calls[int8.ONEDNN] = lambda: _onednn_int8.product(qx, 0, onednn.of(w, scale))
                 if m <= 64 or chosen == int8.INT_MM:  # it reorders the weight on every call: slow for many rows
                     calls[int8.INT_MM] = lambda: torch._int_mm(qx, w.t()).float().mul_(scale)
-                calls["epilogue"] = lambda: torch.addcmul(layer.bias, product, sx, out=product)
+                calls["epilogue"] = lambda: product.mul_(sx).add_(layer.bias)
             rounds = max(5, min(args.repeats, int(args.repeats * 2**27 / (m * k * n))))
             times = {name: [] for name in calls}
             with torch.no_grad():

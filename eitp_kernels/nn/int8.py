@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eitp_kernels import _backends, _dtensor, _fbgemm_int8, _onednn_int8
+from eitp_kernels import _backends, _dtensor, _fbgemm_int8, _int8_gemv, _onednn_int8
 from eitp_kernels.nn.qat import (_ACTIVATION_MODES, _ACTIVATION_NAMES, _FAKE_QUANT_LAYERS, _conv_arguments,
                                  _fake_quant_activation)
 from eitp_kernels.ops import int8_linear, quant
@@ -106,17 +106,27 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
 
 
 # The CPU int8 products (cpu_int8_product).
-FBGEMM, ONEDNN, INT_MM = "fbgemm", "oneDNN", "torch._int_mm"
+OWN, FBGEMM, ONEDNN, INT_MM = "eitp int8_linear_rows", "fbgemm", "oneDNN", "torch._int_mm"
+_CPU_OWN_MAX_ROWS = 64
 _CPU_FBGEMM_ROWS = (2, 16)
 
 
-def cpu_int8_product(m: int, k: int, n: int) -> str:
+def cpu_int8_product(m: int, k: int, n: int, epilogue: bool = True) -> str:
     """Which exact int8 product the CPU int8 path of ``Int8Linear`` runs for an
-    (m, k) activation and an (n, k) weight: FBGEMM (fbgemm's packed product,
-    ``_fbgemm_int8``), ONEDNN (oneDNN's packed u8 x s8 product,
-    ``_onednn_int8``) or INT_MM (``torch._int_mm``: oneDNN's GEMV for one
-    row, no packing). All give the same value; each of fbgemm and oneDNN only
-    where its probe passed. Deciding figures (1 thread, 10th percentiles of
+    (m, k) activation and an (n, k) weight: OWN (this library's AVX-512 VNNI
+    kernel with the layer's whole epilogue, ``_int8_gemv``; only where the
+    caller can take its ``epilogue``: symmetric activations, a float32
+    layer), FBGEMM (fbgemm's packed product, ``_fbgemm_int8``), ONEDNN
+    (oneDNN's packed u8 x s8 product, ``_onednn_int8``) or INT_MM
+    (``torch._int_mm``: oneDNN's GEMV for one row, no packing). All give the
+    same value; OWN, fbgemm and oneDNN each only where its probe passed.
+
+    OWN for 1-64 rows: the layer's forward (row quantization + OWN) against
+    quantize_dynamic's Linear, thread CPU time, 10th percentiles, us, 1
+    thread, load average ~6 (python benchmarks/native/int8_linear_steps.py
+    --threads 1): 1024 x 1024: m = 1 33 vs 56, m = 8 74 vs 95, m = 64 357 vs
+    360; 4096 x 4096: m = 1 648 vs 843, m = 8 1260 vs 1299, m = 64 5915 vs
+    6444. The others: Deciding figures (1 thread, 10th percentiles of
     the thread's CPU time, us, each product with the weight scales applied,
     ``python benchmarks/native/int8_linear_steps.py --threads 1`` on the
     shared 2-core development VM, load ~7): 1024 x 1024: m = 1 fbgemm 82,
@@ -124,6 +134,8 @@ def cpu_int8_product(m: int, k: int, n: int) -> str:
     oneDNN 3484. 4096 x 4096: m = 1: 1096, 1750, 951; m = 8: 1253, 1779,
     6948; m = 64: 6572, 6244, 11755; m = 512: 52911, 42553 (torch._int_mm
     reorders the weight on every call)."""
+    if epilogue and m <= _CPU_OWN_MAX_ROWS and _int8_gemv.applies(k):
+        return OWN
     if _CPU_FBGEMM_ROWS[0] <= m <= _CPU_FBGEMM_ROWS[1] and _fbgemm_int8.applies(k):
         return FBGEMM
     if m > 1 and _onednn_int8.applies(k):
@@ -249,10 +261,12 @@ class Int8Linear(_Int8Weight):
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self._onednn_weight: _onednn_int8.PackedWeight | None = None  # the CPU int8 path's packed weights
         self._fbgemm_weight: _fbgemm_int8.PackedWeight | None = None
+        self._own_weight: _int8_gemv.PackedWeight | None = None
         self._plans: dict = {}  # (device type, matmul, dtype) -> Int8Linear.plan()
         self._fast = None  # forward's shortcut for layers dequantized at every batch size
+        self._own_fast = None  # forward's shortcut for the batch sizes that take our int8 product
 
-    _CACHES = _Int8Weight._CACHES + ("_onednn_weight", "_fbgemm_weight", "_fast")
+    _CACHES = _Int8Weight._CACHES + ("_onednn_weight", "_fbgemm_weight", "_own_weight", "_fast", "_own_fast")
 
     def _refresh_code_sums(self) -> None:
         affine = self.activation_symmetric is False
@@ -322,6 +336,19 @@ class Int8Linear(_Int8Weight):
                     and fast[4] == (x.device.type, self.matmul, self.dtype) and x.dtype == self.dtype
                     and (fast[6] is None or x.numel() <= fast[6])):
                 return F.linear(x, fast[5], self._parameters["bias"])
+        own = self.__dict__.get("_own_fast")
+        if own is not None and not torch.compiler.is_compiling():
+            # A batch size that took our int8 product before, per-row activations: its two ops,
+            # plus these checks (codes and scales unchanged, the same rule, setting and batch size).
+            buffers = self._buffers
+            codes, scale = buffers["weight_int8"], buffers["weight_scale"]
+            if (own[0] is codes and own[1] == codes._version and own[2] is scale and own[3] == scale._version
+                    and own[4] is cpu_int8_product and own[5] == (self.matmul, self.dtype, self.activation_symmetric)
+                    and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] in own[6]
+                    and x.shape[1] == self.in_features and x.is_cpu and not (x.requires_grad and torch.is_grad_enabled())
+                    and _backends.resolve(quant.OP_QUANTIZE, x.device, _backends.IMPLEMENTED) == "cpp"):
+                qx, sx, _ = own[8](x, None, None, True)
+                return own[9](qx, sx, own[7][0], own[7][1], scale, self.bias)
         path = self.path(x)
         if path == DEQUANTIZED:
             weight = self.dequantized_weight()
@@ -345,6 +372,21 @@ class Int8Linear(_Int8Weight):
             most = (plan[1][0] - 1) * self.in_features if len(plan) > 1 else None
             self._fast = (codes, codes._version, scale, scale._version, key, weight, most)
 
+    def _remember_own_path(self, m: int, packed) -> None:
+        """Keep (codes, version, scales, version, rule, setting, batch sizes, packed weight, the two
+        ops) for forward's shortcut to our int8 product (per-row activations on the CPU, float32)."""
+        if self.activation_symmetric is not None:
+            return
+        codes, scale = self.weight_int8, self.weight_scale
+        own = self.__dict__.get("_own_fast")
+        key = (codes, codes._version, scale, scale._version, cpu_int8_product,
+               (self.matmul, self.dtype, self.activation_symmetric))
+        same = own is not None and all(a is b or (type(a) is not torch.Tensor and a == b)
+                                       for a, b in zip(own[:6], key)) and own[7] is packed
+        sizes = own[6] if same else frozenset()
+        self._own_fast = key + (sizes | {m}, packed, torch.ops.eitp.quantize_int8_rows.default,
+                                torch.ops.eitp.int8_linear_rows.default)
+
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         qx, sx, zero_point = self._quantize_activations(rows)
@@ -357,11 +399,22 @@ class Int8Linear(_Int8Weight):
                 torch._int_mm(qx, self.weight_int8.t()), sx, self.weight_scale, self.bias,
                 self._weight_code_sums if affine else None, zero_point if affine else None, self.dtype)
             return y.reshape(*x.shape[:-1], self.out_features)
-        # y = float32(acc) * weight_scale from the product, then one pass: y * sx + bias, in place
-        # (one (m, n) allocation in all).
-        y = self._scaled_int8_product(qx, zero_point)
         bias = self.bias
-        y = y.mul_(sx) if bias is None else torch.addcmul(bias, y, sx, out=y)
+        if (qx.device.type == "cpu" and not torch.compiler.is_compiling() and self.dtype == torch.float32
+                and isinstance(zero_point, int) and cpu_int8_product(*qx.shape, self.out_features) == OWN):
+            # one op: the product and its epilogue (symmetric activations, float32)
+            if getattr(self, "_own_weight", None) is None:  # None too in a layer pickled by an older release
+                self._own_weight = _int8_gemv.PackedWeight()
+            m = qx.shape[0]
+            packed = self._own_weight.of(self.weight_int8)
+            y = _int8_gemv.product(qx, sx if sx.numel() == m else sx.expand(m), packed, self.weight_scale, bias)
+            self._remember_own_path(m, packed)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        # y = float32(acc) * weight_scale from the product, then y * sx and + bias in place (each
+        # rounded on its own, as OWN does; one (m, n) allocation in all).
+        y = self._scaled_int8_product(qx, zero_point).mul_(sx)
+        if bias is not None:
+            y.add_(bias)
         return y.to(self.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _quantize_activations(self, rows: torch.Tensor):
@@ -391,7 +444,7 @@ class Int8Linear(_Int8Weight):
         The same value every way."""
         m, k = qx.shape
         if qx.device.type == "cpu" and not torch.compiler.is_compiling():
-            product = cpu_int8_product(m, k, self.out_features)
+            product = cpu_int8_product(m, k, self.out_features, epilogue=False)
             if product == FBGEMM:
                 if getattr(self, "_fbgemm_weight", None) is None:  # None too in a layer pickled by an older release
                     self._fbgemm_weight = _fbgemm_int8.PackedWeight()
