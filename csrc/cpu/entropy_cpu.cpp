@@ -1,7 +1,7 @@
-// CPU histogram entropy kernels (OpenMP).
+// CPU histogram entropy kernels, shared out by parallel_chunks (cpu/parallel_cpu.h).
 //
 // Work is cut into items: a whole histogram (row or tensor) when it is short,
-// else chunks of it. Each thread counts an item into a private histogram
+// else chunks of it; items are the chunks of parallel_chunks. Each thread counts an item into a private histogram
 // (four interleaved copies for small bin counts, so repeated hits on one bin
 // do not serialize on a store-to-load dependency), then adds it to the output
 // row: a plain add when the item is the whole row, an atomic add otherwise
@@ -11,13 +11,12 @@
 // The increments bound the speed: one scattered store per value and cycle is
 // the floor (benchmarks/native/histogram_floor.cpp measures it; the command
 // is in its header).
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 
+#include "cpu/parallel_cpu.h"
 #include "kernels/entropy.h"
 #include "kernels/finite_minmax.h"
 #include "kernels/vector_log.h"
@@ -67,6 +66,17 @@ int64_t total_length(const std::vector<HistSegment>& segs) {
   int64_t n = 0;
   for (const auto& s : segs) n += s.length;
   return n;
+}
+
+// fn(item, slot) for every item: in parallel from kParallelThreshold elements
+// in all, else in the caller (slot 0).
+template <typename Fn>
+void for_items(int64_t elements, int64_t n_items, Fn&& fn) {
+  if (elements >= kParallelThreshold) {
+    parallel_chunks(n_items, fn);
+  } else {
+    for (int64_t i = 0; i < n_items; ++i) fn(i, int64_t(0));
+  }
 }
 
 // ---------------------------------------------------------------- hard counts
@@ -220,12 +230,10 @@ void auto_ranges_all(std::vector<HistSegment>& segs) {
   const std::vector<WorkItem> items = make_items(segs, std::max<int64_t>(kMinChunk, 1 << 18));
   const int64_t n_items = static_cast<int64_t>(items.size());
   std::vector<double> lo(items.size()), hi(items.size());
-#pragma omp parallel for schedule(dynamic, 1) if (total_length(segs) >= kParallelThreshold && n_items > 1)
-  for (int64_t i = 0; i < n_items; ++i) {
+  for_items(total_length(segs), n_items, [&](int64_t i, int64_t) {
     const WorkItem& it = items[i];
-    const HistSegment& seg = segs[it.seg];
-    item_range(seg, it, lo[i], hi[i]);
-  }
+    item_range(segs[it.seg], it, lo[i], hi[i]);
+  });
   const double inf = std::numeric_limits<double>::infinity();
   for (auto& s : segs) {
     s.lo = inf;
@@ -298,24 +306,21 @@ void count_segments(const std::vector<HistSegment>& segs, int64_t bins64, bool e
   const int copies = bins <= 4096 ? 4 : 1;
   const int64_t stride = hist_stride(bins64);
   const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel if (total_length(segs) >= kParallelThreshold && n_items > 1)
-  {
-    std::vector<uint32_t> hist(static_cast<size_t>(copies * stride), 0u);
-    const PrivateHist h{hist.data(), stride, copies};
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_items; ++i) {
-      const WorkItem& it = items[i];
-      HistSegment seg = segs[it.seg];
-      if (range_in_item && it.whole) item_range(seg, it, seg.lo, seg.hi);
-      count_item(seg, it, explicit_range, bins, h);
-      int64_t* out = counts + it.seg * bins64;
-      if (it.whole) {
-        merge_whole(h, bins, out);
-      } else {
-        merge_shared(h, bins, out);
-      }
+  // One private histogram per thread slot.
+  std::vector<uint32_t> hists(static_cast<size_t>(parallel_slots() * copies * stride), 0u);
+  for_items(total_length(segs), n_items, [&](int64_t i, int64_t slot) {
+    const PrivateHist h{hists.data() + slot * copies * stride, stride, copies};
+    const WorkItem& it = items[i];
+    HistSegment seg = segs[it.seg];
+    if (range_in_item && it.whole) item_range(seg, it, seg.lo, seg.hi);
+    count_item(seg, it, explicit_range, bins, h);
+    int64_t* out = counts + it.seg * bins64;
+    if (it.whole) {
+      merge_whole(h, bins, out);
+    } else {
+      merge_shared(h, bins, out);
     }
-  }
+  });
 }
 
 template <typename A> void read_range(const void* lo, const void* hi, int64_t r, double& lo_out, double& hi_out) {
@@ -384,27 +389,23 @@ void soft_rows(const SoftHistogramParams& p) {
   const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
   const std::vector<WorkItem> items = make_items(segs, chunk_for(p.bins));
   const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
-  {
-    std::vector<double> hist(static_cast<size_t>(p.bins));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_items; ++i) {
-      const WorkItem& it = items[i];
-      std::fill(hist.begin(), hist.end(), 0.0);
-      const HistSegment& seg = segs[it.seg];
-      soft_item<T>(seg, it, p.explicit_range, p.bins, hist.data());
-      double* out = p.counts + it.seg * p.bins;
-      for (int64_t b = 0; b < p.bins; ++b) {
-        if (hist[b] == 0.0) continue;
-        if (it.whole) {
-          out[b] += hist[b];
-        } else {
+  std::vector<double> hists(static_cast<size_t>(parallel_slots() * p.bins));
+  for_items(p.rows * p.row_length, n_items, [&](int64_t i, int64_t slot) {
+    double* hist = hists.data() + slot * p.bins;
+    const WorkItem& it = items[i];
+    std::fill(hist, hist + p.bins, 0.0);
+    soft_item<T>(segs[it.seg], it, p.explicit_range, p.bins, hist);
+    double* out = p.counts + it.seg * p.bins;
+    for (int64_t b = 0; b < p.bins; ++b) {
+      if (hist[b] == 0.0) continue;
+      if (it.whole) {
+        out[b] += hist[b];
+      } else {
 #pragma omp atomic
-          out[b] += hist[b];
-        }
+        out[b] += hist[b];
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -413,14 +414,12 @@ void soft_backward_rows(const SoftHistogramBackwardParams& p) {
   const std::vector<HistSegment> segs = row_segments(p.x, p.dtype, p.rows, p.row_length, p.lo, p.hi);
   const std::vector<WorkItem> items = make_items(segs, kMinChunk);
   const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1) if (p.rows * p.row_length >= kParallelThreshold && n_items > 1)
-  for (int64_t i = 0; i < n_items; ++i) {
+  for_items(p.rows * p.row_length, n_items, [&](int64_t i, int64_t) {
     const WorkItem& it = items[i];
-    const HistSegment& seg = segs[it.seg];
     const double* table = p.grad_counts + it.seg * p.bins;
     const int64_t row_offset = it.seg * p.row_length;
-    soft_backward_item<T>(seg, it, p.explicit_range, p.bins, table, static_cast<A*>(p.grad_x) + row_offset);
-  }
+    soft_backward_item<T>(segs[it.seg], it, p.explicit_range, p.bins, table, static_cast<A*>(p.grad_x) + row_offset);
+  });
 }
 
 }  // namespace
@@ -452,14 +451,21 @@ void entropy_from_counts_cpu(const EntropyFromCountsParams& p) {
   // std::log. Small
   // inputs stay on one thread (kParallelThreshold): a parallel region stalls
   // calls for milliseconds while other processes keep the cores busy.
-#pragma omp parallel for schedule(static) if (p.rows * p.bins >= kParallelThreshold)
-  for (int64_t r = 0; r < p.rows; ++r) {
-    const QLogQ row = p.counts_are_int ? sum_q_log_q(static_cast<const int64_t*>(p.counts) + r * p.bins, p.bins)
-                                       : sum_q_log_q(static_cast<const double*>(p.counts) + r * p.bins, p.bins);
-    double h = row.total > 0 ? -row.sum + 0.0 : std::numeric_limits<double>::quiet_NaN();  // + 0.0: no -0
+  auto row = [&](int64_t r) {
+    const QLogQ q = p.counts_are_int ? sum_q_log_q(static_cast<const int64_t*>(p.counts) + r * p.bins, p.bins)
+                                     : sum_q_log_q(static_cast<const double*>(p.counts) + r * p.bins, p.bins);
+    double h = q.total > 0 ? -q.sum + 0.0 : std::numeric_limits<double>::quiet_NaN();  // + 0.0: no -0
     if (p.log_base != 0.0) h /= p.log_base;
     store_entropy(p, r, h);
+  };
+  if (p.rows * p.bins < kParallelThreshold) {
+    for (int64_t r = 0; r < p.rows; ++r) row(r);
+    return;
   }
+  const Chunking c = chunking(p.rows, std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, p.bins)), 256);
+  parallel_chunks(c.count, [&](int64_t i, int64_t) {
+    for (int64_t r = i * c.size, r1 = std::min(p.rows, (i + 1) * c.size); r < r1; ++r) row(r);
+  });
 }
 
 }  // namespace eitp

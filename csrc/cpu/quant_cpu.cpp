@@ -1,8 +1,9 @@
 // CPU int8 quantize / dequantize / fake-quant over (rows, row_length) views,
-// one scale per row. Many rows (per channel, per group): OpenMP over rows, and
-// each row is reduced then quantized while it is still in cache (one read of
-// the data from memory, one write). Few long rows (per tensor): a parallel
-// reduction over spans of the row, then a parallel quantization pass (two
+// one scale per row. Many rows (per channel, per group): chunks of rows shared
+// out by parallel_chunks (cpu/parallel_cpu.h), each row reduced then quantized
+// while it is still in cache (one read of the data from memory, one write).
+// Few long rows (per tensor): a parallel reduction over spans of the row (one
+// partial per span, folded in order), then a parallel quantization pass (two
 // reads, one write). Loops are lane-wise / elementwise so they vectorize
 // without fast-math; codes are bit-identical to the reference.
 // The NaN / clamp selects in the quantization loops are only if-converted
@@ -14,16 +15,43 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-#include <omp.h>
-
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
+#include "cpu/parallel_cpu.h"
 #include "kernels/quant.h"
 
 namespace eitp {
 namespace {
 
 constexpr int64_t kParallelMin = 32768;  // elements below which one thread does it all
+// Elements per chunk of parallel_chunks (at least; a multiple of 64 within a
+// row, so no two chunks write one cache line of output), and at most
+// kMaxChunks chunks per call.
+constexpr int64_t kChunkElems = 65536;
+constexpr int64_t kMaxChunks = 256;
+
+// Chunks of whole rows: at least kChunkElems elements each (one chunk below kParallelMin).
+inline Chunking row_chunks(int64_t rows, int64_t n) {
+  if (rows * n < kParallelMin) return {rows, rows > 0 ? 1 : 0};
+  return chunking(rows, (kChunkElems + n - 1) / std::max<int64_t>(n, 1), kMaxChunks);
+}
+
+// Chunks of one long row: multiples of 64 elements.
+inline Chunking span_chunks(int64_t n) {
+  Chunking c = chunking(n, kChunkElems, kMaxChunks);
+  c.size = (c.size + 63) & ~int64_t(63);
+  c.count = (n + c.size - 1) / c.size;
+  return c;
+}
+
+// Runs rows(r0, r1) over chunks of whole rows.
+template <typename RowsFn>
+void for_row_chunks(int64_t rows, int64_t n, const RowsFn& fn) {
+  const Chunking c = row_chunks(rows, n);
+  parallel_chunks(c.count, [&](int64_t i, int64_t) { fn(i * c.size, std::min(rows, (i + 1) * c.size)); });
+}
 
 // Row reduction: symmetric -> absmax in hi; affine -> (min(.,0), max(.,0)).
 template <typename T>
@@ -92,70 +120,59 @@ struct RowJob {
   }
   void params_parallel(int64_t r) const {
     using A = typename AccType<T>::type;
-    A lo = A(0), hi = A(0);
     const int64_t n = p.row_length;
-#pragma omp parallel
-    {
-      const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t begin = n * t / threads, end = n * (t + 1) / threads;
-      A l = A(0), h = A(0);
-      span_reduce<T>(x(r) + begin, end - begin, p.symmetric, l, h);
-#pragma omp critical
-      {
-        lo = l < lo ? l : lo;
-        hi = h > hi ? h : hi;
-      }
+    const Chunking c = span_chunks(n);
+    // One partial per chunk, folded in chunk order (no lock, the same result whatever ran them).
+    std::vector<A> lo(c.count, A(0)), hi(c.count, A(0));
+    parallel_chunks(c.count, [&](int64_t i, int64_t) {
+      const int64_t begin = i * c.size, end = std::min(n, begin + c.size);
+      span_reduce<T>(x(r) + begin, end - begin, p.symmetric, lo[i], hi[i]);
+    });
+    A l = A(0), h = A(0);
+    for (int64_t i = 0; i < c.count; ++i) {
+      l = lo[i] < l ? lo[i] : l;
+      h = hi[i] > h ? hi[i] : h;
     }
-    row_scale_params<A>(p.symmetric, lo, hi, p.scale[r], p.zero_point[r]);
+    row_scale_params<A>(p.symmetric, l, h, p.scale[r], p.zero_point[r]);
   }
 };
 
 template <typename T>
 void quantize_rows(const QuantRowsParams& p) {
   const RowJob<T> job{p};
-  const int64_t threads = omp_get_max_threads();
-  const int64_t total = p.rows * p.row_length;
-  if (p.rows >= threads || p.row_length < kParallelMin) {
-    // One row per iteration: reduce it, then quantize it while it is hot in cache.
-#pragma omp parallel for schedule(static) if (total >= kParallelMin)
-    for (int64_t r = 0; r < p.rows; ++r) {
-      if (!p.static_scale) job.params_serial(r);
-      job.apply(r, 0, p.row_length);
-    }
+  const int64_t n = p.row_length;
+  if (p.rows >= parallel_slots() || n < kParallelMin) {
+    // Whole rows per chunk: each row reduced, then quantized while it is hot in cache.
+    for_row_chunks(p.rows, n, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        if (!p.static_scale) job.params_serial(r);
+        job.apply(r, 0, n);
+      }
+    });
     return;
   }
   // Few long rows: parallel inside each row (two passes when dynamic).
+  const Chunking c = span_chunks(n);
   for (int64_t r = 0; r < p.rows; ++r) {
     if (!p.static_scale) job.params_parallel(r);
-    const int64_t n = p.row_length;
-#pragma omp parallel
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      // Span ends on multiples of 64 elements so threads never share a cache line of output.
-      const int64_t begin = (n * t / nt) & ~int64_t(63), end = t + 1 == nt ? n : (n * (t + 1) / nt) & ~int64_t(63);
-      job.apply(r, begin, end);
-    }
+    parallel_chunks(c.count, [&](int64_t i, int64_t) { job.apply(r, i * c.size, std::min(n, (i + 1) * c.size)); });
   }
 }
 
-// Runs row(r, begin, end) over every row: rows in parallel when there are
-// enough of them, otherwise each long row split into one 64-element-aligned
-// span per thread. For elementwise passes whose row parameters are known.
+// Runs row(r, begin, end) over every row: chunks of whole rows when there
+// are enough rows, otherwise each long row split into 64-element-aligned
+// spans. For elementwise passes whose row parameters are known.
 template <typename RowFn>
 void for_each_row_span(int64_t rows, int64_t n, const RowFn& row) {
-  if (rows >= omp_get_max_threads() || n < kParallelMin) {
-#pragma omp parallel for schedule(static) if (rows * n >= kParallelMin)
-    for (int64_t r = 0; r < rows; ++r) row(r, 0, n);
+  if (rows >= parallel_slots() || n < kParallelMin) {
+    for_row_chunks(rows, n, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) row(r, 0, n);
+    });
     return;
   }
-  for (int64_t r = 0; r < rows; ++r) {
-#pragma omp parallel
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t begin = (n * t / nt) & ~int64_t(63), end = t + 1 == nt ? n : (n * (t + 1) / nt) & ~int64_t(63);
-      row(r, begin, end);
-    }
-  }
+  const Chunking c = span_chunks(n);
+  for (int64_t r = 0; r < rows; ++r)
+    parallel_chunks(c.count, [&](int64_t i, int64_t) { row(r, i * c.size, std::min(n, (i + 1) * c.size)); });
 }
 
 template <typename T>
