@@ -120,14 +120,15 @@ def op_calls():
     def add(name, fn):
         calls.append((name, fn))
 
-    long, short, one = (3, 40000), (37, 100), (1, 1)
+    long, short, one, in_registers = (3, 40000), (37, 100), (1, 1), (5, 300)
     # histogram: (shape, bins, explicit range). bins 7: block-local histogram; 5000: one atomic per element.
     hist_cases = [(long, 7, False), (long, 5000, True), (short, 7, True), (short, 5000, False), (one, 1, False),
                   (one, 1, True)]
-    # quant: (shape, symmetric, fake, static). long rows: range partials + static pass; short: per-row range.
+    # quant: (shape, symmetric, fake, static). long rows: range partials + static pass; short: per-row range;
+    # in_registers: the row-in-registers kernel (rows of 257 to 16384).
     quant_cases = [(long, True, False, False), (long, False, True, False), (short, True, True, False),
                    (short, False, False, False), (one, False, False, False), (short, True, False, True),
-                   (one, False, False, True)]
+                   (one, False, False, True), (in_registers, True, False, False), (in_registers, False, True, False)]
     for dtype in FLOATS:
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         for shape in (long, short, one):

@@ -66,6 +66,9 @@ def test_triton_launches_are_taken_over_and_counted():
     x = torch.randn(4, 100)
     counted = count_launches(lambda: ek.fake_quant_int8(x, granularity="channel"), "triton")
     assert counted.kernels == ("triton::_quant_rows_kernel",)
+    long_rows = torch.randn(4, 1000)  # rows held in registers
+    in_registers = count_launches(lambda: ek.fake_quant_int8(long_rows, granularity="channel"), "triton")
+    assert in_registers.kernels == ("triton::_quant_row_tile_kernel",)
     assert _triton.launch_observers == []  # the observer is removed after the count
 
 

@@ -76,6 +76,8 @@ _NEVER_ONE = {
     "_finite_minmax_fold_kernel": ("chunks",),  # launched only for rows of several chunks
     # eitp_kernels/triton/entropy.py: the range pass's parts are multiples of 2048 elements, >= 16384
     "_range_partials_zero_kernel": ("chunk",),
+    # eitp_kernels/triton/quant.py: rows of 257 to 16384 elements only
+    "_quant_row_tile_kernel": ("row_length",),
     # eitp_kernels/triton/coherence.py: the BLOCKS path's panels start at multiples of 256 rows of P
     # (row0) and of 8 tile rows (tile0); chunk_rows is a multiple of 64
     "_reduce_kernel": ("row0", "tile0"),

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout
-from eitp_kernels._triton import div_fast, div_setup, exact_div, launch, tl, triton, triton_jit
+from eitp_kernels._triton import (div_constants, div_fast, div_rn_by_count, div_setup, exact_div, launch, tl,
+                                  triton, triton_jit)
 
 
 @triton_jit
@@ -52,6 +53,17 @@ def _cast_rne(v, DTYPE: tl.constexpr):
 
 
 _FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+# Rows of _TILE_MIN_ROW < length <= _TILE_MAX_ROW elements are quantized by _quant_row_tile_kernel,
+# the whole row in registers (_TILE_PER_THREAD elements a thread, up to 16 warps): read once
+# instead of twice. sm_90 (python -m eitp_kernels.bench.cost_model): 4096 fp32 a row (4 warps),
+# 56 registers, quantize 24.5 instructions per element (budget 42.6), fake-quant 23.0 (66.9), all
+# loads issued before the first use; 16384 a row (16 warps), 62 registers (32 a thread: 64 would
+# take 108). Shorter rows spread the once-per-row scale over too few elements a thread: rows of
+# 128 (4 a thread) issue 223 instructions a thread for quantize, over 0.8 of the budget (181.7),
+# so rows up to 256 keep _quant_rows_kernel (its second read of a row comes from L1).
+_TILE_MIN_ROW = 256
+_TILE_MAX_ROW = 16384
+_TILE_PER_THREAD = 32
 
 
 @triton_jit
@@ -307,12 +319,91 @@ def _params_from_partials_kernel(
     tl.store(zp_ptr + row, zpf.to(tl.int32))
 
 
+@triton_jit
+def _row_scale_params_fp32(lo, hi, div_s, div_dn, div_r, SYMMETRIC: tl.constexpr):
+    """_row_scale_params for a float32 range (input not float64), with no float64 arithmetic and no
+    division call for symmetric rows: the scale by div_rn_by_count (the true division by 127 or
+    255: (div_s, div_dn, div_r) = div_constants of it), the zero point's quotient by the scale's
+    own reciprocal (div_setup). Affine rows whose max - min overflows float32 keep the float64
+    path (_row_scale_params). Returns the scale, the zero point (float32) and the scale's
+    _scale_divisor."""
+    if SYMMETRIC:
+        s = div_rn_by_count(hi, 127.0, div_s, div_dn, div_r)  # hi <= the largest float32: finite
+        s = tl.where(s == 0.0, 1.0, s)
+        ds, dn, dr, bound = _scale_divisor(s, False)
+        zpf = tl.full([], 0.0, tl.float32)
+    else:
+        s = div_rn_by_count(hi - lo, 255.0, div_s, div_dn, div_r)
+        fast = s - s == 0
+        wide_s, wide_zp = _row_scale_params(lo, hi, SYMMETRIC)
+        s = tl.where(fast, tl.where(s == 0.0, 1.0, s), wide_s)
+        ds, dn, dr, bound = _scale_divisor(s, False)
+        # lo / s by the reciprocal: |lo / s| <= 255, and where lo * ds is below div_fast's range
+        # both quotients are below 2^-4 and round to 0
+        zpf = tl.where(fast, -128.0 - _round_half_even(div_fast(lo * ds, dn, dr)), wide_zp)
+    return s, zpf, ds, dn, dr, bound
+
+
+@triton_jit
+def _quant_row_tile_kernel(
+    x_ptr,  # (rows, row_length) contiguous, float
+    q_ptr,  # (rows, row_length) int8 codes (written unless FAKE)
+    out_ptr,  # (rows, row_length) in x's dtype (written if FAKE)
+    scale_ptr,  # (rows,) float32, written
+    zp_ptr,  # (rows,) int32, written (0 when symmetric)
+    row_length,  # <= BLOCK
+    div_s,  # _triton.div_constants(127 if SYMMETRIC else 255)
+    div_dn,
+    div_r,
+    SYMMETRIC: tl.constexpr,
+    FAKE: tl.constexpr,
+    IS_F64: tl.constexpr,
+    BLOCK: tl.constexpr,  # a power of two >= row_length: the whole row in registers
+):
+    # One program per row, no loop: the row is loaded once (every load issued before the
+    # first use), reduced to its range and scale in registers, then coded from the same
+    # registers. The _quant_rows_kernel arithmetic, step for step.
+    row = tl.program_id(0).to(tl.int64)  # int64: row * row_length can pass 2^31
+    offsets = tl.arange(0, BLOCK)
+    mask = offsets < row_length
+    xv = tl.load(x_ptr + row * row_length + offsets, mask=mask, other=0.0)
+    v = _to_acc(xv, IS_F64)
+    f = tl.where(v - v == 0, v, 0.0)  # non-finite values and the padding count as 0 (neutral)
+    if SYMMETRIC:
+        lo = tl.zeros([], v.dtype)
+        hi = tl.max(tl.abs(f), axis=0)
+    else:  # min(finite, 0), max(finite, 0): the range widened to include 0
+        lo = tl.minimum(tl.min(f, axis=0), 0.0)
+        hi = tl.maximum(tl.max(f, axis=0), 0.0)
+    if IS_F64:
+        s, zpf = _row_scale_params(lo, hi, SYMMETRIC)
+        ds, dn, dr, bound = _scale_divisor(s, IS_F64)
+    else:
+        s, zpf, ds, dn, dr, bound = _row_scale_params_fp32(lo, hi, div_s, div_dn, div_r, SYMMETRIC)
+    tl.store(scale_ptr + row, s)
+    tl.store(zp_ptr + row, zpf.to(tl.int32))
+    sa = _to_acc(s, IS_F64)
+    za = _to_acc(zpf, IS_F64)
+    qmin = -127.0 if SYMMETRIC else -128.0
+    r = tl.minimum(tl.maximum(_code(v, sa, za, ds, dn, dr, bound, IS_F64), qmin), 127.0)
+    if FAKE:
+        d = _cast_rne((r - za) * sa, xv.dtype)
+        tl.store(out_ptr + row * row_length + offsets, tl.where(v != v, xv, d), mask=mask)
+    else:
+        tl.store(q_ptr + row * row_length + offsets, r.to(tl.int8), mask=mask)
+
+
 def _blocks(row_length: int, max_block: int = 1024) -> tuple[int, int, int]:
     """(BLOCK, chunk, chunks) for a row of row_length elements: chunks of up to 16 blocks, no
     more blocks than the row has."""
     block = min(max_block, max(16, triton.next_power_of_2(max(row_length, 1))))
     chunk = block * min(16, max(1, triton.cdiv(row_length, block)))
     return block, chunk, max(1, triton.cdiv(row_length, chunk))
+
+
+def _tile_warps(tile: int) -> int:
+    """Warps for a row of `tile` elements held in registers: _TILE_PER_THREAD a thread, 1 to 16 warps."""
+    return max(1, min(16, tile // (32 * _TILE_PER_THREAD)))
 
 
 def _warps(block: int) -> int:
@@ -342,6 +433,16 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
     if static:
         s = scale.to(torch.float32).contiguous().clone()
         zp = (torch.zeros_like(s, dtype=torch.int32) if symmetric else zero_point.to(torch.int32).contiguous().clone())
+    elif _TILE_MIN_ROW < row_length <= _TILE_MAX_ROW:
+        # The whole row in registers: read once, one launch, no loop.
+        s = torch.empty((rows,), dtype=torch.float32, device=x.device)
+        zp = torch.empty((rows,), dtype=torch.int32, device=x.device)
+        if rows > 0:
+            tile = max(16, triton.next_power_of_2(row_length))
+            launch(_quant_row_tile_kernel, (rows,), x, result, result, s, zp, row_length,
+                   *div_constants(127.0 if symmetric else 255.0), SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64,
+                   BLOCK=tile, num_warps=_tile_warps(tile))
+        return result, s, zp
     elif chunks > 1 and rows < 64:
         # Few long rows (per tensor): one program per row would leave most of the
         # GPU idle, so the range comes from chunk partials, the scale from one
