@@ -650,7 +650,9 @@ def _opcheck_triton_only_cases():
     return [(o.histogram_entropy_rows.default, (x, None, None, 16, False, None)),
             (o.histogram_entropy_rows.default, (x.double(), x.double().amin(1), x.double().amax(1), 16, True, 2.0)),
             (o.histogram_entropy_rows.default, (torch.randint(0, 256, (2, 9), dtype=torch.uint8), None, None, 256,
-                                                False, None))]
+                                                False, None)),
+            (o.entropy_from_counts.default, (torch.randint(0, 5, (4, 8)), 2.0, torch.float32)),
+            (o.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))]
 
 
 def test_opcheck_every_compiled_op():

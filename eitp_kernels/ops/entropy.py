@@ -389,7 +389,7 @@ _ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts
 _ENTROPY_ROWS = {"triton": _op("eitp_triton", "histogram_entropy_rows")}
 # The compiled ops that take the result's dtype, and that count over the
 # automatic range themselves (a GPU call: range, counts, entropy launches).
-_ENTROPY_AS_DTYPE = {"cpp": _ENTROPY["cpp"], "cuda": _ENTROPY["cuda"]}
+_ENTROPY_AS_DTYPE = {"cpp": _ENTROPY["cpp"], "cuda": _ENTROPY["cuda"], "triton": _ENTROPY["triton"]}
 _COUNTS_AUTO_RANGE = {"cpp": _op("eitp", "histogram_counts_auto_range"),
                       "cuda": _op("eitp", "histogram_counts_auto_range")}
 

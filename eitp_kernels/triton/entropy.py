@@ -575,9 +575,12 @@ def _entropy_from_counts_kernel(
     tl.store(out_ptr + row, h.to(out_ptr.dtype.element_ty))  # rounded to nearest, as torch's .to()
 
 
-def entropy_from_counts(counts: torch.Tensor, log_base: float | None) -> torch.Tensor:
-    """H per row of counts (float64), docs/design.md §2.1; NaN for a row with nothing counted."""
-    out = torch.empty((counts.shape[0],), dtype=torch.float64, device=counts.device)
+def entropy_from_counts(counts: torch.Tensor, log_base: float | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """H per row of counts, docs/design.md §2.1; NaN for a row with nothing counted. Computed in
+    float64 and written as ``dtype`` (float64 or float32; None: float64), no conversion after."""
+    if dtype not in (None, torch.float64, torch.float32):
+        raise TypeError(f"entropy_from_counts: dtype must be float64 or float32, got {dtype}")
+    out = torch.empty((counts.shape[0],), dtype=dtype or torch.float64, device=counts.device)
     _launch_entropy(counts.contiguous(), out, log_base)
     return out
 
