@@ -23,9 +23,11 @@ reach fbgemm unchanged, and why one call gives the product with the weight
 scales applied. The float buffers for v are kept per thread and row count
 (:class:`_Buffers`): one copy of the codes into them per call, no allocation.
 
-Why: for 2-16 rows fbgemm's packed product is the fastest exact int8 product
-here (torch._int_mm reorders the weight on every call; oneDNN's packed kernel
-pays a larger fixed cost per call): the figures are in
+Why: for 2-16 rows where our own kernel (``_int8_gemv``) does not apply
+(affine activations, a bfloat16 layer, a CPU without AVX-512 VNNI)
+fbgemm's packed product is the fastest exact int8 product here
+(torch._int_mm reorders the weight on every call; oneDNN's packed kernel pays
+a larger fixed cost per call): the figures are in
 ``eitp_kernels.nn.int8.cpu_int8_product``.
 
 Whether it is used is decided once per process by a probe (:func:`available`)

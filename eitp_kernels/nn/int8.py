@@ -16,8 +16,9 @@
     int8_summary(model) -> the paths each int8 layer takes, one line per layer.
     Int8Linear        int8 codes + scales; per batch size and device: dynamic
                       int8 activations, int8 x int8 -> int32 product (CPU:
-                      fbgemm for 2-16 rows, oneDNN for more, torch._int_mm;
-                      CUDA: torch._int_mm) and a rescale where that is faster;
+                      our AVX-512 VNNI kernel for 1-64 rows, else fbgemm for
+                      2-16 rows, oneDNN for more, torch._int_mm; CUDA:
+                      torch._int_mm) and a rescale where that is faster;
                       on a GPU for 1-16 rows the weight-only int8 kernel
                       (eitp_kernels.ops.int8_linear); else the cached
                       dequantized weight.
