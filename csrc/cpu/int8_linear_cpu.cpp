@@ -5,12 +5,15 @@
 // used only where the CPU reports it (int8_linear_rows_cpu_supported).
 #include "kernels/int8_linear.h"
 
+#include <algorithm>
+
+#include "cpu/parallel_cpu.h"
+
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own placeholder operands.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
-#include <omp.h>
 
 #include <vector>
 
@@ -69,19 +72,23 @@ EITP_VNNI void rows_vnni(const Int8LinearRowsParams& p) {
     for (int64_t kk = 0; kk < p.k; ++kk) row[kk] = static_cast<uint8_t>(q[kk]) ^ 0x80u;
   }
   const uint32_t* codes = a.data();
-  // Threads share out the channel groups when there is enough work (2^20 multiply-adds per thread).
-  const bool parallel = p.m * p.k_pad * p.n_pad >= (int64_t(1) << 21) && groups > 1;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t g = 0; g < groups; ++g) {
-    int64_t r0 = 0;
-    for (; r0 + kRowTile <= p.m; r0 += kRowTile) group_rows<kRowTile>(p, codes, k_groups, g, r0);
-    switch (p.m - r0) {
-      case 3: group_rows<3>(p, codes, k_groups, g, r0); break;
-      case 2: group_rows<2>(p, codes, k_groups, g, r0); break;
-      case 1: group_rows<1>(p, codes, k_groups, g, r0); break;
-      default: break;
+  auto groups_from = [&](int64_t first, int64_t last) {
+    for (int64_t g = first; g < last; ++g) {
+      int64_t r0 = 0;
+      for (; r0 + kRowTile <= p.m; r0 += kRowTile) group_rows<kRowTile>(p, codes, k_groups, g, r0);
+      switch (p.m - r0) {
+        case 3: group_rows<3>(p, codes, k_groups, g, r0); break;
+        case 2: group_rows<2>(p, codes, k_groups, g, r0); break;
+        case 1: group_rows<1>(p, codes, k_groups, g, r0); break;
+        default: break;
+      }
     }
-  }
+  };
+  // Threads (parallel_chunks) share out the channel groups: chunks of at least 2^20 multiply-adds.
+  const int64_t per_group = p.m * p.k_pad * kGroup;
+  const Chunking c = chunking(groups, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(per_group, 1)),
+                              4 * parallel_slots());
+  parallel_chunks(c.count, [&](int64_t i, int64_t) { groups_from(i * c.size, std::min(groups, (i + 1) * c.size)); });
 }
 
 }  // namespace
