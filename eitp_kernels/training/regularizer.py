@@ -87,17 +87,28 @@ class EITPRegularizer:
     Cost per step: one ``histogram_entropy_many`` over all layers (range and
     counts: two passes over the activations, no gradient); per layer with
     lambda_coherence != 0 one coherence loss forward and backward (a D x D or
-    N x N product each way: the dominant cost, about the FLOPs of one
-    D x D linear layer's forward and backward); per layer with
+    N x N product each way: the dominant cost); per layer with
     lambda_thermo != 0 a linear-binning histogram forward and backward
     (float64 scatter-adds, about one pass of 2 atomics per element each way);
-    plus a few small ops per layer for C_l. On the CPU case of a
-    64-512-512-10 MLP, batch 256, layers "1" and "3", default lambdas, 1
-    thread, the regularized step took +103% and +121% over the plain step
-    in two runs (medians, ``python -m eitp_kernels.bench.suite_eitp_regularizer``,
-    on 2 loaded cores), against +185% for the earlier version that built the
-    differentiable histogram at weight 0 in the same run; by torch.profiler
-    the two coherence losses' forward and backward are most of what remains.
+    plus a few small ops per layer for C_l.
+
+    Measured on the CPU case (64-512-512-10 tanh MLP, batch 256, layers "1"
+    and "3", default lambdas, 1 thread; ``python -m
+    eitp_kernels.bench.suite_eitp_regularizer``, plain and regularized steps
+    alternating, medians of 60, three fresh processes on 2 cores at load
+    average 7-8): +126% to +131% over the plain step in thread CPU time
+    (7.4-9.1 ms plain), +116% to +127% in wall time. Why: at N = 256, D = 512
+    the coherence planner takes the D x D product path (2N = D is not under
+    its Gram rule), so each layer's forward makes P = Z^T Z (upper panels:
+    about 42M multiply-adds) and its backward Z P (67M): about 220M
+    multiply-adds for the two layers, near the plain step's own ~300M. The
+    two coherence forward + backward took 7.5-8.6 ms of thread CPU time and
+    ``histogram_entropy_many`` 0.5-0.8 ms (``coherence_loss`` and
+    ``histogram_entropy_many`` on two tanh(randn(256, 512)) tensors, medians
+    of 200 calls); the rest is the small ops. The issue's 60% target is not
+    met: it needs fewer multiply-adds in the coherence term (an N x N Gram
+    matrix kept from the forward for the backward would need about 60M per
+    layer), not less overhead around it.
     """
 
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, lambda_thermo: float = 0.0,
