@@ -352,16 +352,17 @@ def test_fbgemm_rules_and_probe(monkeypatch):
 def test_cpu_product_rule():
     rule = enn.int8.cpu_int8_product
     if _int8_gemv.available():
-        assert rule(1, 1024, 1024) == rule(64, 4096, 4096) == enn.int8.OWN
-        assert rule(65, 1024, 1024) != enn.int8.OWN
+        assert rule(1, 1024, 1024) == rule(64, 4096, 4096) == rule(512, 1024, 1024) == enn.int8.OWN
+        assert rule(65, 4096, 4096) != enn.int8.OWN
     assert rule(1, 1024, 1024, epilogue=False) == enn.int8.INT_MM  # one row: oneDNN's GEMV, no packing
     if _fbgemm_int8.available():
         assert rule(2, 1024, 1024, epilogue=False) == rule(16, 4096, 4096, epilogue=False) == enn.int8.FBGEMM
         assert rule(2, _fbgemm_int8.MAX_K + 1, 8, epilogue=False) != enn.int8.FBGEMM
     if _onednn_int8.available():
-        assert rule(17, 4096, 4096, epilogue=False) == rule(512, 1024, 1024) == enn.int8.ONEDNN
+        assert rule(17, 4096, 4096, epilogue=False) == rule(512, 1024, 1024, epilogue=False) == enn.int8.ONEDNN
+        assert rule(65, 4096, 4096) == enn.int8.ONEDNN
         with torch.backends.mkldnn.flags(enabled=False):
-            assert rule(512, 1024, 1024) == enn.int8.INT_MM  # switched off after the probe: not used
+            assert rule(512, 1024, 1024, epilogue=False) == enn.int8.INT_MM  # switched off after the probe: not used
 
 
 @needs_own

@@ -16,7 +16,8 @@
     int8_summary(model) -> the paths each int8 layer takes, one line per layer.
     Int8Linear        int8 codes + scales; per batch size and device: dynamic
                       int8 activations, int8 x int8 -> int32 product (CPU:
-                      our AVX-512 VNNI kernel for 1-64 rows, else fbgemm for
+                      our AVX-512 VNNI kernel for 1-64 rows (more for
+                      small weights), else fbgemm for
                       2-16 rows, oneDNN for more, torch._int_mm; CUDA:
                       torch._int_mm) and a rescale where that is faster;
                       on a GPU for 1-16 rows the weight-only int8 kernel
@@ -108,7 +109,8 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
 
 # The CPU int8 products (cpu_int8_product).
 OWN, FBGEMM, ONEDNN, INT_MM = "eitp int8_linear_rows", "fbgemm", "oneDNN", "torch._int_mm"
-_CPU_OWN_MAX_ROWS = 64
+_CPU_OWN_MAX_ROWS = 64  # any number of rows for a weight of at most _CPU_OWN_ANY_ROWS_WEIGHT elements
+_CPU_OWN_ANY_ROWS_WEIGHT = 1 << 20
 _CPU_FBGEMM_ROWS = (2, 16)
 
 
@@ -127,7 +129,10 @@ def cpu_int8_product(m: int, k: int, n: int, epilogue: bool = True) -> str:
     thread, load average ~6 (python benchmarks/native/int8_linear_steps.py
     --threads 1): 1024 x 1024: m = 1 33 vs 56, m = 8 74 vs 95, m = 64 357 vs
     360; 4096 x 4096: m = 1 648 vs 843, m = 8 1260 vs 1299, m = 64 5915 vs
-    6444. The others: Deciding figures (1 thread, 10th percentiles of
+    6444. More rows only for weights of at most 2^20 elements (1024 x 1024 at
+    m = 512: ours with its epilogue 3366 and 2873 against oneDNN's 3292 and
+    3049 plus its epilogue, 2 x 66-82; at 4096 x 4096 51387 and 43872
+    against 43481 and 42975 plus 689-1042: no clear gain). The others: Deciding figures (1 thread, 10th percentiles of
     the thread's CPU time, us, each product with the weight scales applied,
     ``python benchmarks/native/int8_linear_steps.py --threads 1`` on the
     shared 2-core development VM, load ~7): 1024 x 1024: m = 1 fbgemm 82,
@@ -135,7 +140,7 @@ def cpu_int8_product(m: int, k: int, n: int, epilogue: bool = True) -> str:
     oneDNN 3484. 4096 x 4096: m = 1: 1096, 1750, 951; m = 8: 1253, 1779,
     6948; m = 64: 6572, 6244, 11755; m = 512: 52911, 42553 (torch._int_mm
     reorders the weight on every call)."""
-    if epilogue and m <= _CPU_OWN_MAX_ROWS and _int8_gemv.applies(k):
+    if epilogue and (m <= _CPU_OWN_MAX_ROWS or k * n <= _CPU_OWN_ANY_ROWS_WEIGHT) and _int8_gemv.applies(k):
         return OWN
     if _CPU_FBGEMM_ROWS[0] <= m <= _CPU_FBGEMM_ROWS[1] and _fbgemm_int8.applies(k):
         return FBGEMM
