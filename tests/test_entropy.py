@@ -599,18 +599,38 @@ def test_counts_over_the_automatic_range_equal_counts_over_finite_minmax(dtype, 
     rows = reference.slices_as_rows(x.to(dtype), dim)[0].contiguous()
     lo, hi = torch.ops.eitp.finite_minmax(rows)
     want = torch.ops.eitp.histogram_counts(rows, lo, hi, bins, False)
-    assert torch.equal(torch.ops.eitp.histogram_counts_auto_range(rows, bins), want)
+    assert torch.equal(torch.ops.eitp.histogram_counts_with_range(rows, bins), want)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", [c for c in CASES if _cases()[c][2] is not None])
+def test_counts_over_a_given_range_equal_counts_over_filled_bounds(dtype, case):
+    x, bins, (lo, hi), dim = _cases()[case]
+    rows = reference.slices_as_rows(x.to(dtype), dim)[0].contiguous()
+    acc = reference.compute_dtype(dtype)
+    lo_t, hi_t = (torch.full((rows.shape[0],), v, dtype=acc) for v in (lo, hi))
+    want = torch.ops.eitp.histogram_counts(rows, lo_t, hi_t, bins, True)
+    assert torch.equal(torch.ops.eitp.histogram_counts_with_range(rows, bins, [lo, hi]), want)
+    # bounds that float32 rounds: the op rounds them as the filled tensors do
+    lo, hi = lo + 1e-9, hi - 1e-9
+    lo_t, hi_t = (torch.full((rows.shape[0],), v, dtype=acc) for v in (lo, hi))
+    want = torch.ops.eitp.histogram_counts(rows, lo_t, hi_t, bins, True)
+    assert torch.equal(torch.ops.eitp.histogram_counts_with_range(rows, bins, [lo, hi]), want)
 
 
 def test_counts_over_the_automatic_range_of_empty_rows_and_bad_input():
-    assert torch.equal(torch.ops.eitp.histogram_counts_auto_range(torch.empty(3, 0), 4),
+    assert torch.equal(torch.ops.eitp.histogram_counts_with_range(torch.empty(3, 0), 4),
                        torch.zeros(3, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match="must be 2-D"):
-        torch.ops.eitp.histogram_counts_auto_range(torch.randn(3), 4)
+        torch.ops.eitp.histogram_counts_with_range(torch.randn(3), 4)
     with pytest.raises(TypeError, match="must be a float tensor"):
-        torch.ops.eitp.histogram_counts_auto_range(torch.zeros(2, 3, dtype=torch.int8), 256)
+        torch.ops.eitp.histogram_counts_with_range(torch.zeros(2, 3, dtype=torch.int8), 256)
     with pytest.raises(ValueError, match="bins must be in"):
-        torch.ops.eitp.histogram_counts_auto_range(torch.randn(2, 3), 0)
+        torch.ops.eitp.histogram_counts_with_range(torch.randn(2, 3), 0)
+    with pytest.raises(ValueError, match=r"range must be \[lo, hi\]"):
+        torch.ops.eitp.histogram_counts_with_range(torch.randn(2, 3), 4, [0.0])
+    assert torch.equal(torch.ops.eitp.histogram_counts_with_range(torch.empty(2, 0), 4, [0.0, 1.0]),
+                       torch.zeros(2, 4, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("counts", [torch.randint(0, 1000, (9, 300)), torch.rand(9, 300, dtype=torch.float64)])
@@ -662,7 +682,8 @@ def test_opcheck_every_compiled_op():
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))
     torch.library.opcheck(torch.ops.eitp.entropy_from_counts.default,
                           (torch.randint(0, 5, (4, 8)), None, torch.float32))
-    torch.library.opcheck(torch.ops.eitp.histogram_counts_auto_range.default, (torch.randn(3, 41), 16))
+    torch.library.opcheck(torch.ops.eitp.histogram_counts_with_range.default, (torch.randn(3, 41), 16))
+    torch.library.opcheck(torch.ops.eitp.histogram_counts_with_range.default, (torch.randn(3, 41), 16, [-1.0, 1.0]))
 
 
 @pytest.mark.triton_interpret

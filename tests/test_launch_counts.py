@@ -95,6 +95,9 @@ def test_cuda_table_follows_the_launcher_branches():
     given = count_launches(lambda: ek.histogram_entropy_many([x_short, x_long], range=(-1.0, 1.0)), "cuda").kernels
     assert "eitp::histogram_counts_many:segments_range_kernel" in auto
     assert "eitp::histogram_counts_many:segments_range_kernel" not in given
+    # a range given as numbers: the zero fill, the counting pass, the entropy
+    given = count_launches(lambda: ek.histogram_entropy(x_long, range=(-1.0, 1.0)), "cuda").kernels
+    assert [k.split(":")[-1] for k in given] == ["zero_", "hist_rows_kernel", "entropy_kernel"]
     x_half = x_long.half()
     assert [k.split(":")[-1] for k in count_launches(lambda: ek.histogram_entropy(x_half), "cuda").kernels] == [
         "range_partials_kernel", "hist_rows_kernel", "entropy_kernel"]

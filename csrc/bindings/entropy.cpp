@@ -4,11 +4,15 @@
 // eitp::histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor
 //     x (rows, L) float or int8/uint8 codes; lo/hi (rows,) in the accumulation
 //     dtype (None for codes). Returns int64 counts (rows, bins).
-// eitp::histogram_counts_auto_range(Tensor x, int bins) -> Tensor
-//     histogram_counts of a float x over each row's finite min/max (the
-//     automatic range, finite_minmax's), found inside the op: on CUDA the
-//     range pass (which also zeroes the counts) and the counting pass, whose
-//     blocks fold their row's range partials. Returns int64 counts (rows, bins).
+// eitp::histogram_counts_with_range(Tensor x, int bins, float[]? range=None) -> Tensor
+//     histogram_counts of a float x over range = [lo, hi] (explicit: values
+//     outside are dropped; each bound rounded to the accumulation dtype, as
+//     a filled lo/hi tensor holds it) or, when None, over each row's finite
+//     min/max (the automatic range, finite_minmax's), found inside the op. On
+//     CUDA: the range pass (which also zeroes the counts) and the counting
+//     pass, whose blocks fold their row's range partials; with a range, the
+//     zero fill and the counting pass (the range as kernel arguments).
+//     Returns int64 counts (rows, bins).
 // eitp::histogram_counts_many(Tensor[] xs, int bins, float[]? range) -> Tensor
 //     one histogram per tensor (all elements; automatic finite range per
 //     tensor unless range = [lo, hi]). Returns int64 counts (len(xs), bins).
@@ -89,19 +93,20 @@ HistogramParams counts_params(const CountsArgs& a, int64_t bins, bool explicit_r
   return p;
 }
 
-// ---------------------------------------------------------------- histogram_counts_auto_range
+// ---------------------------------------------------------------- histogram_counts_with_range
 
-void check_auto_range(const at::Tensor& x, int64_t bins) {
-  const char* op = "histogram_counts_auto_range";
+void check_with_range(const at::Tensor& x, int64_t bins, const std::optional<at::ArrayRef<double>>& range) {
+  const char* op = "histogram_counts_with_range";
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (rows, row_length), got ", x.dim(), "-D");
   TORCH_CHECK_TYPE(is_float_dtype(x), op, ": x must be a float tensor, got ", x.scalar_type());
   check_bins(bins, op);
+  TORCH_CHECK_VALUE(!range.has_value() || range->size() == 2, op, ": range must be [lo, hi]");
 }
 
-// The parameters of a count over the automatic range; the range itself is
-// the backend's (lo, hi null here).
-HistogramParams auto_range_params(const at::Tensor& x, int64_t bins, at::Tensor& counts) {
-  const char* op = "histogram_counts_auto_range";
+// The parameters of a count whose range is the backend's to supply (lo, hi
+// null here).
+HistogramParams with_range_params(const at::Tensor& x, int64_t bins, at::Tensor& counts) {
+  const char* op = "histogram_counts_with_range";
   HistogramParams p;
   p.x = x.data_ptr();
   p.dtype = kernel_dtype(x, op);
@@ -253,12 +258,29 @@ at::Tensor check_counts(const at::Tensor& counts) {
 
 // ---------------------------------------------------------------- backends
 
-// auto_range_scratch(rows, row_length): accumulation-dtype values that
-// counts_auto_range needs for the range.
+// range_scratch(rows, row_length, auto_range): accumulation-dtype values
+// that counts_auto_range / counts_given_range need for the range.
 struct CpuBackend : CpuDevice {
   using CpuDevice::CpuDevice;
   void counts(const HistogramParams& p) { histogram_counts_cpu(p); }
-  static int64_t auto_range_scratch(int64_t rows, int64_t) { return 2 * rows; }
+  static int64_t range_scratch(int64_t rows, int64_t, bool) { return 2 * rows; }
+  // The range (p.range_lo, p.range_hi) in every row's lo / hi slot of the
+  // scratch, then the counts (zero-filled by the caller).
+  void counts_given_range(HistogramParams p, void* scratch) {
+    if (p.dtype == DType::kFloat64) {
+      fill_range<double>(p, scratch);
+    } else {
+      fill_range<float>(p, scratch);
+    }
+    histogram_counts_cpu(p);
+  }
+  template <typename A> static void fill_range(HistogramParams& p, void* scratch) {
+    A* lo = static_cast<A*>(scratch);
+    std::fill_n(lo, p.rows, static_cast<A>(p.range_lo));
+    std::fill_n(lo + p.rows, p.rows, static_cast<A>(p.range_hi));
+    p.lo = lo;
+    p.hi = lo + p.rows;
+  }
   // finite_minmax_cpu into the scratch (lo of every row, then hi), then the
   // counts: the same two passes as the finite_minmax and histogram_counts ops.
   void counts_auto_range(HistogramParams p, void* scratch) {
@@ -337,8 +359,14 @@ at::Tensor counts_many_cuda(const at::TensorList xs_in, int64_t bins, const std:
 struct CudaBackend : CudaDevice {
   using CudaDevice::CudaDevice;
   void counts(const HistogramParams& p) { histogram_counts_cuda(p, stream); }
-  static int64_t auto_range_scratch(int64_t rows, int64_t row_length) {
-    return 2 * rows * range_blocks_per_row(row_length);
+  static int64_t range_scratch(int64_t rows, int64_t row_length, bool auto_range) {
+    return auto_range ? 2 * rows * range_blocks_per_row(row_length) : 0;
+  }
+  // One launch: the counting pass with the range as kernel arguments (the
+  // caller zero-filled the counts).
+  void counts_given_range(HistogramParams p, void*) {
+    p.range_partials_per_row = kScalarRange;
+    histogram_counts_cuda(p, stream);
   }
   // Two launches: the range pass (its partials into the scratch; it zeroes
   // the counts) and the counting pass, whose blocks fold their row's partials.
@@ -373,16 +401,29 @@ at::Tensor histogram_counts_impl(const at::Tensor& x, const std::optional<at::Te
 }
 
 template <typename Backend>
-at::Tensor histogram_counts_auto_range_impl(const at::Tensor& x_in, int64_t bins) {
+at::Tensor histogram_counts_with_range_impl(const at::Tensor& x_in, int64_t bins,
+                                           std::optional<at::ArrayRef<double>> range) {
   Backend be(x_in);
-  check_auto_range(x_in, bins);
+  check_with_range(x_in, bins, range);
   const at::Tensor x = x_in.contiguous();
-  at::Tensor counts = at::empty({x.size(0), bins}, x.options().dtype(at::kLong));
-  HistogramParams p = auto_range_params(x, bins, counts);
-  if (x.numel() == 0) return counts.zero_();  // rows of no element: nothing for the kernels to write
-  at::Tensor scratch = at::empty({Backend::auto_range_scratch(p.rows, p.row_length)},
+  // The automatic range's pass zeroes the counts itself; rows of no element
+  // have nothing for the kernels to write.
+  const bool auto_range = !range.has_value();
+  const auto counts_options = x.options().dtype(at::kLong);
+  at::Tensor counts = auto_range && x.numel() > 0 ? at::empty({x.size(0), bins}, counts_options)
+                                                  : at::zeros({x.size(0), bins}, counts_options);
+  if (x.numel() == 0) return counts;
+  HistogramParams p = with_range_params(x, bins, counts);
+  at::Tensor scratch = at::empty({Backend::range_scratch(p.rows, p.row_length, auto_range)},
                                  x.options().dtype(accumulation_dtype(x)));
-  be.counts_auto_range(p, scratch.data_ptr());
+  if (auto_range) {
+    be.counts_auto_range(p, scratch.data_ptr());
+  } else {
+    p.explicit_range = true;
+    p.range_lo = range_in_acc((*range)[0], x);
+    p.range_hi = range_in_acc((*range)[1], x);
+    be.counts_given_range(p, scratch.data_ptr());
+  }
   return counts;
 }
 
@@ -427,7 +468,7 @@ at::Tensor entropy_from_counts_impl(const at::Tensor& counts_in, std::optional<d
 template <typename Backend>
 void register_kernels(torch::Library& m) {
   m.impl("histogram_counts", &histogram_counts_impl<Backend>);
-  m.impl("histogram_counts_auto_range", &histogram_counts_auto_range_impl<Backend>);
+  m.impl("histogram_counts_with_range", &histogram_counts_with_range_impl<Backend>);
   m.impl("histogram_counts_many", &histogram_counts_many_impl<Backend>);
   m.impl("soft_histogram", &soft_histogram_impl<Backend>);
   m.impl("soft_histogram_backward", &soft_histogram_backward_impl<Backend>);
@@ -438,7 +479,7 @@ void register_kernels(torch::Library& m) {
 
 TORCH_LIBRARY_FRAGMENT(eitp, m) {
   m.def("histogram_counts(Tensor x, Tensor? lo, Tensor? hi, int bins, bool explicit_range) -> Tensor");
-  m.def("histogram_counts_auto_range(Tensor x, int bins) -> Tensor");
+  m.def("histogram_counts_with_range(Tensor x, int bins, float[]? range=None) -> Tensor");
   // cudagraph_unsafe: the CUDA impl copies a host-built table (data addresses)
   // from pinned memory that is reused after the call, so a captured graph
   // would replay a stale copy; torch.compile's CUDA graphs leave it outside.

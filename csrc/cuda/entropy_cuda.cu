@@ -3,10 +3,11 @@
 // then merges it into the row's global counts with one atomic per non-empty
 // bin. Histograms too large for shared memory count with global atomics
 // directly. The range (lo, hi) is read on the device: no host sync; with the
-// automatic range of histogram_counts_auto_range each block folds its row's
+// automatic range of histogram_counts_with_range each block folds its row's
 // range partials itself (the range pass before it also zeroed the counts),
 // so a histogram entropy is three launches: range, counts, entropy (which
-// writes the result's dtype).
+// writes the result's dtype); a given range comes as kernel arguments (zero
+// fill, counts, entropy).
 // histogram_counts_many: the same counting, one block per (tensor, chunk)
 // work item of a segment table (kernels/entropy_many.h), so a whole list of
 // tensors of any dtypes takes one range launch and one counting launch.
@@ -74,15 +75,33 @@ template <> struct Binner<uint8_t> {
   }
 };
 
-// The range of row `row` in the accumulation dtype: lo/hi are (rows,), or, with
-// partials_per_row > 0, (rows, partials_per_row) range partials
+// Where a counting block finds its row's range (HistogramParams' lo, hi,
+// range_partials_per_row, range_lo, range_hi).
+struct RowRange {
+  const void* lo;
+  const void* hi;
+  int64_t partials_per_row;
+  double lo_value, hi_value;
+};
+
+RowRange row_range_of(const HistogramParams& p) {
+  return {p.lo, p.hi, p.range_partials_per_row, p.range_lo, p.range_hi};
+}
+
+// The range of row `row` in the accumulation dtype: lo/hi are (rows,); or,
+// with partials_per_row > 0, (rows, partials_per_row) range partials
 // (finite_minmax_partials_cuda) that warp 0 folds and shares with the block
-// (a barrier: call it from every thread; partials_per_row is uniform).
+// (a barrier: call it from every thread; partials_per_row is uniform); or,
+// with kScalarRange, (lo_value, hi_value) for every row.
 template <typename A>
-__device__ __forceinline__ void row_range(const void* lo_p, const void* hi_p, int64_t partials_per_row, int64_t row,
-                                          A& lo, A& hi) {
-  const A* lo_a = static_cast<const A*>(lo_p);
-  const A* hi_a = static_cast<const A*>(hi_p);
+__device__ __forceinline__ void row_range(const RowRange& r, int64_t row, A& lo, A& hi) {
+  const int64_t partials_per_row = r.partials_per_row;
+  if (partials_per_row == kScalarRange) {
+    lo = static_cast<A>(r.lo_value), hi = static_cast<A>(r.hi_value);  // exact: values of A
+    return;
+  }
+  const A* lo_a = static_cast<const A*>(r.lo);
+  const A* hi_a = static_cast<const A*>(r.hi);
   if (partials_per_row == 0) {
     lo = lo_a[row], hi = hi_a[row];
     return;
@@ -100,14 +119,13 @@ __device__ __forceinline__ void row_range(const void* lo_p, const void* hi_p, in
 
 // Binner of row `row` (row_range's lo/hi; codes have none: lo, hi are null).
 template <typename T>
-__device__ Binner<T> row_binner(const void* lo, const void* hi, int64_t partials_per_row, int64_t row, int64_t bins,
-                                bool explicit_range) {
+__device__ Binner<T> row_binner(const RowRange& range, int64_t row, int64_t bins, bool explicit_range) {
   using A = typename Binner<T>::A;
   if constexpr (Binner<T>::kIsCode) {
     return Binner<T>(A(0), A(0), bins, explicit_range);
   } else {
     A l, h;
-    row_range<A>(lo, hi, partials_per_row, row, l, h);
+    row_range<A>(range, row, l, h);
     return Binner<T>(l, h, bins, explicit_range);
   }
 }
@@ -153,12 +171,11 @@ __device__ __forceinline__ void merge_shared_hist(const unsigned int* sh_hist, i
 // Grid = (chunks per row, rows): block (c, r) counts chunk c of row row0 + r,
 // into a shared histogram of bins + 1 slots (bins <= kSharedHistogramMaxBins).
 template <typename T>
-__global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                 const void* hi, int64_t partials_per_row, int64_t row0, int64_t bins,
-                                 bool explicit_range, unsigned long long* counts) {
+__global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, RowRange range,
+                                 int64_t row0, int64_t bins, bool explicit_range, unsigned long long* counts) {
   extern __shared__ unsigned int sh_hist[];
   const int64_t row = row0 + blockIdx.y;
-  const Binner<T> binner = row_binner<T>(lo, hi, partials_per_row, row, bins, explicit_range);
+  const Binner<T> binner = row_binner<T>(range, row, bins, explicit_range);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
   zero_shared_hist(sh_hist, bins);
@@ -168,11 +185,11 @@ __global__ void hist_rows_kernel(const T* __restrict__ x, int64_t row_length, in
 
 // The same with one global atomic per element, for histograms too large for shared memory (float input only).
 template <typename T>
-__global__ void hist_rows_global_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, const void* lo,
-                                        const void* hi, int64_t partials_per_row, int64_t row0, int64_t bins,
-                                        bool explicit_range, unsigned long long* counts) {
+__global__ void hist_rows_global_kernel(const T* __restrict__ x, int64_t row_length, int64_t chunk, RowRange range,
+                                        int64_t row0, int64_t bins, bool explicit_range,
+                                        unsigned long long* counts) {
   const int64_t row = row0 + blockIdx.y;
-  const Binner<T> binner = row_binner<T>(lo, hi, partials_per_row, row, bins, explicit_range);
+  const Binner<T> binner = row_binner<T>(range, row, bins, explicit_range);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < row_length ? begin + chunk : row_length;
   count_span(x + row * row_length, begin, end, binner, bins, counts + row * bins);
@@ -189,16 +206,16 @@ void launch_counts(const HistogramParams& p, cudaStream_t stream) {
     const int64_t rows = std::min<int64_t>(65535, p.rows - row0);
     const dim3 grid(grid_x(chunks, "histogram_counts_cuda"), grid_yz(rows, "histogram_counts_cuda"));
     const T* x = static_cast<const T*>(p.x);
-    const int64_t per_row = p.range_partials_per_row;
+    const RowRange range = row_range_of(p);
     if constexpr (Binner<T>::kIsCode) {
-      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, per_row, row0,
-                                                              p.bins, p.explicit_range, counts);
+      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, range, row0, p.bins,
+                                                              p.explicit_range, counts);
     } else if (use_shared) {
-      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, p.lo, p.hi, per_row, row0,
-                                                              p.bins, p.explicit_range, counts);
+      hist_rows_kernel<T><<<grid, kThreads, shared, stream>>>(x, p.row_length, chunk, range, row0, p.bins,
+                                                              p.explicit_range, counts);
     } else {
-      hist_rows_global_kernel<T><<<grid, kThreads, 0, stream>>>(x, p.row_length, chunk, p.lo, p.hi, per_row, row0,
-                                                                p.bins, p.explicit_range, counts);
+      hist_rows_global_kernel<T><<<grid, kThreads, 0, stream>>>(x, p.row_length, chunk, range, row0, p.bins,
+                                                                p.explicit_range, counts);
     }
   }
 }

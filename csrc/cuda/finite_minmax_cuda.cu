@@ -4,7 +4,7 @@
 // partial; then, when a row has more than one partial (P > 1),
 // finite_minmax_fold_kernel folds each row's P partials with one warp. With
 // P = 1 the partials are the outputs. The range pass of
-// histogram_counts_auto_range is the same kernel; it also zeroes the counts
+// histogram_counts_with_range is the same kernel; it also zeroes the counts
 // the counting launch after it adds to.
 #include <algorithm>
 #include <stdexcept>

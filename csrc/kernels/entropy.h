@@ -49,10 +49,15 @@ struct HistogramParams {
   int64_t bins;
   bool explicit_range;    // drop x < lo, x > hi
   int64_t* counts;        // (rows, bins), zero-filled by the caller
-  // CUDA, automatic range: > 0 when lo / hi are (rows, this many) range
-  // partials (finite_minmax_partials_cuda) whose min / max is the row's range.
+  // CUDA (histogram_counts_with_range), where each row's range comes from
+  // instead of lo / hi (rows,): > 0, lo / hi are (rows, this many) range
+  // partials (finite_minmax_partials_cuda) whose min / max is the row's range;
+  // kScalarRange, (range_lo, range_hi) for every row (lo / hi unused).
   int64_t range_partials_per_row = 0;
+  double range_lo = 0.0;  // accumulation-dtype values (exact as doubles)
+  double range_hi = 0.0;
 };
+constexpr int64_t kScalarRange = -1;
 
 struct SoftHistogramParams {
   const void* x;          // (rows, row_length), float dtypes
@@ -165,8 +170,9 @@ void histogram_counts_segments_cpu(std::vector<HistSegment>& segments, int64_t b
 
 #ifdef EITP_WITH_CUDA
 // The counting launch(es); with p.range_partials_per_row > 0 each block folds
-// its row's range partials first (histogram_counts_auto_range: the range pass
-// ran before it on `stream` and zeroed p.counts).
+// its row's range partials first (histogram_counts_with_range: the range pass
+// ran before it on `stream` and zeroed p.counts); with kScalarRange the range
+// is p.range_lo / p.range_hi.
 void histogram_counts_cuda(const HistogramParams& p, cudaStream_t stream);
 void soft_histogram_cuda(const SoftHistogramParams& p, cudaStream_t stream);
 void soft_histogram_backward_cuda(const SoftHistogramBackwardParams& p, cudaStream_t stream);

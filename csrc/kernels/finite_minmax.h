@@ -23,7 +23,7 @@ struct FiniteMinMaxParams {
   void* hi;           // (rows,)
 };
 
-// The range pass on the GPU (finite_minmax, histogram_counts_auto_range, the
+// The range pass on the GPU (finite_minmax, histogram_counts_with_range, the
 // per-tensor int8 scale): each row is reduced by at most kRangeBlocksPerRow
 // blocks, block c taking the row's chunks c, c + P, c + 2P, ... of
 // kRangeChunk elements (P = range_blocks_per_row), and each block *writes*

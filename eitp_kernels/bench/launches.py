@@ -104,12 +104,15 @@ def _finite_minmax(event) -> list[str]:
     return ["range_partials_kernel"] * _slices(shape[0]) + fold
 
 
-def _counts_auto_range(event) -> list[str]:
-    # CudaBackend::counts_auto_range: the range pass (which zeroes the counts), the counting pass.
+def _counts_with_range(event) -> list[str]:
+    # CudaBackend::counts_auto_range: the range pass (which zeroes the counts), the counting
+    # pass; counts_given_range: the counting pass (the binding's zero fill is an aten op).
     shape = _shape(event, 0)
     if len(shape) != 2 or shape[0] * shape[1] == 0:
         return []
-    return ["range_partials_kernel"] * _slices(shape[0]) + ["hist_rows_kernel"] * _slices(shape[0])
+    auto_range = event.concrete_inputs[2] is None if len(event.concrete_inputs) > 2 else True
+    range_pass = ["range_partials_kernel"] * _slices(shape[0]) if auto_range else []
+    return range_pass + ["hist_rows_kernel"] * _slices(shape[0])
 
 
 def _entropy_from_counts(event) -> list[str]:
@@ -175,7 +178,7 @@ CUDA_ONLY: dict[str, Callable] = {
     "eitp::coherence_backward": _coherence_backward,
     "eitp::finite_minmax": _finite_minmax,
     "eitp::histogram_counts": _rows_kernel("hist_rows_kernel"),
-    "eitp::histogram_counts_auto_range": _counts_auto_range,
+    "eitp::histogram_counts_with_range": _counts_with_range,
     "eitp::histogram_counts_many": _counts_many,
     "eitp::soft_histogram": _rows_kernel("soft_hist_kernel"),
     "eitp::soft_histogram_backward": _rows_kernel("soft_backward_kernel", arg=1),

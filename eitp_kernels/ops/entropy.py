@@ -137,8 +137,9 @@ def histogram_entropy(
         return _entropy_one_call(backend, rows, bins, rng, log_base).reshape(batch)
     if is_code:
         counts = _counts_rows(backend, rows, None, None, bins, False)
-    elif rng is None and process_group is None and backend in _COUNTS_AUTO_RANGE:
-        counts = _COUNTS_AUTO_RANGE[backend](rows, bins)  # the range found inside the op
+    elif process_group is None and backend in _COUNTS_WITH_RANGE and not _validation.range_has_tensor(rng):
+        # the range given as numbers, or found inside the op
+        counts = _COUNTS_WITH_RANGE[backend](rows, bins, None if rng is None else [float(v) for v in rng])
     else:
         lo, hi = _range_rows(backend, rows, rng, process_group)
         counts = _counts_rows(backend, rows, lo, hi, bins, rng is not None)
@@ -387,11 +388,12 @@ _ENTROPY = {"reference": _entropy_torch, "cpp": _op("eitp", "entropy_from_counts
             "cuda": _op("eitp", "entropy_from_counts"), "triton": _op("eitp_triton", "entropy_from_counts")}
 # The whole call in one op (range, counts, entropy; no process group), where a backend has it.
 _ENTROPY_ROWS = {"triton": _op("eitp_triton", "histogram_entropy_rows")}
-# The compiled ops that take the result's dtype, and that count over the
-# automatic range themselves (a GPU call: range, counts, entropy launches).
+# The ops that take the result's dtype, and the compiled ones that count over
+# a range given as numbers or found inside the op (a GPU call: range pass or
+# zero fill, counts, entropy).
 _ENTROPY_AS_DTYPE = {"cpp": _ENTROPY["cpp"], "cuda": _ENTROPY["cuda"], "triton": _ENTROPY["triton"]}
-_COUNTS_AUTO_RANGE = {"cpp": _op("eitp", "histogram_counts_auto_range"),
-                      "cuda": _op("eitp", "histogram_counts_auto_range")}
+_COUNTS_WITH_RANGE = {"cpp": _op("eitp", "histogram_counts_with_range"),
+                      "cuda": _op("eitp", "histogram_counts_with_range")}
 
 
 # --------------------------------------------------------------------------
@@ -403,7 +405,7 @@ def _counts_fake(x, lo, hi, bins, explicit_range):
     return x.new_empty((x.shape[0], bins), dtype=torch.int64)
 
 
-def _counts_auto_range_fake(x, bins):
+def _counts_with_range_fake(x, bins, range=None):
     return x.new_empty((x.shape[0], bins), dtype=torch.int64)
 
 
@@ -441,7 +443,7 @@ def _soft_histogram_backward(ops, ctx, grad_counts):
 
 
 _registration.register("histogram_counts", "entropy.histogram_counts", _counts_fake)
-_registration.register("histogram_counts_auto_range", None, _counts_auto_range_fake)  # no Triton twin
+_registration.register("histogram_counts_with_range", None, _counts_with_range_fake)  # no Triton twin
 # cudagraph_unsafe (as the compiled op's schema): the launcher copies a segment
 # table built on the host from pinned memory reused after the call.
 _registration.register("histogram_counts_many", "entropy.histogram_counts_many", _counts_many_fake,
