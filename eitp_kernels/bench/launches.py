@@ -173,6 +173,11 @@ def _coherence_backward(event) -> list[str]:
     return ["standardize_kernel", "backward_epilogue_kernel"] * _coherence_sides(event)
 
 
+def _cpu_only(event) -> list[str]:
+    # an op with a CPU kernel only (no CUDA implementation): no GPU path calls it
+    raise KeyError(f"count_launches: {event.name} has no CUDA implementation; a cuda-path call cannot reach it")
+
+
 CUDA_ONLY: dict[str, Callable] = {
     "eitp::coherence_forward": _coherence_forward,
     "eitp::coherence_backward": _coherence_backward,
@@ -187,6 +192,7 @@ CUDA_ONLY: dict[str, Callable] = {
     "eitp::fake_quant_int8_rows": _quant_rows,
     "eitp::dequantize_int8_rows": _rows_kernel("dequant_kernel"),
     "eitp::fake_quant_int8_rows_backward": _rows_kernel("backward_kernel", arg=1),
+    "eitp::int8_linear_rows": _cpu_only,  # csrc/bindings/int8_linear.cpp: CPU (AVX-512 VNNI) only
 }
 
 
