@@ -33,6 +33,11 @@ TRITON_PACKAGE = "eitp_kernels.triton"
 # (name, launcher path, fake, tags, autograd) of the Triton twins registered and not yet defined.
 _pending_triton_ops: list[tuple] = []
 _triton_defined = [False]  # whether define_triton_ops ran (later registrations define at once)
+# What _backends.op_caller reads to skip dispatch layers in plain eager calls: each defined
+# eitp_triton:: op's launcher (by name), and the ops whose autograd formula is Python
+# ("namespace::name": their Autograd kernel is torch.library's, a Python function).
+triton_launchers: dict[str, Callable] = {}
+python_autograd: set[str] = set()
 
 
 def register(name: str, launcher: str | None, fake: Callable, *,
@@ -97,6 +102,7 @@ def _register_autograd(namespace: str, name: str, autograd) -> None:
     if autograd is None:
         return
     setup_context, backward = autograd
+    python_autograd.add(f"{namespace}::{name}")
     ops = getattr(torch.ops, namespace)  # resolved at backward time: the backward op may be registered later
     torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ops),
                                     setup_context=setup_context)
@@ -127,6 +133,7 @@ def _define_triton_op(name: str, launcher: Callable, fake: Callable, tags: tuple
 
         op = torch.library.custom_op(qualname, run, mutates_args=(), schema=schema, tags=tags)
     op.register_fake(fake)  # the explicit fake in both cases (a triton_op's default is its traced body)
+    triton_launchers[name] = launcher
 
 
 def _direct_launches() -> Callable:

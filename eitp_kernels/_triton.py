@@ -6,7 +6,9 @@ modules import without Triton.
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 
 try:
     import triton
@@ -144,6 +146,29 @@ def div_fast(a, dn, r):
     return fma_rn(res, r, q0)
 
 
+# Host-side twins of triton.cdiv and triton.next_power_of_2 for the launchers: Triton's are
+# constexpr functions, whose call wraps and unwraps every argument (1.9 us a call against
+# 0.03 us here, timeit on this machine; the Triton histogram launcher made five such calls).
+# The same arithmetic, so symbolic sizes (torch.compile, dynamic shapes) trace alike.
+def cdiv(x, y):
+    """ceil(x / y) for positive integers."""
+    return (x + y - 1) // y
+
+
+def next_power_of_2(n):
+    """The smallest power of 2 >= n (n >= 1)."""
+    n -= 1
+    n |= n >> 1
+    n |= n >> 2
+    n |= n >> 4
+    n |= n >> 8
+    n |= n >> 16
+    n |= n >> 32
+    return n + 1
+
+
+# Once per divisor (a number of bins): numpy's scalar arithmetic is 5 us a call.
+@functools.lru_cache(maxsize=64)
 def div_constants(d: float) -> tuple[float, float, float]:
     """:func:`div_setup`'s (s, dn, r) for a divisor known on the host (float32 d, finite, nonzero),
     to pass to a kernel as arguments: s a power of two, dn = d * s in [1, 2) (the float32
@@ -203,15 +228,43 @@ MAX_GRID = (2**31 - 1, 65535, 65535)
 launch_observers: list = []
 
 
-def check_grid(kernel_name: str, grid) -> tuple:
-    """The grid as a tuple, or ValueError when an axis is past CUDA's limit. Symbolic sizes
-    (torch.compile with dynamic shapes) pass unchecked: comparing them would specialise them."""
+def kernel_name(kernel) -> str:
+    """A kernel's name (a JIT function's, or a stand-in's ``__name__``)."""
+    return getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
+
+
+def check_grid(kernel, grid) -> tuple:
+    """The grid as a tuple, or ValueError (naming ``kernel``: a kernel or its name) when an axis
+    is past CUDA's limit. Symbolic sizes (torch.compile with dynamic shapes) pass unchecked:
+    comparing them would specialise them."""
     grid = tuple(grid)
     for axis, (size, limit) in enumerate(zip(grid, MAX_GRID)):
         if isinstance(size, int) and size > limit:
-            raise ValueError(f"{kernel_name}: launch grid {grid} has {size} programs on axis {axis}; CUDA allows at "
+            name = kernel if isinstance(kernel, str) else kernel_name(kernel)
+            raise ValueError(f"{name}: launch grid {grid} has {size} programs on axis {axis}; CUDA allows at "
                              f"most {limit} (the input is too large for one launch of this kernel)")
     return grid
+
+
+class _DirectLaunches(threading.local):
+    on = False  # inside run_direct on this thread
+
+
+_direct = _DirectLaunches()
+
+
+def run_direct(launcher, args: tuple):
+    """``launcher(*args)`` called outside its Triton op, in plain eager mode
+    (``_backends.op_caller`` decides when: no tracing, no modes, no gradient):
+    its JIT kernels launch as they are, as inside the op's eager body, without
+    the custom-op dispatch around it."""
+    if _direct.on:
+        return launcher(*args)
+    _direct.on = True
+    try:
+        return launcher(*args)
+    finally:
+        _direct.on = False
 
 
 def launch(kernel, grid, *args, **meta):
@@ -220,20 +273,22 @@ def launch(kernel, grid, *args, **meta):
     Triton launches on the *current* CUDA device; a tensor on another device
     would be an illegal address there, so the launch runs under
     ``torch.cuda.device(tensor.device)`` (the CUDA backend's CUDAGuard).
-    Every launch is inside a Triton op (eitp_kernels._registration): a JIT
+    Every launch is inside a Triton op (eitp_kernels._registration) or its
+    launcher called directly in plain eager mode (:func:`run_direct`): a JIT
     kernel goes through ``torch.library.wrap_triton``, so that torch.compile,
     tracing a ``triton_op``, records the kernel (outside tracing it is the
-    kernel itself); an interpreted kernel, or a test's stand-in, runs as given.
+    kernel itself; under run_direct the kernel is launched as it is); an
+    interpreted kernel, or a test's stand-in, runs as given.
     """
     import torch
 
-    name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
-    grid = check_grid(name, grid)
+    grid = check_grid(kernel, grid)
     for observer in launch_observers:
         if observer(kernel, grid, args, meta):
             return
-    is_jit = triton is not None and isinstance(kernel, triton.runtime.jit.JITFunction)
-    runner = torch.library.wrap_triton(kernel) if is_jit else kernel
+    runner = kernel
+    if not _direct.on and triton is not None and isinstance(kernel, triton.runtime.jit.JITFunction):
+        runner = torch.library.wrap_triton(kernel)
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
     if device is not None and device.type == "cuda":
         with torch.cuda.device(device):

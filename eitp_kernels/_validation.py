@@ -70,6 +70,10 @@ def check_process_group(op: str, process_group) -> None:
 
 def check_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
     """A Python int (not bool) >= minimum."""
+    if type(value) is int:  # the common case, without the ABC check below (1.5 us of a 20 us call)
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
     if minimum is not None and value < minimum:
@@ -79,7 +83,7 @@ def check_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
 
 def check_float(op: str, name: str, value, *, positive: bool = False, non_negative: bool = False) -> float:
     """A finite real Python number (ints allowed), optionally > 0 or >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
     value = float(value)
     # a comparison, not math.isfinite: under torch.compile(dynamic=True) dynamo turns

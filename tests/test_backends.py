@@ -286,3 +286,93 @@ def test_direct_launch_switch_falls_back_where_torch_lacks_it(monkeypatch):
     assert torch_triton.is_wrap_triton_enabled()
     monkeypatch.delattr(torch_triton, "set_wrap_triton_enabled")
     assert _registration._direct_launches() is contextlib.nullcontext
+
+
+# ---------------------------------------------------------------- op_caller's plain-eager shortcut
+
+
+def _dispatched_ops(fn) -> list[str]:
+    """The eitp ops a call sends through the dispatcher (a dispatch mode sees them)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return [name for name in seen if name.startswith("eitp")]
+
+
+def test_plain_eager_is_recognised_and_everything_else_is_not():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x = torch.randn(8)
+    assert _backends._plain_eager((x, None, 3, [x, x]))
+    assert not _backends._plain_eager((x.clone().requires_grad_(),))
+    assert not _backends._plain_eager(([x, x.clone().requires_grad_()],))
+    with torch.no_grad():
+        assert _backends._plain_eager((x.clone().requires_grad_(),))
+    assert not _backends._plain_eager((torch.nn.Parameter(x),))  # a subclass
+    with TorchDispatchMode():
+        assert not _backends._plain_eager((x,))
+    with torch.overrides.TorchFunctionMode():
+        assert not _backends._plain_eager((x,))
+    assert torch.func.vmap(lambda t: torch.tensor(float(not _backends._plain_eager((t,)))) + t * 0)(x).all()
+
+
+def test_compiled_op_with_python_autograd_skips_it_only_without_a_gradient():
+    from eitp_kernels import _registration
+
+    assert "eitp::fake_quant_int8_rows" in _registration.python_autograd
+    x = torch.randn(4, 6)
+    with eitp_kernels.use_backend("cpp"):
+        plain = eitp_kernels.fake_quant_int8(x, granularity="channel")
+        xg = x.clone().requires_grad_()
+        out = eitp_kernels.fake_quant_int8(xg, granularity="channel")
+    assert torch.equal(plain, out.detach()) and out.grad_fn is not None
+    (grad,) = torch.autograd.grad(out.sum(), xg)
+    assert grad.shape == x.shape
+    # the same op is dispatched either way (the shortcut only skips the Autograd layer)
+    assert _dispatched_ops(lambda: eitp_kernels.fake_quant_int8(x, granularity="channel")) == \
+        ["eitp.fake_quant_int8_rows.default"]
+
+
+def _triton_missing() -> bool:
+    from eitp_kernels import _registration
+
+    return not _registration.triton_installed()
+
+
+@pytest.mark.skipif(_triton_missing(), reason="needs triton")
+def test_triton_op_calls_its_launcher_in_plain_eager_and_the_op_otherwise():
+    from eitp_kernels import _triton
+    from eitp_kernels.bench import launches
+
+    x = torch.randn(64)
+    launched = []  # (kernel, whether it was launched by the launcher called directly)
+
+    def take_over(kernel, grid, args, meta):
+        launched.append((_triton.kernel_name(kernel), _triton._direct.on))
+        return True
+
+    def launches_of(fn):
+        launched.clear()
+        fn()
+        return list(launched)
+
+    with launches.forced_backend("triton"):
+        _triton.launch_observers.append(take_over)
+        try:
+            plain = launches_of(lambda: eitp_kernels.finite_minmax(x))
+            moded = launches_of(lambda: _dispatched_ops(lambda: eitp_kernels.finite_minmax(x)))
+            dispatched = _dispatched_ops(lambda: eitp_kernels.finite_minmax(x))
+        finally:
+            _triton.launch_observers.remove(take_over)
+    names = [name for name, _ in plain]
+    assert names and all(direct for _, direct in plain)
+    assert moded == [(name, False) for name in names]  # under a dispatch mode the op is dispatched as before
+    assert dispatched == ["eitp_triton.finite_minmax.default"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout
-from eitp_kernels._triton import acc_tl, exact_div, launch, tl, triton, triton_jit
+from eitp_kernels._triton import acc_tl, cdiv, exact_div, launch, tl, triton_jit
 
 GRAM, BLOCKS, PRODUCT = 0, 1, 2  # eitp_kernels.ops.coherence.plan
 RAW_MEAN_LIMIT = tl.constexpr(2.0)  # csrc/kernels/coherence.h, kRawMeanLimit
@@ -440,17 +440,17 @@ def _column_stats(xa, ya, self_corr, eps):
     dp = 0 if self_corr else ya.shape[1]
     acc = xa.dtype
     # chunks of _STATS_ROWS rows, or more where that would make over _MAX_CHUNKS partials per column
-    chunk_rows = triton.cdiv(max(_STATS_ROWS, triton.cdiv(n, _MAX_CHUNKS)), _BLOCK_N) * _BLOCK_N
-    chunks = triton.cdiv(n, chunk_rows)
-    x_blocks = triton.cdiv(d, _BLOCK_D)
-    col_blocks = x_blocks + triton.cdiv(dp, _BLOCK_D)
+    chunk_rows = cdiv(max(_STATS_ROWS, cdiv(n, _MAX_CHUNKS)), _BLOCK_N) * _BLOCK_N
+    chunks = cdiv(n, chunk_rows)
+    x_blocks = cdiv(d, _BLOCK_D)
+    col_blocks = x_blocks + cdiv(dp, _BLOCK_D)
     part = torch.empty((chunks, d + dp, 4), dtype=torch.float64, device=xa.device)
     launch(_stats_partial_kernel, (col_blocks * chunks,), xa, ya, part, n, d, dp, x_blocks, col_blocks, chunk_rows,
            BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
     mean_x, rstd_x = torch.empty(d, dtype=acc, device=xa.device), torch.empty(d, dtype=acc, device=xa.device)
     mean_y, rstd_y = torch.empty(dp, dtype=acc, device=xa.device), torch.empty(dp, dtype=acc, device=xa.device)
     raw_ok = torch.empty(d + dp, dtype=torch.int32, device=xa.device)
-    launch(_stats_finalize_kernel, (triton.cdiv(d + dp, _LOSS_BLOCK),), xa, ya, part, mean_x, rstd_x, mean_y,
+    launch(_stats_finalize_kernel, (cdiv(d + dp, _LOSS_BLOCK),), xa, ya, part, mean_x, rstd_x, mean_y,
            rstd_y, raw_ok, n, d, dp, d + dp, chunks, float(eps), ACC=acc_tl(acc), BLOCK=_LOSS_BLOCK)
     return mean_x, rstd_x, mean_y, rstd_y, raw_ok
 
@@ -458,8 +458,8 @@ def _column_stats(xa, ya, self_corr, eps):
 def _standardize(xa, mean, rstd):
     n, d = xa.shape
     z = torch.empty_like(xa)
-    col_blocks = triton.cdiv(d, _BLOCK_D)
-    launch(_standardize_kernel, (triton.cdiv(n, _BLOCK_N) * col_blocks,), xa, mean, rstd, z, n, d, col_blocks,
+    col_blocks = cdiv(d, _BLOCK_D)
+    launch(_standardize_kernel, (cdiv(n, _BLOCK_N) * col_blocks,), xa, mean, rstd, z, n, d, col_blocks,
            BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
     return z
 
@@ -486,15 +486,15 @@ def _loss_from_products(xa, ya, stats, a, b, squared, path):
     self_corr = mean_y.numel() == 0
     my, ry = (mean_x, rstd_x) if self_corr else (mean_y, rstd_y)
     ok_y = raw_ok if self_corr else raw_ok[d:]
-    tiles_c = triton.cdiv(dp, _TILE)
+    tiles_c = cdiv(dp, _TILE)
     panel_rows = d if path == PRODUCT else min(d, _PANEL_ROWS)
-    partials = torch.empty((triton.cdiv(d, _TILE) * tiles_c, 2), dtype=torch.float64, device=xa.device)
+    partials = torch.empty((cdiv(d, _TILE) * tiles_c, 2), dtype=torch.float64, device=xa.device)
     product = torch.empty((panel_rows, dp), dtype=xa.dtype, device=xa.device)
     for row0 in range(0, d, panel_rows):
         rows = min(panel_rows, d - row0)
         panel = product[:rows]
         torch.mm(xa[:, row0:row0 + rows].t(), ya, out=panel)
-        tiles = triton.cdiv(rows, _TILE) * tiles_c
+        tiles = cdiv(rows, _TILE) * tiles_c
         launch(_reduce_kernel, (tiles,), panel, xa, ya, mean_x, rstd_x, my, ry, raw_ok, ok_y, partials,
                n, d, dp, row0, rows, tiles_c, (row0 // _TILE) * tiles_c,
                ACC=acc_tl(xa.dtype), BLOCK=_TILE, BLOCK_N=_TILE)
@@ -528,7 +528,7 @@ def _backward_gram(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rstd_y
     out = []
     for z, zp, rstd in sides:
         w = torch.mm(torch.mm(zp, zp.t()), z)  # Zp (Zp^T Z) by the N x N association
-        launch(_backward_epilogue_kernel, (triton.cdiv(z.shape[1], _BLOCK_D),), z, zp, w, rstd, grad, loss,
+        launch(_backward_epilogue_kernel, (cdiv(z.shape[1], _BLOCK_D),), z, zp, w, rstd, grad, loss,
                n, z.shape[1], zp.shape[1], m_diag, float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr,
                ACC=acc_tl(z.dtype), BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
         out.append(w)
@@ -539,7 +539,7 @@ def _backward_product(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rst
     n, d = xa.shape
     dp = ya.shape[1]
     my, ry = (mean_x, rstd_x) if self_corr else (mean_y, rstd_y)
-    tiles_r, tiles_c = triton.cdiv(d, _TILE), triton.cdiv(dp, _TILE)
+    tiles_r, tiles_c = cdiv(d, _TILE), cdiv(dp, _TILE)
     m = torch.empty_like(product)
     row_sq = torch.empty((tiles_c, d), dtype=torch.float64, device=xa.device)
     col_sq = torch.empty((0 if self_corr else tiles_r, dp), dtype=torch.float64, device=xa.device)
@@ -549,9 +549,9 @@ def _backward_product(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rst
            BLOCK=_TILE)
     cx, ox = torch.empty_like(xa), torch.empty_like(xa)
     cy, oy = (cx, ox) if self_corr else (torch.empty_like(ya), torch.empty_like(ya))
-    x_blocks = triton.cdiv(d, _BLOCK_D)
-    col_blocks = x_blocks + (0 if self_corr else triton.cdiv(dp, _BLOCK_D))
-    launch(_center_kernel, (col_blocks * triton.cdiv(n, _BLOCK_N),), xa, ya, product, mean_x, rstd_x, my,
+    x_blocks = cdiv(d, _BLOCK_D)
+    col_blocks = x_blocks + (0 if self_corr else cdiv(dp, _BLOCK_D))
+    launch(_center_kernel, (col_blocks * cdiv(n, _BLOCK_N),), xa, ya, product, mean_x, rstd_x, my,
            ry, grad, loss, row_sq, col_sq, cx, cy, ox, oy, n, d, dp, min(d, dp), x_blocks, col_blocks, tiles_r,
            tiles_c,
            float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr, ACC=acc, BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)

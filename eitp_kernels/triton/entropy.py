@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout, _validation
-from eitp_kernels._triton import (acc_tl, div_constants, div_fast, div_rn_by_count, div_setup, exact_div, fma_rn,
-                                  launch, tl, triton, triton_jit)
+from eitp_kernels._triton import (acc_tl, cdiv, div_constants, div_fast, div_rn_by_count, div_setup, exact_div, fma_rn,
+                                  launch, next_power_of_2, tl, triton_jit)
 from eitp_kernels.triton import finite_minmax
 
 # The block-local histogram holds next_power_of_2(bins) int32 counters per
@@ -239,12 +239,12 @@ def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) ->
     # once-per-program work, about 200 instructions on sm_90, spread over 64-256 elements
     # per thread); short spans (many of them) in one tile each, on fewer warps.
     per_thread = _TILE_BYTES // dtype.itemsize
-    chunk = max(16, triton.next_power_of_2(max_span))
+    chunk = max(16, next_power_of_2(max_span))
     chunk = min(chunk, 8 * 32 * per_thread if local else 4096)
     return dict(
         EXPLICIT=explicit, IS_CODE=dtype in _validation.CODE_DTYPES, CODE_OFFSET=128 if dtype == torch.int8 else 0,
         ACC=acc_tl(acc), IS_F64=acc == torch.float64,
-        BINS=bins, NB=triton.next_power_of_2(bins + 2), LOCAL_HIST=local, CHUNK=chunk,
+        BINS=bins, NB=next_power_of_2(bins + 2), LOCAL_HIST=local, CHUNK=chunk,
         num_warps=min(8, max(1, chunk // (32 * per_thread))) if local else 4,
     )
 
@@ -268,7 +268,7 @@ def _launch_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | 
     meta = _count_meta(x.dtype, bins, explicit_range, row_length)
     if meta["IS_CODE"]:
         lo = hi = counts  # unused
-    chunks = triton.cdiv(row_length, meta["CHUNK"])
+    chunks = cdiv(row_length, meta["CHUNK"])
     # (the allocator aligns storages to 16 bytes or more: an even offset is a 4-byte aligned bf16 pair)
     pairs = x.dtype == torch.bfloat16 and row_length % 2 == 0 and x.storage_offset() % 2 == 0
     launch(_histogram_counts_kernel, (n_rows * chunks,), x, counts, counts, counts, lo, hi, counts, row_length, chunks,
@@ -442,9 +442,9 @@ def soft_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: in
     if x.numel() == 0:
         return counts
     acc = _layout.compute_dtype(x.dtype)
-    block = min(1024, max(16, triton.next_power_of_2(row_length)))
-    chunk = min(8192, max(block, triton.next_power_of_2(row_length)))
-    chunks = triton.cdiv(row_length, chunk)
+    block = min(1024, max(16, next_power_of_2(row_length)))
+    chunk = min(8192, max(block, next_power_of_2(row_length)))
+    chunks = cdiv(row_length, chunk)
     launch(_soft_histogram_kernel, (n_rows * chunks,), x, lo, hi, counts, row_length, chunks, bins,
            EXPLICIT=explicit_range, ACC=acc_tl(acc),
            IS_F64=acc == torch.float64, CHUNK=chunk, BLOCK=block)
@@ -458,8 +458,8 @@ def soft_histogram_backward(grad_counts: torch.Tensor, x: torch.Tensor, lo: torc
     grad = torch.empty(x.shape, dtype=acc, device=x.device)
     if x.numel() == 0:
         return grad
-    block = min(1024, max(16, triton.next_power_of_2(row_length)))
-    blocks = triton.cdiv(row_length, block)
+    block = min(1024, max(16, next_power_of_2(row_length)))
+    blocks = cdiv(row_length, block)
     launch(_soft_histogram_backward_kernel, (n_rows * blocks,), x, lo, hi,
            grad_counts.to(torch.float64).contiguous(), grad, row_length, blocks, bins,
            EXPLICIT=explicit_range, ACC=acc_tl(acc), IS_F64=acc == torch.float64,
@@ -590,7 +590,7 @@ def _launch_entropy(counts: torch.Tensor, out: torch.Tensor, log_base: float | N
     rows, bins = counts.shape
     if rows > 0:
         launch(_entropy_from_counts_kernel, (rows,), counts, out, bins, 1.0 if log_base is None else log_base,
-               HAS_BASE=log_base is not None, BLOCK=min(1024, triton.next_power_of_2(max(bins, 16))))
+               HAS_BASE=log_base is not None, BLOCK=min(1024, next_power_of_2(max(bins, 16))))
 
 
 # ---- one call: range, counts and entropy in three launches
@@ -633,8 +633,8 @@ def _range_parts(row_length: int, bins: int) -> tuple[int, int]:
     """(parts, chunk) of each row's range pass: chunks of _RANGE_CHUNK elements, longer (a multiple of
     the block) where a row would have more than _MAX_RANGE_PARTS (every counting program folds its
     row's partials); more parts, some empty, where each would zero more than _ZERO_PER_PART bins."""
-    chunk = max(_RANGE_CHUNK, triton.cdiv(triton.cdiv(row_length, _MAX_RANGE_PARTS), _RANGE_BLOCK) * _RANGE_BLOCK)
-    return max(1, triton.cdiv(row_length, chunk), triton.cdiv(bins, _ZERO_PER_PART)), chunk
+    chunk = max(_RANGE_CHUNK, cdiv(cdiv(row_length, _MAX_RANGE_PARTS), _RANGE_BLOCK) * _RANGE_BLOCK)
+    return max(1, cdiv(row_length, chunk), cdiv(bins, _ZERO_PER_PART)), chunk
 
 
 def histogram_entropy_rows(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
@@ -656,7 +656,7 @@ def histogram_entropy_rows(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.T
         lo = torch.empty((n_rows, parts), dtype=acc, device=x.device)
         hi = torch.empty_like(lo)
         launch(_range_partials_zero_kernel, (n_rows * parts,), x, lo, hi, counts, row_length, parts, chunk, bins,
-               triton.cdiv(bins, parts), ACC=acc_tl(acc), BLOCK=_RANGE_BLOCK, ZERO_BLOCK=_ZERO_BLOCK)
+               cdiv(bins, parts), ACC=acc_tl(acc), BLOCK=_RANGE_BLOCK, ZERO_BLOCK=_ZERO_BLOCK)
     else:
         counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
     _launch_counts(x, lo, hi, parts, counts, explicit_range)

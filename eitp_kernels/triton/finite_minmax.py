@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout
-from eitp_kernels._triton import acc_tl, launch, tl, triton, triton_jit
+from eitp_kernels._triton import acc_tl, cdiv, launch, next_power_of_2, tl, triton_jit
 
 
 @triton_jit
@@ -85,7 +85,7 @@ def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, row_length = x.shape
     # 2048 elements a block: 16 a thread, all loads of a block issued before the first is used
     block, chunk = 2048, 16384
-    chunks = max(1, triton.cdiv(row_length, chunk))
+    chunks = max(1, cdiv(row_length, chunk))
     acc = _layout.compute_dtype(x.dtype)
     lo = torch.empty((rows, chunks), dtype=acc, device=x.device)
     hi = torch.empty_like(lo)
@@ -98,5 +98,5 @@ def finite_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     row_hi = torch.empty_like(row_lo)
     if rows > 0:
         launch(_finite_minmax_fold_kernel, (rows,), lo, hi, row_lo, row_hi, chunks, ACC=acc_tl(acc),
-               BLOCK=min(1024, triton.next_power_of_2(chunks)))
+               BLOCK=min(1024, next_power_of_2(chunks)))
     return row_lo, row_hi

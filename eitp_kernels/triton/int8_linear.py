@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from eitp_kernels._triton import launch, tl, triton, triton_jit
+from eitp_kernels._triton import cdiv, launch, next_power_of_2, tl, triton_jit
 
 MAX_ROWS = 16
 # Elements of the (BLOCK_M, BLOCK_N, BLOCK_K) product each program holds per step (32 per thread at 4 warps).
@@ -81,7 +81,7 @@ def _blocks(m: int) -> tuple[int, int, int]:
     programs: 512 at n = 4096, several per multiprocessor) and BLOCK_K so that
     BLOCK_M * BLOCK_N * BLOCK_K = _PRODUCT_BLOCK (512 codes per weight row and
     step for one row, 32 for 16 rows)."""
-    block_m = triton.next_power_of_2(max(m, 1))
+    block_m = next_power_of_2(max(m, 1))
     block_n = 8
     return block_m, block_n, _PRODUCT_BLOCK // (block_m * block_n)
 
@@ -101,7 +101,7 @@ def int8_weight_only_linear(x: torch.Tensor, weight_int8: torch.Tensor, weight_s
     has_bias = bias is not None
     bias_arg = bias.contiguous() if has_bias else scale
     block_m, block_n, block_k = _blocks(m)
-    launch(_weight_only_kernel, (triton.cdiv(n, block_n),), x, weight_int8, scale, bias_arg, out, m, n, k,
+    launch(_weight_only_kernel, (cdiv(n, block_n),), x, weight_int8, scale, bias_arg, out, m, n, k,
            HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
@@ -150,8 +150,8 @@ def int8_linear_rescale(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale
     row_scale, weight_scale = row_scale.reshape(-1).contiguous(), weight_scale.contiguous()
     affine = zero_point is not None
     has_bias = bias is not None
-    block = min(1024, triton.next_power_of_2(n))
-    col_blocks = triton.cdiv(n, block)
+    block = min(1024, next_power_of_2(n))
+    col_blocks = cdiv(n, block)
     launch(_rescale_kernel, (m * col_blocks,), acc, row_scale, weight_scale,
            bias.contiguous() if has_bias else weight_scale, code_sums.contiguous() if affine else acc,
            zero_point.reshape(1).contiguous() if affine else acc, out, n, col_blocks,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from eitp_kernels import _layout
-from eitp_kernels._triton import (div_constants, div_fast, div_rn_by_count, div_setup, exact_div, launch, tl,
-                                  triton, triton_jit)
+from eitp_kernels._triton import (cdiv, div_constants, div_fast, div_rn_by_count, div_setup, exact_div, launch,
+                                  next_power_of_2, tl, triton_jit)
 
 
 @triton_jit
@@ -396,9 +396,9 @@ def _quant_row_tile_kernel(
 def _blocks(row_length: int, max_block: int = 1024) -> tuple[int, int, int]:
     """(BLOCK, chunk, chunks) for a row of row_length elements: chunks of up to 16 blocks, no
     more blocks than the row has."""
-    block = min(max_block, max(16, triton.next_power_of_2(max(row_length, 1))))
-    chunk = block * min(16, max(1, triton.cdiv(row_length, block)))
-    return block, chunk, max(1, triton.cdiv(row_length, chunk))
+    block = min(max_block, max(16, next_power_of_2(max(row_length, 1))))
+    chunk = block * min(16, max(1, cdiv(row_length, block)))
+    return block, chunk, max(1, cdiv(row_length, chunk))
 
 
 def _tile_warps(tile: int) -> int:
@@ -438,7 +438,7 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
         s = torch.empty((rows,), dtype=torch.float32, device=x.device)
         zp = torch.empty((rows,), dtype=torch.int32, device=x.device)
         if rows > 0:
-            tile = max(16, triton.next_power_of_2(row_length))
+            tile = max(16, next_power_of_2(row_length))
             launch(_quant_row_tile_kernel, (rows,), x, result, result, s, zp, row_length,
                    *div_constants(127.0 if symmetric else 255.0), SYMMETRIC=symmetric, FAKE=fake, IS_F64=is_fp64,
                    BLOCK=tile, num_warps=_tile_warps(tile))
@@ -456,7 +456,7 @@ def _quantize_rows(x, scale, zero_point, symmetric, fake):
             launch(_range_partials_kernel, (rows * chunks,), x, lo, hi, row_length, chunks, chunk,
                    SYMMETRIC=symmetric, IS_F64=is_fp64, BLOCK=block)
             launch(_params_from_partials_kernel, (rows,), lo, hi, s, zp, chunks, SYMMETRIC=symmetric,
-                   BLOCK=min(1024, triton.next_power_of_2(chunks)))
+                   BLOCK=min(1024, next_power_of_2(chunks)))
         static = True
     else:
         s = torch.empty((rows,), dtype=torch.float32, device=x.device)
