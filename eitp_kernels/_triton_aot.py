@@ -145,6 +145,9 @@ def op_calls():
                 lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.histogram_counts(x, lo, hi, b, e))
             add(f"entropy in one call {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit:
                 entropy.histogram_entropy_rows(x, lo if e else None, hi if e else None, b, e, None))
+            if explicit:
+                add(f"entropy in one call, range as numbers {tag}", lambda x=x, b=bins:
+                    entropy.histogram_entropy_rows(x, None, None, b, True, None, [-1.0, 1.0]))
             add(f"soft {tag}",
                 lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.soft_histogram(x, lo, hi, b, e))
             add(f"soft backward {tag}", lambda x=x, lo=lo, hi=hi, b=bins, e=explicit: entropy.soft_histogram_backward(

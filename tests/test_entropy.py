@@ -366,7 +366,7 @@ def _three_ops_entropy(rows, bins, lo, hi, explicit, log_base):
 
 @pytest.mark.triton_interpret
 @pytest.mark.parametrize("case", ["parts", "bf16_rows", "fp64", "codes", "bins_zeroed_by_parts", "explicit",
-                                  "empty_rows"])
+                                  "bounds", "bounds_bf16", "bounds_fp64", "empty_rows"])
 def test_triton_one_call_op_equals_its_three_steps(case, monkeypatch):
     """histogram_entropy_rows (three launches: the range pass zeroes the counts, the counting
     programs fold the range partials, the entropy kernel writes the result's dtype) is bit for bit
@@ -380,7 +380,7 @@ def test_triton_one_call_op_equals_its_three_steps(case, monkeypatch):
 
     monkeypatch.setattr(torch, "empty", garbage)
     g = torch.Generator().manual_seed(3)
-    lo = hi = None
+    lo = hi = bounds = None
     explicit, bins, log_base = False, 256, None
     if case == "parts":  # 2 rows of 3 range parts each, NaN and inf inside
         rows = torch.randn(2, 40000, generator=g) * 3
@@ -401,13 +401,21 @@ def test_triton_one_call_op_equals_its_three_steps(case, monkeypatch):
         rows = torch.randn(5, 999, generator=g) * 2
         lo, hi = torch.full((5,), -1.0), torch.full((5,), 1.5)
         explicit, bins = True, 33
+    elif case.startswith("bounds"):  # a range of numbers: kernel arguments (float32), or fills (float64)
+        dtype = {"bounds": torch.float32, "bounds_bf16": torch.bfloat16, "bounds_fp64": torch.float64}[case]
+        around = _cases()["explicit_range_boundaries"][0]
+        rows = torch.cat([around, torch.randn(2, around.shape[1], generator=g)]).to(dtype)
+        bounds, explicit, bins = [-1.0, 1.5], True, 10
     else:
         rows = torch.empty(3, 0)
     with eitp_kernels.use_backend("triton"):
-        h = torch.ops.eitp_triton.histogram_entropy_rows(rows, lo, hi, bins, explicit, log_base)
+        h = torch.ops.eitp_triton.histogram_entropy_rows(rows, lo, hi, bins, explicit, log_base, bounds)
+        if bounds is not None:
+            acc = reference.compute_dtype(rows.dtype)
+            lo, hi = (torch.full((rows.shape[0],), b, dtype=acc) for b in bounds)
         counts, want = _three_ops_entropy(rows, bins, lo, hi, explicit, log_base)
     if rows.dtype not in (torch.int8, torch.uint8):
-        rng = (-1.0, 1.5) if explicit else None
+        rng = (-1.0, 1.5) if explicit else None  # both explicit cases' range
         assert torch.equal(counts, reference.histogram_counts(rows, bins=bins, range=rng, dim=1).to(torch.int64))
     assert h.dtype == want.dtype and torch.equal(h.isnan(), want.isnan())
     assert torch.equal(h.nan_to_num(), want.nan_to_num()), (h, want)
@@ -671,6 +679,7 @@ def _opcheck_triton_only_cases():
             (o.histogram_entropy_rows.default, (x.double(), x.double().amin(1), x.double().amax(1), 16, True, 2.0)),
             (o.histogram_entropy_rows.default, (torch.randint(0, 256, (2, 9), dtype=torch.uint8), None, None, 256,
                                                 False, None)),
+            (o.histogram_entropy_rows.default, (x.half(), None, None, 16, True, None, [-1.0, 1.0])),
             (o.entropy_from_counts.default, (torch.randint(0, 5, (4, 8)), 2.0, torch.float32)),
             (o.entropy_from_counts.default, (torch.rand(4, 8, dtype=torch.float64), None))]
 

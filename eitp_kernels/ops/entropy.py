@@ -332,10 +332,11 @@ def _entropy_one_call(backend: str, rows: torch.Tensor, bins: int, rng, log_base
     """H per row (accumulation dtype) by one op that finds the range, counts and takes the
     entropy on the device (triton: three launches); the automatic range where rng is None."""
     if rng is None or rows.dtype in _validation.CODE_DTYPES:
-        lo = hi = None
-    else:
+        return _ENTROPY_ROWS[backend](rows, None, None, bins, False, log_base, None)
+    if _validation.range_has_tensor(rng):
         lo, hi = _range_rows(backend, rows, rng, None)
-    return _ENTROPY_ROWS[backend](rows, lo, hi, bins, rng is not None, log_base)
+        return _ENTROPY_ROWS[backend](rows, lo, hi, bins, True, log_base, None)
+    return _ENTROPY_ROWS[backend](rows, None, None, bins, True, log_base, [float(rng[0]), float(rng[1])])
 
 
 def _soft_counts_torch(xs: torch.Tensor, lo, hi, bins: int, explicit: bool) -> torch.Tensor:
@@ -425,7 +426,7 @@ def _entropy_from_counts_fake(counts, log_base, dtype=None):
     return counts.new_empty((counts.shape[0],), dtype=torch.float64 if dtype is None else dtype)
 
 
-def _entropy_rows_fake(x, lo, hi, bins, explicit_range, log_base):
+def _entropy_rows_fake(x, lo, hi, bins, explicit_range, log_base, bounds=None):
     return x.new_empty((x.shape[0],), dtype=_layout.compute_dtype(x.dtype))
 
 

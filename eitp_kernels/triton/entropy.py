@@ -168,10 +168,14 @@ def _count_span(
 
 
 @triton_jit
-def _row_range(lo_ptr, hi_ptr, parts, ACC: tl.constexpr, PARTS: tl.constexpr):
-    """(lo, hi) of one row, ACC scalars: its one stored range (PARTS == 1), or the fold of its
-    ``parts`` <= PARTS range partials (min/max: exact in any order; +-inf pads), loaded at once."""
-    if PARTS == 1:
+def _row_range(lo_ptr, hi_ptr, parts, lo_value, hi_value, ACC: tl.constexpr, PARTS: tl.constexpr):
+    """(lo, hi) of one row, ACC scalars: the float32 arguments (lo_value, hi_value) when PARTS == 0,
+    its one stored range (PARTS == 1), or the fold of its ``parts`` <= PARTS range partials
+    (min/max: exact in any order; +-inf pads), loaded at once."""
+    if PARTS == 0:
+        lo = tl.zeros([], ACC) + lo_value
+        hi = tl.zeros([], ACC) + hi_value
+    elif PARTS == 1:
         lo = tl.load(lo_ptr)
         hi = tl.load(hi_ptr)
     else:
@@ -195,6 +199,8 @@ def _histogram_counts_kernel(
     steps,  # rows: programs per row (program p counts chunk p % steps of row p // steps);
             # SEGMENTED: binary-search steps, >= ceil(log2(segments))
     parts,  # range partials per row, folded by every program of the row (1 for SEGMENTED)
+    lo_value,  # PARTS == 0: the range of every row, float32 (lo_ptr and hi_ptr unused)
+    hi_value,
     bins_s,  # _triton.div_constants(BINS)
     bins_dn,
     bins_r,
@@ -209,7 +215,7 @@ def _histogram_counts_kernel(
     LOCAL_HIST: tl.constexpr,
     CHUNK: tl.constexpr,  # elements per program (one tile)
     BF16_PAIRS: tl.constexpr,  # bf16 rows of even length from a 4-byte aligned x: read as 32-bit words
-    PARTS: tl.constexpr,  # 1 (one range per row), or a power of two >= parts
+    PARTS: tl.constexpr,  # 0 (lo_value, hi_value), 1 (one range per row), or a power of two >= parts
 ):
     if SEGMENTED:
         seg, begin, end = _segment_work_item(first_item_ptr, offset_ptr, length, steps, CHUNK)
@@ -226,7 +232,7 @@ def _histogram_counts_kernel(
         lo = 0.0
         hi = 0.0
     else:
-        lo, hi = _row_range(lo_ptr + row * parts, hi_ptr + row * parts, parts, ACC, PARTS)
+        lo, hi = _row_range(lo_ptr + row * parts, hi_ptr + row * parts, parts, lo_value, hi_value, ACC, PARTS)
     _count_span(span_ptr, begin, end, lo, hi, counts_ptr + row * BINS, bins_s, bins_dn,
                 bins_r, BINS, EXPLICIT, IS_CODE, CODE_OFFSET, ACC, IS_F64, NB, LOCAL_HIST, CHUNK, BF16_PAIRS)
 
@@ -258,22 +264,24 @@ def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor 
 
 
 def _launch_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, parts: int,
-                   counts: torch.Tensor, explicit_range: bool) -> None:
+                   counts: torch.Tensor, explicit_range: bool, bounds: tuple[float, float] | None = None) -> None:
     """Add the counts of each row of x to ``counts`` (rows, bins), zero-filled before the launch; the
-    range of row r: the fold of lo[r, :parts], hi[r, :parts] (parts 1: lo[r], hi[r])."""
+    range of row r: the fold of lo[r, :parts], hi[r, :parts] (parts 1: lo[r], hi[r]), or ``bounds``
+    for every row (float32 accumulation only: kernel arguments are float32)."""
     n_rows, row_length = x.shape
     bins = counts.shape[1]
     if x.numel() == 0:
         return
     meta = _count_meta(x.dtype, bins, explicit_range, row_length)
-    if meta["IS_CODE"]:
+    if meta["IS_CODE"] or bounds is not None:
         lo = hi = counts  # unused
     chunks = cdiv(row_length, meta["CHUNK"])
     # (the allocator aligns storages to 16 bytes or more: an even offset is a 4-byte aligned bf16 pair)
     pairs = x.dtype == torch.bfloat16 and row_length % 2 == 0 and x.storage_offset() % 2 == 0
     launch(_histogram_counts_kernel, (n_rows * chunks,), x, counts, counts, counts, lo, hi, counts, row_length, chunks,
-           parts, *div_constants(bins), SEGMENTED=False, BF16_PAIRS=pairs,
-           PARTS=1 if parts == 1 else _MAX_RANGE_PARTS, **meta)  # counts: the segment table, unused
+           parts, *(bounds or (0.0, 0.0)), *div_constants(bins), SEGMENTED=False, BF16_PAIRS=pairs,
+           PARTS=0 if bounds is not None else 1 if parts == 1 else _MAX_RANGE_PARTS,
+           **meta)  # counts: the segment table, unused
 
 
 # ---- many tensors: one flat buffer per dtype, segments found by binary search
@@ -540,7 +548,7 @@ def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] 
             launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
                    BLOCK=128)
         launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, 1,
-               *div_constants(bins), SEGMENTED=True, BF16_PAIRS=False, PARTS=1, **meta)
+               0.0, 0.0, *div_constants(bins), SEGMENTED=True, BF16_PAIRS=False, PARTS=1, **meta)
     return counts
 
 
@@ -638,19 +646,26 @@ def _range_parts(row_length: int, bins: int) -> tuple[int, int]:
 
 
 def histogram_entropy_rows(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
-                           explicit_range: bool, log_base: float | None) -> torch.Tensor:
+                           explicit_range: bool, log_base: float | None,
+                           bounds: list[float] | None = None) -> torch.Tensor:
     """H of each row of x (contiguous (rows, row_length)), in x's accumulation dtype, in three launches.
 
-    Float x with lo and hi None (the automatic range): range partials that also zero the counts,
-    counts (each program folds its row's partials), entropy. Codes, or a given (rows,) range:
-    a zero fill, counts, entropy. The entropy kernel writes the result's dtype (no copy after)."""
+    Float x with lo, hi and bounds None (the automatic range): range partials that also zero the
+    counts, counts (each program folds its row's partials), entropy. Codes, a given (rows,) range
+    lo/hi, or ``bounds`` = [lo, hi] for every row: a zero fill, counts, entropy (float64 input with
+    bounds: two fills of a (rows,) range first, since kernel arguments are float32). The entropy
+    kernel writes the result's dtype (no copy after)."""
     n_rows, row_length = x.shape
     acc = _layout.compute_dtype(x.dtype)
     out = torch.empty((n_rows,), dtype=acc, device=x.device)
     if n_rows == 0:
         return out
     parts = 1
-    if lo is None and x.dtype not in _validation.CODE_DTYPES and row_length > 0:
+    if bounds is not None and acc == torch.float64:
+        lo = torch.full((n_rows,), bounds[0], dtype=acc, device=x.device)
+        hi = torch.full((n_rows,), bounds[1], dtype=acc, device=x.device)
+        bounds = None
+    if lo is None and bounds is None and x.dtype not in _validation.CODE_DTYPES and row_length > 0:
         parts, chunk = _range_parts(row_length, bins)
         counts = torch.empty((n_rows, bins), dtype=torch.int64, device=x.device)
         lo = torch.empty((n_rows, parts), dtype=acc, device=x.device)
@@ -659,6 +674,7 @@ def histogram_entropy_rows(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.T
                cdiv(bins, parts), ACC=acc_tl(acc), BLOCK=_RANGE_BLOCK, ZERO_BLOCK=_ZERO_BLOCK)
     else:
         counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
-    _launch_counts(x, lo, hi, parts, counts, explicit_range)
+    _launch_counts(x, lo, hi, parts, counts, explicit_range,
+                   None if bounds is None else (float(bounds[0]), float(bounds[1])))
     _launch_entropy(counts, out, log_base)
     return out
