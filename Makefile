@@ -57,7 +57,7 @@ bench-smoke: setup
 # Any report aborts the process (-fno-sanitize-recover), failing the target.
 ASAN_DIR := build/asan
 ASAN_TESTS := $(wildcard tests/test_finite_minmax.py tests/test_entropy*.py tests/test_coherence*.py tests/test_distributed.py tests/test_quant*.py \
-	tests/test_bad_inputs.py tests/test_fuzz.py tests/test_load_int8_files.py)
+	tests/test_bad_inputs.py tests/test_fuzz.py tests/test_load_int8_files.py tests/test_int8_linear.py tests/test_cpu_threads.py)
 test-asan: setup
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	cp -r setup.py pyproject.toml README.md csrc eitp_kernels tests $(ASAN_DIR)/
