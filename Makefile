@@ -70,7 +70,10 @@ test-asan: setup
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(abspath $(PY)) -m pytest -q -m "not triton_interpret and not slow and not gpu" $(ASAN_TESTS) || [ $$? -eq 5 ]
 
-test: bench-smoke test-native test-triton test-asan
+# The four parts in two streams (2-core CI machine: pytest is mostly one busy thread), each
+# part's output printed whole when it ends; the first failure fails `make test`.
+test: setup
+	$(MAKE) --no-print-directory -j2 --output-sync=target bench-smoke test-native test-triton test-asan
 
 bench: setup
 	$(PY) -m eitp_kernels.bench $(BENCH_ARGS)
