@@ -153,8 +153,8 @@ def requested_backend() -> str | None:
     name = _requested_while_compiling if torch.compiler.is_compiling() else _requested.get()
     if name is not None:
         return name
-    # While tracing, os.environ.get as before: dynamo guards a read of os.environ's mapping,
-    # and the README promises EITP_BACKEND is read when a function is traced, not guarded.
+    # While tracing, os.environ.get: dynamo would guard a read of os.environ's mapping, and
+    # the README promises EITP_BACKEND is read when a function is traced, not guarded.
     env = os.environ.get(ENV_VARIABLE, "") if torch.compiler.is_compiling() else _environment_value()
     if not env:
         return None

@@ -340,13 +340,7 @@ def test_fbgemm_rules_and_probe(monkeypatch):
     def probe():
         return _fbgemm_int8._probe.__wrapped__(torch.backends.quantized.engine)
 
-    def missing(*args):
-        raise RuntimeError("no such op")
-
-    monkeypatch.setattr(_fbgemm_int8, "product", missing)
-    assert probe() is False
-    monkeypatch.setattr(_fbgemm_int8, "product", lambda qx, zp, packed: torch.zeros(qx.shape[0], 16))
-    assert probe() is False  # an inexact op is not used
+    _assert_probe_refuses_a_missing_or_inexact_product(monkeypatch, _fbgemm_int8, probe)
 
 
 def test_cpu_product_rule():
@@ -475,14 +469,16 @@ def test_onednn_rules_and_probe(monkeypatch):
     with torch.backends.mkldnn.flags(enabled=False):
         assert not _onednn_int8.applies(64)  # switched off after the probe: not used
     assert _onednn_int8.MAX_K * 255 * 128 <= 2**31 - 1
-    probe = _onednn_int8.available.__wrapped__
+    _assert_probe_refuses_a_missing_or_inexact_product(monkeypatch, _onednn_int8, _onednn_int8.available.__wrapped__)
 
+
+def _assert_probe_refuses_a_missing_or_inexact_product(monkeypatch, module, probe):
     def missing(*args):
         raise RuntimeError("no such op")
 
-    monkeypatch.setattr(_onednn_int8, "product", missing)
+    monkeypatch.setattr(module, "product", missing)
     assert probe() is False
-    monkeypatch.setattr(_onednn_int8, "product", lambda qx, zp, packed: torch.zeros(qx.shape[0], 16))
+    monkeypatch.setattr(module, "product", lambda qx, zp, packed: torch.zeros(qx.shape[0], 16))
     assert probe() is False  # an inexact op is not used
 
 
