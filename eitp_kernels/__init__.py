@@ -19,7 +19,8 @@ Every op also takes DTensor inputs (FSDP2, tensor parallelism): docs/design.md Â
 The reference implementations (the ground truth) live in
 ``eitp_kernels.reference``.
 """
-from eitp_kernels._backends import BackendStatus, BackendUnavailableError, backends, use_backend
+from eitp_kernels._backends import (BackendStatus, BackendUnavailableError, SlowTritonHistogramWarning, backends,
+                                   use_backend)
 from eitp_kernels.ops.coherence import coherence_loss
 from eitp_kernels.ops.finite_minmax import finite_minmax
 from eitp_kernels.ops.entropy import histogram_entropy, histogram_entropy_many
@@ -39,5 +40,6 @@ __all__ = [
     "histogram_entropy",
     "histogram_entropy_many",
     "quantize_int8",
+    "SlowTritonHistogramWarning",
     "use_backend",
 ]

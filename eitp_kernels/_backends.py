@@ -32,6 +32,8 @@ import contextvars
 import dataclasses
 import functools
 import os
+import re
+import warnings
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -73,6 +75,31 @@ class BackendStatus:
 TRITON_MISSING = ("triton is not installed (a CUDA build of torch brings it; "
                   "otherwise pip install 'eitp-kernels[gpu]')")
 
+# The first Triton whose tl.histogram (the histogram kernels' block-local counts)
+# compiles to one shared-memory increment per element. Triton 3.6 and 3.7 lower it
+# to warp ballots and popcounts: about 105 instructions per element at 256 bins for
+# sm_90, 2.7-7x the issue budget of a memory-bound pass (docs/design.md §2.1, §7).
+FAST_HISTOGRAM_TRITON = (3, 8)
+
+
+class SlowTritonHistogramWarning(UserWarning):
+    """The installed triton is older than FAST_HISTOGRAM_TRITON: the Triton histogram
+    kernels stay exact but run several times slower than memory."""
+
+
+def triton_histogram_note(version: str) -> str:
+    """"" for a triton whose tl.histogram is memory-bound, else why and what to do.
+
+    ``version`` is triton's version string ("3.7.1", "3.8.0+git1234"); one that
+    does not start with two numbers is taken as new (a development build)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None or (int(match[1]), int(match[2])) >= FAST_HISTOGRAM_TRITON:
+        return ""
+    needed = ".".join(map(str, FAST_HISTOGRAM_TRITON))
+    return (f"triton {version} lowers tl.histogram to warp ballots (about 105 instructions per element): "
+            f"the Triton histogram kernels are exact but several times slower than memory; triton>={needed} "
+            "(torch>=2.14) or the cuda backend is the fast path")
+
 
 def triton_interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
@@ -107,7 +134,13 @@ def _probe_triton() -> BackendStatus:
         _registration.define_triton_ops()
     except ImportError as error:
         return BackendStatus("triton", False, (), f"triton cannot be imported ({error})")
-    note = "interpreter only (TRITON_INTERPRET=1): correct but slow" if devices == ("cpu",) else ""
+    if devices == ("cpu",):
+        return BackendStatus("triton", True, devices, "interpreter only (TRITON_INTERPRET=1): correct but slow")
+    import triton
+
+    note = triton_histogram_note(triton.__version__)
+    if note:
+        warnings.warn(note, SlowTritonHistogramWarning, stacklevel=2)
     return BackendStatus("triton", True, devices, note)
 
 

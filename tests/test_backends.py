@@ -376,3 +376,43 @@ def test_triton_op_calls_its_launcher_in_plain_eager_and_the_op_otherwise():
     assert names and all(direct for _, direct in plain)
     assert moded == [(name, False) for name in names]  # under a dispatch mode the op is dispatched as before
     assert dispatched == ["eitp_triton.finite_minmax.default"]
+
+
+@pytest.mark.parametrize("version, slow", [
+    ("3.6.0", True), ("3.7.1", True), ("2.3.1", True), ("3.8.0", False), ("3.8.0+git5f0c1a2", False),
+    ("3.10.0", False), ("4.0.0", False), ("main", False),
+])
+def test_triton_histogram_note_names_versions_before_the_shared_memory_lowering(version, slow):
+    note = _backends.triton_histogram_note(version)
+    assert bool(note) == slow
+    if slow:
+        assert version in note and "triton>=3.8" in note and "cuda backend" in note
+
+
+def _probe_on_a_gpu_with_triton(monkeypatch, version):
+    import sys
+    import types
+
+    from eitp_kernels import _registration
+
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=version))
+    monkeypatch.setattr(_registration, "triton_installed", lambda: True)
+    monkeypatch.setattr(_registration, "define_triton_ops", lambda: None)
+    monkeypatch.setattr(_backends, "triton_interpreter_requested", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return _backends._probe_triton()
+
+
+def test_an_old_triton_on_a_gpu_warns_and_says_so_in_its_status(monkeypatch):
+    with pytest.warns(eitp_kernels.SlowTritonHistogramWarning, match="triton 3.7.1 lowers tl.histogram"):
+        status = _probe_on_a_gpu_with_triton(monkeypatch, "3.7.1")
+    assert status.available and status.devices == ("cuda",) and "triton>=3.8" in status.reason
+
+
+def test_a_current_triton_on_a_gpu_neither_warns_nor_notes(monkeypatch):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status = _probe_on_a_gpu_with_triton(monkeypatch, "3.8.0")
+    assert status.available and status.reason == ""
