@@ -129,7 +129,7 @@ def test_every_benchmarked_triton_kernel_is_judged(triton_reports):
     kernels = {r.base for r in triton_reports if r.judged}
     for name in ("_finite_minmax_partials_kernel", "_range_partials_zero_kernel", "_histogram_counts_kernel",
                  "_quant_rows_kernel",
-                 "_dequant_rows_kernel", "_fake_quant_backward_kernel"):
+                 "_dequant_rows_kernel", "_fake_quant_backward_kernel", "_weight_only_kernel", "_rescale_kernel"):
         assert name in kernels, f"{name}: no benchmark launch reaches it"
 
 

@@ -114,7 +114,7 @@ def issue_cost(loop: Loop, gpu: Gpu) -> float:
 # --------------------------------------------------------------------------
 
 _ELEMENT_SIZE = {"float": 4, "double": 8, "__half": 2, "__nv_bfloat16": 2, "int8": 1, "uint8": 1,
-                 "fp32": 4, "fp64": 8, "fp16": 2, "bf16": 2, "i8": 1, "u8": 1}
+                 "fp32": 4, "fp64": 8, "fp16": 2, "bf16": 2, "i8": 1, "u8": 1, "i32": 4}
 _MANGLED_TYPE = {"f": "float", "d": "double", "6__half": "__half", "13__nv_bfloat16": "__nv_bfloat16", "a": "int8",
                  "h": "uint8", "l": "int64"}
 
@@ -364,11 +364,14 @@ def bench_calls():
     of 16M and 4096 x 4096 (dim=1) in fp32 / fp16 / bf16, entropy of 16M int8
     codes; fake-quant per channel / tensor / group of 128, quantize and
     dequantize per channel, fp32 4096 x 4096, symmetric; the fake-quant
-    backward and the soft histogram (differentiable entropy) at the same size.
+    backward and the soft histogram (differentiable entropy) at the same size;
+    Int8Linear's GPU kernels at 4096 x 4096 (the int8_linear suite's large
+    layer): the weight-only product at 1 and 16 rows, the rescale of a 64-row
+    int32 product.
     """
     import torch
 
-    from eitp_kernels.triton import entropy, finite_minmax, quant
+    from eitp_kernels.triton import entropy, finite_minmax, int8_linear, quant
 
     calls = []
     flat, square = (1, 1 << 24), (4096, 4096)
@@ -403,6 +406,11 @@ def bench_calls():
         ("soft histogram backward 16M fp32", lambda: entropy.soft_histogram_backward(
             torch.ones(1, 256, dtype=torch.float64), per_tensor, lo, hi, 256, False)),
     ]
+    codes_square = torch.empty(square, dtype=torch.int8)
+    calls += [(f"int8_linear weight-only 4096x4096 m={m}", lambda m=m: int8_linear.int8_weight_only_linear(
+        torch.empty(m, 4096), codes_square, scale, scale)) for m in (1, 16)]
+    calls.append(("int8_linear rescale 64x4096", lambda: int8_linear.int8_linear_rescale(
+        torch.empty(64, 4096, dtype=torch.int32), torch.ones(64), scale, scale, None, None, torch.float32)))
     return calls
 
 
@@ -467,8 +475,13 @@ def compile_sass(launch, cc: int) -> dict:
 
 
 def _triton_element(launch) -> tuple[str, int]:
+    """(type, bytes) of the element the kernel streams: its input x, codes q or
+    tensor-list xs; the int8 weight codes of the weight-only product (its
+    activations are a few rows, reread from cache); the int32 product the
+    rescale reads."""
     sig = dict(launch.signature)
-    for name in ("x_ptr", "q_ptr", "xs_ptr"):
+    streamed = ("w_ptr",) if launch.kernel == "_weight_only_kernel" else ("x_ptr", "q_ptr", "xs_ptr", "acc_ptr")
+    for name in streamed:
         if name in sig:
             ty = sig[name].lstrip("*")
             return ty, _ELEMENT_SIZE.get(ty, 0)

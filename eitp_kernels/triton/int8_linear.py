@@ -22,8 +22,10 @@ Rescale (the int8 path's epilogue for more rows, after torch._int_mm):
 one elementwise pass over the int32 product (4 bytes read, |out| written per
 element) instead of a conversion and three in-place passes.
 
-Static cost model at 4096 x 4096 (``python
-benchmarks/native/int8_linear_cost_model.py``, sm_90): the weight-only hot
+Static cost model at 4096 x 4096 (``python -m eitp_kernels.bench.cost_model
+--only triton --kernel "_weight_only|_rescale"``, sm_90; tests/test_cost_model.py
+holds both kernels to its rules, an element being one weight code for the
+weight-only product and one int32 of the product for the rescale): the weight-only hot
 loop issues 3.0 instructions per loaded element at 1 row and 4.3 at 16 rows
 (budget 9.7), both bounded by reading the codes: 4.9 us predicted on an H200;
 the rescale 4.4 per element (budget 42.8). Not yet timed on a GPU.
