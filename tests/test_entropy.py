@@ -323,6 +323,27 @@ def test_many_all_empty_or_not_finite(backend):
     _assert_many_matches_reference(backend, ts[:1], 8, (0.0, 1.0))
 
 
+@pytest.mark.triton_interpret
+def test_many_triton_plan_is_reused_only_for_its_signature():
+    """The Triton launcher keeps the segment table per list signature: a list of the same count
+    with other lengths, dtypes or range mode gets its own plan and exact counts; the same
+    signature in another layout (or other values) reuses the plan, also exact."""
+    gen = torch.Generator().manual_seed(5)
+    first = [torch.randn(300, generator=gen), torch.randn(7, 9, generator=gen)]
+    relayout = [torch.randn(30, 10, generator=gen).t(),
+                torch.cat([torch.randn(62, generator=gen), torch.tensor([NAN])])]  # first's numels
+    other_lengths = [torch.randn(9, generator=gen), torch.randn(5000, generator=gen) * 3]
+    other_dtypes = [first[0].half(), first[1].double()]
+    plans = triton_entropy._cached_many_plan
+    plans.cache_clear()
+    for tensors, rng in ((first, None), (other_lengths, None), (other_dtypes, None), (first, (-1.0, 1.0)),
+                         (relayout, None), (other_lengths, None)):
+        _assert_many_matches_reference("triton", tensors, 64, rng)
+    info = plans.cache_info()
+    # four signatures (first and relayout share one), each looked up twice a check (counts, entropy)
+    assert info.currsize == 4 and info.misses == 4 and info.hits == 2 * 6 - 4, info
+
+
 class _CountingKernel:
     """Stands in for a Triton kernel: records each launch, then launches it."""
 

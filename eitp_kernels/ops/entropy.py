@@ -180,8 +180,9 @@ def histogram_entropy_many(
         their bytes; skipped for a lone contiguous tensor; on CUDA torch's
         cat copies up to 128 inputs per launch), two range kernels (per-chunk
         partials and their per-tensor fold; automatic range only) and one
-        counting kernel; plus one copy of a small offset table and one
-        entropy kernel.
+        counting kernel; plus one entropy kernel. The small offset table is
+        built and copied to the device once per list signature (dtypes and
+        lengths, bins, range mode; kept for the 32 latest).
     A non-contiguous tensor is first copied to a contiguous one (one copy each).
     The CUDA and Triton ops copy a per-call table from host memory, so they
     cannot be captured in a CUDA graph: they are tagged ``cudagraph_unsafe``

@@ -23,6 +23,8 @@ partials, the entropy kernel writing the result's dtype.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from eitp_kernels import _layout, _validation
@@ -475,7 +477,7 @@ def soft_histogram_backward(grad_counts: torch.Tensor, x: torch.Tensor, lo: torc
     return grad
 
 
-def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
+def _segment_table(groups: list[list[int]], numels: list[int], chunks: list[int], device):
     """Per dtype group, the int64 (first_item, offset, row) arrays of its segments (each
     (segments + 1,), row padded), all views of one tensor built on the host and copied
     to the device once (pinned, asynchronous: no sync); and the work items per group."""
@@ -484,7 +486,7 @@ def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
     for idx, chunk in zip(groups, chunks):
         first, offset = [0], [0]
         for i in idx:
-            n = tensors[i].numel()
+            n = numels[i]
             first.append(first[-1] + -(-n // chunk))
             offset.append(offset[-1] + n)
         values += first + offset + idx + [0]
@@ -500,55 +502,80 @@ def _segment_table(groups: list[list[int]], tensors, chunks: list[int], device):
     return views, items
 
 
-def _group_ranges(tensors, groups, rng, device) -> dict:
-    """accumulation dtype -> (lo, hi) arrays (one slot per tensor): the explicit range, or
-    empty arrays the range kernels fill for the tensors of the float groups."""
-    ranges = {}
-    for idx in groups:
-        dtype = tensors[idx[0]].dtype
-        acc = _layout.compute_dtype(dtype)
-        if dtype in _validation.CODE_DTYPES or acc in ranges:
-            continue
-        n = len(tensors)
-        if rng is None:
-            ranges[acc] = (torch.empty(n, dtype=acc, device=device), torch.empty(n, dtype=acc, device=device))
-        else:
-            ranges[acc] = (torch.full((n,), rng[0], dtype=acc, device=device),
-                           torch.full((n,), rng[1], dtype=acc, device=device))
-    return ranges
+class _ManyPlan:
+    """What histogram_counts_many derives from a list's signature alone (:func:`_many_plan`):
+    per dtype group (non-empty ones only) its tensors' indices, counting meta-parameters,
+    segment table (device tensors, read-only once built), work items and binary-search steps;
+    and the accumulation dtypes that need a (lo, hi) slot per tensor."""
+
+    __slots__ = ("groups", "range_accs")
+
+    def __init__(self, dtypes: tuple, numels: tuple, bins: int, explicit: bool, device: torch.device):
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, dtype in enumerate(dtypes):
+            by_dtype.setdefault(dtype, []).append(i)
+        groups = list(by_dtype.values())
+        metas = [_count_meta(dtypes[idx[0]], bins, explicit, max(numels[i] for i in idx)) for idx in groups]
+        tables, group_items = _segment_table(groups, numels, [m["CHUNK"] for m in metas], device)
+        self.range_accs = tuple(dict.fromkeys(_layout.compute_dtype(dtypes[idx[0]]) for idx in groups
+                                              if dtypes[idx[0]] not in _validation.CODE_DTYPES))
+        # (indices, meta, first, offset, row, items, segments, steps (>= ceil(log2(segments))), acc)
+        self.groups = tuple((tuple(idx), meta, first, offset, row, items, len(idx), len(idx).bit_length(),
+                             _layout.compute_dtype(dtypes[idx[0]]))
+                            for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items)
+                            if items > 0)  # a group of empty tensors only: zero counts, nothing launched
+
+
+# Plans by signature: the key holds everything a plan depends on: the device (on CUDA also the
+# current stream: the table's copy is queued there, and each stream reads a table it copied),
+# the dtype and number of elements of each tensor (not its layout: each one is flattened), bins
+# and whether the range is explicit. Small: a training step has a few lists.
+@functools.lru_cache(maxsize=32)
+def _cached_many_plan(device: torch.device, stream: int | None, dtypes: tuple, numels: tuple, bins: int,
+                      explicit: bool) -> _ManyPlan:
+    return _ManyPlan(dtypes, numels, bins, explicit, device)
+
+
+def _many_plan(xs: list[torch.Tensor], bins: int, explicit: bool) -> _ManyPlan:
+    """The list's :class:`_ManyPlan` (built once per signature)."""
+    device = xs[0].device
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else None
+    return _cached_many_plan(device, stream, tuple([t.dtype for t in xs]), tuple([t.numel() for t in xs]), bins,
+                             explicit)
 
 
 def histogram_counts_many(xs: list[torch.Tensor], bins: int, range: list[float] | None) -> torch.Tensor:  # noqa: A002
     """int64 counts (len(xs), bins) of every tensor in a fixed number of launches
-    per dtype group: one torch.cat of the group's tensors (skipped for a lone
-    contiguous tensor), range partials + range fold (automatic range only), counts."""
-    device = xs[0].device
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(xs):
-        by_dtype.setdefault(t.dtype, []).append(i)
-    groups = list(by_dtype.values())
-    metas = [_count_meta(xs[idx[0]].dtype, bins, range is not None, max(xs[i].numel() for i in idx))
-             for idx in groups]
-    tables, group_items = _segment_table(groups, xs, [m["CHUNK"] for m in metas], device)
-    ranges = _group_ranges(xs, groups, range, device)
-    counts = torch.zeros((len(xs), bins), dtype=torch.int64, device=device)
-    for idx, meta, (first, offset, row), items in zip(groups, metas, tables, group_items):
-        if items == 0:
-            continue  # only empty tensors: zero counts
+    per dtype group: one torch.cat of the group's flattened tensors (skipped for a lone
+    contiguous tensor), range partials + range fold (automatic range only), counts.
+    The segment table and everything else that depends only on the list's signature
+    comes from :func:`_many_plan`."""
+    plan = _many_plan(xs, bins, range is not None)
+    x0 = xs[0]
+    n = len(xs)
+    counts = x0.new_zeros((n, bins), dtype=torch.int64)
+    if range is None:
+        ranges = {acc: (x0.new_empty(n, dtype=acc), x0.new_empty(n, dtype=acc)) for acc in plan.range_accs}
+    else:
+        ranges = {acc: (x0.new_full((n,), range[0], dtype=acc), x0.new_full((n,), range[1], dtype=acc))
+                  for acc in plan.range_accs}
+    bins_s, bins_dn, bins_r = div_constants(bins)
+    for idx, meta, first, offset, row, items, segments, steps, acc in plan.groups:
         # (reshape alone may return a strided view of a 1-D tensor; the kernels need a contiguous span)
-        flat = torch.cat([xs[i].reshape(-1) for i in idx]) if len(idx) > 1 else \
-            xs[idx[0]].reshape(-1).contiguous()
-        segments, steps = len(idx), len(idx).bit_length()  # steps >= ceil(log2(segments))
-        lo, hi = (counts, counts) if meta["IS_CODE"] else ranges[_layout.compute_dtype(flat.dtype)]
-        if range is None and not meta["IS_CODE"]:
-            part_lo = torch.empty(items, dtype=lo.dtype, device=device)
-            part_hi = torch.empty_like(part_lo)
-            launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments, steps,
-                   ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=min(1024, meta["CHUNK"]))
-            launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi, ACC=meta["ACC"],
-                   BLOCK=128)
+        flat = torch.cat([xs[i].reshape(-1) for i in idx]) if segments > 1 else xs[idx[0]].reshape(-1).contiguous()
+        if meta["IS_CODE"]:
+            lo = hi = counts  # unused
+        else:
+            lo, hi = ranges[acc]
+            if range is None:
+                part_lo = x0.new_empty(items, dtype=acc)
+                part_hi = x0.new_empty(items, dtype=acc)
+                launch(_segments_range_partials_kernel, (items,), flat, first, offset, part_lo, part_hi, segments,
+                       steps, ACC=meta["ACC"], CHUNK=meta["CHUNK"], BLOCK=min(1024, meta["CHUNK"]))
+                launch(_segments_range_reduce_kernel, (segments,), part_lo, part_hi, first, row, lo, hi,
+                       ACC=meta["ACC"], BLOCK=128)
         launch(_histogram_counts_kernel, (items,), flat, first, offset, row, lo, hi, counts, segments, steps, 1,
-               0.0, 0.0, *div_constants(bins), SEGMENTED=True, BF16_PAIRS=False, PARTS=1, **meta)
+               0.0, 0.0, bins_s, bins_dn, bins_r, SEGMENTED=True, BF16_PAIRS=False, PARTS=1, **meta)
     return counts
 
 
