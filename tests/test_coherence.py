@@ -579,6 +579,15 @@ def test_every_path_triton(shape):
 
 
 @pytest.mark.triton_interpret
+def test_triton_blocks_forward_by_two_panels():
+    # D > 256: the BLOCKS forward reduces P by row panels, 256 rows and a short last one
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 260, generator=g, dtype=torch.float64)
+    loss = torch.ops.eitp_triton.coherence_forward(x, None, 0.5, 2.0, False, 1e-5, BLOCKS)[0]
+    torch.testing.assert_close(loss, _ref64(x, diag_weight=0.5, offdiag_weight=2.0), rtol=1e-10, atol=0)
+
+
+@pytest.mark.triton_interpret
 def test_triton_raw_product_tiles_fp32():
     # fp32: tiles within the mean limit from the corrected raw product, the
     # others recomputed; the loss and gradients against the fp64 reference

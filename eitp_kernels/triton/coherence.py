@@ -31,6 +31,8 @@ Launchers: ``coherence_forward``, ``coherence_backward``.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from eitp_kernels import _layout
@@ -434,24 +436,58 @@ def _acc_inputs(x, y):
     return xa, (xa if y is None else y.to(acc).contiguous())
 
 
-def _column_stats(xa, ya, self_corr, eps):
+class _ForwardLayout:
+    """The grids and sizes of a forward (the column statistics; on BLOCKS/PRODUCT the panels of P)
+    that depend on the shapes and path alone (x (n, d), y (n, dp), or x again for self-correlation):
+    computed once per (n, d, dp, self_corr, path), where :func:`_forward_layout` caches it."""
+
+    __slots__ = ("chunk_rows", "chunks", "x_blocks", "col_blocks", "part_shape", "finalize_grid", "tiles_c",
+                 "tiles", "panel_rows", "panels")
+
+    def __init__(self, n: int, d: int, dp: int, self_corr: bool, path: int):
+        stats_dp = 0 if self_corr else dp  # the statistics of x, then y's (none for self-correlation)
+        # chunks of _STATS_ROWS rows, or more where that would make over _MAX_CHUNKS partials per column
+        self.chunk_rows = cdiv(max(_STATS_ROWS, cdiv(n, _MAX_CHUNKS)), _BLOCK_N) * _BLOCK_N
+        self.chunks = cdiv(n, self.chunk_rows)
+        self.x_blocks = cdiv(d, _BLOCK_D)
+        self.col_blocks = self.x_blocks + cdiv(stats_dp, _BLOCK_D)
+        self.part_shape = (self.chunks, d + stats_dp, 4)
+        self.finalize_grid = (cdiv(d + stats_dp, _LOSS_BLOCK),)
+        # P's row panels (GRAM: unused): (first row, rows, grid, first tile); a panel of every row of P
+        # is the whole product buffer and x itself (no views made)
+        self.tiles_c = cdiv(dp, _TILE)
+        self.tiles = cdiv(d, _TILE) * self.tiles_c
+        self.panel_rows = d if path == PRODUCT else min(d, _PANEL_ROWS)
+        panels = []
+        for row0 in range(0, d, self.panel_rows):
+            rows = min(self.panel_rows, d - row0)
+            panels.append((row0, rows, (cdiv(rows, _TILE) * self.tiles_c,), (row0 // _TILE) * self.tiles_c))
+        self.panels = tuple(panels)
+
+
+_cached_forward_layout = functools.lru_cache(maxsize=64)(_ForwardLayout)
+
+
+def _forward_layout(n, d, dp, self_corr: bool, path: int) -> _ForwardLayout:
+    """The shapes' :class:`_ForwardLayout`, cached for plain integers (symbolic sizes while
+    torch.compile traces: computed each time, no hash that would specialise them)."""
+    if type(n) is int and type(d) is int and type(dp) is int:
+        return _cached_forward_layout(n, d, dp, self_corr, path)
+    return _ForwardLayout(n, d, dp, self_corr, path)
+
+
+def _column_stats(xa, ya, self_corr, eps, layout):
     """mean, rstd of x and y (y's: empty for self-correlation) and the per-column raw flags."""
     n, d = xa.shape
     dp = 0 if self_corr else ya.shape[1]
-    acc = xa.dtype
-    # chunks of _STATS_ROWS rows, or more where that would make over _MAX_CHUNKS partials per column
-    chunk_rows = cdiv(max(_STATS_ROWS, cdiv(n, _MAX_CHUNKS)), _BLOCK_N) * _BLOCK_N
-    chunks = cdiv(n, chunk_rows)
-    x_blocks = cdiv(d, _BLOCK_D)
-    col_blocks = x_blocks + cdiv(dp, _BLOCK_D)
-    part = torch.empty((chunks, d + dp, 4), dtype=torch.float64, device=xa.device)
-    launch(_stats_partial_kernel, (col_blocks * chunks,), xa, ya, part, n, d, dp, x_blocks, col_blocks, chunk_rows,
-           BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
-    mean_x, rstd_x = torch.empty(d, dtype=acc, device=xa.device), torch.empty(d, dtype=acc, device=xa.device)
-    mean_y, rstd_y = torch.empty(dp, dtype=acc, device=xa.device), torch.empty(dp, dtype=acc, device=xa.device)
-    raw_ok = torch.empty(d + dp, dtype=torch.int32, device=xa.device)
-    launch(_stats_finalize_kernel, (cdiv(d + dp, _LOSS_BLOCK),), xa, ya, part, mean_x, rstd_x, mean_y,
-           rstd_y, raw_ok, n, d, dp, d + dp, chunks, float(eps), ACC=acc_tl(acc), BLOCK=_LOSS_BLOCK)
+    part = xa.new_empty(layout.part_shape, dtype=torch.float64)
+    launch(_stats_partial_kernel, (layout.col_blocks * layout.chunks,), xa, ya, part, n, d, dp, layout.x_blocks,
+           layout.col_blocks, layout.chunk_rows, BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
+    mean_x, rstd_x = xa.new_empty(d), xa.new_empty(d)
+    mean_y, rstd_y = xa.new_empty(dp), xa.new_empty(dp)
+    raw_ok = xa.new_empty(d + dp, dtype=torch.int32)
+    launch(_stats_finalize_kernel, layout.finalize_grid, xa, ya, part, mean_x, rstd_x, mean_y,
+           rstd_y, raw_ok, n, d, dp, d + dp, layout.chunks, float(eps), ACC=acc_tl(xa.dtype), BLOCK=_LOSS_BLOCK)
     return mean_x, rstd_x, mean_y, rstd_y, raw_ok
 
 
@@ -478,7 +514,7 @@ def _loss_from_gram(zx, zy, a, b, squared):
     return (l2 if squared else torch.sqrt(l2)).to(zx.dtype)
 
 
-def _loss_from_products(xa, ya, stats, a, b, squared, path):
+def _loss_from_products(xa, ya, stats, a, b, squared, path, layout):
     """P = X^T Y corrected and reduced (PRODUCT: whole, returned; BLOCKS: by row panels)."""
     n, d = xa.shape
     dp = ya.shape[1]
@@ -486,36 +522,38 @@ def _loss_from_products(xa, ya, stats, a, b, squared, path):
     self_corr = mean_y.numel() == 0
     my, ry = (mean_x, rstd_x) if self_corr else (mean_y, rstd_y)
     ok_y = raw_ok if self_corr else raw_ok[d:]
-    tiles_c = cdiv(dp, _TILE)
-    panel_rows = d if path == PRODUCT else min(d, _PANEL_ROWS)
-    partials = torch.empty((cdiv(d, _TILE) * tiles_c, 2), dtype=torch.float64, device=xa.device)
-    product = torch.empty((panel_rows, dp), dtype=xa.dtype, device=xa.device)
-    for row0 in range(0, d, panel_rows):
-        rows = min(panel_rows, d - row0)
-        panel = product[:rows]
-        torch.mm(xa[:, row0:row0 + rows].t(), ya, out=panel)
-        tiles = cdiv(rows, _TILE) * tiles_c
-        launch(_reduce_kernel, (tiles,), panel, xa, ya, mean_x, rstd_x, my, ry, raw_ok, ok_y, partials,
-               n, d, dp, row0, rows, tiles_c, (row0 // _TILE) * tiles_c,
-               ACC=acc_tl(xa.dtype), BLOCK=_TILE, BLOCK_N=_TILE)
-    loss = torch.empty((), dtype=xa.dtype, device=xa.device)
-    launch(_loss_kernel, (1,), partials, loss, partials.shape[0], float(a), float(b), SQUARED=squared,
-           ACC=acc_tl(xa.dtype), BLOCK=_LOSS_BLOCK)
-    return loss, (product if path == PRODUCT else product.new_empty((0,)))
+    acc = acc_tl(xa.dtype)
+    partials = xa.new_empty((layout.tiles, 2), dtype=torch.float64)
+    product = xa.new_empty((layout.panel_rows, dp))
+    for row0, rows, grid, tile0 in layout.panels:
+        if rows == d:  # one panel: P whole
+            panel = product
+            torch.mm(xa.t(), ya, out=panel)
+        else:
+            panel = product[:rows]
+            torch.mm(xa[:, row0:row0 + rows].t(), ya, out=panel)
+        launch(_reduce_kernel, grid, panel, xa, ya, mean_x, rstd_x, my, ry, raw_ok, ok_y, partials,
+               n, d, dp, row0, rows, layout.tiles_c, tile0, ACC=acc, BLOCK=_TILE, BLOCK_N=_TILE)
+    loss = xa.new_empty(())
+    launch(_loss_kernel, (1,), partials, loss, layout.tiles, float(a), float(b), SQUARED=squared, ACC=acc,
+           BLOCK=_LOSS_BLOCK)
+    return loss, (product if path == PRODUCT else xa.new_empty((0,)))
 
 
 def coherence_forward(x: torch.Tensor, y: torch.Tensor | None, diag_weight: float, offdiag_weight: float,
                       squared: bool, eps: float, path: int
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     xa, ya = _acc_inputs(x, y)
-    stats = _column_stats(xa, ya, y is None, eps)
+    n, d = xa.shape
+    layout = _forward_layout(n, d, ya.shape[1], y is None, path)
+    stats = _column_stats(xa, ya, y is None, eps, layout)
     mean_x, rstd_x, mean_y, rstd_y, _raw_ok = stats
     if path == GRAM:
         zx = _standardize(xa, mean_x, rstd_x)
         zy = zx if y is None else _standardize(ya, mean_y, rstd_y)
         loss, product = _loss_from_gram(zx, zy, diag_weight, offdiag_weight, squared), xa.new_empty((0,))
     else:
-        loss, product = _loss_from_products(xa, ya, stats, diag_weight, offdiag_weight, squared, path)
+        loss, product = _loss_from_products(xa, ya, stats, diag_weight, offdiag_weight, squared, path, layout)
     return loss, mean_x, rstd_x, mean_y, rstd_y, product
 
 
@@ -541,8 +579,8 @@ def _backward_product(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rst
     my, ry = (mean_x, rstd_x) if self_corr else (mean_y, rstd_y)
     tiles_r, tiles_c = cdiv(d, _TILE), cdiv(dp, _TILE)
     m = torch.empty_like(product)
-    row_sq = torch.empty((tiles_c, d), dtype=torch.float64, device=xa.device)
-    col_sq = torch.empty((0 if self_corr else tiles_r, dp), dtype=torch.float64, device=xa.device)
+    row_sq = xa.new_empty((tiles_c, d), dtype=torch.float64)
+    col_sq = xa.new_empty((0 if self_corr else tiles_r, dp), dtype=torch.float64)
     acc = acc_tl(xa.dtype)
     launch(_operands_kernel, (tiles_r * tiles_c,), product, m, rstd_x, ry, grad, loss, row_sq, col_sq,
            n, d, dp, min(d, dp), tiles_c, float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr, ACC=acc,
