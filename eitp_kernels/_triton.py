@@ -237,6 +237,8 @@ def check_grid(kernel, grid) -> tuple:
     """The grid as a tuple, or ValueError (naming ``kernel``: a kernel or its name) when an axis
     is past CUDA's limit. Symbolic sizes (torch.compile with dynamic shapes) pass unchecked:
     comparing them would specialise them."""
+    if type(grid) is tuple and len(grid) == 1 and type(grid[0]) is int and grid[0] <= MAX_GRID[0]:
+        return grid  # the launchers' usual grid, checked without the loop
     grid = tuple(grid)
     for axis, (size, limit) in enumerate(zip(grid, MAX_GRID)):
         if isinstance(size, int) and size > limit:

@@ -240,7 +240,15 @@ def _histogram_counts_kernel(
 
 
 def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
-    """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements."""
+    """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements
+    (a dict shared between calls: read it, never change it). Computed once per argument tuple
+    (a symbolic span while torch.compile traces: each time, no hash that would specialise it)."""
+    if type(max_span) is int:
+        return _cached_count_meta(dtype, bins, explicit, max_span)
+    return _new_count_meta(dtype, bins, explicit, max_span)
+
+
+def _new_count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
     local = bins <= _LOCAL_HIST_MAX_BINS
     acc = _layout.compute_dtype(dtype)
     # One tile per program: _TILE_BYTES per thread, all loaded before the first use (the
@@ -257,10 +265,13 @@ def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) ->
     )
 
 
+_cached_count_meta = functools.lru_cache(maxsize=256)(_new_count_meta)
+
+
 def histogram_counts(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor | None, bins: int,
                      explicit_range: bool) -> torch.Tensor:
     n_rows, row_length = x.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
+    counts = x.new_zeros((n_rows, bins), dtype=torch.int64)
     _launch_counts(x, lo, hi, 1, counts, explicit_range)
     return counts
 
@@ -448,7 +459,7 @@ def _soft_histogram_backward_kernel(
 def soft_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int,
                    explicit_range: bool) -> torch.Tensor:
     n_rows, row_length = x.shape
-    counts = torch.zeros((n_rows, bins), dtype=torch.float64, device=x.device)
+    counts = x.new_zeros((n_rows, bins), dtype=torch.float64)
     if x.numel() == 0:
         return counts
     acc = _layout.compute_dtype(x.dtype)
@@ -465,7 +476,7 @@ def soft_histogram_backward(grad_counts: torch.Tensor, x: torch.Tensor, lo: torc
                             explicit_range: bool) -> torch.Tensor:
     n_rows, row_length = x.shape
     acc = _layout.compute_dtype(x.dtype)
-    grad = torch.empty(x.shape, dtype=acc, device=x.device)
+    grad = x.new_empty(x.shape, dtype=acc)
     if x.numel() == 0:
         return grad
     block = min(1024, max(16, next_power_of_2(row_length)))
@@ -615,7 +626,7 @@ def entropy_from_counts(counts: torch.Tensor, log_base: float | None, dtype: tor
     float64 and written as ``dtype`` (float64 or float32; None: float64), no conversion after."""
     if dtype not in (None, torch.float64, torch.float32):
         raise TypeError(f"entropy_from_counts: dtype must be float64 or float32, got {dtype}")
-    out = torch.empty((counts.shape[0],), dtype=dtype or torch.float64, device=counts.device)
+    out = counts.new_empty((counts.shape[0],), dtype=dtype or torch.float64)
     _launch_entropy(counts.contiguous(), out, log_base)
     return out
 
@@ -684,23 +695,23 @@ def histogram_entropy_rows(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.T
     kernel writes the result's dtype (no copy after)."""
     n_rows, row_length = x.shape
     acc = _layout.compute_dtype(x.dtype)
-    out = torch.empty((n_rows,), dtype=acc, device=x.device)
+    out = x.new_empty((n_rows,), dtype=acc)
     if n_rows == 0:
         return out
     parts = 1
     if bounds is not None and acc == torch.float64:
-        lo = torch.full((n_rows,), bounds[0], dtype=acc, device=x.device)
-        hi = torch.full((n_rows,), bounds[1], dtype=acc, device=x.device)
+        lo = x.new_full((n_rows,), bounds[0], dtype=acc)
+        hi = x.new_full((n_rows,), bounds[1], dtype=acc)
         bounds = None
     if lo is None and bounds is None and x.dtype not in _validation.CODE_DTYPES and row_length > 0:
         parts, chunk = _range_parts(row_length, bins)
-        counts = torch.empty((n_rows, bins), dtype=torch.int64, device=x.device)
-        lo = torch.empty((n_rows, parts), dtype=acc, device=x.device)
-        hi = torch.empty_like(lo)
+        counts = x.new_empty((n_rows, bins), dtype=torch.int64)
+        lo = x.new_empty((n_rows, parts), dtype=acc)
+        hi = x.new_empty((n_rows, parts), dtype=acc)
         launch(_range_partials_zero_kernel, (n_rows * parts,), x, lo, hi, counts, row_length, parts, chunk, bins,
                cdiv(bins, parts), ACC=acc_tl(acc), BLOCK=_RANGE_BLOCK, ZERO_BLOCK=_ZERO_BLOCK)
     else:
-        counts = torch.zeros((n_rows, bins), dtype=torch.int64, device=x.device)
+        counts = x.new_zeros((n_rows, bins), dtype=torch.int64)
     _launch_counts(x, lo, hi, parts, counts, explicit_range,
                    None if bounds is None else (float(bounds[0]), float(bounds[1])))
     _launch_entropy(counts, out, log_base)
