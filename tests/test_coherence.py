@@ -307,6 +307,9 @@ def test_compiled_ops_check_their_inputs():
     out = torch.ops.eitp.coherence_forward(x, None, 1.0, 1.0, False, 1e-5, GRAM)
     with pytest.raises(ValueError, match=r"product must be \(D, D'\) = \(2, 2\)"):
         torch.ops.eitp.coherence_backward(torch.ones(()), out[0], x, None, *out[1:], 1.0, 1.0, False, PRODUCT)
+    with pytest.raises(ValueError, match=r"product must be the forward's Gram matrices \(1, 4, 4\)"):
+        torch.ops.eitp.coherence_backward(torch.ones(()), out[0], x, None, *out[1:5], torch.ones(2, 2), 1.0, 1.0,
+                                          False, GRAM)
 
 
 # --------------------------------------------------------------------------
@@ -319,7 +322,9 @@ def _opcheck_both(ops, x, y, path):
     torch.library.opcheck(ops.coherence_forward.default, (x, y, 0.5, 2.0, False, 1e-5, path))
     loss, mx, rx, my, ry, product = ops.coherence_forward(x.detach(), None if y is None else y.detach(), 0.5, 2.0,
                                                           False, 1e-5, path)
-    assert product.shape == ((x.shape[1], x.shape[1] if y is None else y.shape[1]) if path == PRODUCT else (0,))
+    n, d = x.shape
+    kept = {PRODUCT: (d, d if y is None else y.shape[1]), GRAM: (1 if y is None else 2, n, n), BLOCKS: (0,)}
+    assert product.shape == kept[path]
     args = (torch.ones(()), loss, x.detach(), None if y is None else y.detach(), mx, rx, my, ry, product, 0.5,
             2.0, False, path)
     torch.library.opcheck(ops.coherence_backward.default, args)
@@ -338,37 +343,41 @@ def test_opcheck_compiled_ops(with_y, transposed, path):
                          ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
 def test_kept_product_native(shape):
     # The forward's kept P = Zx^T Zy (block path; self: mirrored; D=600:
-    # several blocks and the threaded mirror) is the exact product, and the
-    # backward through it matches the one that recomputes (Gram or D x D'
-    # association).
+    # several blocks and the threaded mirror) and GRAM's kept Gram matrices
+    # are the exact products, and the backwards through them match the GRAM
+    # backward that makes its Gram matrices itself.
     n, d, dp = shape
     x = torch.randn(n, d, dtype=torch.float64) * 2 + 1
     y = None if dp is None else torch.randn(n, dp, dtype=torch.float64) - 1
     out = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, PRODUCT)
-    plain = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, GRAM)
-    assert plain[5].shape == (0,)
-    torch.testing.assert_close(out[0], plain[0], rtol=1e-11, atol=0)
+    gram = torch.ops.eitp.coherence_forward(x, y, 0.5, 2.0, False, 1e-5, GRAM)
+    torch.testing.assert_close(out[0], gram[0], rtol=1e-11, atol=0)
 
     def z(v):
         return (v - v.mean(0)) / torch.sqrt(v.var(0, unbiased=False) + 1e-5)
 
     zy = z(x) if y is None else z(y)
     torch.testing.assert_close(out[5], z(x).t() @ zy, rtol=1e-11, atol=1e-9)
+    # GRAM keeps the Gram matrices (N = 300, 700: several panels, mirrored)
+    grams = [z(x) @ z(x).t()] + ([] if y is None else [zy @ zy.t()])
+    torch.testing.assert_close(gram[5], torch.stack(grams), rtol=1e-11, atol=1e-9)
+    without = gram[:5] + (x.new_empty((0,)),)  # the GRAM backward with no kept Gram matrices makes them
     grads = [torch.ops.eitp.coherence_backward(torch.tensor(1.5, dtype=torch.float64), loss, x, y, mx, rx, my, ry,
                                                product, 0.5, 2.0, False, path)
-             for (loss, mx, rx, my, ry, product), path in ((out, PRODUCT), (plain, GRAM))]
-    for kept, recomputed in zip(*grads):
-        torch.testing.assert_close(kept, recomputed, rtol=1e-10, atol=1e-12)
+             for (loss, mx, rx, my, ry, product), path in ((out, PRODUCT), (gram, GRAM), (without, GRAM))]
+    for kept, *others in zip(*grads):
+        for other in others:
+            torch.testing.assert_close(kept, other, rtol=1e-10, atol=1e-12)
 
 
 def test_fwd_bwd_keeps_one_d_by_d_native():
-    # With a gradient and D/2 <= N < D (the tile path; N x D buffers are then
-    # smaller than D x D) the forward keeps one D x D product for the
+    # With a gradient and 3D/4 <= N < D (the PRODUCT path; N x D buffers are
+    # then smaller than D x D) the forward keeps one D x D product for the
     # backward, and nothing else as large is allocated; without a gradient
     # it keeps none (test_forward_never_allocates_r_native).
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.randn(300, 500, requires_grad=True)
+    x = torch.randn(450, 500, requires_grad=True)
     r_bytes = 500 * 500 * 4
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         (dx,) = torch.autograd.grad(_ours("cpp", x), x)
@@ -503,21 +512,30 @@ def test_barlow_twins_rejects_different_widths():
 # gradient follows; every backend takes its path as an argument
 # --------------------------------------------------------------------------
 
-# (N, D, D' or None) just on each side of the Gram rule: the N x N Gram path
-# when it costs under half the multiply-adds of P (self 2N < D, cross N (D + D') < D D').
+# (N, D, D' or None) just on each side of the Gram rule, g the Gram form's
+# multiply-adds (self N^2 D, cross N^2 (D + D')) and p the product's (N D^2,
+# 2 N D D'): a forward alone takes GRAM when 2 g < p (self 2N < D), a forward
+# with a backward when 4 g < 3 p (self 4N < 3D: it then keeps the Gram
+# matrices for the backward).
 GRAM_SIDE = [(20, 41, None), (23, 40, 60)]
 PRODUCT_SIDE = [(20, 40, None), (24, 40, 60)]
+GRAM_SIDE_BACKWARD = [(30, 41, None), (35, 40, 60), (256, 512, None)]  # the last: the EIT-P regularizer's layers
+PRODUCT_SIDE_BACKWARD = [(30, 40, None), (36, 40, 60), (256, 256, None)]
 
 
-@pytest.mark.parametrize("shape", GRAM_SIDE + PRODUCT_SIDE, ids=lambda s: "x".join(map(str, (s[0], s[1], s[2] or "self"))))
-def test_plan_gram_rule(shape):
-    gram = shape in GRAM_SIDE
-    for device in ("cpu", "cuda"):
-        for backward in (False, True):
+@pytest.mark.parametrize("backward", [False, True])
+def test_plan_gram_rule(backward):
+    gram_side, product_side = (GRAM_SIDE_BACKWARD, PRODUCT_SIDE_BACKWARD) if backward else (GRAM_SIDE, PRODUCT_SIDE)
+    for shape in gram_side + product_side:
+        for device in ("cpu", "cuda"):
             got = coherence_ops.plan(*shape, device, backward)
-            assert (got == GRAM) == gram, (shape, device, backward, got)
-            if not gram and (backward or device == "cuda"):
-                assert got == PRODUCT
+            assert (got == GRAM) == (shape in gram_side), (shape, device, backward, got)
+            if shape in product_side and (backward or device == "cuda"):
+                assert got == PRODUCT, (shape, device, backward, got)
+    if not backward:  # between the two rules: GRAM only with a backward to follow
+        for shape in (PRODUCT_SIDE[0], (30, 41, None), (35, 40, 60)):
+            assert coherence_ops.plan(*shape, "cpu", False) != GRAM
+            assert coherence_ops.plan(*shape, "cpu", True) == GRAM
 
 
 def test_plan_cpu_forward_alone():
@@ -528,8 +546,8 @@ def test_plan_cpu_forward_alone():
 
 
 def test_python_plans_product_whenever_a_gradient_is_taken():
-    x = torch.randn(24, 40, dtype=torch.float64)
-    y = torch.randn(24, 60, dtype=torch.float64)
+    x = torch.randn(40, 40, dtype=torch.float64)
+    y = torch.randn(40, 60, dtype=torch.float64)
     assert coherence_ops._plan_for(x, y) == BLOCKS
     x.requires_grad_()
     assert coherence_ops._plan_for(x, y) == PRODUCT

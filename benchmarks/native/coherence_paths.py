@@ -10,6 +10,10 @@ path the planner picks. BLOCKS has no backward of its own (the planner never
 takes a gradient through it), so fwd+bwd compares GRAM and PRODUCT. Inputs:
 x ~ N(0, 1), y = 0.8 x + 0.6 N(0, 1) (two views), fp32, the Barlow Twins
 weights (lambda = 0.0051, squared).
+
+``--grid``: forward + backward only, self and cross, N in {128, 256, 512}
+by D in {256, 512, 1024} (D' = D): the crossover of the planner's rule with
+a gradient (the EIT-P regularizer's layers: self 256 x 512).
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ NAMES = {coherence.GRAM: "GRAM", coherence.BLOCKS: "BLOCKS", coherence.PRODUCT: 
 # (label, N, D, cross)
 CASES = [("self 2048x1024", 2048, 1024, False), ("self 512x4096", 512, 4096, False),
          ("BT 2048x1024", 2048, 1024, True), ("BT 512x2048", 512, 2048, True), ("BT 4096x2048", 4096, 2048, True)]
+GRID = [(f"{'cross' if cross else 'self'} {n}x{d}", n, d, cross)
+        for cross in (False, True) for n in (128, 256, 512) for d in (256, 512, 1024)]
 
 
 def run(x, y, path, backward):
@@ -39,18 +45,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpu-time", action="store_true", help="time.thread_time instead of perf_counter")
     parser.add_argument("--cases", default=",".join(c[0] for c in CASES))
+    parser.add_argument("--grid", action="store_true", help="the fwd+bwd grid of the module docstring instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.cpu_time else time.perf_counter
-    wanted = set(args.cases.split(","))
+    cases = GRID if args.grid else [c for c in CASES if c[0] in set(args.cases.split(","))]
     print(f"threads {args.threads}, {'thread CPU' if args.cpu_time else 'wall'} time, medians of {args.repeats}")
-    for label, n, d, cross in CASES:
-        if label not in wanted:
-            continue
+    for label, n, d, cross in cases:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n, d, generator=g)
         y = 0.8 * x + 0.6 * torch.randn(n, d, generator=g) if cross else None
-        for backward in (False, True):
+        for backward in (True,) if args.grid else (False, True):
             paths = [coherence.GRAM, coherence.PRODUCT] + ([] if backward else [coherence.BLOCKS])
             times = {p: [] for p in paths}
             for p in paths:

@@ -15,14 +15,17 @@
 // device and whether a backward follows): 0 GRAM (N x N Gram matrices, short
 // wide batches), 1 BLOCKS (P reduced block by block, never whole: CPU
 // forward only), 2 PRODUCT (P made whole and returned: the backward's input).
-// product: P = Zx^T Zy (D, D') in the accumulation dtype for PRODUCT, else
-// empty (0,). dx/dy: gradients in x's / y's dtype (dy empty for self).
+// product: what the backward multiplies by, in the accumulation dtype:
+// PRODUCT P = Zx^T Zy (D, D'); GRAM the Gram matrices (1, N, N) [Zx Zx^T]
+// (self) or (2, N, N) [Zx Zx^T, Zy Zy^T]; BLOCKS empty (0,). dx/dy:
+// gradients in x's / y's dtype (dy empty for self).
 //
 // This file checks, allocates and fills the params; the CPU thread
 // scheduling is in csrc/cpu, the kernels in csrc/cpu and csrc/cuda, the
 // products by ATen (BLAS, cuBLAS). How each path runs:
-//   GRAM      both devices: standardized Z, Gram matrices, the sums from them;
-//             backward W = (Zp Zp^T) Z and the fused epilogue per side.
+//   GRAM      both devices: standardized Z, Gram matrices (kept: the
+//             backward's input), the sums from them; backward W = (Zp Zp^T) Z
+//             and the fused epilogue per side.
 //   BLOCKS    CPU: blocks of standardized columns shared out to the threads.
 //   PRODUCT   CPU self: the blocks on and right of the diagonal into P, then
 //             mirrored; backward W = Z P and the epilogue. CPU cross: one
@@ -90,9 +93,14 @@ int64_t backward_block_rows(int64_t n) { return std::min(n, kBackwardMaxRows); }
 constexpr int64_t kAlignFloats = 16;
 inline int64_t aligned(int64_t count) { return (count + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
 
-// Symmetric Gram matrices larger than this are built from row panels on and
-// right of the diagonal (about half the multiply-adds), smaller ones by one product.
-constexpr int64_t kGramPanel = 256;
+// Symmetric Gram matrices on the CPU are built from row panels of this many
+// rows on and right of the diagonal (1/2 + kGramPanel / (2N) of the
+// multiply-adds of one product), then mirrored. 64 rows were the fastest of
+// 32, 64, 128 and one whole product at N = 256 (Z: 256 x 512 fp32, 1 thread,
+// thread CPU time, medians of 200: 0.50 ms against 0.56, 0.62 and 0.72) and
+// within 6% of the fastest up to N = 512 (512 x 512: 2.20 ms, 128 rows 2.05,
+// whole 3.42); smaller ones by one product.
+constexpr int64_t kGramPanel = 64;
 
 struct Sides {
   at::Tensor x, y;  // contiguous 2-D; y undefined for self-correlation
@@ -160,20 +168,33 @@ at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::T
   return z;
 }
 
-// A^T A (k x k, k = A.size(1)). Large ones from the row panels on and right
-// of the diagonal, then mirrored: about half the multiply-adds.
+// out = A^T A (k x k, k = A.size(1)). On the CPU from the row panels on and
+// right of the diagonal, then mirrored: about half the multiply-adds.
 template <typename Backend>
-at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
+void symmetric_gram(const at::Tensor& a, at::Tensor out, Backend& be) {
   const int64_t k = a.size(1);
-  if (!Backend::kPanelGram || k <= kGramPanel) return at::mm(a.t(), a);
-  at::Tensor out = at::empty({k, k}, a.options());
+  if (!Backend::kPanelGram || k <= kGramPanel) {
+    at::mm_out(out, a.t(), a);
+    return;
+  }
   for (int64_t i0 = 0; i0 < k; i0 += kGramPanel) {
     const int64_t rows = std::min(kGramPanel, k - i0);
     at::Tensor dst = out.narrow(0, i0, rows).narrow(1, i0, k - i0);
     at::mm_out(dst, a.narrow(1, i0, rows).t(), a.narrow(1, i0, k - i0));
   }
   be.mirror(out);
-  return out;
+}
+
+// The GRAM path's kept Gram matrices, (1, N, N) self: [Zx Zx^T]; (2, N, N)
+// cross: [Zx Zx^T, Zy Zy^T]. The forward returns them as its `product`
+// output; the backward multiplies by them (W = (Zp Zp^T) Z per side).
+template <typename Backend>
+at::Tensor gram_matrices(const at::Tensor& zx, const at::Tensor& zy, bool self, Backend& be) {
+  const int64_t n = zx.size(0);
+  at::Tensor grams = at::empty({self ? 1 : 2, n, n}, zx.options());
+  symmetric_gram(zx.t(), grams.select(0, 0), be);
+  if (!self) symmetric_gram(zy.t(), grams.select(0, 1), be);
+  return grams;
 }
 
 // (2,) double: diag = sum_i (R_ii - 1)^2, off = sum_{i!=j} R_ij^2 from N x N
@@ -182,11 +203,9 @@ at::Tensor symmetric_gram(const at::Tensor& a, Backend& be) {
 // sum_i R_ii^2. With N <= D/2 the total is at least twice the diagonal part
 // (rank(R) <= N), so the subtraction keeps fp32 accuracy unless most columns
 // are constant.
-template <typename Backend>
-at::Tensor gram_sums(const at::Tensor& zx, const at::Tensor& zy, bool self, Backend& be) {
+at::Tensor gram_sums(const at::Tensor& zx, const at::Tensor& zy, const at::Tensor& grams) {
   const int64_t n = zx.size(0), m = std::min(zx.size(1), zy.size(1));
-  at::Tensor gx = symmetric_gram(zx.t(), be);
-  at::Tensor gy = self ? gx : symmetric_gram(zy.t(), be);
+  const at::Tensor gx = grams.select(0, 0), gy = grams.select(0, grams.size(0) - 1);
   const double nn = static_cast<double>(n) * static_cast<double>(n);
   at::Tensor total = (gx * gy).sum(at::kDouble) / nn;
   at::Tensor rdiag = (zx.narrow(1, 0, m) * zy.narrow(1, 0, m)).sum(0) / static_cast<double>(n);
@@ -298,15 +317,14 @@ ForwardResult forward_impl(const at::Tensor& x_in, const c10::optional<at::Tenso
   if (!self) std::tie(mean_y, rstd_y) = column_stats(s.y, eps, be);
   at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
   at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be);
-  at::Tensor loss;
   if (path == kGram) {
-    at::Tensor sums = gram_sums(zx, zy, self, be);
+    at::Tensor grams = gram_matrices(zx, zy, self, be);
+    at::Tensor sums = gram_sums(zx, zy, grams);
     at::Tensor l2 = sums.select(0, 0) * a + sums.select(0, 1) * b;  // device ops: no host sync
-    loss = (squared ? l2 : l2.sqrt()).to(acc);
-  } else {
-    loss = at::empty({}, mean_x.options());
-    be.block_loss(zx, zy, self, a, b, squared, loss);
+    return {(squared ? l2 : l2.sqrt()).to(acc), mean_x, rstd_x, mean_y, rstd_y, grams};
   }
+  at::Tensor loss = at::empty({}, mean_x.options());
+  be.block_loss(zx, zy, self, a, b, squared, loss);
   return {loss, mean_x, rstd_x, mean_y, rstd_y, at::empty({0}, mean_x.options())};
 }
 
@@ -420,21 +438,25 @@ std::tuple<at::Tensor, at::Tensor> backward_cross_rows(const at::Tensor& grad, c
   return {dx, dy};
 }
 
-// The gradients by the N x N association (GRAM): W = (Zp Zp^T) Z per side.
+// The gradients by the N x N association (GRAM): W = (Zp Zp^T) Z per side,
+// with the Gram matrices the forward kept (gram_matrices), or made here when
+// `grams` is empty (after a BLOCKS forward, which keeps none).
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> backward_gram(const at::Tensor& grad, const at::Tensor& loss, const Sides& s,
                                                  const at::Tensor& mx, const at::Tensor& rx, const at::Tensor& my,
                                                  const at::Tensor& ry, double a, double b, bool squared,
-                                                 Backend& be) {
+                                                 const at::Tensor& grams_in, Backend& be) {
+  const bool self = !s.y.defined();
   at::Tensor zx = standardized(s.x, mx, rx, be);
-  if (!s.y.defined()) {
-    at::Tensor w = at::mm(symmetric_gram(zx.t(), be), zx);
+  at::Tensor zy = self ? zx : standardized(s.y, my, ry, be);
+  const at::Tensor grams = grams_in.numel() == 0 ? gram_matrices(zx, zy, self, be) : grams_in;
+  if (self) {
+    at::Tensor w = at::mm(grams.select(0, 0), zx);
     epilogue(zx, zx, w, rx, grad, loss, zx.size(1), a, b, squared, true, be);
     return {w.to(s.x.scalar_type()), at::empty({0}, s.x.options())};
   }
-  at::Tensor zy = standardized(s.y, my, ry, be);
-  at::Tensor wx = at::mm(symmetric_gram(zy.t(), be), zx);
-  at::Tensor wy = at::mm(symmetric_gram(zx.t(), be), zy);
+  at::Tensor wx = at::mm(grams.select(0, 1), zx);
+  at::Tensor wy = at::mm(grams.select(0, 0), zy);
   const int64_t m = std::min(zx.size(1), zy.size(1));
   epilogue(zx, zy, wx, rx, grad, loss, m, a, b, squared, false, be);
   epilogue(zy, zx, wy, ry, grad, loss, m, a, b, squared, false, be);
@@ -465,8 +487,18 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_in, cons
     my = mean_y.to(acc).contiguous();
     ry = rstd_y.to(acc).contiguous();
   }
-  // GRAM, or BLOCKS (the planner never takes a gradient through it; the forward kept no P): the N x N association
-  if (path != kProduct) return backward_gram(grad, loss, s, mx, rx, my, ry, a, b, squared, be);
+  // GRAM, or BLOCKS (the planner never takes a gradient through it; the forward kept nothing): the N x N association
+  if (path != kProduct) {
+    const int64_t n = s.x.size(0), sides = self ? 1 : 2;
+    TORCH_CHECK_VALUE(path == kBlocks ? product_in.numel() == 0
+                                      : product_in.numel() == 0 || (product_in.dim() == 3 && product_in.size(0) == sides &&
+                                                                    product_in.size(1) == n && product_in.size(2) == n),
+                      "coherence_backward: product must be the forward's Gram matrices (", sides, ", ", n, ", ", n,
+                      ") or empty on the GRAM path, empty on the BLOCKS path, got ", product_in.sizes());
+    TORCH_CHECK_VALUE(product_in.numel() == 0 || product_in.device() == s.x.device(),
+                      "coherence_backward: product must be on x's device");
+    return backward_gram(grad, loss, s, mx, rx, my, ry, a, b, squared, product_in.to(acc).contiguous(), be);
+  }
   TORCH_CHECK_VALUE(product_in.dim() == 2 && product_in.size(0) == d && product_in.size(1) == dp,
                     "coherence_backward: product must be (D, D') = (", d, ", ", dp, ") on the PRODUCT path, got ",
                     product_in.sizes());

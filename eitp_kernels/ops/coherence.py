@@ -20,12 +20,14 @@ Paths: one pure planner (:func:`plan`: shapes, device, whether a gradient
 will be taken) picks how every backend evaluates the products, and the
 compiled (``eitp::``) and Triton (``eitp_triton::``) ops take its choice as
 their ``path`` argument, so the fake kernels know every output's shape:
-GRAM (N x N Gram matrices for short, wide batches), BLOCKS (CPU forward: P
-reduced block by block, never whole) or PRODUCT (P = Zx^T Zy made whole and
-returned: the backward's input; on the GPU by one cuBLAS product of the raw
-inputs, corrected in one pass). Memory: the only D x D' buffer is P on the
-PRODUCT path (at most twice the inputs' size when the planner gives it on a
-GPU); the reference and the ``process_group`` path materialize R. How each
+GRAM (N x N Gram matrices Zx Zx^T, Zy Zy^T for short, wide batches, returned:
+the backward's input), BLOCKS (CPU forward: P reduced block by block, never
+whole) or PRODUCT (P = Zx^T Zy made whole and returned: the backward's
+input; on the GPU by one cuBLAS product of the raw inputs, corrected in one
+pass). Memory: the only D x D' buffer is P on the PRODUCT path (at most
+twice the inputs' size when the planner gives it on a GPU); GRAM keeps one
+or two N x N matrices (N < D there); the reference and the
+``process_group`` path materialize R. How each
 backend evaluates the products: csrc/bindings/coherence.cpp and
 ``eitp_kernels.triton.coherence``.
 """
@@ -131,25 +133,38 @@ def plan(n: int, d: int, d_y: int | None, device_type: str, backward: bool) -> i
     """The path every backend takes for x (n, d) and y (n, d_y) (``d_y`` None:
     self-correlation) on ``device_type``, with or without a backward to follow.
 
-    GRAM where the N x N Gram matrices cost under half the multiply-adds of P
-    (self: 2N < D; cross: N (D + D') < D D'). Otherwise PRODUCT when a
+    Multiply-adds of the Gram form g = N^2 D (self) or N^2 (D + D') (cross)
+    against p = N D^2 or 2 N D D' of the D x D' product. GRAM when
+    ``backward`` and 4 g < 3 p (self: 4N < 3D): forward and backward then
+    cost about 1.5 g against 1.5 p (the forward keeps the Gram matrices, the
+    backward multiplies by them; on the CPU one triangle of each forward). A
+    forward alone: GRAM when 2 g < p (self 2N < D). Otherwise PRODUCT when a
     gradient will be taken (the backward multiplies by P) and on a GPU (one
     cuBLAS product; not GRAM means P is at most twice the inputs' size). A
     CPU forward alone: BLOCKS for self-correlation (only the blocks on and
     right of the diagonal, shared out to the threads: about half the
     multiply-adds), and for cross-correlation PRODUCT while P is no larger
     than the inputs (D D' <= N (D + D') / 2: one threaded product), else
-    BLOCKS (the memory stays of the inputs' order). It picked the fastest
-    path in every case of `benchmarks/native/coherence_paths.py --threads 1
-    --cpu-time` (e.g. self 2048x1024 forward: BLOCKS 30.9 ms, PRODUCT 34.9,
-    GRAM 101.6; Barlow Twins 512x2048 forward + backward: GRAM 78.8 ms,
-    PRODUCT 187.9). On a GPU the rule is the flop count's, not measured.
+    BLOCKS (the memory stays of the inputs' order).
+
+    Measured with `benchmarks/native/coherence_paths.py --threads 1
+    --cpu-time` (thread CPU time, medians of 21; ``--grid`` for fwd+bwd).
+    Forward alone: e.g. self 2048x1024 BLOCKS 30.9 ms, PRODUCT 32.4, GRAM
+    89.8 (medians of 5). Forward + backward, GRAM against PRODUCT: at D = N PRODUCT is
+    faster (self 256x256 0.96 ms against 0.82, 512x512 6.41 against 6.33;
+    cross 256x256 2.19 against 1.61), at D = 1.25 N even (self 256x320 1.44
+    against 1.46; cross 0.92x), at D = 1.5 N GRAM mostly faster (self
+    256x384 1.62 against 2.02, 512x768 8.74 against 12.06, 128x192 0.37
+    against 0.36; cross 256x384 1.06x, 512x768 1.18x, 128x192 0.91x), from
+    D = 2N GRAM by 1.4-1.9x (self 256x512, the EIT-P regularizer's layers:
+    1.91 ms against 3.02; Barlow Twins 512x2048 50.9 against 177.1). On a GPU
+    the rule is the flop count's, not measured.
     """
     if d_y is None:
         gram_cost, product_cost = n * n * d, n * d * d
     else:
         gram_cost, product_cost = n * n * (d + d_y), 2 * n * d * d_y
-    if 2 * gram_cost < product_cost:
+    if (4 * gram_cost < 3 * product_cost) if backward else (2 * gram_cost < product_cost):
         return GRAM
     if backward or device_type != "cpu" or (d_y is not None and 2 * d * d_y <= n * (d + d_y)):
         return PRODUCT
@@ -248,15 +263,25 @@ class _DistributedCoherence(torch.autograd.Function):
 # --------------------------------------------------------------------------
 
 
+def _kept_shape(n, d, dp, path):
+    """Shape of the forward's ``product`` output (what the backward multiplies
+    by), on every backend: PRODUCT P (D, D'); GRAM the Gram matrices, (1, N, N)
+    [Zx Zx^T] for self-correlation or (2, N, N) [Zx Zx^T, Zy Zy^T]; BLOCKS (0,)."""
+    if path == PRODUCT:
+        return (d, dp or d)
+    if path == GRAM:
+        return (2 if dp else 1, n, n)
+    return (0,)
+
+
 def _forward_fake(x, y, diag_weight, offdiag_weight, squared, eps, path):
-    """(loss, mean_x, rstd_x, mean_y, rstd_y, product): the product is (D, D')
-    on the PRODUCT path and (0,) otherwise, on every backend."""
+    """(loss, mean_x, rstd_x, mean_y, rstd_y, product); product: :func:`_kept_shape`."""
     acc = _layout.compute_dtype(x.dtype)
-    d = x.shape[1]
+    n, d = x.shape
     dp = 0 if y is None else y.shape[1]
     return (x.new_empty((), dtype=acc), x.new_empty((d,), dtype=acc), x.new_empty((d,), dtype=acc),
             x.new_empty((dp,), dtype=acc), x.new_empty((dp,), dtype=acc),
-            x.new_empty((d, dp or d) if path == PRODUCT else (0,), dtype=acc))
+            x.new_empty(_kept_shape(n, d, dp, path), dtype=acc))
 
 
 def _backward_fake(grad, loss, x, y, mean_x, rstd_x, mean_y, rstd_y, product, diag_weight, offdiag_weight, squared,
@@ -269,8 +294,8 @@ def _forward_setup_context(ctx, inputs, output):
     x, y, a, b, squared, _eps, path = inputs
     loss, mean_x, rstd_x, mean_y, rstd_y, product = output
     # Only what the backward needs: the inputs (alive anyway), the (D,)
-    # statistics, the scalar loss and P (empty off the PRODUCT path); Z is
-    # recomputed (O(ND)).
+    # statistics, the scalar loss and the product it multiplies by (P, the
+    # Gram matrices, or empty: _kept_shape); Z is recomputed (O(ND)).
     ctx.save_for_backward(x, y, loss, mean_x, rstd_x, mean_y, rstd_y, product)
     ctx.mark_non_differentiable(mean_x, rstd_x, mean_y, rstd_y, product)
     ctx.set_materialize_grads(False)  # no zero "gradients" for those (a D x D' one for the product)

@@ -24,8 +24,9 @@ the centered inputs and the affine terms, and one product per gradient adds
 Yc M^T / Xc M to them. A Barlow Twins forward + backward: 7 Triton launches
 and 3 products.
 
-GRAM: standardized Z, the N x N Gram matrices by torch.mm, the loss from
-them; backward W = (Zp Zp^T) Z and a fused epilogue per side.
+GRAM: standardized Z, the N x N Gram matrices by torch.mm (returned: the
+backward's input), the loss from them; backward W = (Zp Zp^T) Z and a fused
+epilogue per side.
 
 Launchers: ``coherence_forward``, ``coherence_backward``.
 """
@@ -504,14 +505,14 @@ def _loss_from_gram(zx, zy, a, b, squared):
     """||R||_F^2 = <Zx Zx^T, Zy Zy^T>_F / N^2 and R_ii = mean_n zx_i zy_i (csrc/bindings/coherence.cpp, gram_sums)."""
     n = zx.shape[0]
     m = min(zx.shape[1], zy.shape[1])
-    gx = torch.mm(zx, zx.t())
-    gy = gx if zy is zx else torch.mm(zy, zy.t())
+    grams = zx.new_empty((1 if zy is zx else 2, n, n))  # kept for the backward
+    gx, gy = torch.mm(zx, zx.t(), out=grams[0]), (grams[0] if zy is zx else torch.mm(zy, zy.t(), out=grams[1]))
     total = (gx * gy).sum(dtype=torch.float64) / (n * n)
     rdiag = (zx[:, :m] * zy[:, :m]).sum(0) / n
     diag = ((rdiag - 1.0) ** 2).sum(dtype=torch.float64)
     off = total - (rdiag * rdiag).sum(dtype=torch.float64)
     l2 = a * diag + b * off
-    return (l2 if squared else torch.sqrt(l2)).to(zx.dtype)
+    return (l2 if squared else torch.sqrt(l2)).to(zx.dtype), grams
 
 
 def _loss_from_products(xa, ya, stats, a, b, squared, path, layout):
@@ -551,21 +552,23 @@ def coherence_forward(x: torch.Tensor, y: torch.Tensor | None, diag_weight: floa
     if path == GRAM:
         zx = _standardize(xa, mean_x, rstd_x)
         zy = zx if y is None else _standardize(ya, mean_y, rstd_y)
-        loss, product = _loss_from_gram(zx, zy, diag_weight, offdiag_weight, squared), xa.new_empty((0,))
+        loss, product = _loss_from_gram(zx, zy, diag_weight, offdiag_weight, squared)
     else:
         loss, product = _loss_from_products(xa, ya, stats, diag_weight, offdiag_weight, squared, path, layout)
     return loss, mean_x, rstd_x, mean_y, rstd_y, product
 
 
-def _backward_gram(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rstd_y, a, b, squared):
+def _backward_gram(grad, loss, xa, ya, self_corr, mean_x, rstd_x, mean_y, rstd_y, grams, a, b, squared):
     n, d = xa.shape
     zx = _standardize(xa, mean_x, rstd_x)
     zy = zx if self_corr else _standardize(ya, mean_y, rstd_y)
     sides = [(zx, zy, rstd_x)] if self_corr else [(zx, zy, rstd_x), (zy, zx, rstd_y)]
     m_diag = min(zx.shape[1], zy.shape[1])
     out = []
-    for z, zp, rstd in sides:
-        w = torch.mm(torch.mm(zp, zp.t()), z)  # Zp (Zp^T Z) by the N x N association
+    for side, (z, zp, rstd) in enumerate(sides):
+        # Zp (Zp^T Z) by the N x N association, with the forward's Zp Zp^T (none kept after BLOCKS)
+        gram = torch.mm(zp, zp.t()) if grams.numel() == 0 else grams[len(sides) - 1 - side]
+        w = torch.mm(gram, z)
         launch(_backward_epilogue_kernel, (cdiv(z.shape[1], _BLOCK_D),), z, zp, w, rstd, grad, loss,
                n, z.shape[1], zp.shape[1], m_diag, float(a), float(b), SQUARED=squared, SYMMETRIC=self_corr,
                ACC=acc_tl(z.dtype), BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D)
@@ -611,7 +614,7 @@ def coherence_backward(grad: torch.Tensor, loss: torch.Tensor, x: torch.Tensor, 
     args = (grad, loss, xa, ya, y is None, mean_x, rstd_x, mean_y, rstd_y)
     if path == PRODUCT:
         grads = _backward_product(*args, product.to(acc).contiguous(), diag_weight, offdiag_weight, squared)
-    else:  # GRAM, or BLOCKS (the forward kept no P): the N x N association
-        grads = _backward_gram(*args, diag_weight, offdiag_weight, squared)
+    else:  # GRAM, or BLOCKS (the forward kept nothing): the N x N association
+        grads = _backward_gram(*args, product.to(acc), diag_weight, offdiag_weight, squared)
     dx = grads[0].to(x.dtype)
     return dx, (x.new_empty((0,)) if y is None else grads[1].to(y.dtype))
