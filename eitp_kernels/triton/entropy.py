@@ -548,10 +548,15 @@ def _cached_many_plan(device: torch.device, stream: int | None, dtypes: tuple, n
 
 
 def _many_plan(xs: list[torch.Tensor], bins: int, explicit: bool) -> _ManyPlan:
-    """The list's :class:`_ManyPlan` (built once per signature)."""
+    """The list's :class:`_ManyPlan` (built once per signature; never kept from a CUDA graph
+    capture, whose table would live in the graph's memory pool and be copied only on replay)."""
     device = xs[0].device
-    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else None
-    return _cached_many_plan(device, stream, tuple([t.dtype for t in xs]), tuple([t.numel() for t in xs]), bins,
+    dtypes, numels = tuple([t.dtype for t in xs]), tuple([t.numel() for t in xs])
+    if device.type != "cuda":
+        return _cached_many_plan(device, None, dtypes, numels, bins, explicit)
+    if torch.cuda.is_current_stream_capturing():
+        return _ManyPlan(dtypes, numels, bins, explicit, device)
+    return _cached_many_plan(device, torch._C._cuda_getCurrentRawStream(device.index), dtypes, numels, bins,
                              explicit)
 
 
