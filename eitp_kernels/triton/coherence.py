@@ -472,7 +472,7 @@ _cached_forward_layout = functools.lru_cache(maxsize=64)(_ForwardLayout)
 def _forward_layout(n, d, dp, self_corr: bool, path: int) -> _ForwardLayout:
     """The shapes' :class:`_ForwardLayout`, cached for plain integers (symbolic sizes while
     torch.compile traces: computed each time, no hash that would specialise them)."""
-    if type(n) is int and type(d) is int and type(dp) is int:
+    if type(n) is int and type(d) is int and type(dp) is int and type(path) is int:
         return _cached_forward_layout(n, d, dp, self_corr, path)
     return _ForwardLayout(n, d, dp, self_corr, path)
 

@@ -242,8 +242,8 @@ def _histogram_counts_kernel(
 def _count_meta(dtype: torch.dtype, bins: int, explicit: bool, max_span: int) -> dict:
     """Meta-parameters of the Triton counting kernels for `dtype` and spans of up to `max_span` elements
     (a dict shared between calls: read it, never change it). Computed once per argument tuple
-    (a symbolic span while torch.compile traces: each time, no hash that would specialise it)."""
-    if type(max_span) is int:
+    (symbolic sizes while torch.compile traces: each time, no hash that would specialise them)."""
+    if type(max_span) is int and type(bins) is int:
         return _cached_count_meta(dtype, bins, explicit, max_span)
     return _new_count_meta(dtype, bins, explicit, max_span)
 
