@@ -8,8 +8,8 @@ int32: the value of ``torch._int_mm(qx, w.t()).float() * weight_scale``
 times ``row_scale``, plus ``bias``, which is how Int8Linear's other products
 finish (``eitp_kernels.nn.int8``). The weight is packed once
 (:class:`PackedWeight`, :func:`pack`): k padded to a multiple of 4 and n to a
-multiple of 64 with zero codes, laid out (n / 64, k / 4, 64, 4) for vpdpbusd,
-with the column sums the unsigned activations' offset needs.
+multiple of GROUP with zero codes, laid out (n / GROUP, k / 4, GROUP, 4) for
+vpdpbusd, with the column sums the unsigned activations' offset needs.
 
 Why: for a few rows the layer's cost was the steps around torch's int8
 products (separate quantization, conversion, rescale and bias ops, each with
@@ -25,6 +25,8 @@ import torch
 
 from eitp_kernels import _extension
 
+# Output channels per packed group: kInt8LinearGroup of csrc/kernels/int8_linear.h (the op checks it).
+GROUP = 32
 # (255 * 128) per term in the int32 sum, before the offset's correction.
 MAX_K = (2**31 - 1) // (255 * 128)
 
@@ -61,12 +63,12 @@ def available() -> bool:
 
 
 def pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed (n_pad / 64, k_pad / 4, 64, 4) int8, column sums (n_pad,) int32) of an (n, k) int8 weight."""
+    """(packed (n_pad / GROUP, k_pad / 4, GROUP, 4) int8, column sums (n_pad,) int32) of an (n, k) int8 weight."""
     n, k = weight.shape
-    n_pad, k_pad = -(-n // 64) * 64, -(-k // 4) * 4
+    n_pad, k_pad = -(-n // GROUP) * GROUP, -(-k // 4) * 4
     padded = torch.zeros(n_pad, k_pad, dtype=torch.int8)
     padded[:n, :k] = weight
-    packed = padded.view(n_pad // 64, 64, k_pad // 4, 4).permute(0, 2, 1, 3).contiguous()
+    packed = padded.view(n_pad // GROUP, GROUP, k_pad // 4, 4).permute(0, 2, 1, 3).contiguous()
     return packed, padded.sum(dim=1, dtype=torch.int32)
 
 

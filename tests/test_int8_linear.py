@@ -360,10 +360,14 @@ def test_cpu_product_rule():
 
 
 @needs_own
-@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 5, 63), (4, 64, 64), (6, 130, 65), (17, 1027, 200)])
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 5, 63), (4, 64, 64), (6, 130, 65), (17, 1027, 200),
+                                     (2, 36, 300), (1, 1027, 2080), (11, 1024, 2080)])
 def test_own_int8_product_is_the_int_mm_epilogue_bit_for_bit(m, k, n):
     """Extreme codes (both weights and activations at -128 and 127), k and n
-    off the packing's multiples: (float32(qx @ w^T) * s_j) * sx_i + b_j."""
+    off the packing's multiples: (float32(qx @ w^T) * s_j) * sx_i + b_j.
+    Row tiles of 8 and their remainders (1-7 rows), groups read several at
+    a time and one at a time (n / 32 not a multiple of the streams), and a
+    weight over 2 MiB (prefetched: the last two)."""
     generator = torch.Generator().manual_seed(m * 1000 + k)
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=generator)
     w[0], w[-1, ::2] = -128, 127

@@ -19,12 +19,18 @@ other processes on a shared machine take is left out), else wall time
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 import warnings
 
 import torch
 from torch import nn
+
+# This checkout's eitp_kernels (and its built extension), not the installed one: an editable
+# install of another tree would otherwise be measured when run as a script from here.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 
 def main():

@@ -1,8 +1,8 @@
 // eitp::int8_linear_rows(Tensor q, Tensor row_scale, Tensor packed, Tensor col_sums, Tensor weight_scale,
 //     Tensor? bias) -> Tensor out
-// q: (m, k) int8 activation codes; row_scale: (m,) float32; packed: (n_pad / 64, k_pad / 4, 64, 4) int8,
-// the weight as eitp_kernels._int8_gemv.pack lays it out; col_sums: (n_pad,) int32; weight_scale: (n,)
-// float32; bias: (n,) float32. out: (m, n) float32 (kernels/int8_linear.h). CPU only; raises
+// q: (m, k) int8 activation codes; row_scale: (m,) float32; packed: (n_pad / G, k_pad / 4, G, 4) int8
+// (G = kInt8LinearGroup), the weight as eitp_kernels._int8_gemv.pack lays it out; col_sums: (n_pad,)
+// int32; weight_scale: (n,) float32; bias: (n,) float32. out: (m, n) float32 (kernels/int8_linear.h). CPU only; raises
 // NotImplementedError on a CPU without AVX-512 VNNI.
 #include "bindings/tensor_args.h"
 #include "kernels/int8_linear.h"
@@ -24,12 +24,14 @@ at::Tensor int8_linear_rows(const at::Tensor& q_in, const at::Tensor& row_scale,
   TORCH_CHECK_TYPE(q_in.scalar_type() == at::kChar, kOp, ": q must be int8, got ", q_in.scalar_type());
   TORCH_CHECK_VALUE(q_in.dim() == 2, kOp, ": q must be 2-D (m, k), got ", q_in.dim(), "-D");
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kChar, kOp, ": packed must be int8, got ", packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.dim() == 4 && packed.size(2) == 64 && packed.size(3) == 4 && packed.is_contiguous(), kOp,
-                    ": packed must be a contiguous (n_pad / 64, k_pad / 4, 64, 4) tensor, got ", packed.sizes());
+  constexpr int64_t G = kInt8LinearGroup;
+  TORCH_CHECK_VALUE(packed.dim() == 4 && packed.size(2) == G && packed.size(3) == 4 && packed.is_contiguous(), kOp,
+                    ": packed must be a contiguous (n_pad / ", G, ", k_pad / 4, ", G, ", 4) tensor, got ",
+                    packed.sizes());
   const int64_t m = q_in.size(0), k = q_in.size(1), n = weight_scale.numel();
-  const int64_t k_pad = packed.size(1) * 4, n_pad = packed.size(0) * 64;
+  const int64_t k_pad = packed.size(1) * 4, n_pad = packed.size(0) * G;
   TORCH_CHECK_VALUE(k <= k_pad && k_pad < k + 4, kOp, ": packed holds k_pad = ", k_pad, " for q with k = ", k);
-  TORCH_CHECK_VALUE(n <= n_pad && n_pad < n + 64, kOp, ": packed holds n_pad = ", n_pad, " for weight_scale with n = ",
+  TORCH_CHECK_VALUE(n <= n_pad && n_pad < n + G, kOp, ": packed holds n_pad = ", n_pad, " for weight_scale with n = ",
                     n);
   check_vector(row_scale.reshape({-1}), "row_scale", at::kFloat, m);
   check_vector(col_sums, "col_sums", at::kInt, n_pad);

@@ -10,25 +10,29 @@
 // + bias, as the layer's other products compute it.
 //
 // The weight is packed once (eitp_kernels._int8_gemv.pack): k padded to a
-// multiple of 4 and n to a multiple of 64 with zero codes, laid out as
-// (n / 64, k / 4, 64, 4): for each group of 64 output channels and each 4
-// consecutive k, the 4 codes of channel 0, then channel 1, ... (the operand
-// order of AVX-512 VNNI's vpdpbusd). col_sums: (n padded,) sum_k w[j, k].
+// multiple of 4 and n to a multiple of G = kInt8LinearGroup with zero codes,
+// laid out as (n / G, k / 4, G, 4): for each group of G output channels and
+// each 4 consecutive k, the 4 codes of channel 0, then channel 1, ... (the
+// operand order of AVX-512 VNNI's vpdpbusd). col_sums: (n padded,) sum_k w[j, k].
 #pragma once
 
 #include <cstdint>
 
 namespace eitp {
 
+// Output channels per packed group (G above): 2 vectors of 16 int32, so that
+// a tile of 8 rows keeps its 16 accumulators in registers.
+constexpr int64_t kInt8LinearGroup = 32;
+
 struct Int8LinearRowsParams {
   const int8_t* q;             // (m, k) activation codes, row-major
   const float* row_scale;      // (m,)
-  const int8_t* packed;        // (n_pad / 64, k_pad / 4, 64, 4)
+  const int8_t* packed;        // (n_pad / G, k_pad / 4, G, 4)
   const int32_t* col_sums;     // (n_pad,)
   const float* weight_scale;   // (n,)
   const float* bias;           // (n,) or nullptr
   int64_t m, k, n;
-  int64_t k_pad, n_pad;        // k_pad % 4 == 0, n_pad % 64 == 0
+  int64_t k_pad, n_pad;        // k_pad % 4 == 0, n_pad % G == 0
   float* out;                  // (m, n), row-major
 };
 
