@@ -58,8 +58,8 @@ def available() -> bool:
         expected = (torch._int_mm(qx, w.t()).float() * weight_scale) * row_scale
         return (torch.equal(product(qx, row_scale, packed, weight_scale, None), expected)
                 and torch.equal(product(qx, row_scale, packed, weight_scale, bias), expected + bias))
-    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
-        return False
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError, ValueError):
+        return False  # ValueError: an extension built for another packing refuses this one
 
 
 def pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -415,6 +415,9 @@ def test_own_int8_product_probe(monkeypatch):
     assert probe() is False
     monkeypatch.setattr(_int8_gemv, "product", lambda qx, sx, packed, ws, bias: torch.zeros(qx.shape[0], 70))
     assert probe() is False  # an inexact op is not used
+    monkeypatch.undo()
+    monkeypatch.setattr(_int8_gemv, "GROUP", 2 * _int8_gemv.GROUP)  # as packed for an extension of another layout
+    assert probe() is False
 
 
 @needs_fbgemm
