@@ -9,11 +9,15 @@
 // at 8 about half the time (vpdpbusd the rest). So a tile of few rows reads
 // several groups at once (8 streams for one row: more requests in flight than
 // one stream gets) and a weight over 2 MiB is prefetched 4 KiB ahead into L2
-// while the vpdpbusd run. Deciding figures (4096 x 4096, layer / quantize_dynamic,
-// 1 thread, python benchmarks/native/int8_linear_steps.py --threads 1
-// --no-steps --repeats 300, two runs): 1 row 0.82-0.85, 8 rows 0.78-0.98; the
-// previous kernel (tiles of 4 rows x 64 channels, one stream, no prefetch)
-// 0.92-0.94 and 1.03-1.07 in the same runs.
+// while the vpdpbusd run. Deciding figures (4096 x 4096, layer / quantize_dynamic
+// median of per-round ratios, 1 thread, python benchmarks/native/int8_linear_steps.py
+// --threads 1 --no-steps --repeats 300, 9 runs at load average 1.5-4): 1 row
+// 0.68-0.85, 8 rows 0.61-1.02 (median 0.90); the previous kernel (tiles of 4 rows
+// x 64 channels, one stream, no prefetch), alternated with two of them: 0.92-0.94
+// and 1.03-1.07. Without --no-steps, --repeats 200 (six 16 MiB weights in turn: from DRAM),
+// 3 runs: 1 row 0.58-0.64, 8 rows 0.69-0.82; the product alone 625-710 us at 1 row
+// (fbgemm's 881-1040) and 828-832 at 8 (fbgemm's 1019-1078). At 8 rows the
+// vpdpbusd alone (134M multiply-adds, 64 per cycle) take about 580 us.
 #include "kernels/int8_linear.h"
 
 #include <algorithm>
