@@ -140,8 +140,9 @@ def test_matches_numpy_corrcoef(backend, rng):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_correlated_and_zero_variance_columns(backend):
-    x = torch.randn(64, 8)
+@pytest.mark.parametrize("shape", [(64, 8), (16, 40)])  # with a gradient: the PRODUCT and GRAM paths
+def test_correlated_and_zero_variance_columns(backend, shape):
+    x = torch.randn(*shape)
     x[:, 1] = 2 * x[:, 0] + 1e-3 * x[:, 1]  # almost perfectly correlated
     x[:, 2] = -x[:, 0]
     x[:, 5] = 4.25  # zero variance: z = 0, finite for eps > 0

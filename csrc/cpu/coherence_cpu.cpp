@@ -503,7 +503,72 @@ void raw_operands(const CoherenceRawParams& p) {
   affine_rows(static_cast<A*>(p.out_y), static_cast<const A*>(p.y), affine_y.data(), affine_y.data() + dp, p.n, dp);
 }
 
+// sum_j a_j b_j over count values of two rows, in double with kLanes
+// independent accumulators (vectorizes without reassociating one sum).
+template <typename A>
+EITP_CPU_HOT double row_dot(const A* __restrict__ a, const A* __restrict__ b, int64_t count) {
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {0.0};
+  int64_t j = 0;
+  for (; j + kLanes <= count; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(a[j + l] * b[j + l]);
+  double s = 0.0;
+  for (; j < count; ++j) s += static_cast<double>(a[j] * b[j]);
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+// out[j] = sum_i zx_ij zy_ij for j < w (columns j0.., both row strides ld),
+// four rows per step added pairwise before they reach out.
+template <typename A>
+EITP_CPU_HOT void column_dots(const A* __restrict__ zx, int64_t ldx, const A* __restrict__ zy, int64_t ldy,
+                              int64_t rows, int64_t w, double* __restrict__ out) {
+  auto v = [&](int64_t i, int64_t j) { return static_cast<double>(zx[i * ldx + j] * zy[i * ldy + j]); };
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4)
+    for (int64_t j = 0; j < w; ++j) out[j] += (v(i, j) + v(i + 1, j)) + (v(i + 2, j) + v(i + 3, j));
+  for (; i < rows; ++i)
+    for (int64_t j = 0; j < w; ++j) out[j] += v(i, j);
+}
+
+template <typename A>
+void gram_loss(const CoherenceGramLossParams& p) {
+  const A* gx = static_cast<const A*>(p.gx);
+  const A* gy = static_cast<const A*>(p.gy);
+  const A* zx = static_cast<const A*>(p.zx);
+  const A* zy = static_cast<const A*>(p.zy);
+  const int64_t n = p.n, m = std::min(p.d, p.dp);
+  // <Gx, Gy>_F by rows, then the rows in order
+  std::vector<double> rows(n);
+#pragma omp parallel for schedule(static) if (n * n >= (int64_t(1) << 18))
+  for (int64_t i = 0; i < n; ++i) rows[i] = row_dot(gx + i * n, gy + i * n, n);
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) total += rows[i];
+  total /= static_cast<double>(n) * static_cast<double>(n);
+  // R_ii by column blocks, one owner per column
+  std::vector<double> dots(m, 0.0);
+#pragma omp parallel for schedule(static) if (worth_threads(n, m))
+  for (int64_t blk = 0; blk < col_blocks(m); ++blk) {
+    const int64_t j0 = blk * kColBlock;
+    column_dots(zx + j0, p.d, zy + j0, p.dp, n, std::min(m, j0 + kColBlock) - j0, dots.data() + j0);
+  }
+  double diag = 0.0, diag_squares = 0.0;
+  for (int64_t i = 0; i < m; ++i) {
+    const A r = static_cast<A>(dots[i] / static_cast<double>(n));
+    const A dv = r - A(1);
+    diag += static_cast<double>(dv * dv);
+    diag_squares += static_cast<double>(r * r);
+  }
+  const double l2 = p.a * diag + p.b * (total - diag_squares);
+  *static_cast<A*>(p.loss) = static_cast<A>(p.squared ? l2 : std::sqrt(l2));
+}
+
 }  // namespace
+
+void coherence_gram_loss_cpu(const CoherenceGramLossParams& p) {
+  if (p.is_double) gram_loss<double>(p);
+  else gram_loss<float>(p);
+}
 
 void coherence_stats_cpu(const CoherenceStatsParams& p) {
   dispatch_float(p.dtype, "coherence_stats_cpu", [&](auto tag) { stats<decltype(tag)>(p); });

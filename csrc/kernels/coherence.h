@@ -259,6 +259,31 @@ void coherence_reduce_tiles_cpu(int64_t count, CoherenceMakeTile make, void* con
 // Copy the strict upper triangle of a square (d, d) row-major matrix onto its lower one.
 void coherence_mirror_upper_cpu(void* m, bool is_double, int64_t d);
 
+// The GRAM path's loss from its Gram matrices, in one pass over each input:
+//   ||R||_F^2 = <Gx, Gy>_F / N^2 (products in A, summed in double),
+//   R_ii = mean_n zx_ni zy_ni (i < m = min(D, D'); products in A, summed in double),
+//   diag = sum_i (R_ii - 1)^2, off = ||R||_F^2 - sum_i R_ii^2,
+//   L2 = a diag + b off, written at loss in A (its sqrt unless squared).
+// The total is about D/N times the diagonal part or more (rank(R) <= N; D/N
+// > 4/3 where the planner gives GRAM), so the subtraction keeps A's accuracy
+// unless most columns are constant. Every sum has a fixed order: the result
+// does not depend on the thread count.
+struct CoherenceGramLossParams {
+  const void* gx;  // (n, n) A, contiguous: Zx Zx^T
+  const void* gy;  // (n, n): Zy Zy^T (== gx for self-correlation)
+  const void* zx;  // (n, d) A, contiguous
+  const void* zy;  // (n, dp) A, contiguous (== zx for self-correlation)
+  bool is_double;
+  int64_t n;
+  int64_t d;
+  int64_t dp;
+  double a;
+  double b;
+  bool squared;
+  void* loss;  // () A
+};
+void coherence_gram_loss_cpu(const CoherenceGramLossParams& p);
+
 #ifdef EITP_WITH_CUDA
 void coherence_stats_cuda(const CoherenceStatsParams& p, cudaStream_t stream);
 void coherence_standardize_cuda(const CoherenceStandardizeParams& p, cudaStream_t stream);
