@@ -69,9 +69,22 @@ def overhead(steps: int = 60, threads: int = 1, cpu_time: bool = False) -> tuple
     import statistics
     import time
 
-    from eitp_kernels.training import EITPRegularizer
-
     torch.set_num_threads(threads)
+    plain, regularized = _overhead_steps()
+    times: tuple[list[float], list[float]] = ([], [])
+    clock = time.thread_time if cpu_time else time.perf_counter
+    for i in range(steps + 5):
+        for fn, out in ((plain, times[0]), (regularized, times[1])):
+            start = clock()
+            fn()
+            if i >= 5:
+                out.append(clock() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _overhead_steps():
+    """(plain, regularized): the two steps of the CPU case, each a no-argument function."""
+    from eitp_kernels.training import EITPRegularizer
 
     def make(regularized: bool):
         torch.manual_seed(0)
@@ -89,20 +102,56 @@ def overhead(steps: int = 60, threads: int = 1, cpu_time: bool = False) -> tuple
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 64, generator=generator), torch.randint(0, 10, (256,), generator=generator)
     plain, regularized = make(False), make(True)
-    times: tuple[list[float], list[float]] = ([], [])
-    clock = time.thread_time if cpu_time else time.perf_counter
+    return (lambda: plain(x, y)), (lambda: regularized(x, y))
+
+
+def parts(steps: int = 60) -> dict[str, float]:
+    """Median thread CPU seconds, 1 thread, of the CPU case's pieces, in one
+    process, taken in turn: the plain and regularized steps of :func:`overhead`,
+    and on two tanh(randn(256, 512)) activations the two coherence losses'
+    forward + backward (``coherence``, through ``coherence_loss``) and the one
+    ``histogram_entropy_many`` (``entropies``). What is left of the overhead
+    (regularized - plain - coherence - entropies) is the rest of
+    ``EITPRegularizer.__call__``: C_l, the metrics, autograd's sums."""
+    import statistics
+    import time
+
+    from eitp_kernels import coherence_loss, histogram_entropy_many
+
+    torch.set_num_threads(1)
+    plain, regularized = _overhead_steps()
+    generator = torch.Generator().manual_seed(1)
+    acts = [torch.tanh(torch.randn(256, 512, generator=generator)).requires_grad_() for _ in range(2)]
+
+    def coherence():
+        loss = torch.stack([coherence_loss(a) for a in acts]).mean()
+        torch.autograd.grad(loss, acts)
+
+    def entropies():
+        histogram_entropy_many([a.detach() for a in acts], bins=64, base=2)
+
+    fns = {"plain": plain, "regularized": regularized, "coherence": coherence, "entropies": entropies}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(steps + 5):
-        for fn, out in ((plain, times[0]), (regularized, times[1])):
-            start = clock()
-            fn(x, y)
+        for name, fn in fns.items():
+            start = time.thread_time()
+            fn()
             if i >= 5:
-                out.append(clock() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+                times[name].append(time.thread_time() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 if __name__ == "__main__":
     import os
+    import sys
 
+    if "--parts" in sys.argv:
+        p = parts()
+        rest = p["regularized"] - p["plain"] - p["coherence"] - p["entropies"]
+        print("EITPRegularizer CPU case, 1 thread, thread CPU time, medians of 60: " +
+              ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in p.items()) +
+              f", rest {rest * 1e3:.2f} ms (load average {os.getloadavg()[0]:.1f})")
+        sys.exit(0)
     for cpu in (False, True):
         plain_s, reg_s = overhead(cpu_time=cpu)
         print(f"EITPRegularizer, 64-512-512-10 MLP, batch 256, 2 layers, default lambdas, 1 thread, "

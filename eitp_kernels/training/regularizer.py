@@ -142,6 +142,7 @@ class EITPRegularizer:
         self.lyapunov_activation = lyapunov_activation
         self.activations: dict[str, torch.Tensor] = {}
         self.previous_means: dict[str, torch.Tensor] = {}
+        self._widths_cache: dict[tuple, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
 
@@ -215,7 +216,7 @@ class EITPRegularizer:
         flats = [self.activations[name].reshape(self.activations[name].shape[0], -1) for name in self.layers]
         entropies = self._entropies(flats)
         h = entropies.mean()
-        bits = (entropies * torch.tensor([float(f.shape[1]) for f in flats], device=entropies.device)).sum()
+        bits = (entropies * self._widths(flats, entropies.device)).sum()
         c = torch.stack([self._coherence_factor(name, f).float() for name, f in zip(self.layers, flats)]).mean()
         metrics = {
             "entropy_bits": h,
@@ -224,19 +225,31 @@ class EITPRegularizer:
             "iem": formulas.iem(self.alpha, h, self.temperature, c),
             "emergence_probability": formulas.emergence_probability(h, self.critical_entropy, self.beta),
         }
-        loss = torch.zeros((), device=entropies.device)
+        terms = []
         if self.lambda_coherence != 0:
             coherence = torch.stack([self._coherence(name, f) for name, f in zip(self.layers, flats)]).mean()
             metrics["coherence_loss"] = coherence.detach()
-            loss = loss + self.lambda_coherence * coherence
+            terms.append(self.lambda_coherence * coherence)
         if self.lambda_thermo != 0:
             thermo = formulas.thermodynamic_loss(self._energy(self._thermo_bits(flats)), self.min_energy)
             metrics["thermodynamic_loss"] = thermo.detach()
-            loss = loss + self.lambda_thermo * thermo
+            terms.append(self.lambda_thermo * thermo)
+        loss = torch.zeros((), device=entropies.device) if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
         if self.lyapunov_activation is not None:
             metrics["lyapunov"] = torch.stack([self._lyapunov(name) for name in self.layers]).mean()
         self.activations = {}
         return loss, metrics
+
+    def _widths(self, flats: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """D_l of each layer as a tensor (default dtype) on ``device``, made once per
+        (device, dtype, widths) in eager mode (traced: made in the graph, no cache to guard on)."""
+        key = (device, torch.get_default_dtype(), tuple(f.shape[1] for f in flats))
+        if torch.compiler.is_compiling():
+            return torch.tensor([float(d) for d in key[2]], device=device)
+        widths = self._widths_cache.get(key)
+        if widths is None:
+            widths = self._widths_cache[key] = torch.tensor([float(d) for d in key[2]], device=device)
+        return widths
 
     def _energy(self, bits: torch.Tensor) -> torch.Tensor:
         return formulas.landauer_energy(bits, self.temperature) if self.energy_in_joules else bits
