@@ -86,29 +86,30 @@ class EITPRegularizer:
 
     Cost per step: one ``histogram_entropy_many`` over all layers (range and
     counts: two passes over the activations, no gradient); per layer with
-    lambda_coherence != 0 one coherence loss forward and backward (a D x D or
-    N x N product each way: the dominant cost); per layer with
-    lambda_thermo != 0 a linear-binning histogram forward and backward
-    (float64 scatter-adds, about one pass of 2 atomics per element each way);
-    plus a few small ops per layer for C_l.
+    lambda_coherence != 0 one coherence loss forward and backward (an N x N
+    or D x D product each way, ``ops.coherence.plan``: the dominant cost);
+    per layer with lambda_thermo != 0 a linear-binning histogram forward and
+    backward (float64 scatter-adds, about one pass of 2 atomics per element
+    each way); plus a few small ops per layer for C_l.
 
     Measured on the CPU case (64-512-512-10 tanh MLP, batch 256, layers "1"
     and "3", default lambdas, 1 thread; ``python -m
     eitp_kernels.bench.suite_eitp_regularizer``, plain and regularized steps
-    alternating, medians of 60, three fresh processes on 2 cores at load
-    average 7-8): +126% to +131% over the plain step in thread CPU time
-    (7.4-9.1 ms plain), +116% to +127% in wall time. Why: at N = 256, D = 512
-    the coherence planner takes the D x D product path (2N = D is not under
-    its Gram rule), so each layer's forward makes P = Z^T Z (upper panels:
-    about 42M multiply-adds) and its backward Z P (67M): about 220M
-    multiply-adds for the two layers, near the plain step's own ~300M. The
-    two coherence forward + backward took 7.5-8.6 ms of thread CPU time and
-    ``histogram_entropy_many`` 0.5-0.8 ms (``coherence_loss`` and
-    ``histogram_entropy_many`` on two tanh(randn(256, 512)) tensors, medians
-    of 200 calls); the rest is the small ops. The issue's 60% target is not
-    met: it needs fewer multiply-adds in the coherence term (an N x N Gram
-    matrix kept from the forward for the backward would need about 60M per
-    layer), not less overhead around it.
+    alternating, medians of 60, fresh processes on 2 cores shared with other
+    work at load average 4.3-4.7): +78% to +86% over the plain step in thread
+    CPU time (7.1-7.6 ms plain), +76% to +84% in wall time. Where it goes
+    (``--parts``, same load): the two coherence forward + backward 3.9-4.9 ms,
+    ``histogram_entropy_many`` 0.6-0.9 ms, the rest (C_l, metrics, autograd's
+    sums of the two gradients reaching each hooked activation) 1.0-1.2 ms.
+    At N = 256, D = 512 the planner takes the Gram path with a gradient (4N <
+    3D): the forward makes one triangle of G = Z Z^T (64-row panels: about
+    21M multiply-adds) and keeps it, the backward G Z (34M): about 109M
+    multiply-adds for the two layers, half the plain step's own ~220M (the
+    D x D product path: about 220M). The issue's 60% target is not met: the
+    Gram products alone make half the plain step's multiply-adds, and the
+    histogram, the coherence kernels' passes over the activations
+    (statistics, standardization in the forward and again in the backward,
+    the backward epilogue) and the rest cost about as much again.
     """
 
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, lambda_thermo: float = 0.0,
