@@ -13,7 +13,8 @@ weights (lambda = 0.0051, squared).
 
 ``--grid``: forward + backward only, self and cross, N in {128, 256, 512}
 by D in {256, 512, 1024} (D' = D): the crossover of the planner's rule with
-a gradient (the EIT-P regularizer's layers: self 256 x 512).
+a gradient (the EIT-P regularizer's layers: self 256 x 512); ``--grid-fwd``:
+the same cases forward alone too.
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def main():
     parser.add_argument("--cpu-time", action="store_true", help="time.thread_time instead of perf_counter")
     parser.add_argument("--cases", default=",".join(c[0] for c in CASES))
     parser.add_argument("--grid", action="store_true", help="the fwd+bwd grid of the module docstring instead")
+    parser.add_argument("--grid-fwd", action="store_true", help="the grid, forward alone too")
     args = parser.parse_args()
+    args.grid = args.grid or args.grid_fwd
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.cpu_time else time.perf_counter
     cases = GRID if args.grid else [c for c in CASES if c[0] in set(args.cases.split(","))]
@@ -55,7 +58,7 @@ def main():
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n, d, generator=g)
         y = 0.8 * x + 0.6 * torch.randn(n, d, generator=g) if cross else None
-        for backward in (True,) if args.grid else (False, True):
+        for backward in (False, True) if args.grid_fwd else (True,) if args.grid else (False, True):
             paths = [coherence.GRAM, coherence.PRODUCT] + ([] if backward else [coherence.BLOCKS])
             times = {p: [] for p in paths}
             for p in paths:

@@ -594,7 +594,7 @@ struct CudaBackend : CudaDevice {
   using CudaDevice::CudaDevice;
   // One product per Gram matrix (the half-size panels are a CPU saving); no
   // BLOCKS path: there the planner gives GRAM or PRODUCT (P is then at most
-  // twice the inputs' size).
+  // 4/3 of the inputs' size).
   static constexpr bool kPanelGram = false, kHasBlocks = false;
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }

@@ -25,7 +25,7 @@ the backward's input), BLOCKS (CPU forward: P reduced block by block, never
 whole) or PRODUCT (P = Zx^T Zy made whole and returned: the backward's
 input; on the GPU by one cuBLAS product of the raw inputs, corrected in one
 pass). Memory: the only D x D' buffer is P on the PRODUCT path (at most
-twice the inputs' size when the planner gives it on a GPU); GRAM keeps one
+4/3 of the inputs' size when the planner gives it on a GPU); GRAM keeps one
 or two N x N matrices (N < D there); the reference and the
 ``process_group`` path materialize R. How each
 backend evaluates the products: csrc/bindings/coherence.cpp and
@@ -134,37 +134,45 @@ def plan(n: int, d: int, d_y: int | None, device_type: str, backward: bool) -> i
     self-correlation) on ``device_type``, with or without a backward to follow.
 
     Multiply-adds of the Gram form g = N^2 D (self) or N^2 (D + D') (cross)
-    against p = N D^2 or 2 N D D' of the D x D' product. GRAM when
-    ``backward`` and 4 g < 3 p (self: 4N < 3D): forward and backward then
-    cost about 1.5 g against 1.5 p (the forward keeps the Gram matrices, the
-    backward multiplies by them; on the CPU one triangle of each forward). A
-    forward alone: GRAM when 2 g < p (self 2N < D). Otherwise PRODUCT when a
-    gradient will be taken (the backward multiplies by P) and on a GPU (one
-    cuBLAS product; not GRAM means P is at most twice the inputs' size). A
-    CPU forward alone: BLOCKS for self-correlation (only the blocks on and
-    right of the diagonal, shared out to the threads: about half the
-    multiply-adds), and for cross-correlation PRODUCT while P is no larger
-    than the inputs (D D' <= N (D + D') / 2: one threaded product), else
-    BLOCKS (the memory stays of the inputs' order).
+    against p = N D^2 or 2 N D D' of the D x D' product. GRAM when 4 g < 3 p
+    (self: 4N < 3D), with or without a backward: on the CPU the forward
+    makes one triangle of each Gram matrix (about g / 2) against the
+    product's blocks on and right of the diagonal (about p / 2), and keeps
+    them for the backward, which then costs g against p. Otherwise PRODUCT
+    when a gradient will be taken (the backward multiplies by P) and on a GPU
+    (one cuBLAS product; not GRAM means P is at most 4/3 of the inputs'
+    size). A CPU forward alone: BLOCKS for self-correlation (only the blocks
+    on and right of the diagonal, shared out to the threads), and for
+    cross-correlation PRODUCT while P is no larger than the inputs (D D' <=
+    N (D + D') / 2: one threaded product), else BLOCKS (the memory stays of
+    the inputs' order).
 
     Measured with `benchmarks/native/coherence_paths.py --threads 1
-    --cpu-time` (thread CPU time, medians of 21; ``--grid`` for fwd+bwd).
-    Forward alone: e.g. self 2048x1024 BLOCKS 30.9 ms, PRODUCT 32.4, GRAM
-    89.8 (medians of 5). Forward + backward, GRAM against PRODUCT: at D = N PRODUCT is
-    faster (self 256x256 0.96 ms against 0.82, 512x512 6.41 against 6.33;
-    cross 256x256 2.19 against 1.61), at D = 1.25 N even (self 256x320 1.44
+    --cpu-time` (thread CPU time, medians of 11-21; ``--grid`` for fwd+bwd,
+    ``--grid-fwd`` the forward alone too), 2 shared cores at load 2-4.
+    Forward + backward, GRAM against PRODUCT: at D = N PRODUCT is faster
+    (self 256x256 0.96 ms against 0.82, 512x512 6.41 against 6.33; cross
+    256x256 2.19 against 1.61), at D = 1.25 N even (self 256x320 1.44
     against 1.46; cross 0.92x), at D = 1.5 N GRAM mostly faster (self
     256x384 1.62 against 2.02, 512x768 8.74 against 12.06, 128x192 0.37
     against 0.36; cross 256x384 1.06x, 512x768 1.18x, 128x192 0.91x), from
     D = 2N GRAM by 1.4-1.9x (self 256x512, the EIT-P regularizer's layers:
-    1.91 ms against 3.02; Barlow Twins 512x2048 50.9 against 177.1). On a GPU
-    the rule is the flop count's, not measured.
+    1.91 ms against 3.02; Barlow Twins 512x2048 50.9 against 177.1). Forward
+    alone, GRAM against the faster of BLOCKS and PRODUCT: at D = N about
+    even for self (256x256 0.34 ms against 0.35, 512x512 2.78 against 2.49)
+    and slower for cross (256x256 0.65 against 0.47); at D = 1.25 N self
+    0.42 against 0.46, cross 1.06 against 0.81; at D = 1.5 N 256x384 self
+    0.47 against 0.67, cross 1.20 against 1.21, 512x768 self 3.45 against
+    4.55, cross 6.81 against 7.35, 128x192 cross 0.19 against 0.17; at D = 2N
+    GRAM by 1.4-1.8x (self 256x512 0.83 against 1.29). Self 2048x1024:
+    BLOCKS 30.9 ms, PRODUCT 32.4, GRAM 89.8 (medians of 5). On a GPU the rule
+    is the flop count's, not measured.
     """
     if d_y is None:
         gram_cost, product_cost = n * n * d, n * d * d
     else:
         gram_cost, product_cost = n * n * (d + d_y), 2 * n * d * d_y
-    if (4 * gram_cost < 3 * product_cost) if backward else (2 * gram_cost < product_cost):
+    if 4 * gram_cost < 3 * product_cost:
         return GRAM
     if backward or device_type != "cpu" or (d_y is not None and 2 * d * d_y <= n * (d + d_y)):
         return PRODUCT
