@@ -393,13 +393,17 @@ def test_triton_one_call_op_equals_its_three_steps(case, monkeypatch):
     programs fold the range partials, the entropy kernel writes the result's dtype) is bit for bit
     the three ops it replaces, and its counts are the reference's. Fresh buffers hold garbage, as
     on a GPU, so counts the range pass did not zero would show."""
-    empty = torch.empty
+    empty, new_empty = torch.empty, torch.Tensor.new_empty
+    handed_out = []
 
-    def garbage(*args, **kwargs):
-        t = empty(*args, **kwargs)
+    def garbage(t):
+        handed_out.append(t.shape)
         return t.fill_(7 if not t.is_floating_point() else NAN)
 
-    monkeypatch.setattr(torch, "empty", garbage)
+    # the launchers allocate by x.new_empty (and torch.empty elsewhere): both hand out garbage
+    monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: garbage(empty(*args, **kwargs)))
+    monkeypatch.setattr(torch.Tensor, "new_empty",
+                        lambda self, *args, **kwargs: garbage(new_empty(self, *args, **kwargs)))
     g = torch.Generator().manual_seed(3)
     lo = hi = bounds = None
     explicit, bins, log_base = False, 256, None
@@ -429,8 +433,10 @@ def test_triton_one_call_op_equals_its_three_steps(case, monkeypatch):
         bounds, explicit, bins = [-1.0, 1.5], True, 10
     else:
         rows = torch.empty(3, 0)
+    handed_out.clear()
     with eitp_kernels.use_backend("triton"):
         h = torch.ops.eitp_triton.histogram_entropy_rows(rows, lo, hi, bins, explicit, log_base, bounds)
+        assert handed_out  # the one-call op's fresh buffers held garbage
         if bounds is not None:
             acc = reference.compute_dtype(rows.dtype)
             lo, hi = (torch.full((rows.shape[0],), b, dtype=acc) for b in bounds)
