@@ -589,6 +589,23 @@ def test_every_path_triton(shape):
 
 
 @pytest.mark.triton_interpret
+def test_triton_gram_forward_layout_keeps_a_symbolic_width():
+    # torch.compile with dynamic shapes traces the launcher with symbolic sizes: GRAM's forward
+    # layout (no panels of P) may guard on N's chunking but must not specialise the width D
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from eitp_kernels.triton import coherence as triton_coherence
+
+    env = ShapeEnv()
+    n, d = (env.create_symintnode(env.create_symbol(v, ConstantSource(name), dynamic_dim=DimDynamic.DYNAMIC),
+                                  hint=v) for v, name in ((300, "n"), (600, "d")))
+    layout = triton_coherence._forward_layout(n, d, d, True, GRAM)
+    assert not env.replacements and all("Eq" not in str(guard.expr) for guard in env.guards), env.guards
+    assert layout.panels == () and isinstance(layout.finalize_grid[0], torch.SymInt)
+
+
+@pytest.mark.triton_interpret
 def test_triton_blocks_forward_by_two_panels():
     # D > 256: the BLOCKS forward reduces P by row panels, 256 rows and a short last one
     g = torch.Generator().manual_seed(5)

@@ -454,10 +454,14 @@ class _ForwardLayout:
         self.col_blocks = self.x_blocks + cdiv(stats_dp, _BLOCK_D)
         self.part_shape = (self.chunks, d + stats_dp, 4)
         self.finalize_grid = (cdiv(d + stats_dp, _LOSS_BLOCK),)
-        # P's row panels (GRAM: unused): (first row, rows, grid, first tile); a panel of every row of P
-        # is the whole product buffer and x itself (no views made)
+        # P's row panels: (first row, rows, grid, first tile); a panel of every row of P is the whole
+        # product buffer and x itself (no views made). None on GRAM: the loop over d would specialise
+        # a symbolic d while torch.compile traces, where GRAM's forward otherwise keeps it symbolic.
         self.tiles_c = cdiv(dp, _TILE)
         self.tiles = cdiv(d, _TILE) * self.tiles_c
+        if path == GRAM:
+            self.panel_rows, self.panels = 0, ()
+            return
         self.panel_rows = d if path == PRODUCT else min(d, _PANEL_ROWS)
         panels = []
         for row0 in range(0, d, self.panel_rows):
