@@ -184,9 +184,11 @@ def histogram_entropy_many(
         built and copied to the device once per list signature (dtypes and
         lengths, bins, range mode; kept for the 32 latest).
     A non-contiguous tensor is first copied to a contiguous one (one copy each).
-    The CUDA and Triton ops copy a per-call table from host memory, so they
-    cannot be captured in a CUDA graph: they are tagged ``cudagraph_unsafe``
-    and torch.compile's CUDA graphs run them outside the graph.
+    The CUDA op copies a table from host memory on every call, the Triton op
+    on a signature's first call and on every call under CUDA graph capture
+    (a kept table would sit in the graph's pool), so neither can be captured
+    in a CUDA graph: they are tagged ``cudagraph_unsafe`` and torch.compile's
+    CUDA graphs run them outside the graph.
     """
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{MANY_OP}: tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
