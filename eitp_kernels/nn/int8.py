@@ -125,11 +125,13 @@ def cpu_int8_product(m: int, k: int, n: int, epilogue: bool = True) -> str:
     same value; OWN, fbgemm and oneDNN each only where its probe passed.
 
     OWN for 1-64 rows: the layer's forward (row quantization + OWN) against
-    quantize_dynamic's Linear, thread CPU time, 10th percentiles, us, 1
-    thread, load average ~6 (python benchmarks/native/int8_linear_steps.py
-    --threads 1): 1024 x 1024: m = 1 33 vs 56, m = 8 74 vs 95, m = 64 357 vs
-    360; 4096 x 4096: m = 1 648 vs 843, m = 8 1260 vs 1299, m = 64 5915 vs
-    6444. More rows only for weights of at most 2^20 elements (1024 x 1024 at
+    quantize_dynamic's Linear, median of per-round time ratios, 1 thread,
+    idle machine (python benchmarks/native/int8_linear_steps.py --threads 1
+    --no-steps, five runs at 4096): 1024 x 1024: m = 1 0.74, m = 8 0.81,
+    m = 64 0.93; 4096 x 4096: m = 1 0.74-0.79, m = 8 0.65-0.98, m = 64 0.87.
+    At 2 threads it is not ahead everywhere (1024 x 1024 m = 8 and 64:
+    1.05-1.16; 4096 x 4096 m = 8: 1.07-1.21). More rows only for weights of
+    at most 2^20 elements (1024 x 1024 at
     m = 512: ours with its epilogue 3366 and 2873 against oneDNN's 3292 and
     3049 plus its epilogue, 2 x 66-82; at 4096 x 4096 51387 and 43872
     against 43481 and 42975 plus 689-1042: no clear gain). The others: Deciding figures (1 thread, 10th percentiles of
