@@ -1012,3 +1012,25 @@ def test_gpu_tensor_range_without_host_sync(backend):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
     torch.testing.assert_close(got_cpu_bound, expected, rtol=1e-6, atol=0)
     assert torch.isfinite(got_diff).all() and torch.isfinite(got_many).all()
+
+
+def test_many_triton_plan_asks_the_tensors_device_whether_it_is_capturing(monkeypatch):
+    """A capture on cuda:1 while cuda:0 is current keeps the plan out of the cache."""
+    import contextlib
+
+    current, capturing_devices = [0], {1}
+
+    @contextlib.contextmanager
+    def device_guard(device):
+        saved, current[0] = current[0], torch.device(device).index
+        try:
+            yield
+        finally:
+            current[0] = saved
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device_guard)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: current[0] in capturing_devices)
+    assert triton_entropy._capturing(torch.device("cuda", 1))
+    assert not triton_entropy._capturing(torch.device("cuda", 0))
+    assert current[0] == 0

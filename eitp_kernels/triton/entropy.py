@@ -547,6 +547,15 @@ def _cached_many_plan(device: torch.device, stream: int | None, dtypes: tuple, n
     return _ManyPlan(dtypes, numels, bins, explicit, device)
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (is_current_stream_capturing
+    asks about the current device's stream, which need not be the tensors' device)."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return torch.cuda.is_current_stream_capturing()
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
+
+
 def _many_plan(xs: list[torch.Tensor], bins: int, explicit: bool) -> _ManyPlan:
     """The list's :class:`_ManyPlan` (built once per signature; never kept from a CUDA graph
     capture, whose table would live in the graph's memory pool and be copied only on replay)."""
@@ -554,7 +563,7 @@ def _many_plan(xs: list[torch.Tensor], bins: int, explicit: bool) -> _ManyPlan:
     dtypes, numels = tuple([t.dtype for t in xs]), tuple([t.numel() for t in xs])
     if device.type != "cuda":
         return _cached_many_plan(device, None, dtypes, numels, bins, explicit)
-    if torch.cuda.is_current_stream_capturing():
+    if _capturing(device):
         return _ManyPlan(dtypes, numels, bins, explicit, device)
     return _cached_many_plan(device, torch._C._cuda_getCurrentRawStream(device.index), dtypes, numels, bins,
                              explicit)
