@@ -319,10 +319,7 @@ def _plain_eager(args: tuple) -> bool:
     eager: not run under torch.compile's frame evaluation, no torch function or dispatch mode and no functorch
     transform active, every tensor (also inside a list) a plain ``torch.Tensor`` and none
     needing a gradient. Such a call gets nothing from the dispatcher's Python layers."""
-    if not _EAGER_PROBES:
-        return False
-    if (_eval_frame_callback() is not None or _dispatch_mode_depth() or _torch_function_mode()
-            or _functorch_layer() is not None):
+    if not no_layers_active():
         return False
     grad = torch.is_grad_enabled()
     for arg in args:
@@ -335,6 +332,14 @@ def _plain_eager(args: tuple) -> bool:
         elif isinstance(arg, torch.Tensor):  # a subclass
             return False
     return True
+
+
+def no_layers_active() -> bool:
+    """Whether nothing would wrap an op call: the probes exist on this torch, and no
+    torch.compile frame evaluation, torch function or dispatch mode or functorch
+    transform is active (the tensors themselves are the caller's to check)."""
+    return bool(_EAGER_PROBES) and not (_eval_frame_callback() is not None or _dispatch_mode_depth()
+                                        or _torch_function_mode() or _functorch_layer() is not None)
 
 
 def _plain_eager_list(values, grad: bool) -> bool:

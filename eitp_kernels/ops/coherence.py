@@ -200,10 +200,7 @@ def _op_loss(forward, compiled=False):
 def _eager_with_gradient(x2, y2) -> bool:
     """Whether a call is plain eager (as _backends._plain_eager: not traced, no
     mode or functorch transform, plain tensors) and takes a gradient."""
-    if not _backends._EAGER_PROBES or torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return False
-    if (_backends._eval_frame_callback() is not None or _backends._dispatch_mode_depth()
-            or _backends._torch_function_mode() or _backends._functorch_layer() is not None):
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not _backends.no_layers_active():
         return False
     tensors = (x2,) if y2 is None else (x2, y2)
     return all(type(t) is torch.Tensor for t in tensors) and any(t.requires_grad for t in tensors)
