@@ -118,7 +118,9 @@ def test_no_bias_empty_batch_and_dtype_mismatch():
         enn.Int8Linear(8, 8, matmul="fast")
 
 
-def test_int8_matmul_supported_rules():
+def test_int8_matmul_supported_rules(monkeypatch):
+    from eitp_kernels.nn import int8
+    monkeypatch.setattr(int8._int8_gemv, "applies", lambda k: False)  # fbgemm's and oneDNN's rule
     assert enn.int8_matmul_supported(1, 4096, 4096, "cpu")
     assert not enn.int8_matmul_supported(64, 4095, 4096, "cpu")
     assert not enn.int8_matmul_supported(64, 4096, 10, "cpu")
@@ -132,6 +134,25 @@ def test_int8_matmul_supported_rules():
     assert not enn.int8_matmul_supported(64, 64, 64, "meta")
     with torch.backends.mkldnn.flags(enabled=False):  # torch._int_mm's CPU loop without oneDNN
         assert not enn.int8_matmul_supported(64, 4096, 4096, "cpu")
+
+
+def test_int8_matmul_supported_rule_with_our_product(monkeypatch):
+    from eitp_kernels.nn import int8
+    monkeypatch.setattr(int8._int8_gemv, "applies", lambda k: True)
+    # any batch from 2^18 weights; 2^16 from 4 rows; 2^15 from 2^21 multiply-adds
+    assert enn.int8_matmul_supported(1, 512, 512, "cpu") and not enn.int8_matmul_supported(1, 512, 504, "cpu")
+    assert not enn.int8_matmul_supported(3, 256, 256, "cpu") and enn.int8_matmul_supported(4, 256, 256, "cpu")
+    assert not enn.int8_matmul_supported(63, 64, 512, "cpu") and enn.int8_matmul_supported(64, 64, 512, "cpu")
+    assert not enn.int8_matmul_supported(4096, 64, 256, "cpu")  # 2^14 weights: never
+    # a layer that cannot take our product's epilogue keeps the other rule
+    assert not enn.int8_matmul_supported(1, 512, 512, "cpu", epilogue=False)
+    assert not enn.int8_matmul_supported(64, 4096, 10, "cpu")
+    affine = enn.Int8Linear(512, 512, activation_symmetric=False)
+    symmetric = enn.Int8Linear(512, 512)
+    assert affine.plan("cpu") == ((1, enn.int8.DEQUANTIZED), (32, enn.int8.INT8))
+    assert symmetric.plan("cpu") == ((1, enn.int8.INT8),)
+    assert enn.Int8Linear(64, 512).plan("cpu") == ((1, enn.int8.DEQUANTIZED), (64, enn.int8.INT8))
+    assert enn.Int8Linear(256, 256).plan("cpu") == ((1, enn.int8.DEQUANTIZED), (4, enn.int8.INT8))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -517,24 +538,35 @@ def test_load_int8_decides_each_layers_paths_and_says_so():
     model = enn.load_int8(enn.export_int8(enn.prepare_qat(_small_mlp())), _small_mlp)
     first, hidden, last = model[0], model[2], model[4]
     assert first._plans and hidden._plans  # decided at load
-    assert first.plan() == ((1, enn.int8.DEQUANTIZED),) and last.plan() == ((1, enn.int8.DEQUANTIZED),)
-    expected = ((1, enn.int8.DEQUANTIZED), (32, enn.int8.INT8)) if enn.int8._onednn_enabled() else \
-        ((1, enn.int8.DEQUANTIZED),)
-    assert hidden.plan() == expected
-    for m, path in ((1, "dequantized"), (31, "dequantized"), (32, expected[-1][1]), (512, expected[-1][1])):
-        assert hidden.path(torch.randn(m, 512)) == path, m
-    assert "path on cpu: " + enn.int8.describe_plan(expected) in repr(hidden)
-    if expected[-1][1] == enn.int8.INT8:
-        with torch.no_grad():
-            x1, x40 = torch.randn(1, 512), torch.randn(40, 512)
-            y1 = hidden(x1)
-            assert hidden._fast is not None and hidden._fast[6] == 31 * 512  # forward's shortcut, batches 1-31
-            assert torch.equal(hidden(x1), y1) and torch.equal(y1, _dequantized(hidden, x1))
-            assert not torch.equal(hidden(x40), _dequantized(hidden, x40))  # 40 rows: the int8 path
+    assert last.plan() == ((1, enn.int8.DEQUANTIZED),)  # 10 outputs: never int8
+    dequantized, int8 = enn.int8.DEQUANTIZED, enn.int8.INT8
+    if not enn.int8._onednn_enabled():
+        expected = {0: ((1, dequantized),), 2: ((1, dequantized),)}
+    elif _int8_gemv.applies(512):  # our product's rule: 64 x 512 from 2^21 multiply-adds, 512^2 always
+        expected = {0: ((1, dequantized), (64, int8)), 2: ((1, int8),)}
+    else:
+        expected = {0: ((1, dequantized),), 2: ((1, dequantized), (32, int8))}
+    assert first.plan() == expected[0] and hidden.plan() == expected[2]
     summary = enn.int8_summary(model).splitlines()
-    assert len(summary) == 3 and summary[1].startswith("2: Int8Linear 512 -> 512 on cpu: dequantized for batch 1-31")
-    hidden.matmul = "int8"
-    assert hidden.plan() == ((1, enn.int8.INT8),)  # another setting, another plan
+    assert len(summary) == 3
+    for index, plan in expected.items():
+        layer = model[index]
+        assert "path on cpu: " + enn.int8.describe_plan(plan) in repr(layer)
+        assert summary[index // 2].startswith(f"{index}: Int8Linear {layer.in_features} -> {layer.out_features} "
+                                              f"on cpu: {enn.int8.describe_plan(plan)}")
+        if len(plan) < 2:
+            continue
+        switch = plan[1][0]  # the first int8 batch
+        for m, path in ((1, dequantized), (switch - 1, dequantized), (switch, int8), (512, int8)):
+            assert layer.path(torch.randn(m, layer.in_features)) == path, m
+        with torch.no_grad():
+            x1, x_int8 = torch.randn(1, layer.in_features), torch.randn(switch + 8, layer.in_features)
+            y1 = layer(x1)
+            assert layer._fast is not None and layer._fast[6] == (switch - 1) * layer.in_features  # the shortcut
+            assert torch.equal(layer(x1), y1) and torch.equal(y1, _dequantized(layer, x1))
+            assert not torch.equal(layer(x_int8), _dequantized(layer, x_int8))  # the int8 path
+    hidden.matmul = "dequantize"
+    assert hidden.plan() == ((1, dequantized),)  # another setting, another plan
     assert enn.int8_summary(nn.ReLU()) == "(no int8 layers)"
 
 

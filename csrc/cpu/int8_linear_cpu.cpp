@@ -172,17 +172,27 @@ EITP_VNNI void rows_vnni(const Int8LinearRowsParams& p) {
     for (int64_t kk = 0; kk < p.k; ++kk) row[kk] = static_cast<uint8_t>(q[kk]) ^ 0x80u;
   }
   const uint32_t* codes = a.data();
-  // Threads (parallel_chunks) share out the channel groups: chunks of at least 2^20 multiply-adds.
+  // OpenMP threads share out the channel groups: chunks of at least 2^20
+  // multiply-adds. OpenMP, not parallel_chunks' pool: the ops around a layer
+  // (torch's, fbgemm's, oneDNN's) run on OpenMP, whose workers spin for a
+  // while after each region, so a pool worker woken next to them waited for a
+  // core. Layer / quantize_dynamic, 2 threads, idle, median of per-round
+  // ratios (python benchmarks/native/int8_linear_steps.py --threads 2
+  // --no-steps --repeats 300, two runs each, interleaved), pool then OpenMP:
+  // 1024 x 1024 m = 8 1.08-1.14 then 0.79-0.80, m = 64 1.26-1.55 then
+  // 0.93-0.96; 4096 x 4096 m = 8 1.24-1.35 then 0.84-0.91, m = 64 1.19-1.60
+  // then 0.92-0.93.
   const int64_t per_group = p.m * p.k_pad * kInt8LinearGroup;
   const Chunking c = chunking(groups, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(per_group, 1)),
                               4 * parallel_slots());
-  parallel_chunks(c.count, [&](int64_t i, int64_t) {
+#pragma omp parallel for schedule(dynamic, 1) if (c.count > 1)
+  for (int64_t i = 0; i < c.count; ++i) {
     const int64_t first = i * c.size, last = std::min(groups, (i + 1) * c.size);
     if (p.m <= kRowTile)
       groups_rows<8>(p, codes, k_groups, first, last);  // one row tile: up to 8 streams
     else
       groups_rows<2>(p, codes, k_groups, first, last);
-  });
+  }
 }
 
 }  // namespace

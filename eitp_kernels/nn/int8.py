@@ -49,12 +49,20 @@ from eitp_kernels.ops.quant import dequantize_int8, quantize_int8
 _INT_MM_MAX_K = (2**31 - 1) // (128 * 127)
 # "Few rows": m <= FEW_ROWS is a GEMV-shaped call (CUDA's torch._int_mm needs m > 16).
 FEW_ROWS = 16
-# The CPU rule of int8_matmul_supported: the int8 path needs, for few rows, a weight of at
-# least _CPU_MIN_INT8_WEIGHT_FEW_ROWS elements (the GEMV reads 1 byte per weight instead of 4),
-# for more rows at least _CPU_MIN_INT8_WEIGHT elements and _CPU_MIN_INT8_MACS multiply-adds.
+# The CPU rule of int8_matmul_supported with fbgemm's and oneDNN's products: the int8 path
+# needs, for few rows, a weight of at least _CPU_MIN_INT8_WEIGHT_FEW_ROWS elements (the GEMV
+# reads 1 byte per weight instead of 4), for more rows at least _CPU_MIN_INT8_WEIGHT elements
+# and _CPU_MIN_INT8_MACS multiply-adds.
 _CPU_MIN_INT8_WEIGHT_FEW_ROWS = 1 << 20
 _CPU_MIN_INT8_WEIGHT = 1 << 16
 _CPU_MIN_INT8_MACS = 1 << 23
+# With our product (one op after the row quantization): any batch for a weight of at least
+# _OWN_ANY_BATCH_WEIGHT elements, _OWN_MIN_ROWS rows or more for one of _CPU_MIN_INT8_WEIGHT,
+# and _OWN_MIN_MACS multiply-adds for one of _OWN_MIN_WEIGHT.
+_OWN_ANY_BATCH_WEIGHT = 1 << 18
+_OWN_MIN_ROWS = 4
+_OWN_MIN_WEIGHT = 1 << 15
+_OWN_MIN_MACS = 1 << 21
 
 # The paths a layer's forward takes (Int8Linear.plan, int8_summary).
 INT8 = "int8"  # dynamic int8 activations x int8 weight, exact int32 product, rescale
@@ -74,10 +82,12 @@ def _onednn_enabled() -> bool:
 _onednn_enabled._dynamo_marked_constant = True
 
 
-def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) -> bool:
+def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str, *, epilogue: bool = True) -> bool:
     """Whether ``Int8Linear`` (``matmul="auto"``) multiplies an (m, k) activation
     by its (n, k) weight in int8 (else: weight-only int8 on a GPU for m <= 16,
-    the cached dequantized weight otherwise).
+    the cached dequantized weight otherwise). ``epilogue``: the layer can take
+    our CPU product's epilogue (float32, symmetric activations: see
+    :func:`cpu_int8_product`).
 
     Both devices: k and n multiples of 8 (torch's CUDA kernel requires it; the
     CPU, where any shape runs, keeps the same alignment) and k <= 132104 (the
@@ -85,24 +95,41 @@ def int8_matmul_supported(m: int, k: int, n: int, device: torch.device | str) ->
     path; fewer rows take the weight-only kernel). CPU: oneDNN enabled
     (``torch.backends.mkldnn``; without it torch._int_mm runs a scalar loop)
     and enough work for the int8 product's saving to pay for quantizing the
-    activations and the rescale, against the cached dequantized weight: for
-    m <= 16, k * n >= 2^20 (1024 x 1024: the GEMV reads 1 byte per weight
-    instead of 4); for m > 16, k * n >= 2^16 and m * k * n >= 2^23. Deciding
-    figures (1 thread on the shared 2-core development VM, 10th percentiles,
-    whole layer, int8 time / dequantized time; ``python
-    benchmarks/native/int8_path_rule.py --threads 1``): m = 1: 768^2 1.01,
-    1024^2 0.80; m = 8: 512^2 1.36, 1024^2 0.40; m = 17: 512^2 1.14 (4.5e6
-    multiply-adds), 768^2 0.62 (1.0e7); m = 64: 256^2 1.50 (4.2e6), 512^2
-    0.79 (1.7e7); 64 x 512 loses up to m = 64 (2.1e6). Other devices: never.
+    activations and the rescale, against the cached dequantized weight.
+
+    With our product (``epilogue`` and ``eitp_kernels._int8_gemv`` available):
+    any m for k * n >= 2^18, m >= 4 for k * n >= 2^16, m * k * n >= 2^21 for
+    k * n >= 2^15. Deciding figures (whole layer, int8 time / dequantized
+    time, 10th percentiles, 1 then 2 threads, idle machine; ``python
+    benchmarks/native/int8_path_rule.py --threads 1`` and ``--threads 2``
+    ``--shapes 64x512,256x256,512x512,768x768 --rows 1,4,8,16,17,32,64,256``):
+    512^2 (2^18) m = 1 0.56 / 0.64, every m up to 256 0.29-0.39; 256^2 (2^16)
+    m = 1 1.27 / 1.23, m = 4 0.83 / 0.79, m = 256 0.40 / 0.61; 64 x 512
+    (2^15) m = 16 0.86 / 1.08, m = 32 0.69 / 0.96, m = 64 (2^21) 0.58 /
+    0.76; 512 x 10 (n = 10 is refused anyway) loses at every m up to 256.
+
+    Otherwise (fbgemm's and oneDNN's products): for m <= 16, k * n >= 2^20
+    (1024 x 1024: the GEMV reads 1 byte per weight instead of 4); for m >
+    16, k * n >= 2^16 and m * k * n >= 2^23. Deciding figures (1 thread on
+    the shared 2-core development VM, 10th percentiles, whole layer, int8
+    time / dequantized time; ``python benchmarks/native/int8_path_rule.py
+    --threads 1``, before our product): m = 1: 768^2 1.01, 1024^2 0.80; m =
+    8: 512^2 1.36, 1024^2 0.40; m = 17: 512^2 1.14 (4.5e6 multiply-adds),
+    768^2 0.62 (1.0e7); m = 64: 256^2 1.50 (4.2e6), 512^2 0.79 (1.7e7); 64 x
+    512 loses up to m = 64 (2.1e6). Other devices: never.
     """
     device = torch.device(device)
     if device.type not in ("cpu", "cuda") or m < 1 or k % 8 or n % 8 or not 0 < k <= _INT_MM_MAX_K:
         return False
     if device.type == "cpu":
-        if m <= FEW_ROWS:
-            enough = k * n >= _CPU_MIN_INT8_WEIGHT_FEW_ROWS
+        weight = k * n
+        if epilogue and _int8_gemv.applies(k):
+            enough = (weight >= _OWN_ANY_BATCH_WEIGHT or (weight >= _CPU_MIN_INT8_WEIGHT and m >= _OWN_MIN_ROWS)
+                      or (weight >= _OWN_MIN_WEIGHT and m * weight >= _OWN_MIN_MACS))
+        elif m <= FEW_ROWS:
+            enough = weight >= _CPU_MIN_INT8_WEIGHT_FEW_ROWS
         else:
-            enough = k * n >= _CPU_MIN_INT8_WEIGHT and m * k * n >= _CPU_MIN_INT8_MACS
+            enough = weight >= _CPU_MIN_INT8_WEIGHT and m * weight >= _CPU_MIN_INT8_MACS
         return enough and _onednn_enabled()
     return m > FEW_ROWS
 
@@ -129,8 +156,11 @@ def cpu_int8_product(m: int, k: int, n: int, epilogue: bool = True) -> str:
     idle machine (python benchmarks/native/int8_linear_steps.py --threads 1
     --no-steps, five runs at 4096): 1024 x 1024: m = 1 0.74, m = 8 0.81,
     m = 64 0.93; 4096 x 4096: m = 1 0.74-0.79, m = 8 0.65-0.98, m = 64 0.87.
-    At 2 threads it is not ahead everywhere (1024 x 1024 m = 8 and 64:
-    1.05-1.16; 4096 x 4096 m = 8: 1.07-1.21). More rows only for weights of
+    2 threads (its threads OpenMP's since; ``--threads 2``, two runs): 1024 x
+    1024: m = 1 0.72-0.90, m = 8 0.77-0.81, m = 64 0.96-0.97, m = 512
+    0.98-1.01; 4096 x 4096: m = 1 0.75-0.89, m = 8 0.83-0.84, m = 64
+    0.85-0.96 (with parallel_chunks' pool: 1.05-1.16 at 1024 x 1024 m = 8
+    and 64, 1.07-1.21 at 4096 x 4096 m = 8). More rows only for weights of
     at most 2^20 elements (1024 x 1024 at
     m = 512: ours with its epilogue 3366 and 2873 against oneDNN's 3292 and
     3049 plus its epilogue, 2 x 66-82; at 4096 x 4096 51387 and 43872
@@ -292,7 +322,9 @@ class Int8Linear(_Int8Weight):
         plans = self.__dict__.setdefault("_plans", {})  # absent in a layer pickled by an older release
         if key not in plans:
             k, n = self.in_features, self.out_features
-            firsts = {1, FEW_ROWS + 1, max(FEW_ROWS + 1, -(-_CPU_MIN_INT8_MACS // max(k * n, 1)))}
+            weight = max(k * n, 1)  # every batch size where a rule's answer may change
+            firsts = {1, _OWN_MIN_ROWS, FEW_ROWS + 1, -(-_OWN_MIN_MACS // weight),
+                      max(FEW_ROWS + 1, -(-_CPU_MIN_INT8_MACS // weight))}
             plan: list[tuple[int, str]] = []
             for m in sorted(firsts):
                 path = self._path_for(m, device)
@@ -310,7 +342,9 @@ class Int8Linear(_Int8Weight):
             return WEIGHT_ONLY if m <= FEW_ROWS and int8_linear.triton_available(device) else DEQUANTIZED
         if weight_only_supported(m, device):
             return WEIGHT_ONLY
-        return INT8 if int8_matmul_supported(m, self.in_features, self.out_features, device) else DEQUANTIZED
+        epilogue = self.dtype == torch.float32 and self.activation_symmetric is not False
+        return INT8 if int8_matmul_supported(m, self.in_features, self.out_features, device,
+                                             epilogue=epilogue) else DEQUANTIZED
 
     def path(self, x: torch.Tensor) -> str:
         """The path ``forward(x)`` takes (see the class docstring)."""
