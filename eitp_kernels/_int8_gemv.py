@@ -56,8 +56,14 @@ def available() -> bool:
         bias = torch.linspace(-1.0, 1.0, 70)
         packed = PackedWeight().of(w)
         expected = (torch._int_mm(qx, w.t()).float() * weight_scale) * row_scale
-        return (torch.equal(product(qx, row_scale, packed, weight_scale, None), expected)
-                and torch.equal(product(qx, row_scale, packed, weight_scale, bias), expected + bias))
+        if not (torch.equal(product(qx, row_scale, packed, weight_scale, None), expected)
+                and torch.equal(product(qx, row_scale, packed, weight_scale, bias), expected + bias)):
+            return False
+        x = torch.linspace(-3.0, 5.0, 5 * k).reshape(5, k)
+        x[1, 3], x[2] = float("nan"), 0.0
+        codes, scales, _ = torch.ops.eitp.quantize_int8_rows.default(x, None, None, True)
+        return torch.equal(float_product(x, packed, weight_scale, bias),
+                           product(codes, scales, packed, weight_scale, bias))
     except (RuntimeError, AttributeError, TypeError, NotImplementedError, ValueError):
         return False  # ValueError: an extension built for another packing refuses this one
 
@@ -89,6 +95,16 @@ class PackedWeight:
             self._packed = pack(weight.detach())
             self._weight, self._version = weight, weight._version
         return self._packed
+
+
+def float_product(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor], weight_scale: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`product` of float32 (m, k) activations ``x`` quantized per row
+    (symmetric) inside the op: ``qx, row_scale = quantize_int8(x,
+    granularity="channel", axis=0)``'s codes and scales bit for bit, then the
+    module docstring's formula. One op instead of two; the threads share the
+    rows' quantization and then the product."""
+    return torch.ops.eitp.int8_linear_float_rows.default(x, packed[0], packed[1], weight_scale, bias)
 
 
 def product(qx: torch.Tensor, row_scale: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor],

@@ -426,6 +426,48 @@ def test_own_int8_product_bad_inputs_name_the_argument():
     assert op(torch.zeros(0, 8, dtype=torch.int8), torch.ones(0), packed, sums, ws, None).shape == (0, 16)
 
 
+@needs_own
+@pytest.mark.parametrize("m, k, n", [(1, 64, 64), (3, 66, 130), (8, 4, 32), (17, 264, 40), (64, 1024, 64),
+                                     (70, 1000, 8)])
+def test_own_float_product_is_the_quantization_then_the_product(m, k, n):
+    """int8_linear_float_rows == quantize_int8_rows (per row, symmetric) then int8_linear_rows, bit
+    for bit: rows of any scale, zeros, NaN and +-Inf, k not a multiple of 4, m * k past the size
+    from which the threads share the rows' quantization (65536)."""
+    torch.manual_seed(m * k + n)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    weight_scale, bias = torch.rand(n) + 0.01, torch.randn(n)
+    x = torch.randn(m, k) * torch.logspace(-3, 3, m).unsqueeze(1)
+    x[0, 1] = float("nan")
+    if m > 2:
+        x[1] = 0.0
+        x[2, 0], x[2, -1] = float("inf"), float("-inf")
+    packed = _int8_gemv.pack(w)
+    codes, scales, _ = torch.ops.eitp.quantize_int8_rows.default(x, None, None, True)
+    for b in (bias, None):
+        expected = _int8_gemv.product(codes, scales, packed, weight_scale, b)
+        assert torch.equal(_int8_gemv.float_product(x, packed, weight_scale, b), expected)
+    transposed = x.t().contiguous().t()  # not contiguous: the op takes its contiguous copy
+    assert torch.equal(_int8_gemv.float_product(transposed, packed, weight_scale, bias),
+                       _int8_gemv.product(codes, scales, packed, weight_scale, bias))
+
+
+@needs_own
+def test_own_float_product_bad_inputs_name_the_argument():
+    w = torch.randint(-127, 128, (16, 8), dtype=torch.int8)
+    packed, sums = _int8_gemv.pack(w)
+    x, ws = torch.zeros(2, 8), torch.ones(16)
+    op = torch.ops.eitp.int8_linear_float_rows
+    with pytest.raises(TypeError, match="x must be float32"):
+        op(x.double(), packed, sums, ws, None)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        op(x.reshape(-1), packed, sums, ws, None)
+    with pytest.raises(ValueError, match="packed holds k_pad = 8 for x with k = 12"):
+        op(torch.zeros(2, 12), packed, sums, ws, None)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        op(x, packed, sums, ws, torch.ones(15))
+    assert op(torch.zeros(0, 8), packed, sums, ws, None).shape == (0, 16)
+
+
 def test_own_int8_product_probe(monkeypatch):
     probe = _int8_gemv.available.__wrapped__
 
@@ -437,6 +479,10 @@ def test_own_int8_product_probe(monkeypatch):
     monkeypatch.setattr(_int8_gemv, "product", lambda qx, sx, packed, ws, bias: torch.zeros(qx.shape[0], 70))
     assert probe() is False  # an inexact op is not used
     monkeypatch.undo()
+    if _int8_gemv.available():  # the fused quantization must match quantize_int8_rows too
+        monkeypatch.setattr(_int8_gemv, "float_product", lambda x, packed, ws, bias: torch.zeros(x.shape[0], 70))
+        assert probe() is False
+        monkeypatch.undo()
     monkeypatch.setattr(_int8_gemv, "GROUP", 2 * _int8_gemv.GROUP)  # as packed for an extension of another layout
     assert probe() is False
 

@@ -23,6 +23,7 @@
 #include <algorithm>
 
 #include "cpu/parallel_cpu.h"
+#include "kernels/quant.h"
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own placeholder operands.
 #pragma GCC diagnostic push
@@ -40,6 +41,7 @@ constexpr int64_t kStepBytes = kInt8LinearGroup * 4;  // one k group (4 k) of a 
 constexpr int kRowTile = 8;                          // rows sharing each weight load: 8 x 2 accumulators
 constexpr int64_t kPrefetchAhead = 4096;             // bytes ahead in each weight stream (into L2)
 constexpr int64_t kPrefetchFromBytes = int64_t(1) << 21;  // weights larger than this are prefetched
+constexpr int64_t kQuantizeSharedFrom = 65536;            // activation elements whose rows the threads share
 
 #define EITP_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
@@ -162,15 +164,23 @@ EITP_VNNI void groups_rows(const Int8LinearRowsParams& p, const uint32_t* a, int
   }
 }
 
-EITP_VNNI void rows_vnni(const Int8LinearRowsParams& p) {
-  const int64_t k_groups = p.k_pad / 4, groups = p.n_pad / kInt8LinearGroup;
-  // The codes as unsigned bytes q + 128 (the sign bit flipped), 4 per k group, k padded with code 0.
-  std::vector<uint32_t> a(static_cast<size_t>(p.m * k_groups), 0x80808080u);
-  for (int64_t i = 0; i < p.m; ++i) {
-    uint8_t* row = reinterpret_cast<uint8_t*>(a.data() + i * k_groups);
-    const int8_t* q = p.q + i * p.k;
-    for (int64_t kk = 0; kk < p.k; ++kk) row[kk] = static_cast<uint8_t>(q[kk]) ^ 0x80u;
-  }
+// Row i's codes as unsigned bytes q + 128 (the sign bit flipped) at row (k_pad bytes), from the
+// given codes or, with p.x, quantized here first (its scale into row_scale[i]).
+void unsigned_codes(const Int8LinearRowsParams& p, int64_t i, uint8_t* row, float* row_scale) {
+  if (p.x != nullptr)
+    quantize_int8_row_symmetric_cpu(p.x + i * p.k, p.k, row_scale + i, reinterpret_cast<int8_t*>(row));
+  const uint8_t* q = p.x != nullptr ? row : reinterpret_cast<const uint8_t*>(p.q + i * p.k);
+  for (int64_t kk = 0; kk < p.k; ++kk) row[kk] = q[kk] ^ 0x80u;
+}
+
+EITP_VNNI void rows_vnni(const Int8LinearRowsParams& p_in) {
+  const int64_t k_groups = p_in.k_pad / 4, groups = p_in.n_pad / kInt8LinearGroup;
+  // The codes, 4 per k group, k padded with code 0 (0x80 unsigned); the row scales computed with p.x.
+  std::vector<uint32_t> a(static_cast<size_t>(p_in.m * k_groups), 0x80808080u);
+  std::vector<float> computed_scales(p_in.x != nullptr ? p_in.m : 0);
+  Int8LinearRowsParams p = p_in;
+  if (p.x != nullptr) p.row_scale = computed_scales.data();
+  uint8_t* code_rows = reinterpret_cast<uint8_t*>(a.data());
   const uint32_t* codes = a.data();
   // OpenMP threads share out the channel groups: chunks of at least 2^20
   // multiply-adds. OpenMP, not parallel_chunks' pool: the ops around a layer
@@ -185,13 +195,25 @@ EITP_VNNI void rows_vnni(const Int8LinearRowsParams& p) {
   const int64_t per_group = p.m * p.k_pad * kInt8LinearGroup;
   const Chunking c = chunking(groups, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(per_group, 1)),
                               4 * parallel_slots());
-#pragma omp parallel for schedule(dynamic, 1) if (c.count > 1)
-  for (int64_t i = 0; i < c.count; ++i) {
-    const int64_t first = i * c.size, last = std::min(groups, (i + 1) * c.size);
-    if (p.m <= kRowTile)
-      groups_rows<8>(p, codes, k_groups, first, last);  // one row tile: up to 8 streams
-    else
-      groups_rows<2>(p, codes, k_groups, first, last);
+  // The rows are converted (quantized with p.x) in the same region: one task
+  // per row from kQuantizeSharedFrom elements on, else one task for all (the
+  // other threads wait at the loop's barrier).
+  const int64_t row_tasks = p.m * p.k >= kQuantizeSharedFrom ? p.m : 1;
+#pragma omp parallel if (c.count > 1 || row_tasks > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < row_tasks; ++t) {
+      const int64_t r0 = row_tasks == 1 ? 0 : t, r1 = row_tasks == 1 ? p.m : t + 1;
+      for (int64_t r = r0; r < r1; ++r) unsigned_codes(p, r, code_rows + r * p.k_pad, computed_scales.data());
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < c.count; ++i) {
+      const int64_t first = i * c.size, last = std::min(groups, (i + 1) * c.size);
+      if (p.m <= kRowTile)
+        groups_rows<8>(p, codes, k_groups, first, last);  // one row tile: up to 8 streams
+      else
+        groups_rows<2>(p, codes, k_groups, first, last);
+    }
   }
 }
 

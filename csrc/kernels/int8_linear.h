@@ -25,8 +25,11 @@ namespace eitp {
 constexpr int64_t kInt8LinearGroup = 32;
 
 struct Int8LinearRowsParams {
-  const int8_t* q;             // (m, k) activation codes, row-major
-  const float* row_scale;      // (m,)
+  const int8_t* q;             // (m, k) activation codes, row-major; nullptr with x
+  const float* row_scale;      // (m,); nullptr with x
+  const float* x;              // (m, k) float32 activations, row-major, or nullptr: q and row_scale
+                               // are then computed here, as quantize_int8_rows_cpu does per row
+                               // (symmetric): int8_linear_float_rows
   const int8_t* packed;        // (n_pad / G, k_pad / 4, G, 4)
   const int32_t* col_sums;     // (n_pad,)
   const float* weight_scale;   // (n,)

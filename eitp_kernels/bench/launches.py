@@ -193,6 +193,7 @@ CUDA_ONLY: dict[str, Callable] = {
     "eitp::dequantize_int8_rows": _rows_kernel("dequant_kernel"),
     "eitp::fake_quant_int8_rows_backward": _rows_kernel("backward_kernel", arg=1),
     "eitp::int8_linear_rows": _cpu_only,  # csrc/bindings/int8_linear.cpp: CPU (AVX-512 VNNI) only
+    "eitp::int8_linear_float_rows": _cpu_only,
 }
 
 

@@ -389,8 +389,7 @@ class Int8Linear(_Int8Weight):
                     and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] in own[6]
                     and x.shape[1] == self.in_features and x.is_cpu and not (x.requires_grad and torch.is_grad_enabled())
                     and _backends.resolve(quant.OP_QUANTIZE, x.device, _backends.IMPLEMENTED) == "cpp"):
-                qx, sx, _ = own[8](x, None, None, True)
-                return own[9](qx, sx, own[7][0], own[7][1], scale, self.bias)
+                return own[8](x, own[7][0], own[7][1], scale, self.bias)
         path = self.path(x)
         if path == DEQUANTIZED:
             weight = self.dequantized_weight()
@@ -415,8 +414,8 @@ class Int8Linear(_Int8Weight):
             self._fast = (codes, codes._version, scale, scale._version, key, weight, most)
 
     def _remember_own_path(self, m: int, packed) -> None:
-        """Keep (codes, version, scales, version, rule, setting, batch sizes, packed weight, the two
-        ops) for forward's shortcut to our int8 product (per-row activations on the CPU, float32)."""
+        """Keep (codes, version, scales, version, rule, setting, batch sizes, packed weight, the op)
+        for forward's shortcut to our int8 product (per-row activations on the CPU, float32)."""
         if self.activation_symmetric is not None:
             return
         codes, scale = self.weight_int8, self.weight_scale
@@ -426,11 +425,24 @@ class Int8Linear(_Int8Weight):
         same = own is not None and all(a is b or (type(a) is not torch.Tensor and a == b)
                                        for a, b in zip(own[:6], key)) and own[7] is packed
         sizes = own[6] if same else frozenset()
-        self._own_fast = key + (sizes | {m}, packed, torch.ops.eitp.quantize_int8_rows.default,
-                                torch.ops.eitp.int8_linear_rows.default)
+        self._own_fast = key + (sizes | {m}, packed, torch.ops.eitp.int8_linear_float_rows.default)
+
+    def _own_packed_weight(self):
+        if getattr(self, "_own_weight", None) is None:  # None too in a layer pickled by an older release
+            self._own_weight = _int8_gemv.PackedWeight()
+        return self._own_weight.of(self.weight_int8)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
+        m = rows.shape[0]
+        if (rows.device.type == "cpu" and not torch.compiler.is_compiling() and self.dtype == torch.float32
+                and self.activation_symmetric is None and cpu_int8_product(m, self.in_features, self.out_features) == OWN
+                and _backends.resolve(quant.OP_QUANTIZE, rows.device, _backends.IMPLEMENTED) == "cpp"):
+            # one op: the per-row quantization, the product and its epilogue
+            packed = self._own_packed_weight()
+            y = _int8_gemv.float_product(rows, packed, self.weight_scale, self.bias)
+            self._remember_own_path(m, packed)
+            return y.reshape(*x.shape[:-1], self.out_features)
         qx, sx, zero_point = self._quantize_activations(rows)
         if qx.device.type == "cuda" and qx.shape[0] > FEW_ROWS and int8_linear.triton_available(qx.device):
             # three launches: the quantization, torch._int_mm, the rescale (one Triton pass)
@@ -444,13 +456,8 @@ class Int8Linear(_Int8Weight):
         bias = self.bias
         if (qx.device.type == "cpu" and not torch.compiler.is_compiling() and self.dtype == torch.float32
                 and isinstance(zero_point, int) and cpu_int8_product(*qx.shape, self.out_features) == OWN):
-            # one op: the product and its epilogue (symmetric activations, float32)
-            if getattr(self, "_own_weight", None) is None:  # None too in a layer pickled by an older release
-                self._own_weight = _int8_gemv.PackedWeight()
-            m = qx.shape[0]
-            packed = self._own_weight.of(self.weight_int8)
-            y = _int8_gemv.product(qx, sx if sx.numel() == m else sx.expand(m), packed, self.weight_scale, bias)
-            self._remember_own_path(m, packed)
+            # one op after the quantization: the product and its epilogue (per-tensor symmetric activations)
+            y = _int8_gemv.product(qx, sx.expand(m), self._own_packed_weight(), self.weight_scale, bias)
             return y.reshape(*x.shape[:-1], self.out_features)
         # y = float32(acc) * weight_scale from the product, then y * sx and + bias in place (each
         # rounded on its own, as OWN does; one (m, n) allocation in all).
