@@ -11,6 +11,18 @@
 // The increments bound the speed: one scattered store per value and cycle is
 // the floor (benchmarks/native/histogram_floor.cpp measures it; the command
 // is in its header).
+// The bin loop's range test and clamps are only if-converted (and so
+// vectorized) when comparisons may be assumed not to trap; as in
+// quant_cpu.cpp, this changes no value (no fast-math), only which
+// floating-point exception flags may be raised. Set before the includes so
+// the header's inline helpers share it. Without it GCC 12 left block_bins
+// scalar, with a branch per value: the regularizer's two histograms
+// (python -m eitp_kernels.bench.suite_eitp_regularizer --parts, "entropies",
+// 1 thread, idle) 0.58 ms, with it 0.24 ms; the counts are unchanged.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -31,8 +43,10 @@ namespace {
 // tanh(randn(256, 512)) fp32 tensors, 64 bins, 1 thread
 // (torch.ops.eitp.histogram_counts_many([a, b], 64, None), thread CPU time,
 // medians of 200 calls, load average 8 on 2 cores): 1.16-1.72 ms out of line,
-// 0.45-0.47 ms inlined. Check: `objdump -dC eitp_kernels/_C.abi3.so` shows
-// fmaf@plt called only from "[clone .default]" functions.
+// 0.45-0.47 ms inlined (0.13 ms once vectorized: no-trapping-math above).
+// Check: `objdump -dC eitp_kernels/_C.abi3.so` shows fmaf@plt called only
+// from "[clone .default]" functions, and ymm registers in count_float_range's
+// "[clone .arch_x86_64_v3]".
 #define EITP_INLINE_HOT __attribute__((always_inline)) inline
 
 constexpr int64_t kMinChunk = int64_t(1) << 17;
