@@ -161,9 +161,12 @@ CoherenceStandardizeParams standardize_params(const at::Tensor& x, const at::Ten
   return p;
 }
 
+// z is a temporary of the call (never returned): the backend's scratch `slot`
+// (0 for x's side, 1 for y's).
 template <typename Backend>
-at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, Backend& be) {
-  at::Tensor z = empty_output(x.sizes(), x.options().dtype(accumulation_dtype(x)));
+at::Tensor standardized(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, Backend& be,
+                        int slot = 0) {
+  at::Tensor z = be.scratch(slot, x.sizes(), x.options().dtype(accumulation_dtype(x)));
   be.standardize(standardize_params(x, mean, rstd, z.data_ptr()));
   return z;
 }
@@ -298,7 +301,7 @@ ForwardResult forward_impl(const at::Tensor& x_in, const c10::optional<at::Tenso
   at::Tensor mean_y = at::empty({0}, mean_x.options()), rstd_y = at::empty({0}, mean_x.options());
   if (!self) std::tie(mean_y, rstd_y) = column_stats(s.y, eps, be);
   at::Tensor zx = standardized(s.x, mean_x, rstd_x, be);
-  at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be);
+  at::Tensor zy = self ? zx : standardized(s.y, mean_y, rstd_y, be, 1);
   if (path == kGram) {
     at::Tensor grams = gram_matrices(zx, zy, self, be);
     return {be.gram_loss(zx, zy, grams, a, b, squared), mean_x, rstd_x, mean_y, rstd_y, grams};
@@ -428,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor> backward_gram(const at::Tensor& grad, const a
                                                  const at::Tensor& grams_in, Backend& be) {
   const bool self = !s.y.defined();
   at::Tensor zx = standardized(s.x, mx, rx, be);
-  at::Tensor zy = self ? zx : standardized(s.y, my, ry, be);
+  at::Tensor zy = self ? zx : standardized(s.y, my, ry, be, 1);
   const at::Tensor grams = grams_in.numel() == 0 ? gram_matrices(zx, zy, self, be) : grams_in;
   if (self) {
     at::Tensor w = at::mm(grams.select(0, 0), zx);
@@ -500,6 +503,9 @@ std::tuple<at::Tensor, at::Tensor> raw_products(at::Tensor& out_x, at::Tensor& o
 struct CpuBackend : CpuDevice {
   using CpuDevice::CpuDevice;
   static constexpr bool kPanelGram = true, kHasBlocks = true;
+  at::Tensor scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return cpu_scratch(slot, sizes, options);
+  }
   void stats(const CoherenceStatsParams& p) { coherence_stats_cpu(p); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cpu(p); }
   void mirror(at::Tensor& m) { coherence_mirror_upper_cpu(m.data_ptr(), m.scalar_type() == at::kDouble, m.size(0)); }
@@ -555,7 +561,7 @@ struct CpuBackend : CpuDevice {
       coherence_center_product_cpu(p);
       cpu_block_loss(xa, ya, false, product, true, a, b, squared, loss);
     } else {
-      at::Tensor zx = standardized(s.x, mean_x, rstd_x, *this), zy = standardized(s.y, mean_y, rstd_y, *this);
+      at::Tensor zx = standardized(s.x, mean_x, rstd_x, *this), zy = standardized(s.y, mean_y, rstd_y, *this, 1);
       at::mm_out(product, zx.t(), zy);
       cpu_block_loss(zx, zy, false, product, true, a, b, squared, loss);
     }
@@ -596,6 +602,9 @@ struct CudaBackend : CudaDevice {
   // BLOCKS path: there the planner gives GRAM or PRODUCT (P is then at most
   // 4/3 of the inputs' size).
   static constexpr bool kPanelGram = false, kHasBlocks = false;
+  at::Tensor scratch(int, at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);  // the caching allocator's
+  }
   void stats(const CoherenceStatsParams& p) { coherence_stats_cuda(p, stream); }
   void standardize(const CoherenceStandardizeParams& p) { coherence_standardize_cuda(p, stream); }
   void epilogue(const CoherenceBackwardParams& p) { coherence_backward_epilogue_cuda(p, stream); }

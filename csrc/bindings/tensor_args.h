@@ -83,4 +83,29 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   return t;
 }
 
+// A CPU temporary of an op (never returned, dropped before the op returns):
+// a view of this thread's buffer `slot` (< kCpuScratchSlots), which is reused
+// while no tensor holds it and large enough, else replaced. Fresh blocks of
+// 128 KiB and more come from the OS with every call (glibc returns them: page
+// faults and zeroing). For coherence's standardized Z (256 x 512 fp32, two per
+// layer and step) the EIT-P regularizer's overhead went from +69-74% to
+// +67-68% (python -m eitp_kernels.bench.suite_eitp_regularizer's overhead(),
+// thread CPU time, 4 processes per build, alternated, idle). Buffers over
+// kCpuScratchMaxBytes are not kept; at most kCpuScratchSlots buffers per
+// thread that made them stay allocated.
+constexpr int kCpuScratchSlots = 2;
+constexpr int64_t kCpuScratchMaxBytes = int64_t(64) << 20;
+
+inline at::Tensor cpu_scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  thread_local at::Tensor buffers[kCpuScratchSlots];
+  const int64_t numel = c10::multiply_integers(sizes);
+  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+  if (slot < 0 || slot >= kCpuScratchSlots || bytes > kCpuScratchMaxBytes) return at::empty(sizes, options);
+  at::Tensor& buffer = buffers[slot];
+  if (buffer.defined() && buffer.storage().use_count() > 1) return at::empty(sizes, options);  // in use
+  if (!buffer.defined() || buffer.nbytes() < static_cast<size_t>(bytes))
+    buffer = at::empty({(bytes + 7) / 8}, options.dtype(at::kDouble));  // 8-byte aligned and sized
+  return buffer.view(c10::typeMetaToScalarType(options.dtype())).narrow(0, 0, numel).view(sizes);
+}
+
 }  // namespace eitp
