@@ -103,7 +103,8 @@ def float_product(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor], we
     (symmetric) inside the op: ``qx, row_scale = quantize_int8(x,
     granularity="channel", axis=0)``'s codes and scales bit for bit, then the
     module docstring's formula. One op instead of two; the threads share the
-    rows' quantization and then the product."""
+    rows' quantization (AVX-512, straight into the bytes the product reads)
+    and then the product."""
     return torch.ops.eitp.int8_linear_float_rows.default(x, packed[0], packed[1], weight_scale, bias)
 
 

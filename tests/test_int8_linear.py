@@ -428,11 +428,12 @@ def test_own_int8_product_bad_inputs_name_the_argument():
 
 @needs_own
 @pytest.mark.parametrize("m, k, n", [(1, 64, 64), (3, 66, 130), (8, 4, 32), (17, 264, 40), (64, 1024, 64),
-                                     (70, 1000, 8)])
+                                     (70, 1000, 8), (9, 13, 33)])
 def test_own_float_product_is_the_quantization_then_the_product(m, k, n):
     """int8_linear_float_rows == quantize_int8_rows (per row, symmetric) then int8_linear_rows, bit
-    for bit: rows of any scale, zeros, NaN and +-Inf, k not a multiple of 4, m * k past the size
-    from which the threads share the rows' quantization (65536)."""
+    for bit: rows of any scale, zeros, NaN and +-Inf, ties, denormals, values near float32's largest,
+    k not a multiple of 4 or 16, m * k past the size from which the threads share the rows'
+    quantization (65536)."""
     torch.manual_seed(m * k + n)
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     weight_scale, bias = torch.rand(n) + 0.01, torch.randn(n)
@@ -441,6 +442,12 @@ def test_own_float_product_is_the_quantization_then_the_product(m, k, n):
     if m > 2:
         x[1] = 0.0
         x[2, 0], x[2, -1] = float("inf"), float("-inf")
+    if m > 6:
+        x[3] = torch.arange(k) % 255 - 127.0 + 0.5  # scale 1: every code a tie, rounded to even
+        x[3, 0] = 127.0
+        x[4] = torch.randn(k) * 1e-41  # denormal values and scale
+        x[5] = torch.randn(k) * 1e38  # near float32's largest
+        x[6] = float("nan")  # no finite value: scale 1, every code 0
     packed = _int8_gemv.pack(w)
     codes, scales, _ = torch.ops.eitp.quantize_int8_rows.default(x, None, None, True)
     for b in (bias, None):

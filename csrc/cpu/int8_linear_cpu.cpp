@@ -164,13 +164,63 @@ EITP_VNNI void groups_rows(const Int8LinearRowsParams& p, const uint32_t* a, int
   }
 }
 
+// absmax of the finite values of x[0, n) (0 for none): 16 lanes, the tail masked.
+EITP_VNNI float finite_absmax(const float* x, int64_t n) {
+  __m512 m = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(in, x + i);  // lanes past n: 0, which changes no max
+    const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_EQ_OQ);
+    m = _mm512_mask_max_ps(m, finite, m, _mm512_abs_ps(v));
+  }
+  return _mm512_reduce_max_ps(m);  // a max: exact in any order
+}
+
+// Symmetric per-row quantization of x[0, n) as quantize_int8_rows computes it
+// (kernels/quant.h: s = absmax / 127, q = clamp(rint(x / s), -127, 127) with
+// CodeDivisor's clamp and three-step quotient, NaN -> 0), 16 values at a
+// time, the codes written as unsigned bytes q + 128. Each step is the scalar
+// kernel's IEEE operation (compares false for NaN as there, fnmadd / fmadd for
+// its fmaf, roundscale for rint): the same codes bit for bit (tested against
+// it on NaN, infinite, zero, denormal and half-way rows). About 3x faster than
+// that kernel's x86-64-v3 clone and its code flip.
+EITP_VNNI void quantize_row_unsigned(const float* x, int64_t n, float* scale, uint8_t* out) {
+  int32_t zero_point = 0;
+  row_scale_params<float>(true, 0.0f, finite_absmax(x, n), *scale, zero_point);
+  const CodeDivisor<float> div(*scale);
+  const __m512 numerator_scale = _mm512_set1_ps(div.div.scale), d = _mm512_set1_ps(div.div.d),
+               r = _mm512_set1_ps(div.div.r), limit = _mm512_set1_ps(div.limit),
+               neg_limit = _mm512_set1_ps(-div.limit), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  constexpr int kRint = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t left = n - i;
+    const __mmask16 in = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(in, x + i);
+    __m512 a = _mm512_mul_ps(v, numerator_scale);
+    a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(a, neg_limit, _CMP_LT_OQ), neg_limit);
+    a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(a, limit, _CMP_GT_OQ), limit);
+    const __m512 q0 = _mm512_mul_ps(a, r);
+    const __m512 q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, d, a), r, q0);
+    __m512 code = _mm512_maskz_roundscale_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), q, kRint);  // NaN -> 0
+    code = _mm512_mask_mov_ps(code, _mm512_cmp_ps_mask(code, lo, _CMP_LT_OQ), lo);
+    code = _mm512_mask_mov_ps(code, _mm512_cmp_ps_mask(code, hi, _CMP_GT_OQ), hi);
+    const __m128i bytes = _mm_xor_si128(_mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(code)), _mm_set1_epi8(char(0x80)));
+    if (left >= 16) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), bytes);
+    } else {
+      alignas(16) uint8_t tail[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(tail), bytes);
+      for (int64_t j = 0; j < left; ++j) out[i + j] = tail[j];
+    }
+  }
+}
+
 // Row i's codes as unsigned bytes q + 128 (the sign bit flipped) at row (k_pad bytes), from the
-// given codes or, with p.x, quantized here first (its scale into row_scale[i]).
-void unsigned_codes(const Int8LinearRowsParams& p, int64_t i, uint8_t* row, float* row_scale) {
-  if (p.x != nullptr)
-    quantize_int8_row_symmetric_cpu(p.x + i * p.k, p.k, row_scale + i, reinterpret_cast<int8_t*>(row));
-  const uint8_t* q = p.x != nullptr ? row : reinterpret_cast<const uint8_t*>(p.q + i * p.k);
-  for (int64_t kk = 0; kk < p.k; ++kk) row[kk] = q[kk] ^ 0x80u;
+// given codes or, with p.x, quantized here (its scale into row_scale[i]).
+EITP_VNNI void unsigned_codes(const Int8LinearRowsParams& p, int64_t i, uint8_t* row, float* row_scale) {
+  if (p.x != nullptr) return quantize_row_unsigned(p.x + i * p.k, p.k, row_scale + i, row);
+  const int8_t* q = p.q + i * p.k;
+  for (int64_t kk = 0; kk < p.k; ++kk) row[kk] = static_cast<uint8_t>(q[kk]) ^ 0x80u;
 }
 
 EITP_VNNI void rows_vnni(const Int8LinearRowsParams& p_in) {

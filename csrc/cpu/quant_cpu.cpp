@@ -228,14 +228,6 @@ void quantize_int8_rows_cpu(const QuantRowsParams& p) {
   dispatch_float(p.dtype, "quantize_int8_rows_cpu", [&](auto tag) { quantize_rows<decltype(tag)>(p); });
 }
 
-void quantize_int8_row_symmetric_cpu(const float* x, int64_t n, float* scale, int8_t* q) {
-  float lo = 0.0f, absmax = 0.0f;
-  int32_t zero_point = 0;
-  span_reduce<float>(x, n, true, lo, absmax);
-  row_scale_params<float>(true, lo, absmax, *scale, zero_point);
-  span_quantize<float>(x, n, *scale, 0, true, q);
-}
-
 void dequantize_int8_rows_cpu(const DequantRowsParams& p) {
   dispatch_float(p.out_dtype, "dequantize_int8_rows_cpu", [&](auto tag) { dequantize_rows<decltype(tag)>(p); });
 }

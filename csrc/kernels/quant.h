@@ -211,9 +211,6 @@ EITP_HD A clamp_code(A r, A qmin, A qmax) {
 }
 
 void quantize_int8_rows_cpu(const QuantRowsParams& p);
-// One float32 row of n values quantized symmetrically on the calling thread:
-// its scale and codes, bit-identical to quantize_int8_rows_cpu's for the row.
-void quantize_int8_row_symmetric_cpu(const float* x, int64_t n, float* scale, int8_t* q);
 void dequantize_int8_rows_cpu(const DequantRowsParams& p);
 void fake_quant_int8_rows_backward_cpu(const FakeQuantBackwardParams& p);
 #ifdef EITP_WITH_CUDA
