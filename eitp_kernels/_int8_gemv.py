@@ -13,7 +13,8 @@ vpdpbusd, with the column sums the unsigned activations' offset needs.
 
 Why: for a few rows the layer's cost was the steps around torch's int8
 products (separate quantization, conversion, rescale and bias ops, each with
-its fixed cost); this is one op after the row quantization. Used where a
+its fixed cost); this is one op after the row quantization, or one op in
+all with it (:func:`float_product`). Used where a
 probe (:func:`available`) found the op and bit-equality with torch._int_mm on
 extreme codes: a CPU without AVX-512 VNNI (the op raises) keeps the others.
 """

@@ -56,7 +56,7 @@ FEW_ROWS = 16
 _CPU_MIN_INT8_WEIGHT_FEW_ROWS = 1 << 20
 _CPU_MIN_INT8_WEIGHT = 1 << 16
 _CPU_MIN_INT8_MACS = 1 << 23
-# With our product (one op after the row quantization): any batch for a weight of at least
+# With our product (the row quantization in the same op): any batch for a weight of at least
 # _OWN_ANY_BATCH_WEIGHT elements, _OWN_MIN_ROWS rows or more for one of _CPU_MIN_INT8_WEIGHT,
 # and _OWN_MIN_MACS multiply-adds for one of _OWN_MIN_WEIGHT.
 _OWN_ANY_BATCH_WEIGHT = 1 << 18
