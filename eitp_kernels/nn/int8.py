@@ -151,21 +151,24 @@ def cpu_int8_product(m: int, k: int, n: int, epilogue: bool = True) -> str:
     (``torch._int_mm``: oneDNN's GEMV for one row, no packing). All give the
     same value; OWN, fbgemm and oneDNN each only where its probe passed.
 
-    OWN for 1-64 rows: the layer's forward (row quantization + OWN) against
-    quantize_dynamic's Linear, median of per-round time ratios, 1 thread,
-    idle machine (python benchmarks/native/int8_linear_steps.py --threads 1
-    --no-steps, five runs at 4096): 1024 x 1024: m = 1 0.74, m = 8 0.81,
-    m = 64 0.93; 4096 x 4096: m = 1 0.74-0.79, m = 8 0.65-0.98, m = 64 0.87.
-    2 threads (its threads OpenMP's since; ``--threads 2``, two runs): 1024 x
-    1024: m = 1 0.72-0.90, m = 8 0.77-0.81, m = 64 0.96-0.97, m = 512
-    0.98-1.01; 4096 x 4096: m = 1 0.75-0.89, m = 8 0.83-0.84, m = 64
-    0.85-0.96 (with parallel_chunks' pool: 1.05-1.16 at 1024 x 1024 m = 8
-    and 64, 1.07-1.21 at 4096 x 4096 m = 8). More rows only for weights of
-    at most 2^20 elements (1024 x 1024 at
-    m = 512: ours with its epilogue 3366 and 2873 against oneDNN's 3292 and
+    OWN for 1-64 rows: the layer's forward (one op: ``int8_linear_float_rows``
+    for per-row activations) against quantize_dynamic's Linear, median of
+    per-round time ratios, idle machine (python
+    benchmarks/native/int8_linear_steps.py --threads 1 --no-steps --repeats
+    300, thread CPU time; ``--threads 2``: wall time, OpenMP threads), m = 1,
+    8, 64, 512 (512 rows of a 3072 or 4096 layer take oneDNN's product, see
+    below). 1 thread: 4096 x 4096 (5 runs) 0.71-0.83, 0.83-1.04 (one run
+    of five over 1: the weight comes from DRAM there), 0.83-0.92, 0.85-0.90;
+    3072 x 3072 (2 runs) 0.85-0.89, 0.91-0.96, 0.84, 0.92; 1024 x 1024 (2
+    runs) 0.61-0.68, 0.77, 0.90-0.93, 0.83-0.87. 2 threads: 4096 x 4096 (2
+    runs) 0.73-0.75, 0.85-0.95, 0.85-0.88, 0.88-0.93; 3072 x 3072 0.84, 0.89,
+    0.87, 0.92; 1024 x 1024 (2 runs) 0.73-0.75, 0.69-0.71, 0.86-0.88,
+    0.91-0.95 (with parallel_chunks' pool instead of OpenMP: 1.05-1.16 at
+    1024 x 1024 m = 8 and 64, 1.07-1.21 at 4096 x 4096 m = 8). More rows
+    only for weights of at most 2^20 elements (1024 x 1024 at m = 512: ours with its epilogue 3366 and 2873 against oneDNN's 3292 and
     3049 plus its epilogue, 2 x 66-82; at 4096 x 4096 51387 and 43872
-    against 43481 and 42975 plus 689-1042: no clear gain). The others: Deciding figures (1 thread, 10th percentiles of
-    the thread's CPU time, us, each product with the weight scales applied,
+    against 43481 and 42975 plus 689-1042: no clear gain). The others:
+    deciding figures (1 thread, 10th percentiles of the thread's CPU time, us, each product with the weight scales applied,
     ``python benchmarks/native/int8_linear_steps.py --threads 1`` on the
     shared 2-core development VM, load ~7): 1024 x 1024: m = 1 fbgemm 82,
     oneDNN 105, torch._int_mm 41; m = 8: 131, 179, 173; m = 512 fbgemm 4275,
