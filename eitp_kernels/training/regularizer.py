@@ -95,21 +95,22 @@ class EITPRegularizer:
     Measured on the CPU case (64-512-512-10 tanh MLP, batch 256, layers "1"
     and "3", default lambdas, 1 thread; ``python -m
     eitp_kernels.bench.suite_eitp_regularizer``, plain and regularized steps
-    alternating, medians of 60, fresh processes on 2 cores shared with other
-    work at load average 4.3-4.7): +78% to +86% over the plain step in thread
-    CPU time (7.1-7.6 ms plain), +76% to +84% in wall time. Where it goes
-    (``--parts``, same load): the two coherence forward + backward 3.9-4.9 ms,
-    ``histogram_entropy_many`` 0.6-0.9 ms, the rest (C_l, metrics, autograd's
-    sums of the two gradients reaching each hooked activation) 1.0-1.2 ms.
-    At N = 256, D = 512 the planner takes the Gram path with a gradient (4N <
-    3D): the forward makes one triangle of G = Z Z^T (64-row panels: about
-    21M multiply-adds) and keeps it, the backward G Z (34M): about 109M
-    multiply-adds for the two layers, half the plain step's own ~220M (the
-    D x D product path: about 220M). The issue's 60% target is not met: the
-    Gram products alone make half the plain step's multiply-adds, and the
-    histogram, the coherence kernels' passes over the activations
-    (statistics, standardization in the forward and again in the backward,
-    the backward epilogue) and the rest cost about as much again.
+    alternating, medians of 60, three fresh processes on an idle 2-core
+    machine, load average 0.5-0.7): +68% to +74% over the plain step in
+    thread CPU time (6.6-7.1 ms plain), +66% to +68% in wall time. Where it
+    goes (``--parts``): the two coherence forward + backward 3.95-4.18 ms,
+    ``histogram_entropy_many`` 0.29-0.33 ms, the rest (C_l, metrics,
+    autograd's sums of the two gradients reaching each hooked activation)
+    0.19-0.49 ms. At N = 256, D = 512 the planner takes the Gram path with a
+    gradient (4N < 3D): the forward makes one triangle of G = Z Z^T (64-row
+    panels: about 21M multiply-adds) and keeps it, the backward G Z (34M):
+    about 109M multiply-adds for the two layers, half the plain step's own
+    ~220M (the D x D product path: about 220M), which BLAS runs at about 45
+    GMAC/s here (2.4 ms). A 60% overhead is not reached: those products
+    alone are about a third of the plain step, and the coherence kernels'
+    passes over the activations (statistics, standardization in the forward
+    and again in the backward, the backward epilogue), the histogram and the
+    Python around them cost about as much again.
     """
 
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, lambda_thermo: float = 0.0,
