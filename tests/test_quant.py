@@ -418,3 +418,31 @@ def test_dequantize_mis_shaped_scale_names_the_granularity_it_fits():
     codes, scale, _ = eitp_kernels.quantize_int8(x, granularity="channel", axis=0)
     torch.testing.assert_close(eitp_kernels.dequantize_int8(codes, scale, granularity="channel", axis=0), x,
                                rtol=0, atol=float(scale.max()))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_every_float16_value(backend, symmetric):
+    """All 65536 fp16 bit patterns (NaN payloads, +-Inf, subnormals, -0), one row per high byte,
+    with a static scale so that rows of ordinary values get ordinary codes: codes, fake-quant values
+    (NaN inputs keep their own bits), dequantized values and gradients equal the reference's bit
+    for bit (the CPU kernels convert fp16 in blocks)."""
+    x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16).reshape(256, 256)
+    scale = torch.logspace(-6, 2, 256)
+    zero_point = None if symmetric else torch.arange(-128, 128, dtype=torch.int32)
+    kw = {"granularity": "channel", "axis": 0, "symmetric": symmetric, "scale": scale, "zero_point": zero_point}
+    ref_kw = ("channel", 0, 128, symmetric, scale, zero_point)
+    with eitp_kernels.use_backend(backend):
+        q, _, _ = eitp_kernels.quantize_int8(x, **kw)
+        out, grad, grad_out = _grads(backend, x, **kw)
+        deq = eitp_kernels.dequantize_int8(q, scale, zero_point, granularity="channel", axis=0, dtype=torch.float16)
+    assert torch.equal(q, reference.quantize_int8(x, "channel", 0, 128, symmetric, scale, zero_point)[0])
+    xr = x.clone().requires_grad_(True)
+    ref = reference.fake_quant_int8(xr, *ref_kw)
+    ref.backward(grad_out)
+    assert torch.equal(out.detach().view(torch.int16), ref.detach().view(torch.int16))
+    nan = torch.isnan(x)
+    assert torch.equal(out.detach().view(torch.int16)[nan], x.view(torch.int16)[nan]) and nan.sum() == 2046
+    assert torch.equal(grad.view(torch.int16), xr.grad.view(torch.int16))
+    expected = reference.dequantize_int8(q, scale, zero_point, "channel", 0, 128, dtype=torch.float16)
+    assert torch.equal(deq.view(torch.int16), expected.view(torch.int16))

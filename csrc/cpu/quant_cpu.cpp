@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel_cpu.h"
@@ -72,9 +73,31 @@ template <> inline BFloat16 select<BFloat16>(bool take, BFloat16 a, BFloat16 b) 
   return BFloat16{take ? a.bits : b.bits};
 }
 
+// fp16 spans go through the float loops in blocks: the values converted with
+// F16C (halves_to_floats: load_acc's values), the float loop vectorized, the
+// results converted back (floats_to_halves: store_acc's rounding). Per value
+// the same result; the scalar fp16 loops converted one value at a time in
+// software (fake-quant per channel of a 1024 x 1024 fp16 tensor, 1 thread:
+// 6.8 ms against 0.47 ms for fp32).
+constexpr int64_t kHalfBlock = 512;
+template <typename T> constexpr bool kIsHalf = std::is_same<T, Half16>::value;
+
+template <typename Fn>
+void for_half_blocks(int64_t n, Fn fn) {
+  for (int64_t s = 0; s < n; s += kHalfBlock) fn(s, std::min(kHalfBlock, n - s));
+}
+
 // Codes of one span with a fixed (scale, zero point).
 template <typename T>
 EITP_CPU_HOT void span_quantize(const T* x, int64_t n, float scale, int32_t zero_point, bool symmetric, int8_t* q) {
+  if constexpr (kIsHalf<T>) {
+    alignas(64) float values[kHalfBlock];
+    for_half_blocks(n, [&](int64_t s, int64_t m) {
+      halves_to_floats(x + s, m, values);
+      span_quantize<float>(values, m, scale, zero_point, symmetric, q + s);
+    });
+    return;
+  }
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
   const CodeDivisor<A> div(s);
@@ -87,6 +110,16 @@ EITP_CPU_HOT void span_quantize(const T* x, int64_t n, float scale, int32_t zero
 // dequantize(quantize(x)) of one span in x's dtype; NaN inputs are copied through.
 template <typename T>
 EITP_CPU_HOT void span_fake_quant(const T* x, int64_t n, float scale, int32_t zero_point, bool symmetric, T* out) {
+  if constexpr (kIsHalf<T>) {
+    alignas(64) float values[kHalfBlock], results[kHalfBlock];
+    for_half_blocks(n, [&](int64_t s, int64_t m) {
+      halves_to_floats(x + s, m, values);
+      span_fake_quant<float>(values, m, scale, zero_point, symmetric, results);
+      floats_to_halves(results, m, out + s);
+      for (int64_t i = 0; i < m; ++i) out[s + i] = select(values[i] != values[i], x[s + i], out[s + i]);  // NaN's bits
+    });
+    return;
+  }
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
   const CodeDivisor<A> div(s);
@@ -177,6 +210,14 @@ void for_each_row_span(int64_t rows, int64_t n, const RowFn& row) {
 
 template <typename T>
 EITP_CPU_HOT void span_dequantize(const int8_t* q, int64_t n, float scale, int32_t zero_point, T* out) {
+  if constexpr (kIsHalf<T>) {
+    alignas(64) float results[kHalfBlock];
+    for_half_blocks(n, [&](int64_t s, int64_t m) {
+      span_dequantize<float>(q + s, m, scale, zero_point, results);
+      floats_to_halves(results, m, out + s);
+    });
+    return;
+  }
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point);
   for (int64_t i = 0; i < n; ++i) out[i] = store_acc<T>((A(q[i]) - zp) * s);
@@ -196,6 +237,16 @@ void dequantize_rows(const DequantRowsParams& p) {
 template <typename T>
 EITP_CPU_HOT void span_backward(const T* grad, const T* x, int64_t n, float scale, int32_t zero_point,
                                 bool symmetric, T* grad_x) {
+  if constexpr (kIsHalf<T>) {  // the float loop on x, with 1 as the gradient: which values pass
+    alignas(64) float values[kHalfBlock], ones[kHalfBlock], passes[kHalfBlock];
+    for (int64_t i = 0; i < kHalfBlock; ++i) ones[i] = 1.0f;
+    for_half_blocks(n, [&](int64_t s, int64_t m) {
+      halves_to_floats(x + s, m, values);
+      span_backward<float>(ones, values, m, scale, zero_point, symmetric, passes);
+      for (int64_t i = 0; i < m; ++i) grad_x[s + i] = select(passes[i] != 0.0f, grad[s + i], Half16{0});
+    });
+    return;
+  }
   using A = typename AccType<T>::type;
   const A s = A(scale), zp = A(zero_point), qmin = symmetric ? A(-127) : A(-128), qmax = A(127);
   const CodeDivisor<A> div(s);

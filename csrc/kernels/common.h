@@ -144,6 +144,9 @@ template <> inline BFloat16 store_acc<BFloat16>(float v) { return float_to_bfloa
 // work on blocks: one instruction per 8 values against to_float's sequence
 // of integer and float operations.
 void halves_to_floats(const Half16* x, int64_t n, float* out);
+// out[i] = float_to_half(x[i]) for i < n (round to nearest even): one
+// vcvtps2ph per 8 values on CPUs with F16C.
+void floats_to_halves(const float* x, int64_t n, Half16* out);
 
 // Lane-wise (lo, hi) reduction of a contiguous span on the CPU, folded into
 // (lo_out, hi_out): fold(v, lo, hi) updates one of kLanes independent
