@@ -1,5 +1,6 @@
 """Int8Linear's own CPU int8 product for a few rows, its epilogue included:
-one call of ``eitp::int8_linear_rows`` (csrc/cpu/int8_linear_cpu.cpp, AVX-512 VNNI).
+one call of ``eitp::int8_linear_rows``, or of ``eitp::int8_linear_float_rows``
+with the rows' quantization (csrc/cpu/int8_linear_cpu.cpp, AVX-512 VNNI).
 
     out[i, j] = (float32(sum_k qx[i, k] w[j, k]) * weight_scale[j]) * row_scale[i] + bias[j]
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+import eitp_kernels
+
 from eitp_kernels import _fbgemm_int8, _int8_gemv, _onednn_int8, quantize_int8, reference
 from eitp_kernels import nn as enn
 
@@ -146,13 +148,28 @@ def test_int8_matmul_supported_rule_with_our_product(monkeypatch):
     assert not enn.int8_matmul_supported(4096, 64, 256, "cpu")  # 2^14 weights: never
     # a layer that cannot take our product's epilogue keeps the other rule
     assert not enn.int8_matmul_supported(1, 512, 512, "cpu", epilogue=False)
-    assert not enn.int8_matmul_supported(64, 4096, 10, "cpu")
+    assert not enn.int8_matmul_supported(31, 512, 512, "cpu", epilogue=False)
+    assert enn.int8_matmul_supported(32, 512, 512, "cpu", epilogue=False)
     affine = enn.Int8Linear(512, 512, activation_symmetric=False)
     symmetric = enn.Int8Linear(512, 512)
     assert affine.plan("cpu") == ((1, enn.int8.DEQUANTIZED), (32, enn.int8.INT8))
     assert symmetric.plan("cpu") == ((1, enn.int8.INT8),)
     assert enn.Int8Linear(64, 512).plan("cpu") == ((1, enn.int8.DEQUANTIZED), (64, enn.int8.INT8))
     assert enn.Int8Linear(256, 256).plan("cpu") == ((1, enn.int8.DEQUANTIZED), (4, enn.int8.INT8))
+    symmetric.activation_symmetric = False  # another activation mode, another plan
+    assert symmetric.plan("cpu") == ((1, enn.int8.DEQUANTIZED), (32, enn.int8.INT8))
+
+
+@pytest.mark.parametrize("activations", [None, True], ids=["per-row", "symmetric"])
+def test_own_product_with_activations_quantized_by_the_reference_backend(activations):
+    """The layer's int8 path under use_backend("reference"): the row scales come as (m, 1) from
+    quantize_int8, the codes from the reference; the output equals the one of the cpp backend."""
+    layer, _ = _int8_layer(512, 512, activations=activations, matmul="int8")
+    x = torch.randn(9, 512)
+    with torch.no_grad():
+        expected = layer(x)
+        with eitp_kernels.use_backend("reference"):
+            assert torch.equal(layer(x), expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

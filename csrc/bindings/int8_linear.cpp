@@ -40,8 +40,12 @@ Int8LinearRowsParams weight_params(const char* op, const at::Tensor& activations
   check_vector(op, col_sums, "col_sums", at::kInt, n_pad);
   check_vector(op, weight_scale, "weight_scale", at::kFloat, n);
   if (bias.has_value()) check_vector(op, *bias, "bias", at::kFloat, n);
-  for (const at::Tensor* t : {&packed, &col_sums, &weight_scale})
-    TORCH_CHECK_VALUE(t->device() == activations.device(), op, ": every tensor must be on ", activations.device());
+  const std::pair<const char*, const at::Tensor*> on_device[] = {
+      {"packed", &packed}, {"col_sums", &col_sums}, {"weight_scale", &weight_scale},
+      {"bias", bias.has_value() ? &*bias : &packed}};
+  for (const auto& [tensor_name, t] : on_device)
+    TORCH_CHECK_VALUE(t->device() == activations.device(), op, ": ", tensor_name, " must be on ", name, "'s device ",
+                      activations.device(), ", got ", t->device());
   TORCH_CHECK_NOT_IMPLEMENTED(int8_linear_rows_cpu_supported(), op, ": this CPU has no AVX-512 VNNI");
   keep = {col_sums.contiguous(), weight_scale.contiguous(), bias.has_value() ? bias->contiguous() : at::Tensor()};
   Int8LinearRowsParams p{};
@@ -72,7 +76,8 @@ at::Tensor int8_linear_rows(const at::Tensor& q_in, const at::Tensor& row_scale,
   TORCH_CHECK_TYPE(q_in.scalar_type() == at::kChar, kOp, ": q must be int8, got ", q_in.scalar_type());
   TORCH_CHECK_VALUE(q_in.dim() == 2, kOp, ": q must be 2-D (m, k), got ", q_in.dim(), "-D");
   check_vector(kOp, row_scale.reshape({-1}), "row_scale", at::kFloat, q_in.size(0));
-  TORCH_CHECK_VALUE(row_scale.device() == q_in.device(), kOp, ": every tensor must be on ", q_in.device());
+  TORCH_CHECK_VALUE(row_scale.device() == q_in.device(), kOp, ": row_scale must be on q's device ", q_in.device(),
+                    ", got ", row_scale.device());
   std::vector<at::Tensor> keep;
   Int8LinearRowsParams p = weight_params(kOp, q_in, packed, col_sums, weight_scale, bias, keep);
   const at::Tensor q = q_in.contiguous(), rs = row_scale.reshape({-1}).contiguous();

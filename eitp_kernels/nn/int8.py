@@ -303,7 +303,7 @@ class Int8Linear(_Int8Weight):
         self._onednn_weight: _onednn_int8.PackedWeight | None = None  # the CPU int8 path's packed weights
         self._fbgemm_weight: _fbgemm_int8.PackedWeight | None = None
         self._own_weight: _int8_gemv.PackedWeight | None = None
-        self._plans: dict = {}  # (device type, matmul, dtype) -> Int8Linear.plan()
+        self._plans: dict = {}  # _plan_key(device type) -> Int8Linear.plan()
         self._fast = None  # forward's shortcut for layers dequantized at every batch size
         self._own_fast = None  # forward's shortcut for the batch sizes that take our int8 product
 
@@ -313,15 +313,20 @@ class Int8Linear(_Int8Weight):
         affine = self.activation_symmetric is False
         self._weight_code_sums = self.weight_int8.sum(dim=1, dtype=torch.int32) if affine else None
 
+    def _plan_key(self, device_type: str) -> tuple:
+        """What a plan depends on besides the shape: the device type, ``matmul``, the dtype and the
+        activation mode (our CPU product's rule applies to float32 layers without affine activations)."""
+        return device_type, self.matmul, self.dtype, self.activation_symmetric
+
     def plan(self, device: torch.device | str | None = None) -> tuple[tuple[int, str], ...]:
         """The paths on ``device`` (default: where the layer's codes are) as
         ((first batch, path), ...), batches counted in rows of the (m, k) view,
         each path one of INT8, WEIGHT_ONLY, DEQUANTIZED up to the next entry's
-        first batch. Decided once per device type, ``matmul`` setting and dtype
-        from the layer's shape (the rules of :func:`int8_matmul_supported` and
+        first batch. Decided once per device type, ``matmul`` setting, dtype
+        and activation mode from the layer's shape (the rules of :func:`int8_matmul_supported` and
         :func:`weight_only_supported`) and kept."""
         device = torch.device(device) if device is not None else self.weight_int8.device
-        key = (device.type, self.matmul, self.dtype)
+        key = self._plan_key(device.type)
         plans = self.__dict__.setdefault("_plans", {})  # absent in a layer pickled by an older release
         if key not in plans:
             k, n = self.in_features, self.out_features
@@ -356,7 +361,7 @@ class Int8Linear(_Int8Weight):
         if x.requires_grad and torch.is_grad_enabled():
             return DEQUANTIZED
         device = x.device
-        plan = self._plans.get((device.type, self.matmul, self.dtype)) if "_plans" in self.__dict__ else None
+        plan = self._plans.get(self._plan_key(device.type)) if "_plans" in self.__dict__ else None
         plan = plan or self.plan(device)
         path = plan[0][1]
         if len(plan) > 1:
@@ -378,12 +383,12 @@ class Int8Linear(_Int8Weight):
             buffers = self._buffers
             codes, scale = buffers["weight_int8"], buffers["weight_scale"]
             if (fast[0] is codes and fast[1] == codes._version and fast[2] is scale and fast[3] == scale._version
-                    and fast[4] == (x.device.type, self.matmul, self.dtype) and x.dtype == self.dtype
+                    and fast[4] == self._plan_key(x.device.type) and x.dtype == self.dtype
                     and (fast[6] is None or x.numel() <= fast[6])):
                 return F.linear(x, fast[5], self._parameters["bias"])
         own = self.__dict__.get("_own_fast")
         if own is not None and not torch.compiler.is_compiling():
-            # A batch size that took our int8 product before, per-row activations: its two ops,
+            # A batch size that took our int8 product before, per-row activations: its one op,
             # plus these checks (codes and scales unchanged, the same rule, setting and batch size).
             buffers = self._buffers
             codes, scale = buffers["weight_int8"], buffers["weight_scale"]
@@ -408,7 +413,7 @@ class Int8Linear(_Int8Weight):
         """Keep (codes, version, scales, version, plan key, weight, most input elements) for
         forward's shortcut: the batches the plan for x's device starts with, when they are
         dequantized and the activations are not quantized (None: every batch)."""
-        key = (x.device.type, self.matmul, self.dtype)
+        key = self._plan_key(x.device.type)
         plan = self._plans.get(key) if "_plans" in self.__dict__ else None
         if (plan and plan[0][1] == DEQUANTIZED and self.activation_symmetric is None and x.dtype == self.dtype
                 and not torch.compiler.is_compiling()):
@@ -459,8 +464,9 @@ class Int8Linear(_Int8Weight):
         bias = self.bias
         if (qx.device.type == "cpu" and not torch.compiler.is_compiling() and self.dtype == torch.float32
                 and isinstance(zero_point, int) and cpu_int8_product(*qx.shape, self.out_features) == OWN):
-            # one op after the quantization: the product and its epilogue (per-tensor symmetric activations)
-            y = _int8_gemv.product(qx, sx.expand(m), self._own_packed_weight(), self.weight_scale, bias)
+            # one op after the quantization: the product and its epilogue (per-tensor symmetric
+            # activations, or per-row ones quantized by another backend: sx (m, 1))
+            y = _int8_gemv.product(qx, sx.reshape(-1).expand(m), self._own_packed_weight(), self.weight_scale, bias)
             return y.reshape(*x.shape[:-1], self.out_features)
         # y = float32(acc) * weight_scale from the product, then y * sx and + bias in place (each
         # rounded on its own, as OWN does; one (m, n) allocation in all).
