@@ -105,3 +105,9 @@ def test_cpu_hot_loops_are_vectorized():
         assert found, f"no x86-64-v3 clone of {loop} in {c.__file__}"
         for name, body in found.items():
             assert "%ymm" in body, f"{name} has no AVX2 vector instruction: its loop is scalar"
+    # the straight-through gradient's load stays a plain load (a masked vmaskmovps load made the
+    # backward ~8x slower inside autograd: quant_cpu.cpp, pass_or_zero)
+    for dtype in ("float", "double", "eitp::BFloat16", "eitp::Half16"):
+        for name, body in clones.items():
+            if f"span_backward<{dtype}>" in name:
+                assert "vmaskmov" not in body, f"{name} loads the gradient with a masked load"

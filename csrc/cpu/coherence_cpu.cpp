@@ -205,13 +205,23 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
     // dz in place of w, with the column sums of dz and dz * z
     double sum_dz[kColBlock], sum_dzz[kColBlock];
     for (int64_t j = 0; j < cw; ++j) sum_dz[j] = sum_dzz[j] = 0.0;
+    // Columns with a partner, then those without (partner 0), in two loops: one
+    // loop with a conditional partner became a masked load (vmaskmovps), which
+    // ran several times slower than plain loads in an autograd backward
+    // (quant_cpu.cpp, pass_or_zero, has the figures).
+    const int64_t paired = std::max<int64_t>(0, diag_end - j0);
     for (int64_t i = 0; i < n; ++i) {
       A* wr = w + i * d + j0;
       const A* zr = z + i * p.ld_z + j0;
       const A* pr = zp + i * p.ld_zp + j0;
-      for (int64_t j = 0; j < cw; ++j) {
-        const A partner = j0 + j < diag_end ? pr[j] : A(0);
-        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * partner);
+      for (int64_t j = 0; j < paired; ++j) {
+        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * pr[j]);
+        wr[j] = dz;
+        sum_dz[j] += static_cast<double>(dz);
+        sum_dzz[j] += static_cast<double>(dz * zr[j]);
+      }
+      for (int64_t j = paired; j < cw; ++j) {
+        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * A(0));
         wr[j] = dz;
         sum_dz[j] += static_cast<double>(dz);
         sum_dzz[j] += static_cast<double>(dz * zr[j]);
