@@ -101,7 +101,9 @@ class EITPRegularizer:
     goes (``--parts``): the two coherence forward + backward 3.95-4.18 ms,
     ``histogram_entropy_many`` 0.29-0.33 ms, the rest (C_l, metrics,
     autograd's sums of the two gradients reaching each hooked activation)
-    0.19-0.49 ms. At N = 256, D = 512 the planner takes the Gram path with a
+    0.19-0.49 ms. Since, the coherence backward's epilogue lost its masked
+    loads: +69-70% -> +63-67% in thread CPU time (3 processes per build,
+    alternated, the suite's overhead()). At N = 256, D = 512 the planner takes the Gram path with a
     gradient (4N < 3D): the forward makes one triangle of G = Z Z^T (64-row
     panels: about 21M multiply-adds) and keeps it, the backward G Z (34M):
     about 109M multiply-adds for the two layers, half the plain step's own
