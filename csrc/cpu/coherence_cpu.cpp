@@ -214,18 +214,15 @@ EITP_CPU_HOT void backward_epilogue(const CoherenceBackwardParams& p) {
       A* wr = w + i * d + j0;
       const A* zr = z + i * p.ld_z + j0;
       const A* pr = zp + i * p.ld_zp + j0;
-      for (int64_t j = 0; j < paired; ++j) {
-        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * pr[j]);
+      // inlined, so that it is compiled for this clone's target
+      auto column = [&](int64_t j, A partner) __attribute__((always_inline)) {
+        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * partner);
         wr[j] = dz;
         sum_dz[j] += static_cast<double>(dz);
         sum_dzz[j] += static_cast<double>(dz * zr[j]);
-      }
-      for (int64_t j = paired; j < cw; ++j) {
-        const A dz = f.scale * (f.wcoef * wr[j] + c[j] * A(0));
-        wr[j] = dz;
-        sum_dz[j] += static_cast<double>(dz);
-        sum_dzz[j] += static_cast<double>(dz * zr[j]);
-      }
+      };
+      for (int64_t j = 0; j < paired; ++j) column(j, pr[j]);
+      for (int64_t j = paired; j < cw; ++j) column(j, A(0));
     }
     A mdz[kColBlock], mdzz[kColBlock];
     for (int64_t j = 0; j < cw; ++j) {

@@ -318,6 +318,11 @@ class Int8Linear(_Int8Weight):
         activation mode (our CPU product's rule applies to float32 layers without affine activations)."""
         return device_type, self.matmul, self.dtype, self.activation_symmetric
 
+    def _takes_own_epilogue(self) -> bool:
+        """Whether our CPU product's epilogue fits the layer: float32, activations not affine (their
+        zero point is 0). Its own rule of int8_matmul_supported and forward both ask this."""
+        return self.dtype == torch.float32 and self.activation_symmetric is not False
+
     def plan(self, device: torch.device | str | None = None) -> tuple[tuple[int, str], ...]:
         """The paths on ``device`` (default: where the layer's codes are) as
         ((first batch, path), ...), batches counted in rows of the (m, k) view,
@@ -350,9 +355,8 @@ class Int8Linear(_Int8Weight):
             return WEIGHT_ONLY if m <= FEW_ROWS and int8_linear.triton_available(device) else DEQUANTIZED
         if weight_only_supported(m, device):
             return WEIGHT_ONLY
-        epilogue = self.dtype == torch.float32 and self.activation_symmetric is not False
         return INT8 if int8_matmul_supported(m, self.in_features, self.out_features, device,
-                                             epilogue=epilogue) else DEQUANTIZED
+                                             epilogue=self._takes_own_epilogue()) else DEQUANTIZED
 
     def path(self, x: torch.Tensor) -> str:
         """The path ``forward(x)`` takes (see the class docstring)."""
@@ -393,7 +397,7 @@ class Int8Linear(_Int8Weight):
             buffers = self._buffers
             codes, scale = buffers["weight_int8"], buffers["weight_scale"]
             if (own[0] is codes and own[1] == codes._version and own[2] is scale and own[3] == scale._version
-                    and own[4] is cpu_int8_product and own[5] == (self.matmul, self.dtype, self.activation_symmetric)
+                    and own[4] is cpu_int8_product and own[5] == self._plan_key("cpu")
                     and x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] in own[6]
                     and x.shape[1] == self.in_features and x.is_cpu and not (x.requires_grad and torch.is_grad_enabled())
                     and _backends.resolve(quant.OP_QUANTIZE, x.device, _backends.IMPLEMENTED) == "cpp"):
@@ -423,13 +427,12 @@ class Int8Linear(_Int8Weight):
 
     def _remember_own_path(self, m: int, packed) -> None:
         """Keep (codes, version, scales, version, rule, setting, batch sizes, packed weight, the op)
-        for forward's shortcut to our int8 product (per-row activations on the CPU, float32)."""
-        if self.activation_symmetric is not None:
-            return
+        for forward's shortcut to our int8 product (per-row activations on the CPU, float32: the
+        only caller, forward's fused path, takes no other)."""
         codes, scale = self.weight_int8, self.weight_scale
         own = self.__dict__.get("_own_fast")
         key = (codes, codes._version, scale, scale._version, cpu_int8_product,
-               (self.matmul, self.dtype, self.activation_symmetric))
+               self._plan_key("cpu"))
         same = own is not None and all(a is b or (type(a) is not torch.Tensor and a == b)
                                        for a, b in zip(own[:6], key)) and own[7] is packed
         sizes = own[6] if same else frozenset()
@@ -462,8 +465,8 @@ class Int8Linear(_Int8Weight):
                 self._weight_code_sums if affine else None, zero_point if affine else None, self.dtype)
             return y.reshape(*x.shape[:-1], self.out_features)
         bias = self.bias
-        if (qx.device.type == "cpu" and not torch.compiler.is_compiling() and self.dtype == torch.float32
-                and isinstance(zero_point, int) and cpu_int8_product(*qx.shape, self.out_features) == OWN):
+        if (qx.device.type == "cpu" and not torch.compiler.is_compiling() and self._takes_own_epilogue()
+                and cpu_int8_product(*qx.shape, self.out_features) == OWN):
             # one op after the quantization: the product and its epilogue (per-tensor symmetric
             # activations, or per-row ones quantized by another backend: sx (m, 1))
             y = _int8_gemv.product(qx, sx.reshape(-1).expand(m), self._own_packed_weight(), self.weight_scale, bias)
