@@ -93,17 +93,16 @@ class EITPRegularizer:
     each way); plus a few small ops per layer for C_l.
 
     Measured on the CPU case (64-512-512-10 tanh MLP, batch 256, layers "1"
-    and "3", default lambdas, 1 thread; ``python -m
-    eitp_kernels.bench.suite_eitp_regularizer``, plain and regularized steps
-    alternating, medians of 60, three fresh processes on an idle 2-core
-    machine, load average 0.5-0.7): +68% to +74% over the plain step in
-    thread CPU time (6.6-7.1 ms plain), +66% to +68% in wall time. Where it
-    goes (``--parts``): the two coherence forward + backward 3.95-4.18 ms,
-    ``histogram_entropy_many`` 0.29-0.33 ms, the rest (C_l, metrics,
+    and "3", default lambdas, 1 thread; ``overhead(steps=100, cpu_time=True)``
+    of ``eitp_kernels.bench.suite_eitp_regularizer``, plain and regularized
+    steps alternating, three fresh processes at load average about 1): +63%
+    to +67% over the plain step in thread CPU time (6.4-8.1 ms plain). Where
+    it goes (``python -m eitp_kernels.bench.suite_eitp_regularizer --parts``,
+    idle, on the build before the epilogue's masked loads were removed, which
+    read +68% to +74% then): the two coherence forward + backward 3.95-4.18
+    ms, ``histogram_entropy_many`` 0.29-0.33 ms, the rest (C_l, metrics,
     autograd's sums of the two gradients reaching each hooked activation)
-    0.19-0.49 ms. Since, the coherence backward's epilogue lost its masked
-    loads: +69-70% -> +63-67% in thread CPU time (3 processes per build,
-    alternated, the suite's overhead()). At N = 256, D = 512 the planner takes the Gram path with a
+    0.19-0.49 ms. At N = 256, D = 512 the planner takes the Gram path with a
     gradient (4N < 3D): the forward makes one triangle of G = Z Z^T (64-row
     panels: about 21M multiply-adds) and keeps it, the backward G Z (34M):
     about 109M multiply-adds for the two layers, half the plain step's own
